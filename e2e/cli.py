@@ -1,0 +1,83 @@
+"""``kserve-compat``: the command line of the harness.
+
+Each subcommand lives in the module that owns its concern; this file only wires them up
+and turns a ``HarnessError`` into one line on stderr and its exit code (a traceback only
+with ``--debug``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Protocol, cast
+
+from e2e.errors import HarnessError
+from e2e.secrets import install_log_redaction
+
+
+class CommandModule(Protocol):
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+# subcommand -> (module that owns it, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "matrix": ("e2e.matrix_cli", "print the selected cells, or a GitHub Actions matrix (--github)"),
+    "report": ("e2e.report_cli", "render saved JSON results as Markdown, HTML and JUnit"),
+    "audit": ("e2e.audit", "flag retired, unpinned and unavailable images in manifests"),
+    "preflight": ("e2e.preflight", "check a live cluster before a KServe upgrade or image swap"),
+    "binaries": ("e2e.local.binaries", "build or locate etcd, kube-apiserver, kube-rbac-proxy, ..."),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line and exit 2 (argparse prints usage too)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser(loader: Callable[[str], CommandModule] | None = None) -> argparse.ArgumentParser:
+    load = loader or _load
+    parser = _Parser(prog="kserve-compat", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, (module_name, help_text) in COMMANDS.items():
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        command_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        command_parser.set_defaults(_module=module_name)
+        load(module_name).add_arguments(command_parser)
+    return parser
+
+
+def _load(module_name: str) -> CommandModule:
+    return cast(CommandModule, importlib.import_module(module_name))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    install_log_redaction()
+    try:
+        return _load(args._module).run(args)
+    except HarnessError as exc:
+        if debug:
+            raise
+        print(f"kserve-compat {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"kserve-compat {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""The one interface both cluster providers implement: kind (containers) and local (processes).
+
+Everything that talks to the API server (apply, patch, wait, tokens, checks, diagnostics)
+is shared code that takes a ``ClusterProvider``; only what a cluster *is* differs:
+how it is created, how a Service is reached from the test process, how images get onto
+nodes, who runs the pods' containers, and where container logs come from.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+
+
+@dataclass(frozen=True)
+class ServiceTarget:
+    """A Service port the harness wants to reach from the test process."""
+
+    namespace: str
+    name: str
+    port: int
+
+
+@dataclass
+class ClusterInfo:
+    """What the report records about the cluster a cell ran on."""
+
+    provider: str
+    name: str
+    kubernetes_version: str = ""
+    # How this cluster differs from a real one (e.g. webhooks removed). Listed in reports.
+    deviations: list[str] = field(default_factory=list)
+
+
+class ClusterProvider(abc.ABC):
+    """A running cluster the harness can use. Create through a provider's factory."""
+
+    info: ClusterInfo
+
+    @property
+    @abc.abstractmethod
+    def kubeconfig(self) -> Path:
+        """Path of a kubeconfig file (a secret: never log its contents)."""
+
+    def api_client(self) -> k8s_client.ApiClient:
+        """A fresh API client for this cluster, built from the kubeconfig."""
+        return k8s_config.new_client_from_config(config_file=str(self.kubeconfig))
+
+    @abc.abstractmethod
+    def endpoint(self, target: ServiceTarget) -> contextlib.AbstractContextManager[str]:
+        """A context manager yielding ``host:port`` on this machine that reaches ``target``.
+
+        kind: a ``kubectl port-forward`` to the Service; local: the address of the process
+        that plays the pod behind the Service.
+        """
+
+    @abc.abstractmethod
+    def load_images(self, images: Sequence[str]) -> None:
+        """Make images available to the nodes (kind: ``kind load``; local: binaries exist)."""
+
+    @abc.abstractmethod
+    def sync_workloads(self) -> None:
+        """Bring the running containers in line with the Deployments in the API server.
+
+        kind: nothing (the kubelet does it); local: start, restart or stop the processes
+        that play the controller pod's containers.
+        """
+
+    @abc.abstractmethod
+    def container_logs(self, namespace: str, pod_selector: str, container: str, previous: bool = False) -> str:
+        """The log text of a container of the pods matching a label selector."""
+
+    @abc.abstractmethod
+    def export_logs(self, directory: Path) -> None:
+        """Write everything the provider knows about its cluster's logs under ``directory``."""
+
+    @abc.abstractmethod
+    def delete(self) -> None:
+        """Tear the cluster down (unless the user asked to keep it)."""
+
+
+class ProviderFactory(abc.ABC):
+    """Creates (or reuses) one cluster per ``ClusterGroup``."""
+
+    name: str
+
+    @abc.abstractmethod
+    def cluster(self, group_id: str, kubernetes_version: str) -> contextlib.AbstractContextManager[ClusterProvider]:
+        """A cluster for a group of cells; torn down on exit unless kept."""
+
+    @abc.abstractmethod
+    def plan(self, group_id: str, kubernetes_version: str) -> list[str]:
+        """What ``cluster()`` would do, as human-readable steps, without doing it."""
+
+    def preflight(self) -> None:  # noqa: B027 - optional hook: most providers need nothing
+        """Raise ``EnvironmentMissing`` with one line when the provider cannot run here."""
+
+
+@contextlib.contextmanager
+def no_endpoint_change(address: str) -> Iterator[str]:
+    """An endpoint that is already reachable (used by providers that need no forwarding)."""
+    yield address

@@ -1,0 +1,445 @@
+"""The compatibility matrix: releases, proxy images, Kubernetes versions, cells and groups.
+
+Reads ``scenarios/matrix.yaml`` (documented in README.md) into typed records, expands the
+selection the user asked for into ``MatrixCell``s, groups cells that can share a cluster,
+and renders a GitHub Actions matrix. Knows nothing of clusters.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from e2e.errors import UsageError
+
+DEFAULT_MATRIX_FILE = Path(__file__).resolve().parent.parent / "scenarios" / "matrix.yaml"
+
+_VERSION = re.compile(r"^v(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.-]+))?$")
+
+
+def version_key(version: str) -> tuple[int, int, int, int, str]:
+    """Sort key for ``vX.Y.Z[-pre]`` versions: a pre-release sorts before its release."""
+    match = _VERSION.match(version)
+    if not match:
+        raise UsageError(f"version {version!r}: expected vMAJOR.MINOR.PATCH[-PRE]")
+    major, minor, patch, pre = match.groups()
+    return (int(major), int(minor), int(patch), 0 if pre else 1, pre or "")
+
+
+@dataclass(frozen=True)
+class ControllerProfile:
+    """Where a KServe release keeps the controller pieces the harness touches."""
+
+    name: str
+    namespace: str
+    deployment: str
+    service_account: str
+    manager_container: str
+    proxy_container: str
+    metrics_service: str
+    metrics_port: int
+    manager_metrics_address: str
+    proxy_cluster_role: str
+    proxy_cluster_role_binding: str
+    config_map: str
+
+
+@dataclass(frozen=True)
+class KServeRelease:
+    version: str
+    files: tuple[str, ...]
+    proxy_image: str
+    cert_manager: str
+    profile: ControllerProfile
+    latest_patch: bool = False
+
+    @property
+    def line(self) -> str:
+        """The minor line, e.g. ``v0.14``."""
+        major, minor, *_ = version_key(self.version)
+        return f"v{major}.{minor}"
+
+    @property
+    def runtimes_file(self) -> str | None:
+        """The file with ServingRuntimes: ``kserve-runtimes.yaml`` or
+        ``kserve-cluster-resources.yaml`` depending on the release."""
+        for name in self.files:
+            if name != "kserve.yaml":
+                return name
+        return None
+
+
+@dataclass(frozen=True)
+class ProxyImage:
+    alias: str
+    image: str
+    status: str  # retired | frozen | served
+    note: str = ""
+    newest: bool = False
+
+    @property
+    def tag(self) -> str:
+        return self.image.rsplit(":", 1)[1] if ":" in self.image.rsplit("/", 1)[-1] else ""
+
+    @property
+    def retired(self) -> bool:
+        return self.status == "retired"
+
+
+@dataclass(frozen=True)
+class KubernetesVersion:
+    version: str  # "1.34"
+    node_image: str
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A change to the proxy container beyond its image, expressed as data."""
+
+    name: str
+    description: str = ""
+    args_drop: tuple[str, ...] = ()
+    args_add: tuple[str, ...] = ()
+    security_context: dict[str, Any] | None = field(default=None, hash=False, compare=False)
+
+
+@dataclass(frozen=True)
+class MatrixCell:
+    release: KServeRelease
+    proxy: ProxyImage
+    kubernetes: KubernetesVersion
+    variant: Variant | None = None
+
+    @property
+    def id(self) -> str:
+        parts = [
+            f"kserve-{self.release.version}",
+            self.proxy.alias,
+            f"k8s-{self.kubernetes.version}",
+        ]
+        if self.variant:
+            parts.append(self.variant.name)
+        return "--".join(parts)
+
+    @property
+    def group_key(self) -> tuple[str, str]:
+        return (self.release.version, self.kubernetes.version)
+
+
+@dataclass(frozen=True)
+class ClusterGroup:
+    """Cells that share one cluster: same KServe release, same Kubernetes version."""
+
+    release: KServeRelease
+    kubernetes: KubernetesVersion
+    cells: tuple[MatrixCell, ...]
+
+    @property
+    def id(self) -> str:
+        return f"kserve-{self.release.version}--k8s-{self.kubernetes.version}"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What the user asked for on the command line. Empty means "the default"."""
+
+    kserve: tuple[str, ...] = ()
+    proxy: tuple[str, ...] = ()
+    k8s: tuple[str, ...] = ()
+    cells: tuple[str, ...] = ()
+    variants: tuple[str, ...] = ()
+    all_releases: bool = False  # every release in the file, not just latest patches
+
+    @classmethod
+    def from_options(
+        cls,
+        kserve: str | None = None,
+        proxy: str | None = None,
+        k8s: str | None = None,
+        cells: Iterable[str] = (),
+        variants: str | None = None,
+        all_releases: bool = False,
+    ) -> Selection:
+        return cls(
+            kserve=_split(kserve),
+            proxy=_split(proxy),
+            k8s=_split(k8s),
+            cells=tuple(c for cell in cells for c in _split(cell)),
+            variants=_split(variants),
+            all_releases=all_releases,
+        )
+
+
+def _split(value: str | None) -> tuple[str, ...]:
+    if not value:
+        return ()
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class Matrix:
+    releases: tuple[KServeRelease, ...]
+    proxies: tuple[ProxyImage, ...]
+    kubernetes: tuple[KubernetesVersion, ...]
+    variants: tuple[Variant, ...]
+    source: Path
+
+    # -- lookups ----------------------------------------------------------------------
+
+    def release(self, version: str) -> KServeRelease:
+        for release in self.releases:
+            if release.version == version:
+                return release
+        known = ", ".join(r.version for r in self.releases)
+        raise UsageError(f"--kserve {version}: unknown KServe release; the matrix has {known}")
+
+    def proxy(self, alias_or_image: str) -> ProxyImage:
+        for proxy in self.proxies:
+            if alias_or_image in (proxy.alias, proxy.image):
+                return proxy
+        known = ", ".join(p.alias for p in self.proxies)
+        raise UsageError(f"--proxy {alias_or_image}: unknown proxy image alias; expected one of {known}")
+
+    def proxy_for_image(self, image: str) -> ProxyImage:
+        """The matrix entry for an image reference, or an ad-hoc one if the matrix lacks it."""
+        for proxy in self.proxies:
+            if proxy.image == image:
+                return proxy
+        return ProxyImage(alias=image.rsplit("/", 1)[-1].replace(":", "-"), image=image, status="served")
+
+    def k8s(self, version: str) -> KubernetesVersion:
+        wanted = version.removeprefix("v")
+        for kube in self.kubernetes:
+            if kube.version == wanted:
+                return kube
+        known = ", ".join(k.version for k in self.kubernetes)
+        raise UsageError(f"--k8s {version}: unknown Kubernetes version; expected one of {known}")
+
+    def variant(self, name: str) -> Variant:
+        for variant in self.variants:
+            if variant.name == name:
+                return variant
+        known = ", ".join(v.name for v in self.variants)
+        raise UsageError(f"--variant {name}: unknown variant; expected one of {known}")
+
+    # -- expansion --------------------------------------------------------------------
+
+    def all_cells(self) -> list[MatrixCell]:
+        """Every cell of every release, proxy and Kubernetes version (no variants)."""
+        return [
+            MatrixCell(release, proxy, kube)
+            for release in self.releases
+            for proxy in self.proxies
+            for kube in self.kubernetes
+        ]
+
+    def cell(self, cell_id: str) -> MatrixCell:
+        variant_names = {v.name: v for v in self.variants}
+        for base in self.all_cells():
+            if base.id == cell_id:
+                return base
+            prefix = base.id + "--"
+            if cell_id.startswith(prefix) and cell_id[len(prefix) :] in variant_names:
+                return MatrixCell(base.release, base.proxy, base.kubernetes, variant_names[cell_id[len(prefix) :]])
+        raise UsageError(
+            f"--cell {cell_id}: unknown cell id; expected "
+            "kserve-<version>--<proxy alias>--k8s-<version>[--<variant>], e.g. "
+            f"{self.all_cells()[0].id}"
+        )
+
+    def select(self, selection: Selection) -> list[MatrixCell]:
+        """The cells a selection names, in a stable order (grouped by cluster)."""
+        if selection.cells:
+            cells = [self.cell(cell_id) for cell_id in selection.cells]
+        else:
+            if selection.kserve:
+                releases = [self.release(v) for v in selection.kserve]
+            elif selection.all_releases:
+                releases = list(self.releases)
+            else:
+                releases = [r for r in self.releases if r.latest_patch]
+            proxies = [self.proxy(p) for p in selection.proxy] if selection.proxy else list(self.proxies)
+            kubes = [self.k8s(k) for k in selection.k8s] if selection.k8s else list(self.kubernetes)
+            variants: list[Variant | None] = [None]
+            variants += [self.variant(v) for v in selection.variants]
+            cells = [
+                MatrixCell(release, proxy, kube, variant)
+                for release in releases
+                for kube in kubes
+                for proxy in proxies
+                for variant in variants
+            ]
+        unique: dict[str, MatrixCell] = {}
+        for cell in cells:
+            unique.setdefault(cell.id, cell)
+        return sorted(
+            unique.values(),
+            key=lambda c: (version_key(c.release.version), c.kubernetes.version, self._proxy_rank(c)),
+        )
+
+    def _proxy_rank(self, cell: MatrixCell) -> tuple[int, str]:
+        index = next((i for i, p in enumerate(self.proxies) if p.alias == cell.proxy.alias), len(self.proxies))
+        return (index, cell.variant.name if cell.variant else "")
+
+
+def group_cells(cells: Sequence[MatrixCell]) -> list[ClusterGroup]:
+    """Cells sharing (KServe release, Kubernetes version) share one cluster."""
+    groups: dict[tuple[str, str], list[MatrixCell]] = {}
+    for cell in cells:
+        groups.setdefault(cell.group_key, []).append(cell)
+    return [
+        ClusterGroup(members[0].release, members[0].kubernetes, tuple(members)) for members in groups.values()
+    ]
+
+
+def github_actions_matrix(cells: Sequence[MatrixCell]) -> dict[str, list[dict[str, str]]]:
+    """A GitHub Actions ``strategy.matrix`` with one entry per cluster group.
+
+    Each entry carries the group's cell ids joined by commas, so one job creates one
+    cluster and runs all of its cells (``nox -s e2e -- --cell "${{ matrix.cells }}"``).
+    """
+    include = []
+    for group in group_cells(cells):
+        include.append(
+            {
+                "group": group.id,
+                "kserve": group.release.version,
+                "k8s": group.kubernetes.version,
+                "cells": ",".join(cell.id for cell in group.cells),
+            }
+        )
+    return {"include": include}
+
+
+def github_actions_matrix_json(cells: Sequence[MatrixCell]) -> str:
+    return json.dumps(github_actions_matrix(cells), separators=(",", ":"))
+
+
+# -- loading --------------------------------------------------------------------------
+
+
+def load_matrix(path: Path | str | None = None) -> Matrix:
+    """Read and validate the matrix file; every problem is a one-line ``UsageError``."""
+    source = Path(path) if path else DEFAULT_MATRIX_FILE
+    try:
+        raw = yaml.safe_load(source.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"matrix file {source}: not found") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UsageError(f"matrix file {source}{where}: not valid YAML") from None
+    if not isinstance(raw, dict):
+        raise UsageError(f"matrix file {source}: expected a mapping with releases, proxy_images, kubernetes")
+    reader = _Reader(source)
+    profiles = {
+        name: reader.profile(name, body) for name, body in reader.mapping(raw, "profiles").items()
+    }
+    releases = tuple(reader.release(item, profiles) for item in reader.sequence(raw, "releases"))
+    proxies = tuple(reader.proxy(item) for item in reader.sequence(raw, "proxy_images"))
+    kubes = tuple(
+        KubernetesVersion(
+            version=str(reader.field(item, "version", "kubernetes")),
+            node_image=str(reader.field(item, "node_image", "kubernetes")),
+        )
+        for item in reader.sequence(raw, "kubernetes")
+    )
+    variants = tuple(reader.variant(item) for item in raw.get("variants") or ())
+    reader.unique("releases", [r.version for r in releases])
+    reader.unique("proxy_images", [p.alias for p in proxies])
+    reader.unique("kubernetes", [k.version for k in kubes])
+    reader.unique("variants", [v.name for v in variants])
+    return Matrix(releases, proxies, kubes, variants, source)
+
+
+class _Reader:
+    def __init__(self, source: Path) -> None:
+        self.source = source
+
+    def fail(self, what: str) -> UsageError:
+        return UsageError(f"matrix file {self.source}: {what}")
+
+    def mapping(self, raw: dict[str, Any], key: str) -> dict[str, Any]:
+        value = raw.get(key)
+        if not isinstance(value, dict) or not value:
+            raise self.fail(f"'{key}' must be a non-empty mapping")
+        return value
+
+    def sequence(self, raw: dict[str, Any], key: str) -> list[dict[str, Any]]:
+        value = raw.get(key)
+        if not isinstance(value, list) or not value or not all(isinstance(v, dict) for v in value):
+            raise self.fail(f"'{key}' must be a non-empty list of mappings")
+        return value
+
+    def field(self, item: dict[str, Any], key: str, where: str) -> Any:
+        if key not in item or item[key] in (None, ""):
+            raise self.fail(f"an entry of '{where}' lacks '{key}': {item}")
+        return item[key]
+
+    def unique(self, where: str, keys: list[str]) -> None:
+        seen = set()
+        for key in keys:
+            if key in seen:
+                raise self.fail(f"'{where}' lists {key} twice")
+            seen.add(key)
+
+    def profile(self, name: str, body: Any) -> ControllerProfile:
+        if not isinstance(body, dict):
+            raise self.fail(f"profile {name} must be a mapping")
+        names = [f for f in ControllerProfile.__dataclass_fields__ if f != "name"]
+        missing = [f for f in names if f not in body]
+        if missing:
+            raise self.fail(f"profile {name} lacks {', '.join(missing)}")
+        values = {f: body[f] for f in names}
+        values["metrics_port"] = int(values["metrics_port"])
+        return ControllerProfile(name=name, **values)
+
+    def release(self, item: dict[str, Any], profiles: dict[str, ControllerProfile]) -> KServeRelease:
+        version = str(self.field(item, "version", "releases"))
+        version_key(version)
+        profile_name = item.get("profile", "default")
+        if profile_name not in profiles:
+            raise self.fail(f"release {version} names unknown profile {profile_name}")
+        files = tuple(self.field(item, "files", "releases"))
+        if "kserve.yaml" not in files:
+            raise self.fail(f"release {version}: 'files' must include kserve.yaml")
+        return KServeRelease(
+            version=version,
+            files=files,
+            proxy_image=str(self.field(item, "proxy_image", "releases")),
+            cert_manager=str(self.field(item, "cert_manager", "releases")),
+            profile=profiles[profile_name],
+            latest_patch=bool(item.get("latest_patch", False)),
+        )
+
+    def proxy(self, item: dict[str, Any]) -> ProxyImage:
+        status = str(item.get("status", "served"))
+        if status not in ("retired", "frozen", "served"):
+            raise self.fail(f"proxy image {item.get('alias')}: status must be retired, frozen or served")
+        return ProxyImage(
+            alias=str(self.field(item, "alias", "proxy_images")),
+            image=str(self.field(item, "image", "proxy_images")),
+            status=status,
+            note=str(item.get("note", "")),
+            newest=bool(item.get("newest", False)),
+        )
+
+    def variant(self, item: Any) -> Variant:
+        if not isinstance(item, dict):
+            raise self.fail("each entry of 'variants' must be a mapping")
+        security_context = item.get("security_context")
+        if security_context is not None and not isinstance(security_context, dict):
+            raise self.fail(f"variant {item.get('name')}: security_context must be a mapping")
+        return Variant(
+            name=str(self.field(item, "name", "variants")),
+            description=str(item.get("description", "")),
+            args_drop=tuple(str(a) for a in item.get("args_drop") or ()),
+            args_add=tuple(str(a) for a in item.get("args_add") or ()),
+            security_context=security_context,
+        )
