@@ -76,6 +76,26 @@ class ClusterProvider(abc.ABC):
     def container_logs(self, namespace: str, pod_selector: str, container: str, previous: bool = False) -> str:
         """The log text of a container of the pods matching a label selector."""
 
+    def observed_images(self, namespace: str, pod_selector: str, container: str) -> list[str] | None:
+        """Images the provider itself knows a container runs, or None to read pod statuses.
+
+        kind: None (the kubelet reports it in the pod status); local: the image whose
+        binary the provider started for that container.
+        """
+        return None
+
+    def inference_endpoint(self, namespace: str, name: str) -> contextlib.AbstractContextManager[str]:
+        """``host:port`` that answers the InferenceService's inference protocol.
+
+        Default (kind): wait until it is Ready, then reach its predictor Service. The local
+        tier, with no kubelet to run model pods, overrides this with a local model server.
+        """
+        from e2e import kserve  # the install module imports this one
+
+        api = self.api_client()
+        isvc = kserve.wait_inference_service_ready(api, namespace, name)
+        return self.endpoint(kserve.predictor_service(isvc))
+
     @abc.abstractmethod
     def export_logs(self, directory: Path) -> None:
         """Write everything the provider knows about its cluster's logs under ``directory``."""

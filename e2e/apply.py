@@ -1,0 +1,184 @@
+"""Applying manifests to an API server: server-side apply, in dependency order.
+
+Server-side apply because the InferenceService CRD is about 2 MB: client-side apply's
+last-applied annotation would exceed the annotation size limit. CRDs go first and must be
+Established before objects of their kinds are applied.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes import client as k8s_client
+from kubernetes import dynamic
+from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic.exceptions import ResourceNotFoundError
+from tenacity import Retrying, retry_if_exception, retry_if_result, stop_after_delay, wait_exponential
+
+from e2e.errors import HarnessError
+
+log = logging.getLogger(__name__)
+
+FIELD_MANAGER = "kserve-compat"
+
+# Kinds applied before others, in this order; everything else keeps manifest order.
+_ORDER = [
+    "CustomResourceDefinition",
+    "Namespace",
+    "ServiceAccount",
+    "ClusterRole",
+    "Role",
+    "ClusterRoleBinding",
+    "RoleBinding",
+    "ConfigMap",
+    "Secret",
+    "Service",
+]
+
+
+class ApplyError(HarnessError):
+    """An object could not be applied; the message names it and the API's answer."""
+
+
+@dataclass
+class ApplyReport:
+    applied: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # kinds the cluster does not serve
+
+    def extend(self, other: ApplyReport) -> None:
+        self.applied += other.applied
+        self.skipped += other.skipped
+
+
+def object_ref(doc: dict[str, Any]) -> str:
+    meta = doc.get("metadata", {})
+    namespace = meta.get("namespace")
+    name = meta.get("name", "?")
+    return f"{doc.get('kind', '?')}/{namespace + '/' if namespace else ''}{name}"
+
+
+def ordered(documents: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Documents in apply order: CRDs, namespaces, RBAC, config, ..., then the rest."""
+    docs = [d for d in documents if d and d.get("kind")]
+    rank = {kind: i for i, kind in enumerate(_ORDER)}
+    return sorted(docs, key=lambda d: rank.get(d["kind"], len(_ORDER)))
+
+
+class Applier:
+    """Server-side apply through the dynamic client (one discovery cache per cluster)."""
+
+    def __init__(self, api: k8s_client.ApiClient) -> None:
+        self.api = api
+        self.dynamic = dynamic.DynamicClient(api)
+
+    def resource(self, api_version: str, kind: str) -> Any:
+        return self.dynamic.resources.get(api_version=api_version, kind=kind)
+
+    def apply(self, documents: Sequence[dict[str, Any]], *, skip_unknown_kinds: bool = False) -> ApplyReport:
+        """Apply ``documents`` in dependency order; CRDs are waited for before the rest."""
+        report = ApplyReport()
+        docs = ordered(documents)
+        crds = [d for d in docs if d["kind"] == "CustomResourceDefinition"]
+        rest = [d for d in docs if d["kind"] != "CustomResourceDefinition"]
+        for doc in crds:
+            self._apply_one(doc)
+            report.applied.append(object_ref(doc))
+        if crds:
+            wait_established(self.api, [d["metadata"]["name"] for d in crds])
+            self.dynamic.resources.invalidate_cache()  # the new kinds must be discoverable
+        for doc in rest:
+            try:
+                self._apply_one(doc)
+            except ResourceNotFoundError:
+                if not skip_unknown_kinds:
+                    raise ApplyError(
+                        f"{object_ref(doc)}: the cluster does not serve {doc.get('apiVersion')} {doc['kind']}"
+                    ) from None
+                report.skipped.append(object_ref(doc))
+                continue
+            report.applied.append(object_ref(doc))
+        log.info("applied %d objects (%d skipped)", len(report.applied), len(report.skipped))
+        return report
+
+    def _apply_one(self, doc: dict[str, Any]) -> None:
+        resource = self.resource(doc["apiVersion"], doc["kind"])
+        namespace = doc.get("metadata", {}).get("namespace") if resource.namespaced else None
+        try:
+            for attempt in Retrying(
+                # A freshly created namespace or CRD can make the first apply race: retry briefly.
+                retry=retry_if_exception(_is_transient),
+                stop=stop_after_delay(30),
+                wait=wait_exponential(multiplier=0.2, max=3),
+                reraise=True,
+            ):
+                with attempt:
+                    self.dynamic.server_side_apply(
+                        resource,
+                        body=doc,
+                        namespace=namespace,
+                        field_manager=FIELD_MANAGER,
+                        force_conflicts=True,
+                    )
+        except ApiException as exc:
+            raise ApplyError(f"{object_ref(doc)}: apply failed: {exc.status} {_api_message(exc)}") from None
+
+    def delete(self, documents: Sequence[dict[str, Any]]) -> None:
+        """Delete objects, ignoring those already gone (cleanup of what we created)."""
+        for doc in reversed(ordered(documents)):
+            resource = self.resource(doc["apiVersion"], doc["kind"])
+            namespace = doc.get("metadata", {}).get("namespace") if resource.namespaced else None
+            try:
+                self.dynamic.delete(resource, name=doc["metadata"]["name"], namespace=namespace)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise ApplyError(f"{object_ref(doc)}: delete failed: {exc.status} {_api_message(exc)}") from None
+
+
+def _is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, ApiException) and exc.status in (404, 409, 429, 500, 503, 504)
+
+
+def _api_message(exc: ApiException) -> str:
+    try:
+        return str(json.loads(exc.body).get("message", exc.reason))[:300]
+    except (TypeError, ValueError):
+        return str(exc.reason)
+
+
+def wait_established(api: k8s_client.ApiClient, names: Sequence[str], timeout_s: float = 60) -> None:
+    """Wait until every named CRD reports ``Established=True`` (bounded polling with backoff)."""
+    extensions = k8s_client.ApiextensionsV1Api(api)
+    pending = set(names)
+    last_seen: dict[str, str] = {}
+
+    def still_pending() -> set[str]:
+        for name in list(pending):
+            crd = extensions.read_custom_resource_definition(name)
+            conditions = {c.type: c.status for c in (crd.status.conditions or [])}
+            last_seen[name] = f"Established={conditions.get('Established', 'unknown')}"
+            if conditions.get("Established") == "True":
+                pending.discard(name)
+        if pending:
+            log.info("waiting for %d CRDs to be Established, e.g. %s (%s)", len(pending), *_first(pending, last_seen))
+        return pending
+
+    retrying = Retrying(
+        retry=retry_if_result(bool),
+        stop=stop_after_delay(timeout_s),
+        wait=wait_exponential(multiplier=0.1, max=2),
+        # On timeout, hand back what is still pending instead of raising RetryError.
+        retry_error_callback=lambda state: state.outcome.result() if state.outcome else pending,
+    )
+    retrying(still_pending)
+    if pending:
+        name, seen = _first(pending, last_seen)
+        raise ApplyError(f"CRD {name} not Established after {timeout_s:.0f}s (last seen: {seen})")
+
+
+def _first(pending: set[str], last_seen: dict[str, str]) -> tuple[str, str]:
+    name = sorted(pending)[0]
+    return name, last_seen.get(name, "nothing yet")

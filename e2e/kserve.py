@@ -1,0 +1,257 @@
+"""Installing a KServe release into any cluster, swapping its proxy image, deploying samples.
+
+Provider-agnostic: everything here talks to the API server only, so the local tier runs
+exactly this code against a real kube-apiserver, and the kind tier against a real cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import urllib.parse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client as k8s_client
+from kubernetes import watch
+from kubernetes.client.exceptions import ApiException
+
+from e2e.apply import Applier, ApplyError, ApplyReport
+from e2e.cluster.provider import ServiceTarget
+from e2e.errors import HarnessError
+from e2e.matrix import ControllerProfile, KServeRelease, version_key
+from e2e.rollout import RolloutState, wait_for_rollout
+
+log = logging.getLogger(__name__)
+
+MANIFESTS_DIR = Path(__file__).resolve().parent.parent / "manifests"
+SAMPLES_NAMESPACE = "kserve-compat-samples"
+ISVC_GROUP, ISVC_VERSION, ISVC_PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
+
+
+class InferenceServiceNotReady(HarnessError):
+    def __init__(self, message: str, evidence: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.evidence = evidence or []
+
+
+@dataclass
+class Installation:
+    """What an install did, including how the cluster now differs from a real one."""
+
+    release: KServeRelease
+    applied: ApplyReport = field(default_factory=ApplyReport)
+    deviations: list[str] = field(default_factory=list)
+
+
+def load_documents(path: Path) -> list[dict[str, Any]]:
+    """The YAML documents of one of our own files under ``manifests/``."""
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+# -- install ------------------------------------------------------------------------------
+
+
+def deployment_mode(release: KServeRelease) -> str:
+    """The raw (no Knative, no Istio) deployment mode's name in this release's config."""
+    # v0.20 renamed RawDeployment to Standard (RawDeployment stays a deprecated alias).
+    return "Standard" if version_key(release.version) >= version_key("v0.20.0") else "RawDeployment"
+
+
+def raw_deployment_config(release: KServeRelease, data: dict[str, str]) -> dict[str, str]:
+    """``inferenceservice-config`` data changed so InferenceServices need no Knative/Istio.
+
+    From v0.12 the controller can skip creating the Ingress (``disableIngressCreation``)
+    and still report IngressReady; before that, the Ingress object is created, which needs
+    no ingress controller to exist.
+    """
+    changed = dict(data)
+    deploy = json.loads(changed.get("deploy") or "{}")
+    deploy["defaultDeploymentMode"] = deployment_mode(release)
+    changed["deploy"] = json.dumps(deploy, indent=2)
+    if version_key(release.version) >= version_key("v0.12.0") and "ingress" in changed:
+        ingress = json.loads(changed["ingress"])
+        ingress["disableIngressCreation"] = True
+        changed["ingress"] = json.dumps(ingress, indent=2)
+    return changed
+
+
+def configure_raw_deployment(api: k8s_client.ApiClient, release: KServeRelease) -> None:
+    profile = release.profile
+    core = k8s_client.CoreV1Api(api)
+    config_map = core.read_namespaced_config_map(profile.config_map, profile.namespace)
+    data = raw_deployment_config(release, config_map.data or {})
+    core.patch_namespaced_config_map(profile.config_map, profile.namespace, {"data": data})
+    log.info("set %s/%s to %s mode", profile.namespace, profile.config_map, deployment_mode(release))
+
+
+def install_cert_manager(api: k8s_client.ApiClient, documents: Sequence[dict[str, Any]]) -> ApplyReport:
+    """Apply cert-manager (CRDs only on the local tier; the whole release on kind).
+
+    When the documents include cert-manager's own Deployments, wait for their rollout so
+    its webhook answers before KServe's Issuer and Certificate are applied.
+    """
+    report = Applier(api).apply(documents)
+    for doc in documents:
+        if doc.get("kind") == "Deployment":
+            meta = doc["metadata"]
+            wait_for_rollout(api, meta.get("namespace", "cert-manager"), meta["name"], timeout_s=300)
+    return report
+
+
+def admission_webhooks(documents: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        d for d in documents if d.get("kind") in ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration")
+    ]
+
+
+def install_kserve(
+    api: k8s_client.ApiClient,
+    release: KServeRelease,
+    kserve_documents: Sequence[dict[str, Any]],
+    runtime_documents: Sequence[dict[str, Any]] = (),
+    *,
+    controller_runs: bool = True,
+    wait_for_controller: Callable[[], RolloutState] | None = None,
+) -> Installation:
+    """Apply a release: CRDs (Established), RBAC, config, controller; then the runtimes.
+
+    ``controller_runs=False`` (local tier: no KServe controller binary) removes the
+    admission webhooks after install, because with ``failurePolicy: Fail`` and nobody
+    serving them, every InferenceService and ServingRuntime create would be rejected.
+    Each such change is recorded as a deviation from a real cluster.
+    """
+    installation = Installation(release)
+    applier = Applier(api)
+    installation.applied.extend(applier.apply(kserve_documents, skip_unknown_kinds=not controller_runs))
+    if installation.applied.skipped:
+        kinds = sorted({ref.split("/")[0] for ref in installation.applied.skipped})
+        installation.deviations.append(f"not applied (the cluster does not serve these kinds): {', '.join(kinds)}")
+    configure_raw_deployment(api, release)
+    webhooks = admission_webhooks(kserve_documents)
+    if not controller_runs and webhooks:
+        applier.delete(webhooks)
+        installation.deviations.append(
+            f"admission webhooks removed after install ({len(webhooks)}): no KServe controller serves them"
+        )
+    if wait_for_controller is not None:
+        wait_for_controller()
+    if runtime_documents:
+        installation.applied.extend(applier.apply(runtime_documents))
+    log.info("KServe %s installed (%d objects)", release.version, len(installation.applied.applied))
+    return installation
+
+
+# -- the proxy image swap -----------------------------------------------------------------
+
+
+def patch_controller(api: k8s_client.ApiClient, profile: ControllerProfile, patch: dict[str, Any]) -> int:
+    """Apply a strategic-merge patch to the controller Deployment; returns its new generation."""
+    apps = k8s_client.AppsV1Api(api)
+    try:
+        deployment = apps.patch_namespaced_deployment(profile.deployment, profile.namespace, patch)
+    except ApiException as exc:
+        raise ApplyError(
+            f"deployment {profile.namespace}/{profile.deployment}: patch rejected: {exc.status} {exc.reason}"
+        ) from None
+    return int(deployment.metadata.generation or 0)
+
+
+def controller_pod_selector(api: k8s_client.ApiClient, profile: ControllerProfile) -> str:
+    deployment = k8s_client.AppsV1Api(api).read_namespaced_deployment(profile.deployment, profile.namespace)
+    labels = deployment.spec.selector.match_labels or {}
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def proxy_container_spec(api: k8s_client.ApiClient, profile: ControllerProfile) -> Any:
+    """The proxy container as the API server stores it (after any patch)."""
+    deployment = k8s_client.AppsV1Api(api).read_namespaced_deployment(profile.deployment, profile.namespace)
+    for container in deployment.spec.template.spec.containers:
+        if container.name == profile.proxy_container:
+            return container
+    raise HarnessError(
+        f"deployment {profile.namespace}/{profile.deployment}: no container named {profile.proxy_container}"
+    )
+
+
+# -- sample InferenceServices -------------------------------------------------------------
+
+
+def sample_inference_services() -> list[dict[str, Any]]:
+    """The sklearn-iris InferenceServices (v1 and v2 protocol) from ``manifests/``."""
+    return load_documents(MANIFESTS_DIR / "inference-services.yaml")
+
+
+def deploy_inference_services(
+    api: k8s_client.ApiClient, release: KServeRelease, documents: Sequence[dict[str, Any]]
+) -> list[str]:
+    """Apply the samples in raw mode; returns their names."""
+    mode = deployment_mode(release)
+    docs = []
+    for doc in documents:
+        doc = json.loads(json.dumps(doc))  # a copy we may annotate
+        doc.setdefault("metadata", {}).setdefault("annotations", {})["serving.kserve.io/deploymentMode"] = mode
+        docs.append(doc)
+    Applier(api).apply(docs)
+    return [d["metadata"]["name"] for d in docs]
+
+
+def predictor_service(isvc: dict[str, Any]) -> ServiceTarget:
+    """The Service in front of an InferenceService's predictor, from its reported address.
+
+    The name changed across releases (``<name>-predictor-default`` in v0.10,
+    ``<name>-predictor`` later), so read it from the status instead of guessing.
+    """
+    meta, status = isvc.get("metadata", {}), isvc.get("status", {})
+    predictor = status.get("components", {}).get("predictor", {})
+    url = (predictor.get("address") or {}).get("url") or (status.get("address") or {}).get("url") or ""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if not host:
+        where = f"{meta.get('namespace')}/{meta.get('name')}"
+        raise InferenceServiceNotReady(f"InferenceService {where}: no address in its status")
+    port = urllib.parse.urlsplit(url).port or 80
+    return ServiceTarget(namespace=meta.get("namespace", SAMPLES_NAMESPACE), name=host.split(".")[0], port=port)
+
+
+def wait_inference_service_ready(
+    api: k8s_client.ApiClient,
+    namespace: str,
+    name: str,
+    *,
+    timeout_s: float = 600,
+    failure_evidence: Callable[[], list[str] | None] | None = None,
+) -> dict[str, Any]:
+    """Watch the InferenceService until its ``Ready`` condition is True; fail fast on broken pods."""
+    custom = k8s_client.CustomObjectsApi(api)
+    deadline = time.monotonic() + timeout_s
+    last_seen = "no status yet"
+    while time.monotonic() < deadline:
+        stream = watch.Watch()
+        for event in stream.stream(
+            custom.list_namespaced_custom_object,
+            ISVC_GROUP,
+            ISVC_VERSION,
+            namespace,
+            ISVC_PLURAL,
+            field_selector=f"metadata.name={name}",
+            timeout_seconds=10,
+        ):
+            obj = event["object"]
+            conditions = {c.get("type"): c for c in obj.get("status", {}).get("conditions", [])}
+            ready = conditions.get("Ready", {})
+            last_seen = ", ".join(f"{t}={c.get('status')}" for t, c in sorted(conditions.items())) or last_seen
+            if ready.get("status") == "True":
+                stream.stop()
+                log.info("InferenceService %s/%s is Ready", namespace, name)
+                return dict(obj)
+        evidence = failure_evidence() if failure_evidence else None
+        if evidence:
+            raise InferenceServiceNotReady(f"InferenceService {namespace}/{name}: {evidence[0]}", evidence)
+        log.info("waiting for InferenceService %s/%s to be Ready (last seen: %s)", namespace, name, last_seen)
+    raise InferenceServiceNotReady(
+        f"InferenceService {namespace}/{name} not Ready after {timeout_s:.0f}s (last seen: {last_seen})"
+    )
