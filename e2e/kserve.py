@@ -161,8 +161,9 @@ def patch_controller(api: k8s_client.ApiClient, profile: ControllerProfile, patc
     return int(deployment.metadata.generation or 0)
 
 
-def controller_pod_selector(api: k8s_client.ApiClient, profile: ControllerProfile) -> str:
-    deployment = k8s_client.AppsV1Api(api).read_namespaced_deployment(profile.deployment, profile.namespace)
+def controller_pod_selector_of(api: k8s_client.ApiClient, namespace: str, deployment_name: str) -> str:
+    """The label selector of a Deployment's pods, as ``k=v,k=v``."""
+    deployment = k8s_client.AppsV1Api(api).read_namespaced_deployment(deployment_name, namespace)
     labels = deployment.spec.selector.match_labels or {}
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
 

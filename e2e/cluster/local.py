@@ -1,0 +1,374 @@
+"""The dockerless provider: a real control plane, with local processes playing pod containers.
+
+etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok run as processes,
+so Deployments really roll out (kwok plays the kubelet of one fake node). No container
+runs, so the provider plays the containers the checks talk to:
+
+- every container whose image is a kube-rbac-proxy image runs as the real
+  kube-rbac-proxy binary of that version, with the container's own args (only the listen
+  and upstream addresses are remapped to free loopback ports; the remap is recorded),
+  authenticated as the pod's ServiceAccount through a TokenRequest token;
+- its upstream, the KServe manager's metrics endpoint, is a stand-in serving Prometheus
+  text the way controller-runtime does;
+- inference is answered by a local KServe model server (see ``inference_endpoint``).
+
+``sync_workloads`` reads the Deployments back from the API server, so the image patch is
+exercised for real: what runs is what the API server stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client as k8s_client
+
+from e2e.cluster.provider import ClusterInfo, ClusterProvider, ProviderFactory, ServiceTarget
+from e2e.errors import EnvironmentMissing, HarnessError
+from e2e.images import ImageReference
+from e2e.local import binaries
+from e2e.local.controlplane import ControlPlane, resolve_binaries
+from e2e.local.metrics_upstream import MetricsUpstream
+from e2e.local.processes import ProcessExitedEarly, free_loopback_port
+from e2e.local.proxy_runner import ProxyProcess, remap_ports
+from e2e.secrets import redact
+from e2e.tokens import kubeconfig_for_service_account
+
+log = logging.getLogger(__name__)
+
+PROXY_REPOSITORY_NAME = "kube-rbac-proxy"
+
+DEVIATIONS = [
+    "no kubelet: kwok marks pods Running on a fake node; the provider runs the proxy container as a process",
+    "the KServe manager's metrics endpoint is a stand-in serving controller-runtime style metrics",
+    "inference is answered by a local KServe model server process, not by InferenceService pods",
+]
+
+
+class WorkloadUnavailable(HarnessError):
+    """A container cannot be played locally (e.g. no binary for that proxy version)."""
+
+
+class WorkloadFailed(HarnessError):
+    """A played container exited; ``evidence`` carries its exit code and last output lines."""
+
+    def __init__(self, message: str, evidence: list[str]) -> None:
+        super().__init__(message)
+        self.evidence = evidence
+
+
+def proxy_version_of(image: str) -> str | None:
+    """The kube-rbac-proxy version an image runs, or None if it is not a kube-rbac-proxy image.
+
+    gcr.io/kubebuilder, registry.k8s.io/kubebuilder and quay.io/brancz hold the same
+    builds of each tag, so the repository's registry does not matter here.
+    """
+    ref = ImageReference.parse(image)
+    if ref.name.rsplit("/", 1)[-1] != PROXY_REPOSITORY_NAME or not ref.tag:
+        return None
+    return binaries.proxy_version_for_tag(ref.tag)
+
+
+@dataclass
+class PlayedContainer:
+    """A container of a Deployment that this provider runs as a local process."""
+
+    namespace: str
+    deployment: str
+    container: str
+    image: str
+    args: tuple[str, ...]
+    pod_labels: dict[str, str]
+    container_ports: dict[str | int, int]  # port name and number -> the original port
+    proxy: ProxyProcess
+    upstream: MetricsUpstream
+    previous_logs: str = ""
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.namespace, self.deployment, self.container)
+
+
+@dataclass
+class SyncReport:
+    started: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+class LocalCluster(ClusterProvider):
+    def __init__(self, control_plane: ControlPlane, name: str, model_server: Any | None = None) -> None:
+        self.control_plane = control_plane
+        self.info = ClusterInfo(
+            provider="local",
+            name=name,
+            kubernetes_version=control_plane.kubernetes_version,
+            deviations=list(DEVIATIONS),
+        )
+        self._workdir = Path(tempfile.mkdtemp(prefix="kserve-compat-workloads-"))
+        self._played: dict[tuple[str, str, str], PlayedContainer] = {}
+        self._ports: dict[tuple[str, str, str], int] = {}
+        self._model_server = model_server
+        self.last_sync = SyncReport()
+
+    # -- the provider interface -----------------------------------------------------------
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.control_plane.kubeconfig
+
+    def api_client(self) -> k8s_client.ApiClient:
+        return self.control_plane.api_client()
+
+    @contextlib.contextmanager
+    def endpoint(self, target: ServiceTarget) -> Iterator[str]:
+        """The address of the process playing the container behind a Service port."""
+        core = k8s_client.CoreV1Api(self.api_client())
+        service = core.read_namespaced_service(target.name, target.namespace)
+        selector = service.spec.selector or {}
+        port = next((p for p in service.spec.ports or [] if p.port == target.port), None)
+        if port is None:
+            raise HarnessError(f"service {target.namespace}/{target.name} has no port {target.port}")
+        wanted = port.target_port if port.target_port is not None else port.port
+        for played in self._played.values():
+            if played.namespace != target.namespace or not _selects(selector, played.pod_labels):
+                continue
+            if wanted in played.container_ports:
+                if not played.proxy.alive:
+                    raise self._exited(played)
+                yield played.proxy.address
+                return
+        raise HarnessError(
+            f"service {target.namespace}/{target.name}:{target.port}: no local process plays a container behind it"
+        )
+
+    def load_images(self, images: Sequence[str]) -> None:
+        """Make sure a binary exists for every kube-rbac-proxy image (others need nothing)."""
+        for image in images:
+            version = proxy_version_of(image)
+            if version is None:
+                continue
+            ok, reason = binaries.buildable("kube-rbac-proxy", version)
+            if binaries.locate("kube-rbac-proxy", version) is None and not ok:
+                raise WorkloadUnavailable(f"{image}: no local kube-rbac-proxy {version} binary ({reason})")
+            binaries.ensure_proxy(version)
+
+    def sync_workloads(self) -> list[str]:
+        """Run, restart or stop proxy processes so they match the Deployments as stored."""
+        api = self.api_client()
+        report = SyncReport()
+        wanted: set[tuple[str, str, str]] = set()
+        for deployment in k8s_client.AppsV1Api(api).list_deployment_for_all_namespaces().items:
+            for container in deployment.spec.template.spec.containers:
+                version = proxy_version_of(container.image)
+                if version is None:
+                    continue
+                key = (deployment.metadata.namespace, deployment.metadata.name, container.name)
+                wanted.add(key)
+                current = self._played.get(key)
+                args = tuple(container.args or [])
+                if current and current.image == container.image and current.args == args and current.proxy.alive:
+                    report.kept.append("/".join(key))
+                    continue
+                previous_logs = ""
+                if current:
+                    previous_logs = current.proxy.logs()
+                    self._stop(current)
+                played = self._start(api, deployment, container, version, args)
+                played.previous_logs = previous_logs
+                self._played[key] = played
+                report.started.append(f"{'/'.join(key)} as kube-rbac-proxy {version}")
+                report.notes += [f"{'/'.join(key)}: {note}" for note in played.proxy.remap_notes]
+        for key in set(self._played) - wanted:
+            self._stop(self._played.pop(key))
+        self.last_sync = report
+        return report.notes
+
+    def container_logs(self, namespace: str, pod_selector: str, container: str, previous: bool = False) -> str:
+        selector = _parse_selector(pod_selector)
+        texts = []
+        for played in self._played.values():
+            if (
+                played.namespace == namespace
+                and played.container == container
+                and _selects(selector, played.pod_labels)
+            ):
+                texts.append(played.previous_logs if previous else played.proxy.logs())
+        return "\n".join(texts)
+
+    def observed_images(self, namespace: str, pod_selector: str, container: str) -> list[str] | None:
+        selector = _parse_selector(pod_selector)
+        return [
+            played.image
+            for played in self._played.values()
+            if played.namespace == namespace
+            and played.container == container
+            and _selects(selector, played.pod_labels)
+            and played.proxy.alive
+        ]
+
+    @contextlib.contextmanager
+    def inference_endpoint(self, namespace: str, name: str) -> Iterator[str]:
+        """A local KServe model server stands in for the predictor pod (no kubelet here)."""
+        if self._model_server is None:
+            raise WorkloadUnavailable("no local model server was started for this run")
+        yield self._model_server.base_url.removeprefix("http://")
+
+    def export_logs(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.control_plane.export_logs(directory / "control-plane")
+        for played in self._played.values():
+            name = f"{played.namespace}_{played.deployment}_{played.container}"
+            (directory / f"{name}.log").write_text(redact(played.proxy.logs()))
+            if played.previous_logs:
+                (directory / f"{name}.previous.log").write_text(redact(played.previous_logs))
+
+    def delete(self) -> None:
+        for played in list(self._played.values()):
+            self._stop(played)
+        self._played.clear()
+        shutil.rmtree(self._workdir, ignore_errors=True)
+
+    # -- what the local tier adds -------------------------------------------------------
+
+    def check_alive(self) -> None:
+        """Raise ``WorkloadFailed`` with evidence if a played container has exited."""
+        for played in self._played.values():
+            if not played.proxy.alive:
+                raise self._exited(played)
+
+    def _start(
+        self, api: k8s_client.ApiClient, deployment: Any, container: Any, version: str, args: tuple[str, ...]
+    ) -> PlayedContainer:
+        binary = binaries.locate("kube-rbac-proxy", version)
+        if binary is None:
+            ok, reason = binaries.buildable("kube-rbac-proxy", version)
+            if not ok:
+                raise WorkloadUnavailable(f"{container.image}: no local kube-rbac-proxy {version} binary ({reason})")
+            binary = binaries.ensure_proxy(version)
+        namespace, name = deployment.metadata.namespace, deployment.metadata.name
+        pod_spec = deployment.spec.template.spec
+        account = pod_spec.service_account_name or "default"
+        workdir = self._workdir / f"{namespace}_{name}_{container.name}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        # The proxy authenticates as the pod's ServiceAccount: the release's own
+        # ClusterRoleBinding decides whether its TokenReviews and SARs are allowed.
+        kubeconfig = kubeconfig_for_service_account(
+            api,
+            server=self.control_plane.server,
+            ca=self.control_plane.ca_file,
+            namespace=namespace,
+            service_account=account,
+            path=workdir / "kubeconfig",
+        )
+        upstream = MetricsUpstream().start()
+        # The same container keeps its port across restarts, as a Service keeps its
+        # address: a prober sees the swap as an outage, not as a vanished endpoint.
+        key = (namespace, name, container.name)
+        listen_port = self._ports.setdefault(key, free_loopback_port())
+        proxy_args, notes = remap_ports(list(args), listen_port, upstream.url)
+        proxy = ProxyProcess(
+            binary,
+            proxy_args,
+            kubeconfig=kubeconfig,
+            workdir=workdir,
+            name=f"{name}-{container.name}",
+            remap_notes=notes,
+        )
+        try:
+            proxy.start()
+        except ProcessExitedEarly as exc:
+            upstream.stop()
+            raise WorkloadFailed(
+                f"{container.name} ({container.image}) exited at start: {exc}",
+                [str(exc), *proxy.process.tail_lines(15)],
+            ) from None
+        except BaseException:
+            upstream.stop()
+            raise
+        ports: dict[str | int, int] = {}
+        for port in container.ports or []:
+            ports[port.container_port] = port.container_port
+            if port.name:
+                ports[port.name] = port.container_port
+        return PlayedContainer(
+            namespace=namespace,
+            deployment=name,
+            container=container.name,
+            image=container.image,
+            args=args,
+            pod_labels=dict(deployment.spec.template.metadata.labels or {}),
+            container_ports=ports,
+            proxy=proxy,
+            upstream=upstream,
+        )
+
+    @staticmethod
+    def _stop(played: PlayedContainer) -> None:
+        played.proxy.stop()
+        played.upstream.stop()
+
+    @staticmethod
+    def _exited(played: PlayedContainer) -> WorkloadFailed:
+        lines = played.proxy.process.tail_lines(15)
+        return WorkloadFailed(
+            f"{played.container} ({played.image}) exited with code {played.proxy.exit_code}",
+            [f"exit code {played.proxy.exit_code}", *lines],
+        )
+
+
+def _parse_selector(selector: str) -> dict[str, str]:
+    pairs = (part.split("=", 1) for part in selector.split(",") if "=" in part)
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+class LocalProviderFactory(ProviderFactory):
+    """One real control plane (with controllers and kwok) per cluster group."""
+
+    name = "local"
+
+    def __init__(self, *, keep: bool = False, kubernetes_version: str | None = None) -> None:
+        self.keep = keep
+        self.kubernetes_version = kubernetes_version or binaries.KUBERNETES_VERSION
+        self.model_server: Any | None = None
+
+    def preflight(self) -> None:
+        missing = [
+            component
+            for component in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+            if binaries.locate(component, self.kubernetes_version if component.startswith("kube-") else None) is None
+        ]
+        if missing:
+            raise EnvironmentMissing(
+                f"local tier: no {', '.join(missing)} binary; run `nox -s binaries` (needs Go) or point "
+                "KSERVE_COMPAT_BIN_DIR at prebuilt binaries"
+            )
+
+    @contextlib.contextmanager
+    def cluster(self, group_id: str, kubernetes_version: str) -> Iterator[LocalCluster]:
+        # The matrix's Kubernetes version names kind node images; locally we run the
+        # control plane we built, whose version the report records.
+        control_plane_binaries = resolve_binaries(self.kubernetes_version, with_controllers=True, build=False)
+        with ControlPlane(control_plane_binaries, with_controllers=True, keep=self.keep) as control_plane:
+            cluster = LocalCluster(control_plane, group_id, model_server=self.model_server)
+            try:
+                yield cluster
+            finally:
+                cluster.delete()
+
+    def plan(self, group_id: str, kubernetes_version: str) -> list[str]:
+        return [
+            f"start etcd + kube-apiserver {self.kubernetes_version} + controllers + kwok (one fake node)"
+            f" for {group_id}",
+            "play kube-rbac-proxy containers as local processes of the matching version",
+        ]

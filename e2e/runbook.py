@@ -1,0 +1,487 @@
+"""The runbook of a run: one cluster per group, and the steps of each cell.
+
+``Harness`` owns a run: the matrix selection, the provider, the cluster of the current
+group (created on first use, reused by the group's cells, torn down when the next group
+starts), and the results. ``CellRun`` is one cell's runbook, shaped like chainsaw's
+try / catch / finally:
+
+- try: the steps the scenario calls (install, swap, deploy, check, migrate);
+- catch: a failed step ends the cell with a verdict and its evidence, and diagnostics
+  are collected while the cluster still exists;
+- finally: the result is saved as JSON (and JUnit properties) whatever happened.
+
+Every step talks to the API server through shared code (``kserve``, ``checks``, ...);
+only ``ClusterProvider`` methods differ between the kind and local tiers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from e2e import checks, diagnostics, kserve, report
+from e2e.apply import Applier
+from e2e.cluster.provider import ClusterProvider, ProviderFactory, ServiceTarget
+from e2e.errors import HarnessError, NotInOfflineDirectory
+from e2e.images import RegistryMirrors
+from e2e.manifests import (
+    ReleaseFile,
+    ReleaseFiles,
+    ReleaseManifest,
+    load_release_manifest,
+    patched_manifest,
+    proxy_patch,
+)
+from e2e.matrix import ClusterGroup, KServeRelease, Matrix, MatrixCell, Selection, group_cells, load_matrix
+from e2e.results import CellResult, CheckStatus, Verdict, timed_check
+from e2e.rollout import ImageUnavailable, RolloutFailed, wait_for_rollout
+from e2e.tokens import mint_token
+
+log = logging.getLogger(__name__)
+
+METRICS_ACCESS_NAMESPACE = "kserve-compat"
+METRICS_READER, NO_ACCESS = "metrics-reader", "no-access"
+SAMPLE_MODELS = (("sklearn-iris", "v1"), ("sklearn-iris-v2", "v2"))
+
+
+@dataclass
+class HarnessOptions:
+    provider: str = "local"
+    matrix_file: str | None = None
+    selection: Selection = field(default_factory=Selection)
+    manifest_dir: str | None = None
+    reports_dir: Path = Path("reports")
+    registry_mirrors: tuple[str, ...] = ()
+    keep_cluster: bool = False
+    keep_on_failure: bool = False
+    strict: bool = False
+    rollout_timeout_s: float = 300.0
+
+
+class CellSkipped(HarnessError):
+    """The cell cannot run here for a stated reason (recorded as ``skipped``)."""
+
+
+def make_factory(options: HarnessOptions) -> ProviderFactory:
+    if options.provider == "local":
+        from e2e.cluster.local import LocalProviderFactory
+
+        return LocalProviderFactory(keep=options.keep_cluster)
+    if options.provider == "kind":
+        from e2e.cluster.kind import KindProviderFactory
+
+        return KindProviderFactory(keep=options.keep_cluster, keep_on_failure=options.keep_on_failure)
+    raise HarnessError(f"--provider {options.provider}: expected kind or local")
+
+
+@dataclass
+class MetricsAccess:
+    """The two scrapers of every cell: one allowed to read /metrics, one not."""
+
+    metrics_reader_token: str
+    no_access_token: str
+
+    def tokens(self) -> dict[str, str]:
+        return {METRICS_READER: self.metrics_reader_token, NO_ACCESS: self.no_access_token}
+
+
+@dataclass
+class GroupCluster:
+    """The cluster of one group, with what has been installed on it so far."""
+
+    group: ClusterGroup
+    provider: ClusterProvider
+    manifest: ReleaseManifest | None = None
+    access: MetricsAccess | None = None
+    install_error: HarnessError | None = None
+    samples_deployed: bool = False
+    deviations: list[str] = field(default_factory=list)
+    proxy_image: str = ""  # the image the controller Deployment currently asks for
+
+
+class Harness:
+    """One run of selected cells on one provider."""
+
+    def __init__(self, options: HarnessOptions, factory: ProviderFactory | None = None) -> None:
+        self.options = options
+        self.matrix: Matrix = load_matrix(options.matrix_file)
+        self.cells = self.matrix.select(options.selection)
+        self.groups = group_cells(self.cells)
+        self.files = ReleaseFiles.from_environment(options.manifest_dir)
+        self.mirrors = RegistryMirrors.from_options(options.registry_mirrors)
+        self.factory = factory or make_factory(options)
+        self.results: list[CellResult] = []
+        self._current: GroupCluster | None = None
+        self._group_stack = contextlib.ExitStack()
+        self.any_failure = False
+
+    # -- clusters ---------------------------------------------------------------------------
+
+    def cluster_for(self, cell: MatrixCell) -> GroupCluster:
+        """The cluster of the cell's group; switching groups tears the previous one down."""
+        group = next(g for g in self.groups if (g.release.version, g.kubernetes.version) == cell.group_key)
+        if self._current is not None and self._current.group.id == group.id:
+            return self._current
+        self.close_group()
+        log.info("creating the cluster for %s", group.id)
+        provider = self._group_stack.enter_context(self.factory.cluster(group.id, group.kubernetes.version))
+        self._current = GroupCluster(group=group, provider=provider)
+        return self._current
+
+    def close_group(self) -> None:
+        if self._current is not None:
+            log.info("tearing down the cluster for %s", self._current.group.id)
+        self._current = None
+        self._group_stack.close()
+        self._group_stack = contextlib.ExitStack()
+
+    def close(self) -> None:
+        self.close_group()
+
+    # -- installing ---------------------------------------------------------------------------
+
+    def release_manifest(self, release: KServeRelease) -> ReleaseManifest:
+        try:
+            return load_release_manifest(release, self.files)
+        except NotInOfflineDirectory as exc:
+            raise CellSkipped(str(exc)) from None
+
+    def install(self, cluster: GroupCluster, cell: MatrixCell) -> None:
+        """Install the group's KServe release once; later cells of the group reuse it."""
+        if cluster.install_error is not None:
+            raise cluster.install_error
+        if cluster.manifest is not None:
+            return
+        try:
+            self._install(cluster, cell)
+        except HarnessError as exc:
+            cluster.install_error = exc
+            raise
+
+    def _install(self, cluster: GroupCluster, cell: MatrixCell) -> None:
+        release = cell.release
+        provider = cluster.provider
+        api = provider.api_client()
+        manifest = self.release_manifest(release)
+        kserve.install_cert_manager(api, self._cert_manager_documents(cluster, release))
+        # Install with the cell's proxy image already in place: a release whose shipped
+        # image is retired could otherwise never become Available.
+        rewrite = self.mirrors.rewrite if self.mirrors else None
+        patch = proxy_patch(cell, manifest, rewrite)
+        first = patched_manifest(cell, manifest, rewrite)
+        runtimes = self._runtime_documents(release)
+        provider.load_images([_proxy_image_of(patch)])
+        profile = release.profile
+
+        def controller_rollout() -> Any:
+            cluster.deviations += [f"note: {n}" for n in provider.sync_workloads()]
+            return wait_for_rollout(
+                api,
+                profile.namespace,
+                profile.deployment,
+                timeout_s=self.options.rollout_timeout_s,
+                failure_evidence=self._failure_probe(provider, profile.namespace, profile.deployment),
+            )
+
+        installation = kserve.install_kserve(
+            api,
+            release,
+            first.documents,
+            runtimes,
+            controller_runs=provider.info.provider != "local",
+            wait_for_controller=controller_rollout,
+        )
+        cluster.deviations += installation.deviations
+        Applier(api).apply(kserve.load_documents(kserve.MANIFESTS_DIR / "metrics-access.yaml"))
+        cluster.access = MetricsAccess(
+            metrics_reader_token=mint_token(api, METRICS_ACCESS_NAMESPACE, METRICS_READER),
+            no_access_token=mint_token(api, METRICS_ACCESS_NAMESPACE, NO_ACCESS),
+        )
+        cluster.manifest = manifest
+        cluster.proxy_image = _proxy_image_of(patch)
+
+    def _cert_manager_documents(self, cluster: GroupCluster, release: KServeRelease) -> list[dict[str, Any]]:
+        """cert-manager for the release: the whole install on kind, CRDs only locally.
+
+        Locally only the CRDs matter (KServe's Issuer and Certificate must be accepted);
+        when the offline directory lacks the release's version, the newest one it has is
+        used and the substitution recorded.
+        """
+        import yaml
+
+        local = cluster.provider.info.provider == "local"
+        name = "cert-manager.crds.yaml" if local else "cert-manager.yaml"
+        version = release.cert_manager
+        try:
+            text = self.files.text(ReleaseFile("cert-manager", version, name))
+        except NotInOfflineDirectory:
+            substitute = self._newest_offline("cert-manager") if local else None
+            if substitute is None:
+                raise
+            text = self.files.text(ReleaseFile("cert-manager", substitute, name))
+            cluster.deviations.append(f"cert-manager CRDs {substitute} used instead of {version} (offline directory)")
+        return [d for d in yaml.safe_load_all(text) if d]
+
+    def _newest_offline(self, project: str) -> str | None:
+        from e2e.matrix import version_key
+
+        if self.files.offline_dir is None:
+            return None
+        versions = [p.name for p in (self.files.offline_dir / project).glob("v*") if p.is_dir()]
+        return max(versions, key=version_key) if versions else None
+
+    def _runtime_documents(self, release: KServeRelease) -> list[dict[str, Any]]:
+        if release.runtimes_file is None:
+            return []
+        manifest = load_release_manifest(release, self.files, release.runtimes_file)
+        return list(manifest.documents)
+
+    @staticmethod
+    def _failure_probe(provider: ClusterProvider, namespace: str, deployment: str) -> Callable[[], list[str] | None]:
+        """Evidence of broken pods of a Deployment (pull errors, crash loops), or None."""
+        api = provider.api_client()
+        selector = kserve.controller_pod_selector_of(api, namespace, deployment)
+
+        def read_log(container: str, previous: bool) -> str:
+            return provider.container_logs(namespace, selector, container, previous)
+
+        return lambda: diagnostics.pod_failure_evidence(api, namespace, selector, read_log)
+
+
+def _proxy_image_of(patch: dict[str, Any]) -> str:
+    return str(patch["spec"]["template"]["spec"]["containers"][0]["image"])
+
+
+class CellRun:
+    """One cell's runbook. Use as ``with harness.run(cell, scenario) as run: run.step()...``."""
+
+    def __init__(self, harness: Harness, cell: MatrixCell, scenario: str) -> None:
+        self.harness = harness
+        self.cell = cell
+        self.scenario = scenario
+        self.result = CellResult(
+            cell_id=cell.id,
+            provider=harness.options.provider,
+            kserve_version=cell.release.version,
+            proxy_alias=cell.proxy.alias,
+            proxy_image=cell.proxy.image,
+            kubernetes_version=cell.kubernetes.version,
+            variant=cell.variant.name if cell.variant else "",
+        )
+        self.result.notes.append(f"scenario: {scenario}")
+        if scenario == "migration":
+            # Its own grid: the report groups cells by variant.
+            self.result.cell_id = f"{cell.id}--migration"
+            self.result.variant = "+".join(filter(None, [self.result.variant, "migration"]))
+        self.cluster: GroupCluster | None = None
+        self.diagnostics_dir: Path | None = None
+
+    # -- setup --------------------------------------------------------------------------------
+
+    def install_release(self) -> None:
+        """Create (or reuse) the group's cluster and install the KServe release on it."""
+        self.cluster = self.harness.cluster_for(self.cell)
+        with timed_check(self.result, "install") as check:
+            self.harness.install(self.cluster, self.cell)
+            check.status, check.detail = CheckStatus.PASS, f"KServe {self.cell.release.version} installed"
+        self.result.deviations = list(dict.fromkeys(self.cluster.provider.info.deviations + self.cluster.deviations))
+
+    def swap_proxy_image(self, image: str | None = None) -> None:
+        """Patch the controller Deployment to the cell's proxy image and wait for the rollout."""
+        cluster = self._cluster()
+        assert cluster.manifest is not None
+        profile = self.cell.release.profile
+        cell = self.cell if image is None else _with_image(self.harness.matrix, self.cell, image)
+        patch = proxy_patch(cell, cluster.manifest, self.harness.mirrors.rewrite if self.harness.mirrors else None)
+        target = _proxy_image_of(patch)
+        with timed_check(self.result, "proxy-rollout") as check:
+            provider = cluster.provider
+            provider.load_images([target])
+            api = provider.api_client()
+            kserve.patch_controller(api, profile, patch)
+            self.result.notes += provider.sync_workloads()
+            state = wait_for_rollout(
+                api,
+                profile.namespace,
+                profile.deployment,
+                timeout_s=self.harness.options.rollout_timeout_s,
+                failure_evidence=Harness._failure_probe(provider, profile.namespace, profile.deployment),
+            )
+            cluster.proxy_image = target
+            check.status, check.detail = CheckStatus.PASS, f"rolled out {target} ({state})"
+
+    def deploy_sample_models(self) -> None:
+        """Apply the sklearn-iris InferenceServices (v1 and v2 protocol) once per cluster."""
+        cluster = self._cluster()
+        if cluster.samples_deployed:
+            return
+        with timed_check(self.result, "deploy-samples") as check:
+            api = cluster.provider.api_client()
+            names = kserve.deploy_inference_services(api, self.cell.release, kserve.sample_inference_services())
+            cluster.samples_deployed = True
+            check.status, check.detail = CheckStatus.PASS, f"applied {', '.join(names)}"
+
+    # -- assess ------------------------------------------------------------------------------
+
+    def check_image_in_use(self) -> None:
+        cluster = self._cluster()
+        profile = self.cell.release.profile
+        provider = cluster.provider
+        api = provider.api_client()
+        selector = kserve.controller_pod_selector_of(api, profile.namespace, profile.deployment)
+        checks.check_image_in_use(
+            self.result,
+            api,
+            profile.namespace,
+            profile.deployment,
+            profile.proxy_container,
+            cluster.proxy_image,
+            observed_images=provider.observed_images(profile.namespace, selector, profile.proxy_container),
+        )
+
+    def check_metrics_access(self) -> None:
+        cluster = self._cluster()
+        assert cluster.access is not None
+        profile = self.cell.release.profile
+        target = ServiceTarget(profile.namespace, profile.metrics_service, profile.metrics_port)
+        with cluster.provider.endpoint(target) as address:
+            checks.check_metrics_auth(
+                self.result,
+                f"https://{address}/metrics",
+                metrics_reader_token=cluster.access.metrics_reader_token,
+                no_access_token=cluster.access.no_access_token,
+            )
+
+    def check_inference(self) -> None:
+        cluster = self._cluster()
+        for name, protocol in SAMPLE_MODELS:
+            with cluster.provider.inference_endpoint(kserve.SAMPLES_NAMESPACE, name) as address:
+                checks.check_inference(self.result, f"http://{address}", name, protocol)  # type: ignore[arg-type]
+
+    def check_token_leak(self) -> None:
+        """Search the proxy's logs (current and previous) for the tokens the checks sent."""
+        cluster = self._cluster()
+        assert cluster.access is not None
+        profile = self.cell.release.profile
+        provider = cluster.provider
+        selector = kserve.controller_pod_selector_of(provider.api_client(), profile.namespace, profile.deployment)
+        logs = provider.container_logs(profile.namespace, selector, profile.proxy_container)
+        previous = provider.container_logs(profile.namespace, selector, profile.proxy_container, previous=True)
+        checks.check_token_leak(self.result, "\n".join([previous, logs]), cluster.access.tokens())
+
+    # -- migrate ----------------------------------------------------------------------------
+
+    def migrate_proxy_image(self, from_image: str) -> None:
+        """Swap from ``from_image`` to the cell's image while a prober keeps asking."""
+        self.swap_proxy_image(from_image)
+        cluster = self._cluster()
+        assert cluster.access is not None
+        profile = self.cell.release.profile
+        target = ServiceTarget(profile.namespace, profile.metrics_service, profile.metrics_port)
+        provider = cluster.provider
+        with contextlib.ExitStack() as stack:
+            metrics = stack.enter_context(provider.endpoint(target))
+            models = []
+            for name, protocol in SAMPLE_MODELS:
+                address = stack.enter_context(provider.inference_endpoint(kserve.SAMPLES_NAMESPACE, name))
+                models.append(checks.InferenceTarget(f"http://{address}", name, protocol))  # type: ignore[arg-type]
+            prober = checks.MetricsProber(f"https://{metrics}/metrics", cluster.access.metrics_reader_token, models)
+            prober.start()
+            try:
+                time.sleep(0.5)  # a baseline before the swap
+                self.swap_proxy_image()
+                time.sleep(1.0)  # and after it: the outage window must have closed
+            finally:
+                summary = prober.stop()
+            checks.check_probe(self.result, summary)
+
+    # -- catch / finally ---------------------------------------------------------------------
+
+    def _cluster(self) -> GroupCluster:
+        if self.cluster is None:
+            self.cluster = self.harness.cluster_for(self.cell)
+        return self.cluster
+
+    def fail_with(self, exc: BaseException) -> None:
+        """Turn a failed step into the cell's verdict, with its evidence."""
+        evidence: list[str] = list(getattr(exc, "evidence", []) or [])
+        if isinstance(exc, ImageUnavailable):
+            self.result.verdict = Verdict.IMAGE_UNAVAILABLE
+        elif isinstance(exc, CellSkipped) or type(exc).__name__ == "WorkloadUnavailable":
+            self.result.verdict = Verdict.SKIPPED
+        elif isinstance(exc, RolloutFailed) or type(exc).__name__ == "WorkloadFailed":
+            self.result.verdict = Verdict.FAIL
+        else:
+            self.result.verdict = Verdict.ERROR
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        self.result.reason = message if isinstance(exc, HarnessError) else f"{type(exc).__name__}: {message}"
+        if evidence:
+            failing = self.result.failing_check
+            if failing is not None:
+                failing.evidence = (failing.evidence + evidence)[:30]
+            else:
+                self.result.notes += evidence[:10]
+
+    def collect_diagnostics(self) -> None:
+        if self.cluster is None:
+            return
+        profile = self.cell.release.profile
+        directory = self.harness.options.reports_dir / "diagnostics" / self.cell.id
+        try:
+            self.diagnostics_dir = diagnostics.collect(
+                self.cluster.provider.api_client(),
+                self.cluster.provider,
+                [profile.namespace, kserve.SAMPLES_NAMESPACE],
+                directory,
+                deployment=profile.deployment,
+                isvc_names=[name for name, _ in SAMPLE_MODELS],
+            )
+        except Exception as exc:  # diagnostics must never hide the failure they explain
+            log.warning("diagnostics for %s incomplete: %s", self.cell.id, exc)
+
+    def finish(self) -> CellResult:
+        self.result.conclude()
+        self.result.duration_s = round(time.time() - self.result.started_at, 3)
+        report.save_result(self.result, self.harness.options.reports_dir / "cells")
+        self.harness.results.append(self.result)
+        return self.result
+
+
+@contextlib.contextmanager
+def cell_run(harness: Harness, cell: MatrixCell, scenario: str) -> Iterator[CellRun]:
+    """try: the scenario's steps; catch: verdict + diagnostics; finally: save the result."""
+    run = CellRun(harness, cell, scenario)
+    try:
+        yield run
+    except (HarnessError, Exception) as exc:
+        run.fail_with(exc)
+        log.info("%s: %s", cell.id, run.result.reason)
+    finally:
+        run.result.conclude()
+        if run.result.verdict in (Verdict.FAIL, Verdict.ERROR, Verdict.IMAGE_UNAVAILABLE):
+            harness.any_failure = True
+            run.collect_diagnostics()
+        run.finish()
+
+
+def migration_start_image(cell: MatrixCell) -> str:
+    """The image a migration starts from: the one the release ships, unless retired.
+
+    A retired gcr.io/kubebuilder image cannot be pulled any more; an operator starts from
+    its frozen copy on registry.k8s.io, and so does the scenario.
+    """
+    image = cell.release.proxy_image
+    if image.startswith("gcr.io/kubebuilder/"):
+        return "registry.k8s.io/kubebuilder/" + image.removeprefix("gcr.io/kubebuilder/")
+    return image
+
+
+def _with_image(matrix: Matrix, cell: MatrixCell, image: str) -> MatrixCell:
+    return MatrixCell(cell.release, matrix.proxy_for_image(image), cell.kubernetes, cell.variant)
+
+
