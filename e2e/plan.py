@@ -95,7 +95,10 @@ def render_plan(options: HarnessOptions, nodeids: Sequence[str], factory: Provid
             lines.append(
                 "     wait: rollout (observedGeneration, updated and available replicas); fail fast on pull errors"
             )
-            lines += [f"     check: {check}" for check in CHECKS]
+            if ran == ["retired_image_is_reported_unavailable"]:
+                lines.append("     expect: the image pull fails: verdict image-unavailable, pull error as evidence")
+            else:
+                lines += [f"     check: {check}" for check in CHECKS]
         lines.append(f"   teardown: delete the cluster of {group.id} (unless --keep-cluster)")
     lines.append("")
     lines.append(f"reports: {options.reports_dir}/report.json, report.md, report.html, junit.xml")
