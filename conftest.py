@@ -54,6 +54,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--reports-dir", metavar="DIR", default="reports", help="where results and reports go")
     group.addoption("--plan", action="store_true", help="print the ordered plan and touch nothing")
     group.addoption("--keep-on-failure", action="store_true", help="keep a group's cluster when a cell failed")
+    group.addoption(
+        "--cluster-per-cell", action="store_true", help="a fresh cluster for every cell (nox -s bench's naive mode)"
+    )
     # pytest owns --strict; ours is named for what it makes strict.
     group.addoption(
         "--strict-security", action="store_true", help="security findings (e.g. token leaks) fail the run"
@@ -154,6 +157,7 @@ def _harness_options(config: pytest.Config) -> HarnessOptions:
         keep_cluster=bool(config.getoption("keep_cluster", default=False)),
         keep_on_failure=bool(config.getoption("keep_on_failure")),
         strict=bool(config.getoption("strict_security")),
+        cluster_per_cell=bool(config.getoption("cluster_per_cell")),
     )
 
 

@@ -54,7 +54,7 @@ def e2e(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def local(session: nox.Session) -> None:
     """The same scenarios against a real control plane and real proxies, no Docker."""
-    _install(session, "test", "inference")
+    _install(session, "test")
     session.run("kserve-compat", "binaries")
     manifest_dir = os.environ.get("KSERVE_COMPAT_MANIFEST_DIR")
     args = ["--all-releases"] if manifest_dir else []
@@ -99,6 +99,6 @@ def preflight(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Wall time of the local matrix: shared control planes vs a fresh one per cell."""
-    _install(session, "test", "inference")
+    _install(session, "test")
     session.run("kserve-compat", "binaries")
     session.run("python", "-m", "e2e.bench", *session.posargs)

@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 METRICS_ACCESS_NAMESPACE = "kserve-compat"
 METRICS_READER, NO_ACCESS = "metrics-reader", "no-access"
-SAMPLE_MODELS = (("sklearn-iris", "v1"), ("sklearn-iris-v2", "v2"))
+SAMPLE_MODELS: tuple[tuple[str, checks.Protocol], ...] = (("sklearn-iris", "v1"), ("sklearn-iris-v2", "v2"))
 
 
 @dataclass
@@ -61,6 +61,8 @@ class HarnessOptions:
     keep_on_failure: bool = False
     strict: bool = False
     rollout_timeout_s: float = 300.0
+    # The naive mode `nox -s bench` compares against: a fresh cluster for every cell.
+    cluster_per_cell: bool = False
 
 
 class CellSkipped(HarnessError):
@@ -361,7 +363,7 @@ class CellRun:
         cluster = self._cluster()
         for name, protocol in SAMPLE_MODELS:
             with cluster.provider.inference_endpoint(kserve.SAMPLES_NAMESPACE, name) as address:
-                checks.check_inference(self.result, f"http://{address}", name, protocol)  # type: ignore[arg-type]
+                checks.check_inference(self.result, f"http://{address}", name, protocol)
 
     def check_token_leak(self) -> None:
         """Search the proxy's logs (current and previous) for the tokens the checks sent."""
@@ -389,7 +391,7 @@ class CellRun:
             models = []
             for name, protocol in SAMPLE_MODELS:
                 address = stack.enter_context(provider.inference_endpoint(kserve.SAMPLES_NAMESPACE, name))
-                models.append(checks.InferenceTarget(f"http://{address}", name, protocol))  # type: ignore[arg-type]
+                models.append(checks.InferenceTarget(f"http://{address}", name, protocol))
             prober = checks.MetricsProber(f"https://{metrics}/metrics", cluster.access.metrics_reader_token, models)
             prober.start()
             try:
@@ -449,6 +451,8 @@ class CellRun:
         self.result.duration_s = round(time.time() - self.result.started_at, 3)
         report.save_result(self.result, self.harness.options.reports_dir / "cells")
         self.harness.results.append(self.result)
+        if self.harness.options.cluster_per_cell:
+            self.harness.close_group()
         return self.result
 
 
