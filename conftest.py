@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+import e2e.cluster.kind  # noqa: F401 - pins pytest-kind's kind/kubectl versions at import
 from e2e import report
 from e2e.errors import HarnessError
 from e2e.matrix import Matrix, MatrixCell, Selection, group_cells, load_matrix
@@ -54,6 +55,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--reports-dir", metavar="DIR", default="reports", help="where results and reports go")
     group.addoption("--plan", action="store_true", help="print the ordered plan and touch nothing")
     group.addoption("--keep-on-failure", action="store_true", help="keep a group's cluster when a cell failed")
+    group.addoption("--reuse-cluster", action="store_true", help="kind: use an existing cluster of the same name")
     group.addoption(
         "--cluster-per-cell", action="store_true", help="a fresh cluster for every cell (nox -s bench's naive mode)"
     )
@@ -88,8 +90,21 @@ def pytest_configure(config: pytest.Config) -> None:
         cells = matrix.select(_selection(config))
     except HarnessError as exc:
         raise pytest.UsageError(str(exc)) from None
+    if config.getoption("provider") == "local" and not config.getoption("k8s"):
+        cells = _local_kubernetes_cells(cells)
     config.stash[_CELLS] = cells
     config.stash[_MATRIX] = matrix
+
+
+def _local_kubernetes_cells(cells: list[MatrixCell]) -> list[MatrixCell]:
+    """The local tier runs the control plane it built: keep the cells of that version."""
+    from e2e.local.binaries import KUBERNETES_VERSION
+
+    built = ".".join(KUBERNETES_VERSION.removeprefix("v").split(".")[:2])
+    matching = [cell for cell in cells if cell.kubernetes.version == built]
+    if cells and not matching:
+        raise pytest.UsageError(f"local tier: the control plane is Kubernetes {built}; the matrix has no such version")
+    return matching
 
 
 _CELLS = pytest.StashKey[list[MatrixCell]]()
@@ -158,6 +173,7 @@ def _harness_options(config: pytest.Config) -> HarnessOptions:
         keep_on_failure=bool(config.getoption("keep_on_failure")),
         strict=bool(config.getoption("strict_security")),
         cluster_per_cell=bool(config.getoption("cluster_per_cell")),
+        reuse_cluster=bool(config.getoption("reuse_cluster")),
     )
 
 

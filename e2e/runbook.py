@@ -63,13 +63,14 @@ class HarnessOptions:
     rollout_timeout_s: float = 300.0
     # The naive mode `nox -s bench` compares against: a fresh cluster for every cell.
     cluster_per_cell: bool = False
+    reuse_cluster: bool = False  # kind: use an existing cluster of the same name
 
 
 class CellSkipped(HarnessError):
     """The cell cannot run here for a stated reason (recorded as ``skipped``)."""
 
 
-def make_factory(options: HarnessOptions) -> ProviderFactory:
+def make_factory(options: HarnessOptions, matrix: Matrix | None = None) -> ProviderFactory:
     if options.provider == "local":
         from e2e.cluster.local import LocalProviderFactory
 
@@ -77,7 +78,12 @@ def make_factory(options: HarnessOptions) -> ProviderFactory:
     if options.provider == "kind":
         from e2e.cluster.kind import KindProviderFactory
 
-        return KindProviderFactory(keep=options.keep_cluster, keep_on_failure=options.keep_on_failure)
+        return KindProviderFactory(
+            matrix or load_matrix(options.matrix_file),
+            keep=options.keep_cluster,
+            keep_on_failure=options.keep_on_failure,
+            reuse=options.reuse_cluster,
+        )
     raise HarnessError(f"--provider {options.provider}: expected kind or local")
 
 
@@ -116,7 +122,7 @@ class Harness:
         self.groups = group_cells(self.cells)
         self.files = ReleaseFiles.from_environment(options.manifest_dir)
         self.mirrors = RegistryMirrors.from_options(options.registry_mirrors)
-        self.factory = factory or make_factory(options)
+        self.factory = factory or make_factory(options, self.matrix)
         self.results: list[CellResult] = []
         self._current: GroupCluster | None = None
         self._group_stack = contextlib.ExitStack()
@@ -144,6 +150,19 @@ class Harness:
 
     def close(self) -> None:
         self.close_group()
+
+    def recover(self, run: CellRun) -> None:
+        """After a failed cell, make sure the next cell finds a working cluster."""
+        if self._current is None:
+            return
+        try:
+            repaired = self._current.provider.recover()
+        except HarnessError as exc:
+            run.result.notes.append(f"cluster replaced after this cell: {exc}")
+            self.close_group()
+            return
+        if repaired:
+            run.result.notes.append(f"cluster repaired after this cell: {repaired}")
 
     # -- installing ---------------------------------------------------------------------------
 
@@ -460,16 +479,22 @@ class CellRun:
 def cell_run(harness: Harness, cell: MatrixCell, scenario: str) -> Iterator[CellRun]:
     """try: the scenario's steps; catch: verdict + diagnostics; finally: save the result."""
     run = CellRun(harness, cell, scenario)
+    failed_step = False
     try:
         yield run
-    except (HarnessError, Exception) as exc:
+    except Exception as exc:
+        failed_step = True
         run.fail_with(exc)
         log.info("%s: %s", cell.id, run.result.reason)
     finally:
         run.result.conclude()
         if run.result.verdict in (Verdict.FAIL, Verdict.ERROR, Verdict.IMAGE_UNAVAILABLE):
             harness.any_failure = True
-            run.collect_diagnostics()
+            run.collect_diagnostics()  # while the cluster still exists
+            if run.cluster is not None:
+                run.cluster.provider.mark_failed()  # honours --keep-on-failure
+        if failed_step:
+            harness.recover(run)
         run.finish()
 
 

@@ -237,6 +237,15 @@ class LocalCluster(ClusterProvider):
 
     # -- what the local tier adds -------------------------------------------------------
 
+    def recover(self) -> str | None:
+        """Restart the API server if it died (the run goes on); proxies keep their tokens."""
+        apiserver = self.control_plane.processes.get("kube-apiserver")
+        if apiserver is not None and not apiserver.alive:
+            code = apiserver.exit_code
+            self.control_plane.restart_apiserver()
+            return f"kube-apiserver had exited (code {code}); restarted"
+        return super().recover()
+
     def check_alive(self) -> None:
         """Raise ``WorkloadFailed`` with evidence if a played container has exited."""
         for played in self._played.values():

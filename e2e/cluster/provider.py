@@ -17,6 +17,8 @@ from pathlib import Path
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
+from e2e.errors import HarnessError
+
 
 @dataclass(frozen=True)
 class ServiceTarget:
@@ -65,11 +67,12 @@ class ClusterProvider(abc.ABC):
         """Make images available to the nodes (kind: ``kind load``; local: binaries exist)."""
 
     @abc.abstractmethod
-    def sync_workloads(self) -> None:
+    def sync_workloads(self) -> list[str]:
         """Bring the running containers in line with the Deployments in the API server.
 
         kind: nothing (the kubelet does it); local: start, restart or stop the processes
-        that play the controller pod's containers.
+        that play the controller pod's containers. Returns notes for the report (e.g.
+        port remaps), empty when there is nothing to say.
         """
 
     @abc.abstractmethod
@@ -95,6 +98,21 @@ class ClusterProvider(abc.ABC):
         api = self.api_client()
         isvc = kserve.wait_inference_service_ready(api, namespace, name)
         return self.endpoint(kserve.predictor_service(isvc))
+
+    def mark_failed(self) -> None:  # noqa: B027 - optional hook
+        """A cell failed on this cluster (kind keeps it with ``--keep-on-failure``)."""
+
+    def recover(self) -> str | None:
+        """After a failed cell: None if the cluster still answers, else repair it and say how.
+
+        Raises ``HarnessError`` when it cannot be repaired; the harness then replaces the
+        group's cluster before the next cell.
+        """
+        try:
+            k8s_client.VersionApi(self.api_client()).get_code(_request_timeout=10)
+        except Exception as exc:
+            raise HarnessError(f"cluster {self.info.name} does not answer: {type(exc).__name__}") from None
+        return None
 
     @abc.abstractmethod
     def export_logs(self, directory: Path) -> None:

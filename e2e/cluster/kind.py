@@ -1,0 +1,739 @@
+"""The kind tier: one kind cluster (Docker containers as nodes) per cluster group.
+
+Wraps pytest-kind's ``pytest_kind.cluster.KindCluster`` rather than forking it: pytest-kind
+downloads the pinned ``kind``/``kubectl`` binaries and creates, reuses and deletes the
+cluster. This module adds what the harness needs around it: pinned tool versions, the
+node image from the matrix, a cluster config built in code, port-forwards that wait for
+kubectl's "Forwarding from" line, image loading that survives Docker's containerd image
+store, and one-line errors when Docker is missing.
+
+Trap (pytest-kind reads its tool versions at import time): ``pytest_kind.cluster`` copies
+``KIND_VERSION``/``KUBECTL_VERSION`` from the environment into module globals when it is
+first imported (defaults v0.17.0 / v1.25.3, too old for current node images), and pytest
+imports it through its ``pytest11`` entry point *before* any conftest runs.
+``pin_tool_versions()`` therefore sets the environment (for imports still to come and for
+child processes) *and* rewrites the module globals if pytest-kind is already imported;
+importing this module calls it once. Exporting the variables before pytest starts (nox,
+CI) makes the order irrelevant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import platform
+import queue
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tenacity
+import yaml
+from kubernetes import client as k8s_client
+from kubernetes.client.exceptions import ApiException
+
+from e2e.cluster.provider import ClusterInfo, ClusterProvider, ProviderFactory, ServiceTarget
+from e2e.errors import EnvironmentMissing, HarnessError, UsageError
+from e2e.matrix import Matrix, load_matrix
+
+log = logging.getLogger(__name__)
+
+# kind v0.32.0 supports node images for Kubernetes 1.33-1.36, and node images published for
+# it need it for `kind load` (its containerd upgrade). kubectl 1.34 talks to 1.33-1.35
+# servers (kubectl's +-1 minor skew policy); 1.34.8 is the patch of kind v0.32.0's image.
+KIND_VERSION = "v0.32.0"
+KUBECTL_VERSION = "v1.34.8"
+PINNED_TOOL_VERSIONS: Mapping[str, str] = {"KIND_VERSION": KIND_VERSION, "KUBECTL_VERSION": KUBECTL_VERSION}
+
+CLUSTER_NAME_PREFIX = "kcompat-"
+CLUSTER_NAME_MAX = 40  # node containers are NAME-control-plane: keep hostnames well under 63
+
+DOCKER_MISSING_HINT = "the kind tier needs one — run `nox -s local` for the dockerless tier"
+
+# `kind load docker-image` streams `docker save` into `ctr images import --all-platforms`.
+# Under Docker's containerd image store, `docker save` writes an index naming every platform
+# but blobs for the pulled one only, so ctr stops at a foreign manifest (kind#3795, #4255).
+_MISSING_PLATFORM_CONTENT = re.compile(r"content digest sha256:[0-9a-f]{64}: not found")
+_IMAGE_INDEX_MEDIA_TYPES = frozenset(
+    {
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    }
+)
+# kubectl prints one line per listener; the IPv4 one is what the harness dials.
+_FORWARDING_FROM = re.compile(r"^Forwarding from 127\.0\.0\.1:(\d+) -> (\d+)\s*$")
+
+
+def pin_tool_versions(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Pin pytest-kind's kind and kubectl versions; returns the versions in force.
+
+    A version the user exported wins (that is pytest-kind's own interface). Call before
+    ``pytest_kind`` is imported, or any time after: an already imported module has its
+    globals rewritten, which works because pytest-kind reads them at call time.
+    """
+    env = os.environ if environ is None else environ
+    in_force = {}
+    for name, pinned in PINNED_TOOL_VERSIONS.items():
+        in_force[name] = env.setdefault(name, pinned)
+    imported = sys.modules.get("pytest_kind.cluster")
+    if imported is not None and environ is None:
+        for name, version in in_force.items():
+            setattr(imported, name, version)
+    return in_force
+
+
+pin_tool_versions()
+
+
+# -- pure decisions and command lines (tested without Docker) --------------------------
+
+
+def cluster_name(group_id: str) -> str:
+    """A deterministic kind cluster name for a group id.
+
+    ``kserve-v0.14.0--k8s-1.33`` becomes ``kcompat-v0-14-0-k8s-1-33``: lowercase, only
+    ``[a-z0-9-]``, at most ``CLUSTER_NAME_MAX`` characters (longer ones keep a hash of the
+    full id so two groups never share a cluster).
+    """
+    short = group_id.lower().removeprefix("kserve-").replace("--", "-")
+    short = re.sub(r"[^a-z0-9-]+", "-", short)
+    short = re.sub(r"-{2,}", "-", short).strip("-")
+    name = CLUSTER_NAME_PREFIX + short
+    if len(name) > CLUSTER_NAME_MAX:
+        digest = hashlib.sha256(group_id.encode()).hexdigest()[:8]
+        name = name[: CLUSTER_NAME_MAX - len(digest) - 1].rstrip("-") + "-" + digest
+    return name
+
+
+def cluster_config(node_image: str) -> dict[str, Any]:
+    """The kind cluster config: one control-plane node running ``node_image``."""
+    return {
+        "kind": "Cluster",
+        "apiVersion": "kind.x-k8s.io/v1alpha4",
+        "nodes": [{"role": "control-plane", "image": node_image}],
+    }
+
+
+def cluster_config_yaml(node_image: str) -> str:
+    return yaml.safe_dump(cluster_config(node_image), sort_keys=False)
+
+
+def node_platform(machine: str | None = None) -> str:
+    """The Docker platform of kind nodes on this host (kind runs nodes natively)."""
+    arch = (machine or platform.machine()).lower()
+    return "linux/" + {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(arch, arch)
+
+
+def parse_kind_clusters(stdout: str) -> list[str]:
+    """Names printed by ``kind get clusters`` (none: an empty stdout, a note on stderr)."""
+    return [line.strip() for line in stdout.splitlines() if line.strip()]
+
+
+def parse_forwarding_port(line: str) -> int | None:
+    """The local port of a ``kubectl port-forward`` "Forwarding from 127.0.0.1:PORT" line."""
+    match = _FORWARDING_FROM.match(line.strip())
+    return int(match.group(1)) if match else None
+
+
+def needs_single_platform_archive(kind_load_output: str) -> bool:
+    """Whether a failed ``kind load docker-image`` is the multi-platform import failure."""
+    return bool(_MISSING_PLATFORM_CONTENT.search(kind_load_output))
+
+
+def is_image_index(docker_image_inspect: str) -> bool:
+    """Whether ``docker image inspect`` shows an image index (containerd image store).
+
+    The classic store has no ``Descriptor``; the containerd store records the pulled target,
+    which for a multi-arch tag is the index: `kind load docker-image` would fail on it.
+    """
+    try:
+        records = json.loads(docker_image_inspect)
+    except json.JSONDecodeError:
+        return False
+    if not isinstance(records, list) or not records or not isinstance(records[0], dict):
+        return False
+    descriptor = records[0].get("Descriptor") or {}
+    return isinstance(descriptor, dict) and descriptor.get("mediaType") in _IMAGE_INDEX_MEDIA_TYPES
+
+
+def docker_error_line(stderr: str) -> str:
+    """The last non-empty line of a command's error output, for one-line messages."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    if not lines:
+        return "no error output"
+    return lines[-1].removeprefix("ERROR: ").removeprefix("Error response from daemon: ")
+
+
+def archive_name(image: str) -> str:
+    """A file name for ``docker save`` of ``image``."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", image).strip("_") + ".tar"
+
+
+@dataclass(frozen=True)
+class KindCommands:
+    """The command lines this tier runs besides those pytest-kind builds itself."""
+
+    kind: Path
+    name: str
+    kubeconfig: Path
+
+    def get_clusters(self) -> list[str]:
+        return [str(self.kind), "get", "clusters"]
+
+    def export_kubeconfig(self) -> list[str]:
+        return [str(self.kind), "export", "kubeconfig", "--name", self.name, "--kubeconfig", str(self.kubeconfig)]
+
+    def load_docker_image(self, image: str) -> list[str]:
+        return [str(self.kind), "load", "docker-image", "--name", self.name, image]
+
+    def load_image_archive(self, archive: Path) -> list[str]:
+        return [str(self.kind), "load", "image-archive", "--name", self.name, str(archive)]
+
+    def export_logs(self, directory: Path) -> list[str]:
+        return [str(self.kind), "export", "logs", str(directory), "--name", self.name]
+
+
+@dataclass(frozen=True)
+class DockerCommands:
+    docker: str = "docker"
+
+    def info(self) -> list[str]:
+        return [self.docker, "info", "--format", "{{.ServerVersion}}"]
+
+    def pull(self, image: str, platform_: str) -> list[str]:
+        return [self.docker, "pull", "--quiet", "--platform", platform_, image]
+
+    def image_inspect(self, image: str) -> list[str]:
+        return [self.docker, "image", "inspect", image]
+
+    def save(self, image: str, platform_: str, archive: Path) -> list[str]:
+        return [self.docker, "save", "--platform", platform_, "-o", str(archive), image]
+
+
+def port_forward_argv(kubectl: Path, target: ServiceTarget) -> list[str]:
+    """``kubectl port-forward`` to a Service; ``:PORT`` lets kubectl pick a free local port."""
+    return [
+        str(kubectl),
+        "port-forward",
+        f"svc/{target.name}",
+        f":{target.port}",
+        "-n",
+        target.namespace,
+        "--address",
+        "127.0.0.1",
+    ]
+
+
+def kubectl_environment(kubeconfig: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for kubectl: ours plus KUBECONFIG.
+
+    pytest-kind's own ``port_forward`` passes KUBECONFIG alone, which drops PATH and HOME
+    (exec credential plugins, kubectl's cache directory).
+    """
+    return {**(os.environ if base is None else base), "KUBECONFIG": str(kubeconfig)}
+
+
+# -- tools ------------------------------------------------------------------------------
+
+
+def tool_cache_dir() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "kserve-compat" / "bin"
+
+
+@dataclass(frozen=True)
+class ToolPaths:
+    kind: Path
+    kubectl: Path
+    downloaded: bool  # pytest-kind fetches them on first use (amd64 builds only)
+
+
+def resolve_tools(
+    kind_bin: Path | None = None,
+    kubectl_bin: Path | None = None,
+    machine: str | None = None,
+    which: Callable[[str], str | None] = shutil.which,
+) -> ToolPaths:
+    """Where kind and kubectl come from.
+
+    Explicit paths (pytest-kind's ``--kind-bin``/``--kind-kubectl-bin``) win. On amd64
+    pytest-kind downloads the pinned versions into a shared cache (it would otherwise fetch
+    them again for every cluster name). pytest-kind downloads amd64 builds only: elsewhere
+    the binaries come from PATH, or from ``KIND_DOWNLOAD_URL``/``KUBECTL_DOWNLOAD_URL``.
+    """
+    arch = node_platform(machine).removeprefix("linux/")
+    versions = pin_tool_versions()
+    cache = tool_cache_dir()
+    paths: dict[str, Path] = {}
+    downloaded = False
+    for tool, explicit, version_var, url_var in (
+        ("kind", kind_bin, "KIND_VERSION", "KIND_DOWNLOAD_URL"),
+        ("kubectl", kubectl_bin, "KUBECTL_VERSION", "KUBECTL_DOWNLOAD_URL"),
+    ):
+        version = versions[version_var]
+        if explicit is not None:
+            paths[tool] = explicit
+        elif arch == "amd64" or os.environ.get(url_var):
+            paths[tool] = cache / tool / version / tool
+            downloaded = True
+        elif found := which(tool):
+            paths[tool] = Path(found)
+        else:
+            raise EnvironmentMissing(
+                f"{tool}: not on PATH and pytest-kind downloads amd64 builds only (this host is {arch}); "
+                f"install {tool} {version} or set {url_var}"
+            )
+    return ToolPaths(kind=paths["kind"], kubectl=paths["kubectl"], downloaded=downloaded)
+
+
+def docker_preflight(docker: str = "docker") -> None:
+    """Raise ``EnvironmentMissing`` (one line) unless a Docker engine answers."""
+    if shutil.which(docker) is None:
+        raise EnvironmentMissing(f"docker: no docker client on PATH; {DOCKER_MISSING_HINT}")
+    try:
+        result = subprocess.run(DockerCommands(docker).info(), capture_output=True, text=True, timeout=30, check=False)
+    except subprocess.TimeoutExpired:
+        raise EnvironmentMissing(f"docker: `docker info` did not answer in 30s; {DOCKER_MISSING_HINT}") from None
+    if result.returncode != 0 or not result.stdout.strip():
+        raise EnvironmentMissing(
+            f"docker: no Docker engine reachable ({docker_error_line(result.stderr)}); {DOCKER_MISSING_HINT}"
+        )
+
+
+# -- running commands -------------------------------------------------------------------
+
+
+def _run(argv: Sequence[str], what: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a command, capturing its output; a failure becomes a one-line HarnessError."""
+    log.info("running: %s", " ".join(argv))
+    result = subprocess.run(list(argv), capture_output=True, text=True, env=env, check=False)
+    if result.returncode != 0:
+        raise HarnessError(
+            f"{what}: `{' '.join(argv[:3])} ...` exited {result.returncode}: "
+            f"{docker_error_line(result.stderr or result.stdout)}"
+        )
+    return result
+
+
+class _NotReady(Exception):
+    """What is awaited has not happened yet (the message says what was last seen)."""
+
+
+class _PortForward:
+    """A running ``kubectl port-forward`` whose output is drained by a thread.
+
+    Draining matters after readiness too: kubectl prints "Handling connection for PORT" per
+    connection and would block on a full pipe.
+    """
+
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str]) -> None:
+        self.argv = list(argv)
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.last_seen = "nothing yet"
+        self.process = subprocess.Popen(
+            self.argv,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def wait_ready(self, timeout: float) -> int:
+        """The local port once kubectl says it listens; raises when it exits or times out."""
+        while True:
+            try:
+                line = self.lines.get(timeout=timeout)
+            except queue.Empty:
+                raise _NotReady(f"no 'Forwarding from' line in {timeout:.0f}s") from None
+            if line is None:
+                raise _NotReady(f"kubectl exited {self.process.wait()}")
+            self.last_seen = line
+            port = parse_forwarding_port(line)
+            if port is not None:
+                return port
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        # The reader sees EOF once kubectl is gone; closing the pipe under it would race.
+        self._reader.join(timeout=5)
+        if self.process.stdout is not None and not self._reader.is_alive():
+            self.process.stdout.close()
+
+
+@contextlib.contextmanager
+def port_forward(
+    argv: Sequence[str], env: Mapping[str, str], ready_timeout: float = 30.0, attempts: int = 3
+) -> Iterator[str]:
+    """Run ``argv`` (a kubectl port-forward) until it listens; yield ``127.0.0.1:PORT``.
+
+    Restarted with backoff when kubectl exits early (e.g. the Service has no ready
+    endpoint yet) or stays silent; stopped on exit.
+    """
+    where = " ".join(argv[2:])
+    started: list[_PortForward] = []
+
+    def log_retry(state: tenacity.RetryCallState) -> None:
+        outcome = state.outcome.exception() if state.outcome else None
+        last = started[-1].last_seen if started else "nothing yet"
+        log.info(
+            "waiting for kubectl port-forward %s (attempt %d: %s; last seen: %s)",
+            where,
+            state.attempt_number,
+            outcome,
+            last,
+        )
+
+    @tenacity.retry(
+        stop=tenacity.stop_after_attempt(attempts),
+        wait=tenacity.wait_exponential(multiplier=1, min=1, max=8),
+        retry=tenacity.retry_if_exception_type(_NotReady),
+        before_sleep=log_retry,
+        reraise=True,
+    )
+    def start() -> tuple[_PortForward, int]:
+        forward = _PortForward(argv, env)
+        started.append(forward)
+        try:
+            return forward, forward.wait_ready(ready_timeout)
+        except _NotReady:
+            forward.stop()
+            raise
+
+    try:
+        forward, port = start()
+    except _NotReady as exc:
+        last = started[-1].last_seen if started else "nothing"
+        raise HarnessError(
+            f"kubectl port-forward {where}: not ready after {attempts} attempts ({exc}; last seen: {last})"
+        ) from None
+    log.info("port-forward %s listening on 127.0.0.1:%d", where, port)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        forward.stop()
+
+
+# -- the provider -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KindOptions:
+    """How clusters are kept or reused. ``keep_cluster`` is pytest-kind's ``--keep-cluster``."""
+
+    keep_cluster: bool = False
+    keep_on_failure: bool = False
+    reuse_cluster: bool = False
+    kind_bin: Path | None = None
+    kubectl_bin: Path | None = None
+    docker: str = "docker"
+    node_ready_timeout: float = 180.0
+
+
+class KindCluster(ClusterProvider):
+    """A kind cluster for one group, built on pytest-kind's ``KindCluster``."""
+
+    def __init__(
+        self, name: str, node_image: str, kubernetes_version: str, options: KindOptions, tools: ToolPaths
+    ) -> None:
+        import pytest_kind.cluster  # after pin_tool_versions() (module import above)
+
+        self.name = name
+        self.node_image = node_image
+        self.options = options
+        # pytest-kind keeps per-cluster state in ./.pytest-kind/NAME (kubeconfig, binaries).
+        self._kind = pytest_kind.cluster.KindCluster(
+            name, image=node_image, kind_path=tools.kind, kubectl_path=tools.kubectl
+        )
+        self.state_dir = Path(self._kind.path)
+        self.commands = KindCommands(Path(self._kind.kind_path), name, Path(self._kind.kubeconfig_path))
+        self.docker = DockerCommands(options.docker)
+        self.info = ClusterInfo(provider="kind", name=name, kubernetes_version=kubernetes_version)
+        self.reused = False
+        self.failed = False
+        self._deleted = False
+
+    @property
+    def kubeconfig(self) -> Path:
+        return Path(self._kind.kubeconfig_path)
+
+    @property
+    def config_file(self) -> Path:
+        return self.state_dir / "kind-config.yaml"
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Create the cluster, or reuse one of the same name when allowed; wait for nodes."""
+        for tool in (self.commands.kind, Path(self._kind.kubectl_path)):
+            tool.parent.mkdir(parents=True, exist_ok=True)
+        self._kind.ensure_kind()
+        existing = parse_kind_clusters(_run(self.commands.get_clusters(), "kind get clusters").stdout)
+        if self.name in existing:
+            if not self.options.reuse_cluster:
+                raise UsageError(
+                    f"kind cluster {self.name} already exists; pass --reuse-cluster to use it "
+                    f"or delete it with `kind delete cluster --name {self.name}`"
+                )
+            log.info("reusing kind cluster %s", self.name)
+            self.reused = True
+            self.kubeconfig.parent.mkdir(parents=True, exist_ok=True)
+            # pytest-kind only touches the kubeconfig of a cluster it finds: fetch the real one.
+            _run(self.commands.export_kubeconfig(), f"kind export kubeconfig {self.name}")
+        else:
+            self.config_file.write_text(cluster_config_yaml(self.node_image))
+            log.info("creating kind cluster %s with node image %s", self.name, self.node_image)
+        try:
+            self._kind.create(config_file=self.config_file if not self.reused else None)
+        except subprocess.CalledProcessError as exc:
+            raise HarnessError(
+                f"kind create cluster {self.name} (image {self.node_image}) exited {exc.returncode}; "
+                "see its output above"
+            ) from None
+        self._wait_nodes_ready()
+
+    def _wait_nodes_ready(self) -> None:
+        core = k8s_client.CoreV1Api(self.api_client())
+        last_seen = ["no node listed yet"]
+
+        def check() -> list[str]:
+            nodes = core.list_node().items
+            states = []
+            ready_versions = []
+            for node in nodes:
+                ready = next((c.status for c in node.status.conditions or [] if c.type == "Ready"), "Unknown")
+                states.append(f"{node.metadata.name} Ready={ready}")
+                if ready == "True":
+                    ready_versions.append(node.status.node_info.kubelet_version)
+            last_seen[0] = ", ".join(states) or "no node listed yet"
+            if not nodes or len(ready_versions) != len(nodes):
+                raise _NotReady(last_seen[0])
+            return ready_versions
+
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_delay(self.options.node_ready_timeout),
+            wait=tenacity.wait_exponential(multiplier=1, min=1, max=10),
+            retry=tenacity.retry_if_exception_type((_NotReady, ApiException, OSError)),
+            before_sleep=lambda s: log.info(
+                "waiting for the nodes of %s to be Ready (last seen: %s)", self.name, last_seen[0]
+            ),
+            reraise=True,
+        )
+        try:
+            versions = retrying(check)
+        except (_NotReady, ApiException, OSError):
+            raise HarnessError(
+                f"kind cluster {self.name}: nodes not Ready after {self.options.node_ready_timeout:.0f}s "
+                f"(last seen: {last_seen[0]})"
+            ) from None
+        wanted = f"v{self.info.kubernetes_version}."
+        if self.reused and not all(v.startswith(wanted) for v in versions):
+            raise UsageError(
+                f"kind cluster {self.name} runs {', '.join(sorted(set(versions)))}, not Kubernetes "
+                f"{self.info.kubernetes_version}; delete it with `kind delete cluster --name {self.name}`"
+            )
+
+    def mark_failed(self) -> None:
+        """Record that a cell failed on this cluster (for keep-on-failure)."""
+        self.failed = True
+
+    def keeps_cluster(self) -> bool:
+        return (
+            self.options.keep_cluster
+            or self.reused  # not ours to delete
+            or (self.options.keep_on_failure and self.failed)
+        )
+
+    def delete(self) -> None:
+        if self._deleted:
+            return
+        if self.keeps_cluster():
+            log.info("keeping kind cluster %s (kubeconfig: %s)", self.name, self.kubeconfig)
+            return
+        self._deleted = True
+        self._kind.delete()
+
+    # -- access -------------------------------------------------------------------------
+
+    def endpoint(self, target: ServiceTarget) -> contextlib.AbstractContextManager[str]:
+        self._kind.ensure_kubectl()
+        return port_forward(
+            port_forward_argv(Path(self._kind.kubectl_path), target), kubectl_environment(self.kubeconfig)
+        )
+
+    def load_images(self, images: Sequence[str]) -> None:
+        """Pre-load images onto the node; one no registry serves is left to the kubelet.
+
+        An image that cannot be pulled (e.g. from the deleted gcr.io/kubebuilder) is not an
+        error here: the kubelet then fails to pull it too, and the rollout reports that as
+        the cell's evidence, exactly as a user of that release would see it.
+        """
+        node = node_platform()
+        for image in images:
+            try:
+                self._pull(image, node)
+            except HarnessError as exc:
+                log.warning("not pre-loading %s (%s): the kubelet will try to pull it itself", image, exc)
+                continue
+            inspect = _run(self.docker.image_inspect(image), f"docker image inspect {image}").stdout
+            if is_image_index(inspect):
+                log.info("%s is an image index in Docker's store: loading a %s archive", image, node)
+                self._load_archive(image, node)
+                continue
+            result = subprocess.run(self.commands.load_docker_image(image), capture_output=True, text=True, check=False)
+            if result.returncode == 0:
+                continue
+            output = result.stderr + result.stdout
+            if not needs_single_platform_archive(output):
+                raise HarnessError(f"kind load docker-image {image}: {docker_error_line(output)}")
+            log.info(
+                "kind load docker-image %s hit the multi-platform import failure: loading a %s archive", image, node
+            )
+            self._load_archive(image, node)
+
+    def _pull(self, image: str, node: str) -> None:
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(3),
+            wait=tenacity.wait_exponential(multiplier=2, min=2, max=20),
+            retry=tenacity.retry_if_exception_type(HarnessError),
+            before_sleep=lambda s: log.info(
+                "retrying docker pull %s (last: %s)", image, s.outcome.exception() if s.outcome else None
+            ),
+            reraise=True,
+        )
+        retrying(_run, self.docker.pull(image, node), f"docker pull {image}")
+
+    def _load_archive(self, image: str, node: str) -> None:
+        archive_dir = self.state_dir / "images"
+        archive_dir.mkdir(parents=True, exist_ok=True)
+        archive = archive_dir / archive_name(image)
+        try:
+            _run(self.docker.save(image, node, archive), f"docker save {image}")
+            _run(self.commands.load_image_archive(archive), f"kind load image-archive {image}")
+        finally:
+            archive.unlink(missing_ok=True)
+
+    def sync_workloads(self) -> list[str]:
+        """Nothing to do: the kubelet runs what the Deployments say."""
+        return []
+
+    def container_logs(self, namespace: str, pod_selector: str, container: str, previous: bool = False) -> str:
+        core = k8s_client.CoreV1Api(self.api_client())
+        pods = core.list_namespaced_pod(namespace, label_selector=pod_selector).items
+        parts = []
+        for pod in pods:
+            try:
+                text = core.read_namespaced_pod_log(
+                    pod.metadata.name, namespace, container=container, previous=previous
+                )
+            except ApiException as exc:
+                # previous=True on a container that never restarted answers 400.
+                text = f"(no {'previous ' if previous else ''}log: {exc.status} {exc.reason})"
+            parts.append(f"==> {namespace}/{pod.metadata.name} [{container}] <==\n{text}")
+        return "\n".join(parts)
+
+    def export_logs(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        _run(self.commands.export_logs(directory), f"kind export logs {self.name}")
+
+
+class KindProviderFactory(ProviderFactory):
+    """One kind cluster per cluster group, node image from the matrix."""
+
+    name = "kind"
+
+    def __init__(
+        self,
+        matrix: Matrix | None = None,
+        options: KindOptions | None = None,
+        *,
+        keep: bool = False,
+        keep_on_failure: bool = False,
+        reuse: bool = False,
+    ) -> None:
+        """``options`` wins over the ``keep``/``keep_on_failure``/``reuse`` shorthands."""
+        self.matrix = matrix if matrix is not None else load_matrix()
+        self.options = options or KindOptions(keep_cluster=keep, keep_on_failure=keep_on_failure, reuse_cluster=reuse)
+
+    def preflight(self) -> None:
+        docker_preflight(self.options.docker)
+        resolve_tools(self.options.kind_bin, self.options.kubectl_bin)
+
+    @contextlib.contextmanager
+    def cluster(self, group_id: str, kubernetes_version: str) -> Iterator[ClusterProvider]:
+        node_image = self.matrix.k8s(kubernetes_version).node_image
+        self.preflight()
+        tools = resolve_tools(self.options.kind_bin, self.options.kubectl_bin)
+        kind = KindCluster(cluster_name(group_id), node_image, kubernetes_version, self.options, tools)
+        try:
+            kind.start()
+            yield kind
+        except BaseException:
+            kind.mark_failed()
+            raise
+        finally:
+            kind.delete()
+
+    def plan(self, group_id: str, kubernetes_version: str) -> list[str]:
+        node_image = self.matrix.k8s(kubernetes_version).node_image
+        name = cluster_name(group_id)
+        versions = pin_tool_versions()
+        pinned = (
+            ""
+            if "@sha256:" in node_image
+            else " (not pinned by digest: kind supports only the images built for its release)"
+        )
+        steps = [
+            f"kind {versions['KIND_VERSION']}, kubectl {versions['KUBECTL_VERSION']} (pytest-kind; amd64 "
+            f"downloads cached in {tool_cache_dir()})"
+        ]
+        create = f"create kind cluster {name}: one control-plane node, node image {node_image}{pinned}"
+        if self.options.reuse_cluster:
+            steps.append(
+                f"reuse kind cluster {name} if it exists (kubeconfig via `kind export kubeconfig`), else {create}"
+            )
+        else:
+            steps.append(f"{create} (stop if a cluster of that name exists: --reuse-cluster uses it)")
+        steps += [
+            f"wait for the node to be Ready (up to {self.options.node_ready_timeout:.0f}s)",
+            f"load images: docker pull --platform {node_platform()}, then `kind load docker-image` "
+            "(single-platform `docker save` + `kind load image-archive` for image indexes)",
+            "reach Services with `kubectl port-forward svc/NAME :PORT`",
+            "on failure: `kind export logs` into the cell's diagnostics",
+        ]
+        if self.options.keep_cluster:
+            steps.append(f"keep kind cluster {name} at the end (--keep-cluster)")
+        else:
+            unless = []
+            if self.options.reuse_cluster:
+                unless.append("it was reused")
+            if self.options.keep_on_failure:
+                unless.append("a cell failed (--keep-on-failure)")
+            steps.append(
+                f"delete kind cluster {name} at the end" + (" unless " + " or ".join(unless) if unless else "")
+            )
+        return steps

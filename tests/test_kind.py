@@ -1,0 +1,790 @@
+"""The kind tier, tested on what it builds and parses, without a Docker engine.
+
+Command lines are checked by running the real code against small stand-in executables
+(`kind`, `docker`, `kubectl`) that record their arguments and print recorded outputs
+(tests/data/kind/: hand-written samples in the tools' formats, except docker-info-no-daemon,
+recorded on a machine without an engine; see its README). pytest-kind itself is not
+faked: its `create`/`delete` run against the stand-in `kind`. The workflow is validated
+with actionlint and check-jsonschema.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import tenacity
+import yaml
+
+from e2e.availability import unavailable
+from e2e.cluster import kind as kind_tier
+from e2e.cluster.kind import (
+    KIND_VERSION,
+    KUBECTL_VERSION,
+    DockerCommands,
+    KindCluster,
+    KindCommands,
+    KindOptions,
+    KindProviderFactory,
+    ToolPaths,
+    cluster_config_yaml,
+    cluster_name,
+    docker_preflight,
+    is_image_index,
+    kubectl_environment,
+    needs_single_platform_archive,
+    node_platform,
+    parse_forwarding_port,
+    parse_kind_clusters,
+    port_forward,
+    port_forward_argv,
+    resolve_tools,
+)
+from e2e.cluster.provider import ServiceTarget
+from e2e.errors import EnvironmentMissing, HarnessError, UsageError
+from e2e.matrix import load_matrix
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data" / "kind"
+WORKFLOW = ROOT / ".github" / "workflows" / "e2e.yaml"
+ACTIONLINT_VERSION = "v1.7.12"
+NODE_IMAGE = "kindest/node:v1.34.8@sha256:02722c2dedddcfc00febf5d27fbeb9b7b2c14294c82109ff4a85d89ac9ba3256"
+TARGET = ServiceTarget(namespace="kserve", name="kserve-controller-manager-metrics-service", port=8443)
+
+
+def recorded(name: str) -> str:
+    return (DATA / name).read_text()
+
+
+# -- stand-in executables ----------------------------------------------------------------
+
+# A tool that logs its argv (one JSON list a line) and answers by the first rule whose
+# argv prefix matches: stdout, stderr, exit code, and a side effect kind/docker would have.
+_STAND_IN = """\
+#!{python}
+import json, sys
+from pathlib import Path
+here = Path(__file__)
+argv = sys.argv[1:]
+with open(str(here) + ".log", "a") as log:
+    log.write(json.dumps(argv) + "\\n")
+rules = json.loads(Path(str(here) + ".rules.json").read_text())
+for rule in rules:
+    if argv[: len(rule["prefix"])] == rule["prefix"]:
+        effect = rule.get("effect")
+        if effect == "kubeconfig":
+            flag = next(a for a in argv if a.startswith("--kubeconfig"))
+            path = flag.split("=", 1)[1] if "=" in flag else argv[argv.index(flag) + 1]
+            Path(path).write_text({kubeconfig!r})
+        elif effect == "save":
+            Path(argv[argv.index("-o") + 1]).write_bytes(b"tar")
+        sys.stdout.write(rule.get("stdout", ""))
+        sys.stderr.write(rule.get("stderr", ""))
+        sys.exit(rule.get("rc", 0))
+sys.stderr.write("stand-in: no rule for " + " ".join(argv) + "\\n")
+sys.exit(97)
+"""
+
+# A kubeconfig pykube (used by pytest-kind's create) can parse; it is never dialled.
+_KUBECONFIG = yaml.safe_dump(
+    {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "kind", "cluster": {"server": "https://127.0.0.1:1"}}],
+        "users": [{"name": "kind", "user": {"token": "not-a-real-token-for-tests"}}],
+        "contexts": [{"name": "kind", "context": {"cluster": "kind", "user": "kind"}}],
+        "current-context": "kind",
+    }
+)
+
+
+class StandIn:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.write_text(_STAND_IN.format(python=sys.executable, kubeconfig=_KUBECONFIG))
+        path.chmod(0o755)
+        self.rules([])
+
+    def rules(self, rules: list[dict[str, Any]]) -> None:
+        Path(str(self.path) + ".rules.json").write_text(json.dumps(rules))
+
+    def calls(self) -> list[list[str]]:
+        log = Path(str(self.path) + ".log")
+        if not log.exists():
+            return []
+        return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    # pytest-kind keeps state in ./.pytest-kind; keep it out of the work tree.
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def kind_bin(in_tmp: Path) -> StandIn:
+    return StandIn(in_tmp / "kind")
+
+
+@pytest.fixture
+def docker_bin(in_tmp: Path) -> StandIn:
+    return StandIn(in_tmp / "docker")
+
+
+def make_cluster(kind_bin: StandIn, options: KindOptions | None = None, kubectl: Path | None = None) -> KindCluster:
+    tools = ToolPaths(kind=kind_bin.path, kubectl=kubectl or kind_bin.path.parent / "kubectl", downloaded=False)
+    return KindCluster(cluster_name("kserve-v0.14.1--k8s-1.34"), NODE_IMAGE, "1.34", options or KindOptions(), tools)
+
+
+# -- names and config --------------------------------------------------------------------
+
+
+def test_cluster_name_is_a_short_form_of_the_group_id() -> None:
+    assert cluster_name("kserve-v0.14.0--k8s-1.33") == "kcompat-v0-14-0-k8s-1-33"
+    assert cluster_name("kserve-v0.13.0-rc0--k8s-1.34") == "kcompat-v0-13-0-rc0-k8s-1-34"
+
+
+def test_cluster_names_are_valid_unique_and_deterministic_for_every_group() -> None:
+    matrix = load_matrix()
+    ids = {f"kserve-{r.version}--k8s-{k.version}" for r in matrix.releases for k in matrix.kubernetes}
+    names = {cluster_name(group_id) for group_id in ids}
+    assert len(names) == len(ids)
+    for name in names:
+        assert re.fullmatch(r"[a-z0-9][a-z0-9-]*[a-z0-9]", name), name
+        assert len(name) <= kind_tier.CLUSTER_NAME_MAX
+    long_id = "kserve-v0.21.0-rc.1+build.very.long.metadata--k8s-1.34--extra"
+    assert cluster_name(long_id) == cluster_name(long_id)
+    assert len(cluster_name(long_id)) <= kind_tier.CLUSTER_NAME_MAX
+    assert cluster_name(long_id) != cluster_name(long_id + "x")
+
+
+@pytest.mark.parametrize("version", [k.version for k in load_matrix().kubernetes])
+def test_cluster_config_runs_one_control_plane_on_the_matrix_node_image(version: str) -> None:
+    node_image = load_matrix().k8s(version).node_image
+    config = yaml.safe_load(cluster_config_yaml(node_image))
+    assert config == {
+        "kind": "Cluster",
+        "apiVersion": "kind.x-k8s.io/v1alpha4",
+        "nodes": [{"role": "control-plane", "image": node_image}],
+    }
+    assert f":v{version}." in node_image
+
+
+def test_node_platform_maps_machine_names_to_docker_platforms() -> None:
+    assert node_platform("x86_64") == "linux/amd64"
+    assert node_platform("aarch64") == "linux/arm64"
+    assert node_platform("arm64") == "linux/arm64"
+
+
+# -- command lines -----------------------------------------------------------------------
+
+
+def test_kind_and_docker_command_lines() -> None:
+    commands = KindCommands(Path("/bin/kind"), "kcompat-v0-14-1-k8s-1-34", Path("/s/kubeconfig"))
+    assert commands.get_clusters() == ["/bin/kind", "get", "clusters"]
+    assert commands.load_docker_image("quay.io/brancz/kube-rbac-proxy:v0.18.0") == [
+        "/bin/kind", "load", "docker-image", "--name", "kcompat-v0-14-1-k8s-1-34",
+        "quay.io/brancz/kube-rbac-proxy:v0.18.0",
+    ]  # fmt: skip
+    assert commands.load_image_archive(Path("/s/p.tar")) == [
+        "/bin/kind", "load", "image-archive", "--name", "kcompat-v0-14-1-k8s-1-34", "/s/p.tar",
+    ]  # fmt: skip
+    assert commands.export_logs(Path("/r/logs")) == [
+        "/bin/kind", "export", "logs", "/r/logs", "--name", "kcompat-v0-14-1-k8s-1-34",
+    ]  # fmt: skip
+    assert commands.export_kubeconfig() == [
+        "/bin/kind", "export", "kubeconfig", "--name", "kcompat-v0-14-1-k8s-1-34", "--kubeconfig", "/s/kubeconfig",
+    ]  # fmt: skip
+    docker = DockerCommands()
+    assert docker.pull("quay.io/x:1", "linux/arm64") == [
+        "docker", "pull", "--quiet", "--platform", "linux/arm64", "quay.io/x:1",
+    ]  # fmt: skip
+    assert docker.save("quay.io/x:1", "linux/amd64", Path("/t/x.tar")) == [
+        "docker", "save", "--platform", "linux/amd64", "-o", "/t/x.tar", "quay.io/x:1",
+    ]  # fmt: skip
+
+
+def test_port_forward_command_line_and_environment() -> None:
+    assert port_forward_argv(Path("/bin/kubectl"), TARGET) == [
+        "/bin/kubectl", "port-forward", "svc/kserve-controller-manager-metrics-service", ":8443",
+        "-n", "kserve", "--address", "127.0.0.1",
+    ]  # fmt: skip
+    env = kubectl_environment(Path("/s/kubeconfig"), {"PATH": "/usr/bin", "HOME": "/root"})
+    # pytest-kind passes KUBECONFIG alone; kubectl needs PATH and HOME too.
+    assert env == {"PATH": "/usr/bin", "HOME": "/root", "KUBECONFIG": "/s/kubeconfig"}
+
+
+# -- parsing recorded outputs ------------------------------------------------------------
+
+
+def test_kind_get_clusters_parsing() -> None:
+    assert parse_kind_clusters(recorded("kind-get-clusters.stdout")) == [
+        "kcompat-v0-13-1-k8s-1-33",
+        "kcompat-v0-14-1-k8s-1-34",
+        "kind",
+    ]
+    assert parse_kind_clusters(recorded("kind-get-clusters-none.stdout")) == []
+
+
+@pytest.mark.parametrize(
+    ("sample", "fallback"),
+    [
+        ("kind-load-multiarch.stderr", True),
+        ("kind-load-multiarch-rpc.stderr", True),
+        ("kind-load-not-present.stderr", False),
+        ("kind-load-no-cluster.stderr", False),
+    ],
+)
+def test_multi_platform_fallback_decision(sample: str, fallback: bool) -> None:
+    assert needs_single_platform_archive(recorded(sample)) is fallback
+
+
+@pytest.mark.parametrize(
+    ("sample", "index"),
+    [
+        ("docker-image-inspect-containerd-index.json", True),
+        ("docker-image-inspect-containerd-single.json", False),
+        ("docker-image-inspect-classic.json", False),
+    ],
+)
+def test_image_index_detection_from_docker_image_inspect(sample: str, index: bool) -> None:
+    assert is_image_index(recorded(sample)) is index
+
+
+def test_forwarding_line_parsing() -> None:
+    lines = recorded("kubectl-port-forward.stdout").format(port=40123).splitlines()
+    assert [parse_forwarding_port(line) for line in lines] == [40123, None, None]
+
+
+# -- port-forward against a real process --------------------------------------------------
+
+
+def fake_kubectl(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "kubectl"
+    path.write_text(f"#!{sys.executable}\n" + textwrap.dedent(body))
+    path.chmod(0o755)
+    return path
+
+
+def test_endpoint_yields_the_forwarded_address_and_stops_kubectl(in_tmp: Path, kind_bin: StandIn) -> None:
+    sample = DATA / "kubectl-port-forward.stdout"
+    kubectl = fake_kubectl(
+        in_tmp,
+        f"""
+        import json, os, sys, time
+        from pathlib import Path
+        Path("argv.json").write_text(json.dumps({{"argv": sys.argv[1:], "env": dict(os.environ)}}))
+        Path("pid").write_text(str(os.getpid()))
+        time.sleep(0.3)  # kubectl takes a moment to resolve the Service
+        text = Path({str(sample)!r}).read_text().format(port=40123)
+        lines = text.splitlines()
+        print(lines[0], flush=True)
+        print(lines[1], flush=True)
+        # Far more than a pipe holds: the harness must keep draining after readiness.
+        for _ in range(20000):
+            print(lines[2])
+        sys.stdout.flush()
+        Path("drained").write_text("yes")
+        time.sleep(60)
+        """,
+    )
+    cluster = make_cluster(kind_bin, kubectl=kubectl)
+    with cluster.endpoint(TARGET) as address:
+        assert address == "127.0.0.1:40123"
+        deadline = time.monotonic() + 10
+        while not (in_tmp / "drained").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (in_tmp / "drained").exists()
+        pid = int((in_tmp / "pid").read_text())
+        os.kill(pid, 0)  # still running inside the block
+    recorded_call = json.loads((in_tmp / "argv.json").read_text())
+    assert recorded_call["argv"] == port_forward_argv(kubectl, TARGET)[1:]
+    assert recorded_call["env"]["KUBECONFIG"] == str(cluster.kubeconfig)
+    assert "PATH" in recorded_call["env"]
+    with pytest.raises(ProcessLookupError):
+        for _ in range(50):
+            os.kill(pid, 0)
+            time.sleep(0.1)
+
+
+def test_port_forward_gives_up_with_one_line_after_bounded_attempts(tmp_path: Path) -> None:
+    sample = DATA / "kubectl-port-forward-pod-pending.stderr"
+    kubectl = fake_kubectl(
+        tmp_path,
+        f"""
+        import sys
+        from pathlib import Path
+        with open({str(tmp_path / "starts")!r}, "a") as starts:
+            starts.write("x")
+        sys.stderr.write(Path({str(sample)!r}).read_text())
+        sys.exit(1)
+        """,
+    )
+    argv = port_forward_argv(kubectl, TARGET)
+    with pytest.raises(HarnessError) as caught, port_forward(argv, dict(os.environ), ready_timeout=5, attempts=2):
+        pass
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "not ready after 2 attempts" in message
+    assert "pod is not running" in message
+    assert (tmp_path / "starts").read_text() == "xx"
+
+
+# -- pytest-kind create / reuse / delete against a stand-in kind --------------------------
+
+
+@pytest.fixture
+def no_node_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Node readiness is read from the API server; there is none behind the stand-in kind.
+    monkeypatch.setattr(KindCluster, "_wait_nodes_ready", lambda self: None)
+
+
+def test_create_passes_the_config_and_node_image_through_pytest_kind(kind_bin: StandIn, no_node_wait: None) -> None:
+    kind_bin.rules(
+        [
+            {"prefix": ["get", "clusters"], "stderr": recorded("kind-get-clusters-none.stderr")},
+            {"prefix": ["create", "cluster"], "effect": "kubeconfig"},
+            {"prefix": ["delete", "cluster"]},
+        ]
+    )
+    cluster = make_cluster(kind_bin)
+    cluster.start()
+    name = "kcompat-v0-14-1-k8s-1-34"
+    create = [call for call in kind_bin.calls() if call[:2] == ["create", "cluster"]]
+    assert create == [
+        [
+            "create", "cluster", f"--name={name}", f"--kubeconfig={cluster.kubeconfig}", f"--image={NODE_IMAGE}",
+            "--config", str(cluster.config_file),
+        ]
+    ]  # fmt: skip
+    assert yaml.safe_load(cluster.config_file.read_text())["nodes"] == [{"role": "control-plane", "image": NODE_IMAGE}]
+    assert cluster.kubeconfig.read_text()  # written by "kind"; its content is never logged
+    cluster.delete()
+    assert kind_bin.calls()[-1] == ["delete", "cluster", f"--name={name}", f"--kubeconfig={cluster.kubeconfig}"]
+
+
+def test_an_existing_cluster_is_not_taken_over_without_reuse(kind_bin: StandIn, no_node_wait: None) -> None:
+    kind_bin.rules([{"prefix": ["get", "clusters"], "stdout": recorded("kind-get-clusters.stdout")}])
+    cluster = make_cluster(kind_bin)
+    with pytest.raises(UsageError, match="--reuse-cluster") as caught:
+        cluster.start()
+    assert "\n" not in str(caught.value)
+    assert not any(call[:1] == ["create"] for call in kind_bin.calls())
+
+
+def test_reuse_exports_the_kubeconfig_and_keeps_the_cluster(kind_bin: StandIn, no_node_wait: None) -> None:
+    kind_bin.rules(
+        [
+            {"prefix": ["get", "clusters"], "stdout": recorded("kind-get-clusters.stdout")},
+            {"prefix": ["export", "kubeconfig"], "effect": "kubeconfig"},
+        ]
+    )
+    cluster = make_cluster(kind_bin, KindOptions(reuse_cluster=True))
+    cluster.start()
+    assert cluster.reused
+    assert ["export", "kubeconfig", "--name", cluster.name, "--kubeconfig", str(cluster.kubeconfig)] in kind_bin.calls()
+    assert not any(call[:1] == ["create"] for call in kind_bin.calls())
+    cluster.delete()
+    assert not any(call[:1] == ["delete"] for call in kind_bin.calls())
+
+
+@pytest.mark.parametrize(
+    ("options", "failed", "deleted"),
+    [
+        (KindOptions(), False, True),
+        (KindOptions(), True, True),
+        (KindOptions(keep_cluster=True), False, False),
+        (KindOptions(keep_on_failure=True), False, True),
+        (KindOptions(keep_on_failure=True), True, False),
+    ],
+)
+def test_keep_options(kind_bin: StandIn, options: KindOptions, failed: bool, deleted: bool) -> None:
+    kind_bin.rules([{"prefix": ["delete", "cluster"]}])
+    cluster = make_cluster(kind_bin, options)
+    if failed:
+        cluster.mark_failed()
+    cluster.delete()
+    assert any(call[:1] == ["delete"] for call in kind_bin.calls()) is deleted
+
+
+def test_export_logs_runs_kind_export_logs(kind_bin: StandIn, in_tmp: Path) -> None:
+    kind_bin.rules([{"prefix": ["export", "logs"]}])
+    cluster = make_cluster(kind_bin)
+    cluster.export_logs(in_tmp / "diag" / "kind")
+    assert kind_bin.calls() == [["export", "logs", str(in_tmp / "diag" / "kind"), "--name", cluster.name]]
+
+
+# -- loading images ----------------------------------------------------------------------
+
+
+def _docker_rules(inspect_sample: str) -> list[dict[str, Any]]:
+    return [
+        {"prefix": ["pull"], "stdout": "quay.io/brancz/kube-rbac-proxy:v0.18.0\n"},
+        {"prefix": ["image", "inspect"], "stdout": recorded(inspect_sample)},
+        {"prefix": ["save"], "effect": "save"},
+    ]
+
+
+def test_load_falls_back_to_a_single_platform_archive_on_the_multi_arch_error(
+    kind_bin: StandIn, docker_bin: StandIn
+) -> None:
+    image = "quay.io/brancz/kube-rbac-proxy:v0.18.0"
+    docker_bin.rules(_docker_rules("docker-image-inspect-classic.json"))
+    kind_bin.rules(
+        [
+            {"prefix": ["load", "docker-image"], "stderr": recorded("kind-load-multiarch.stderr"), "rc": 1},
+            {"prefix": ["load", "image-archive"]},
+        ]
+    )
+    cluster = make_cluster(kind_bin, KindOptions(docker=str(docker_bin.path)))
+    cluster.load_images([image])
+    node = node_platform()
+    archive = cluster.state_dir / "images" / "quay.io_brancz_kube-rbac-proxy_v0.18.0.tar"
+    assert docker_bin.calls() == [
+        ["pull", "--quiet", "--platform", node, image],
+        ["image", "inspect", image],
+        ["save", "--platform", node, "-o", str(archive), image],
+    ]
+    assert kind_bin.calls() == [
+        ["load", "docker-image", "--name", cluster.name, image],
+        ["load", "image-archive", "--name", cluster.name, str(archive)],
+    ]
+    assert not archive.exists()  # removed once loaded
+
+
+def test_load_goes_straight_to_the_archive_for_an_image_index(kind_bin: StandIn, docker_bin: StandIn) -> None:
+    docker_bin.rules(_docker_rules("docker-image-inspect-containerd-index.json"))
+    kind_bin.rules([{"prefix": ["load", "image-archive"]}])
+    cluster = make_cluster(kind_bin, KindOptions(docker=str(docker_bin.path)))
+    cluster.load_images(["quay.io/brancz/kube-rbac-proxy:v0.18.0"])
+    assert [call[:2] for call in kind_bin.calls()] == [["load", "image-archive"]]
+
+
+def test_load_of_a_single_platform_image_uses_kind_load_docker_image(kind_bin: StandIn, docker_bin: StandIn) -> None:
+    docker_bin.rules(_docker_rules("docker-image-inspect-containerd-single.json"))
+    kind_bin.rules([{"prefix": ["load", "docker-image"]}])
+    cluster = make_cluster(kind_bin, KindOptions(docker=str(docker_bin.path)))
+    cluster.load_images(["kserve-compat/kube-rbac-proxy:dev"])
+    assert [call[:2] for call in kind_bin.calls()] == [["load", "docker-image"]]
+    assert not any(call[:1] == ["save"] for call in docker_bin.calls())
+
+
+def test_other_load_failures_are_one_line_errors(kind_bin: StandIn, docker_bin: StandIn) -> None:
+    docker_bin.rules(_docker_rules("docker-image-inspect-classic.json"))
+    kind_bin.rules([{"prefix": ["load", "docker-image"], "stderr": recorded("kind-load-no-cluster.stderr"), "rc": 1}])
+    cluster = make_cluster(kind_bin, KindOptions(docker=str(docker_bin.path)))
+    with pytest.raises(HarnessError) as caught:
+        cluster.load_images(["quay.io/brancz/kube-rbac-proxy:v0.18.0"])
+    assert str(caught.value) == (
+        "kind load docker-image quay.io/brancz/kube-rbac-proxy:v0.18.0: "
+        'no nodes found for cluster "kcompat-v0-14-1-k8s-1-34"'
+    )
+    assert not any(call[:1] == ["save"] for call in docker_bin.calls())
+
+
+# -- logs through the API ----------------------------------------------------------------
+
+
+def test_container_logs_asks_the_api_for_previous_logs(kind_bin: StandIn, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    asked: list[dict[str, Any]] = []
+
+    class FakeCoreV1Api:
+        def __init__(self, _client: object) -> None:
+            pass
+
+        def list_namespaced_pod(self, namespace: str, label_selector: str) -> Any:
+            asked.append({"list": (namespace, label_selector)})
+            pods = [SimpleNamespace(metadata=SimpleNamespace(name=n)) for n in ("ctl-a", "ctl-b")]
+            return SimpleNamespace(items=pods)
+
+        def read_namespaced_pod_log(self, name: str, namespace: str, container: str, previous: bool) -> str:
+            asked.append({"read": (name, namespace, container, previous)})
+            if name == "ctl-b":
+                raise ApiException(status=400, reason="Bad Request")
+            return "I1127 proxy log line\n"
+
+    monkeypatch.setattr("kubernetes.client.CoreV1Api", FakeCoreV1Api)
+    monkeypatch.setattr(KindCluster, "api_client", lambda self: object())
+    cluster = make_cluster(kind_bin)
+    text = cluster.container_logs("kserve", "control-plane=kserve-controller-manager", "kube-rbac-proxy", previous=True)
+    assert asked == [
+        {"list": ("kserve", "control-plane=kserve-controller-manager")},
+        {"read": ("ctl-a", "kserve", "kube-rbac-proxy", True)},
+        {"read": ("ctl-b", "kserve", "kube-rbac-proxy", True)},
+    ]
+    assert "==> kserve/ctl-a [kube-rbac-proxy] <==\nI1127 proxy log line" in text
+    assert "(no previous log: 400 Bad Request)" in text
+
+
+# -- preflight and tools -----------------------------------------------------------------
+
+
+def _docker_answers() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    result = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, check=False)
+    return result.returncode == 0
+
+
+def test_preflight_without_a_docker_engine_is_one_line_pointing_to_local() -> None:
+    if _docker_answers():
+        pytest.skip("a Docker engine answers here; this test is about machines without one")
+    with pytest.raises(EnvironmentMissing) as caught:
+        KindProviderFactory(load_matrix()).preflight()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("docker: no ")
+    assert "nox -s local" in message
+
+
+def test_preflight_message_from_the_recorded_docker_info(docker_bin: StandIn) -> None:
+    docker_bin.rules(
+        [{"prefix": ["info"], "stderr": recorded("docker-info-no-daemon.stderr"), "stdout": "\n", "rc": 1}]
+    )
+    with pytest.raises(EnvironmentMissing) as caught:
+        docker_preflight(str(docker_bin.path))
+    assert str(caught.value) == (
+        "docker: no Docker engine reachable (Cannot connect to the Docker daemon at unix:///var/run/docker.sock. "
+        "Is the docker daemon running?); the kind tier needs one — run `nox -s local` for the dockerless tier"
+    )
+    assert docker_bin.calls() == [["info", "--format", "{{.ServerVersion}}"]]
+
+
+def test_preflight_without_a_docker_client(tmp_path: Path) -> None:
+    with pytest.raises(EnvironmentMissing, match=r"no docker client on PATH.*nox -s local"):
+        docker_preflight(str(tmp_path / "no-docker-here"))
+
+
+def test_tools_come_from_the_cache_on_amd64_and_from_path_elsewhere(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("KIND_DOWNLOAD_URL", raising=False)
+    monkeypatch.delenv("KUBECTL_DOWNLOAD_URL", raising=False)
+    amd64 = resolve_tools(machine="x86_64", which=lambda _tool: None)
+    assert amd64.kind == tmp_path / "kserve-compat" / "bin" / "kind" / os.environ["KIND_VERSION"] / "kind"
+    assert amd64.kubectl == tmp_path / "kserve-compat" / "bin" / "kubectl" / os.environ["KUBECTL_VERSION"] / "kubectl"
+    arm64 = resolve_tools(machine="aarch64", which=lambda tool: f"/usr/local/bin/{tool}")
+    assert (arm64.kind, arm64.kubectl) == (Path("/usr/local/bin/kind"), Path("/usr/local/bin/kubectl"))
+    explicit = resolve_tools(Path("/opt/kind"), Path("/opt/kubectl"), machine="aarch64", which=lambda _tool: None)
+    assert (explicit.kind, explicit.kubectl) == (Path("/opt/kind"), Path("/opt/kubectl"))
+    with pytest.raises(EnvironmentMissing) as caught:
+        resolve_tools(machine="aarch64", which=lambda _tool: None)
+    assert "\n" not in str(caught.value)
+    assert "pytest-kind downloads amd64 builds only (this host is arm64)" in str(caught.value)
+
+
+# -- plan --------------------------------------------------------------------------------
+
+
+def test_plan_names_the_cluster_node_image_and_steps_without_running_anything(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("plan() must not run anything")
+
+    monkeypatch.setattr(subprocess, "run", refuse)
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    matrix = load_matrix()
+    node_image = matrix.k8s("1.34").node_image
+    steps = KindProviderFactory(matrix).plan("kserve-v0.14.1--k8s-1.34", "1.34")
+    text = "\n".join(steps)
+    assert f"create kind cluster kcompat-v0-14-1-k8s-1-34: one control-plane node, node image {node_image}" in text
+    assert f"kind {os.environ['KIND_VERSION']}" in text
+    assert "kind load docker-image" in text
+    assert steps[-1] == "delete kind cluster kcompat-v0-14-1-k8s-1-34 at the end"
+
+    kept = KindProviderFactory(matrix, KindOptions(keep_cluster=True, reuse_cluster=True)).plan(
+        "kserve-v0.14.1--k8s-1.34", "1.34"
+    )
+    assert any(step.startswith("reuse kind cluster kcompat-v0-14-1-k8s-1-34 if it exists") for step in kept)
+    assert kept[-1] == "keep kind cluster kcompat-v0-14-1-k8s-1-34 at the end (--keep-cluster)"
+    on_failure = KindProviderFactory(matrix, KindOptions(keep_on_failure=True)).plan("kserve-v0.14.1--k8s-1.34", "1.34")
+    assert on_failure[-1].endswith("unless a cell failed (--keep-on-failure)")
+
+
+def test_plan_of_an_unknown_kubernetes_version_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match=r"--k8s 1\.99"):
+        KindProviderFactory(load_matrix()).plan("kserve-v0.14.1--k8s-1.99", "1.99")
+
+
+# -- pinning pytest-kind's tool versions -------------------------------------------------
+
+
+def _versions_seen_by_pytest_kind(code: str, **env: str) -> str:
+    environ = {k: v for k, v in os.environ.items() if k not in ("KIND_VERSION", "KUBECTL_VERSION")}
+    environ.update(env)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=environ, capture_output=True, text=True, check=True
+    )
+    return result.stdout.strip()
+
+
+PRINT_VERSIONS = "import pytest_kind.cluster as c; print(c.KIND_VERSION, c.KUBECTL_VERSION)"
+
+
+def test_importing_the_kind_tier_pins_versions_before_pytest_kind_reads_them() -> None:
+    seen = _versions_seen_by_pytest_kind("import e2e.cluster.kind\n" + PRINT_VERSIONS)
+    assert seen == f"{KIND_VERSION} {KUBECTL_VERSION}"
+
+
+def test_pinning_after_pytest_kind_was_imported_still_takes_effect() -> None:
+    # What happens under pytest: its pytest11 entry point imports pytest-kind before any conftest.
+    code = (
+        "import pytest_kind.cluster as c\n"
+        "assert c.KIND_VERSION == 'v0.17.0'\n"
+        "from e2e.cluster.kind import pin_tool_versions\n"
+        "pin_tool_versions()\n"
+        "import os; print(c.KIND_VERSION, c.KUBECTL_VERSION, os.environ['KIND_VERSION'])"
+    )
+    assert _versions_seen_by_pytest_kind(code) == f"{KIND_VERSION} {KUBECTL_VERSION} {KIND_VERSION}"
+
+
+def test_versions_exported_by_the_user_win() -> None:
+    seen = _versions_seen_by_pytest_kind("import e2e.cluster.kind\n" + PRINT_VERSIONS, KIND_VERSION="v0.33.0")
+    assert seen == f"v0.33.0 {KUBECTL_VERSION}"
+
+
+# -- the GitHub workflow -----------------------------------------------------------------
+
+
+def _actionlint() -> Path:
+    on_path = shutil.which("actionlint")
+    if on_path:
+        return Path(on_path)
+    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    target = home / "kserve-compat" / "bin" / "actionlint" / ACTIONLINT_VERSION
+    binary = target / "actionlint"
+    if binary.exists():
+        return binary
+    if shutil.which("go") is None:
+        unavailable("actionlint: not on PATH and no Go toolchain to build it")
+    target.mkdir(parents=True, exist_ok=True)
+    build = subprocess.run(
+        ["go", "install", f"github.com/rhysd/actionlint/cmd/actionlint@{ACTIONLINT_VERSION}"],
+        env={**os.environ, "GOBIN": str(target), "GOTOOLCHAIN": "local"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if build.returncode != 0 or not binary.exists():
+        last = (build.stderr.strip().splitlines() or ["no output"])[-1]
+        unavailable(f"actionlint: `go install` of {ACTIONLINT_VERSION} failed: {last}")
+    return binary
+
+
+@pytest.mark.slow
+def test_workflow_passes_actionlint() -> None:
+    result = subprocess.run(
+        [str(_actionlint()), "-no-color", str(WORKFLOW)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_workflow_matches_the_vendored_github_workflow_schema() -> None:
+    check = shutil.which("check-jsonschema", path=str(Path(sys.executable).parent)) or shutil.which("check-jsonschema")
+    if check is None:
+        unavailable("check-jsonschema: not installed (it is in the `lint` extra)")
+    result = subprocess.run(
+        [check, "--builtin-schema", "vendor.github-workflows", str(WORKFLOW)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_workflow_runs_one_job_per_group_and_a_summary() -> None:
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    jobs = workflow["jobs"]
+    assert set(jobs) == {"plan", "cells", "summary"}
+    assert jobs["cells"]["strategy"]["fail-fast"] is False
+    assert jobs["cells"]["strategy"]["matrix"] == "${{ fromJSON(needs.plan.outputs.matrix) }}"
+    assert jobs["summary"]["if"] == "always()"
+    cells_run = " ".join(step.get("run", "") for step in jobs["cells"]["steps"])
+    assert 'nox -s e2e -- --cell "$CELLS" --reports-dir "reports/$GROUP"' in cells_run
+    uploads = [step for step in jobs["cells"]["steps"] if str(step.get("uses", "")).startswith("actions/upload")]
+    assert uploads and uploads[0]["if"] == "always()" and uploads[0]["with"]["path"] == "reports/"
+    plan_run = " ".join(step.get("run", "") for step in jobs["plan"]["steps"])
+    assert "nox -s matrix --" in plan_run and "--github" in plan_run and "GITHUB_OUTPUT" in plan_run
+    summary_run = " ".join(step.get("run", "") for step in jobs["summary"]["steps"])
+    assert "nox -s report -- reports/ --out summary/" in summary_run
+    # PyYAML reads the bare key `on` as True.
+    inputs = workflow[True]["workflow_dispatch"]["inputs"]
+    assert set(inputs) == {"kserve", "proxy", "k8s"}
+    for job in jobs.values():
+        for step in job["steps"]:
+            if "uses" in step:
+                assert re.fullmatch(r"actions/[a-z-]+@v\d+", step["uses"]), step["uses"]
+
+
+# -- the factory, end to end against stand-ins --------------------------------------------
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_factory_creates_yields_and_deletes_unless_a_cell_failed(
+    kind_bin: StandIn, docker_bin: StandIn, in_tmp: Path, no_node_wait: None, fail: bool
+) -> None:
+    docker_bin.rules([{"prefix": ["info"], "stdout": "29.1.3\n"}])
+    kind_bin.rules(
+        [
+            {"prefix": ["get", "clusters"], "stderr": recorded("kind-get-clusters-none.stderr")},
+            {"prefix": ["create", "cluster"], "effect": "kubeconfig"},
+            {"prefix": ["delete", "cluster"]},
+        ]
+    )
+    options = KindOptions(
+        keep_on_failure=True, kind_bin=kind_bin.path, kubectl_bin=in_tmp / "kubectl", docker=str(docker_bin.path)
+    )
+    factory = KindProviderFactory(load_matrix(), options)
+
+    class CellFailed(Exception):
+        pass
+
+    with contextlib.suppress(CellFailed), factory.cluster("kserve-v0.14.1--k8s-1.34", "1.34") as cluster:
+        assert cluster.info.name == "kcompat-v0-14-1-k8s-1-34"
+        assert cluster.info.provider == "kind"
+        assert cluster.sync_workloads() == []
+        if fail:
+            raise CellFailed
+    create = next(call for call in kind_bin.calls() if call[:2] == ["create", "cluster"])
+    assert f"--image={load_matrix().k8s('1.34').node_image}" in create
+    assert any(call[:1] == ["delete"] for call in kind_bin.calls()) is not fail
+
+
+def test_an_image_no_registry_serves_is_left_to_the_kubelet(
+    kind_bin: StandIn, docker_bin: StandIn, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The retired gcr.io image: the kubelet's own ErrImagePull is the cell's evidence.
+    monkeypatch.setattr(tenacity.nap, "time", SimpleNamespace(sleep=lambda _s: None))
+    image = "gcr.io/kubebuilder/kube-rbac-proxy:v0.13.1"
+    docker_bin.rules(
+        [{"prefix": ["pull"], "stderr": 'Error response from daemon: Head "https://gcr.io/v2/": denied\n', "rc": 1}]
+    )
+    cluster = make_cluster(kind_bin, KindOptions(docker=str(docker_bin.path)))
+    with caplog.at_level("WARNING", logger="e2e.cluster.kind"):
+        cluster.load_images([image])
+    assert [call[0] for call in docker_bin.calls()] == ["pull", "pull", "pull"]
+    assert kind_bin.calls() == []
+    assert f"not pre-loading {image}" in caplog.text
+
+
+def test_factory_shorthands_match_the_runbook_call() -> None:
+    factory = KindProviderFactory(keep=True, keep_on_failure=True, reuse=True)
+    assert factory.options == KindOptions(keep_cluster=True, keep_on_failure=True, reuse_cluster=True)
+    assert factory.matrix.kubernetes == load_matrix().kubernetes

@@ -1,0 +1,215 @@
+"""The local tier end to end: the scenarios run as a user runs them (pytest on scenarios/),
+against a real control plane, the real KServe release manifests and real proxy binaries.
+
+Each test starts `pytest scenarios --provider local ...` in a subprocess and reads the
+results it wrote (report.json, report.md, junit.xml), so what is asserted is what a user
+sees. Slow: each run creates a control plane and installs a release.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from e2e.availability import unavailable
+from e2e.local import binaries
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO.parent / "shared" / "fixtures"
+JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
+# The one JWT-shaped string the harness sends on purpose: a token no API server issued.
+GARBAGE_TOKEN_PREFIX = "eyJhbGciOiJub25lIn0."
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_tier_ready() -> None:
+    if not FIXTURES.is_dir():
+        unavailable(f"release manifests not found at {FIXTURES}")
+    for component in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"):
+        version = binaries.KUBERNETES_VERSION if component.startswith("kube-") else None
+        if binaries.locate(component, version) is None:
+            unavailable(f"{component} binary missing: run `nox -s binaries`")
+    for version in ("v0.18.0", "v0.18.2", "v0.22.1"):
+        if binaries.locate("kube-rbac-proxy", version) is None:
+            unavailable(f"kube-rbac-proxy {version} binary missing: run `nox -s binaries`")
+
+
+def run_scenarios(tmp_path: Path, *args: str, timeout: float = 900) -> tuple[int, str, list[dict[str, Any]]]:
+    reports = tmp_path / "reports"
+    env = {**os.environ, "KSERVE_COMPAT_MANIFEST_DIR": str(FIXTURES)}
+    completed = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--provider", "local",
+         "--reports-dir", str(reports), *args],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False,
+    )
+    output = completed.stdout + completed.stderr
+    results = json.loads((reports / "report.json").read_text()) if (reports / "report.json").exists() else []
+    return completed.returncode, output, results
+
+
+def by_id(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {r["cell_id"]: r for r in results}
+
+
+def checks_of(result: dict[str, Any]) -> dict[str, str]:
+    return {c["name"]: c["status"] for c in result["checks"]}
+
+
+def test_fresh_install_grid_with_token_leak_findings(tmp_path: Path) -> None:
+    """KServe v0.14.0 with three proxies and the quiet variant: all compatible; only the
+    proxies that log request bodies at --v=10 leak the scrapers' tokens."""
+    code, output, results = run_scenarios(
+        tmp_path,
+        "scenarios/test_fresh_install.py",
+        "--kserve", "v0.14.0",
+        "--proxy", "quay-v0.18.0,quay-v0.18.2,quay-v0.22.1",
+        "--variant", "quiet",
+    )
+    assert code == 0, output[-3000:]
+    cells = by_id(results)
+    expected = {
+        f"kserve-v0.14.0--{alias}--k8s-1.34{variant}"
+        for alias in ("quay-v0.18.0", "quay-v0.18.2", "quay-v0.22.1")
+        for variant in ("", "--quiet")
+    }
+    assert set(cells) == expected
+    for cell_id, result in cells.items():
+        assert result["verdict"] == "pass", (cell_id, result["reason"])
+        statuses = checks_of(result)
+        for name in ("image-in-use", "metrics-no-token", "metrics-garbage-token", "metrics-forbidden",
+                     "metrics-authorized", "metrics-content", "inference-v1", "inference-v2", "token-leak"):
+            assert statuses.get(name) == "pass", (cell_id, name, statuses)
+    leaking = {cell_id for cell_id, r in cells.items() if any(f["kind"] == "token-leak" for f in r["findings"])}
+    # v0.18.0 at --v=10 logs the TokenReview bodies; v0.18.2 masks them; --v=0 logs none.
+    assert leaking == {"kserve-v0.14.0--quay-v0.18.0--k8s-1.34"}
+
+
+def test_reports_never_contain_a_token(tmp_path: Path) -> None:
+    code, output, _ = run_scenarios(
+        tmp_path, "scenarios/test_fresh_install.py", "--kserve", "v0.15.2", "--proxy", "quay-v0.18.0",
+        "--junitxml", str(tmp_path / "pytest-junit.xml"),
+    )
+    assert code == 0, output[-3000:]
+    written = [p for p in (tmp_path / "reports").rglob("*") if p.is_file()] + [tmp_path / "pytest-junit.xml"]
+    assert any(p.name == "report.md" for p in written)
+    for path in written:
+        text = path.read_text(errors="replace")
+        leaked = [m for m in JWT.findall(text) if not m.startswith(GARBAGE_TOKEN_PREFIX)]
+        assert not leaked, f"a JWT-shaped token in {path.name}"
+    leaked = [m for m in JWT.findall(output) if not m.startswith(GARBAGE_TOKEN_PREFIX)]
+    assert not leaked, "a JWT-shaped token in pytest's output"
+
+
+def test_release_shipping_the_retired_image_runs_with_a_served_one(tmp_path: Path) -> None:
+    """v0.13.0-rc0 ships gcr.io/kubebuilder/...:v0.13.1; swapped to quay v0.22.1 it works,
+    and a migration from the shipped line (its registry.k8s.io copy) is skipped with the
+    reason that no v0.13.1 binary can be built here."""
+    code, output, results = run_scenarios(
+        tmp_path, "scenarios/test_fresh_install.py", "scenarios/test_migration.py",
+        "--kserve", "v0.13.0-rc0", "--all-releases", "--proxy", "quay-v0.22.1",
+    )
+    cells = by_id(results)
+    assert cells["kserve-v0.13.0-rc0--quay-v0.22.1--k8s-1.34"]["verdict"] == "pass", output[-3000:]
+    migration = cells["kserve-v0.13.0-rc0--quay-v0.22.1--k8s-1.34--migration"]
+    assert migration["verdict"] == "skipped"
+    assert "v0.13.1" in migration["reason"]
+    assert code == 0, output[-3000:]  # a skip with a stated reason is not a failure
+
+
+def test_migration_loses_no_inference_request(tmp_path: Path) -> None:
+    code, output, results = run_scenarios(
+        tmp_path, "scenarios/test_migration.py", "--kserve", "v0.16.0", "--proxy", "quay-v0.22.1",
+    )
+    assert code == 0, output[-3000:]
+    (result,) = results
+    assert result["cell_id"] == "kserve-v0.16.0--quay-v0.22.1--k8s-1.34--migration"
+    statuses = checks_of(result)
+    assert statuses["migration-inference-lost-requests"] == "pass"
+    assert statuses["migration-metrics-outage"] == "pass"
+    assert result["verdict"] == "pass"
+
+
+def test_release_missing_from_offline_directory_is_skipped_not_a_crash(tmp_path: Path) -> None:
+    code, output, results = run_scenarios(
+        tmp_path, "scenarios/test_fresh_install.py", "--kserve", "v0.11.2", "--proxy", "quay-v0.18.0"
+    )
+    (result,) = results
+    assert result["verdict"] == "skipped"
+    assert "v0.11.2" in result["reason"] and "offline" in result["reason"]
+    assert "Traceback" not in output
+    assert code == 0
+
+
+def test_unknown_release_is_a_one_line_usage_error(tmp_path: Path) -> None:
+    code, output, _ = run_scenarios(tmp_path, "scenarios", "--kserve", "v9.9.9")
+    assert code == 4  # pytest's usage-error exit
+    assert "--kserve v9.9.9: unknown KServe release" in output
+    assert "Traceback" not in output
+
+
+def _our_processes() -> list[str]:
+    """Command lines of harness-started processes still alive (etcd, apiserver, proxies...)."""
+    names = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kube-rbac-proxy",
+             "iris_model_server")
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "kserve-compat" in cmdline and any(n in cmdline for n in names):
+            found.append(cmdline[:200])
+    return found
+
+
+@pytest.mark.parametrize("phase", ["control plane start", "install", "checks"])
+def test_ctrl_c_leaves_no_process_and_no_temp_dir(tmp_path: Path, phase: str) -> None:
+    """Interrupt a run at a phase (recognised from its log) and look for leftovers."""
+    before = set(Path("/tmp").glob("kserve-compat-*"))
+    markers = {
+        "control plane start": "starting etcd",
+        "install": "applied",
+        "checks": "rolled out",
+    }
+    env = {**os.environ, "KSERVE_COMPAT_MANIFEST_DIR": str(FIXTURES)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-s", "--log-cli-level=INFO",
+         "--provider", "local", "--reports-dir", str(tmp_path / "reports"),
+         "scenarios/test_fresh_install.py", "--kserve", "v0.14.0", "--proxy", "quay-v0.22.1"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    assert process.stdout is not None
+    seen = []
+    deadline = time.monotonic() + 600
+    try:
+        for line in process.stdout:
+            seen.append(line)
+            if markers[phase] in line:
+                process.send_signal(signal.SIGINT)
+                break
+            if time.monotonic() > deadline:
+                break
+        else:
+            pytest.fail(f"the run ended before phase {phase!r}: {''.join(seen[-20:])}")
+        process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    time.sleep(1)
+    assert _our_processes() == [], "processes left after Ctrl-C"
+    left = set(Path("/tmp").glob("kserve-compat-*")) - before
+    assert not left, f"temp dirs left after Ctrl-C: {sorted(map(str, left))}"
