@@ -41,7 +41,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def build_parser(loader: Callable[[str], CommandModule] | None = None) -> argparse.ArgumentParser:
+def build_parser(
+    command: str | None = None, loader: Callable[[str], CommandModule] | None = None
+) -> argparse.ArgumentParser:
+    """The parser; only ``command``'s module is imported (a broken sibling cannot break it)."""
     load = loader or _load
     parser = _Parser(prog="kserve-compat", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
@@ -50,7 +53,8 @@ def build_parser(loader: Callable[[str], CommandModule] | None = None) -> argpar
         command_parser = sub.add_parser(name, help=help_text, description=help_text)
         command_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         command_parser.set_defaults(_module=module_name)
-        load(module_name).add_arguments(command_parser)
+        if name == command:
+            load(module_name).add_arguments(command_parser)
     return parser
 
 
@@ -59,7 +63,9 @@ def _load(module_name: str) -> CommandModule:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    command = next((arg for arg in arguments if arg in COMMANDS), None)
+    args = build_parser(command).parse_args(arguments)
     debug = bool(getattr(args, "debug", False))
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.INFO,
