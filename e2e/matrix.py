@@ -345,7 +345,7 @@ def load_matrix(path: Path | str | None = None) -> Matrix:
     proxies = tuple(reader.proxy(item) for item in reader.sequence(raw, "proxy_images"))
     kubes = tuple(
         KubernetesVersion(
-            version=str(reader.field(item, "version", "kubernetes")),
+            version=reader.kubernetes_version(item),
             node_image=str(reader.field(item, "node_image", "kubernetes")),
         )
         for item in reader.sequence(raw, "kubernetes")
@@ -400,9 +400,19 @@ class _Reader:
         values["metrics_port"] = int(values["metrics_port"])
         return ControllerProfile(name=name, **values)
 
+    def kubernetes_version(self, item: dict[str, Any]) -> str:
+        value = self.field(item, "version", "kubernetes")
+        if not isinstance(value, str):
+            # YAML reads 1.30 as the number 1.3: insist on a string.
+            raise self.fail(f'kubernetes version {value}: quote it, e.g. "1.30"')
+        return value
+
     def release(self, item: dict[str, Any], profiles: dict[str, ControllerProfile]) -> KServeRelease:
         version = str(self.field(item, "version", "releases"))
-        version_key(version)
+        try:
+            version_key(version)
+        except UsageError:
+            raise self.fail(f"release {version!r}: expected vMAJOR.MINOR.PATCH[-PRE]") from None
         profile_name = item.get("profile", "default")
         if profile_name not in profiles:
             raise self.fail(f"release {version} names unknown profile {profile_name}")
@@ -433,6 +443,9 @@ class _Reader:
     def variant(self, item: Any) -> Variant:
         if not isinstance(item, dict):
             raise self.fail("each entry of 'variants' must be a mapping")
+        for key in ("args_drop", "args_add"):
+            if item.get(key) is not None and not isinstance(item[key], list):
+                raise self.fail(f"variant {item.get('name')}: {key} must be a list")
         security_context = item.get("security_context")
         if security_context is not None and not isinstance(security_context, dict):
             raise self.fail(f"variant {item.get('name')}: security_context must be a mapping")

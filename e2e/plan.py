@@ -37,16 +37,20 @@ def _scenarios_by_cell(nodeids: Sequence[str]) -> dict[str, list[str]]:
 
 
 def _cached_manifest(files: ReleaseFiles, cell: MatrixCell) -> ReleaseManifest | None:
-    """The release manifest if it is on disk already (offline directory or cache)."""
+    """The release manifest if it is on disk already (offline directory or cache).
+
+    Read directly and only verified against the lock: the plan must not pin anything.
+    """
     ref = kserve_file(cell.release.version)
-    local = [files.cache_dir / ref.key]
-    if files.offline_dir is not None:
-        local = [files.offline_dir / ref.key]
-    if not any(path.is_file() for path in local):
+    root = files.offline_dir if files.offline_dir is not None else files.cache_dir
+    path = root / ref.key
+    if not path.is_file():
         return None
     try:
-        return ReleaseManifest.parse(files.text(ref), source=ref.label, profile=cell.release.profile)
-    except HarnessError:
+        data = path.read_bytes()
+        files.lock.verify(ref, data, str(path))
+        return ReleaseManifest.parse(data.decode(), source=ref.label, profile=cell.release.profile)
+    except (HarnessError, OSError, UnicodeDecodeError):
         return None
 
 
@@ -59,6 +63,7 @@ def render_plan(options: HarnessOptions, nodeids: Sequence[str], factory: Provid
     mirrors = RegistryMirrors.from_options(options.registry_mirrors)
     rewrite = mirrors.rewrite if mirrors else None
     groups = group_cells(cells)
+    manifests: dict[str, ReleaseManifest | None] = {}
     lines = [
         f"kserve-compat plan: provider {options.provider}, {len(cells)} cells in {len(groups)} cluster groups "
         "(nothing is created, started or downloaded)",
@@ -68,8 +73,10 @@ def render_plan(options: HarnessOptions, nodeids: Sequence[str], factory: Provid
         lines.append("")
         lines.append(f"{number}. cluster group {group.id}")
         lines += [f"   cluster: {step}" for step in factory.plan(group.id, group.kubernetes.version)]
-        what = "CRDs" if options.provider == "local" else "release"
-        lines.append(f"   install: cert-manager {release.cert_manager} ({what}); wait for its webhook on kind")
+        if options.provider == "local":
+            lines.append(f"   install: cert-manager {release.cert_manager} CRDs")
+        else:
+            lines.append(f"   install: cert-manager {release.cert_manager}; wait until its webhook answers")
         lines.append(
             f"   install: KServe {release.version} {', '.join(release.files)} by server-side apply "
             "(CRDs first, until Established)"
@@ -81,7 +88,9 @@ def render_plan(options: HarnessOptions, nodeids: Sequence[str], factory: Provid
             if nodeids and not ran:
                 continue
             lines.append(f"   cell {cell.id}" + (f"  [{', '.join(ran)}]" if ran else ""))
-            manifest = _cached_manifest(files, cell)
+            if cell.release.version not in manifests:
+                manifests[cell.release.version] = _cached_manifest(files, cell)
+            manifest = manifests[cell.release.version]
             if manifest is not None:
                 patch = proxy_patch(cell, manifest, rewrite)
                 lines.append(f"     swap: patch deployment {release.profile.namespace}/{release.profile.deployment}:")

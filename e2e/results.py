@@ -94,7 +94,7 @@ class CellResult:
 
     def conclude(self) -> Verdict:
         """Derive the verdict from the checks unless one was already set explicitly."""
-        if self.verdict in (Verdict.IMAGE_UNAVAILABLE, Verdict.ERROR) or (
+        if self.verdict in (Verdict.IMAGE_UNAVAILABLE, Verdict.ERROR, Verdict.FAIL) or (
             self.verdict is Verdict.SKIPPED and self.reason
         ):
             return self.verdict

@@ -1,0 +1,375 @@
+"""``--plan``: the ordered plan of a run, rendered from the real release manifests in
+../shared/fixtures, and proven to touch nothing (no process, no file, no connection).
+
+Also the pytest entry point (``pytest scenarios --plan``) and the kind tier's refusal to
+run without a Docker engine, both as real subprocesses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import e2e.manifests
+from e2e.matrix import Selection
+from e2e.plan import render_plan
+from e2e.runbook import HarnessOptions
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+
+GCR_PROXY = "gcr.io/kubebuilder/kube-rbac-proxy:v0.13.1"
+QUAY_PROXY = "quay.io/brancz/kube-rbac-proxy:v0.18.0"
+K8S_PROXY = "registry.k8s.io/kubebuilder/kube-rbac-proxy:v0.13.1"
+SHIPPED_ARGS = [
+    "--secure-listen-address=0.0.0.0:8443",
+    "--upstream=http://127.0.0.1:8080/",
+    "--logtostderr=true",
+    "--v=10",
+]
+QUIET_ARGS = [*SHIPPED_ARGS[:3], "--v=0"]
+SHIPPED_SECURITY_CONTEXT = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "privileged": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+}
+# v0.10.1 and v0.14.0 are mirrored in the fixtures; v0.11.2 is not.
+CELLS = (
+    "kserve-v0.14.0--quay-v0.18.0--k8s-1.33",
+    "kserve-v0.14.0--quay-v0.18.0--k8s-1.33--quiet",
+    "kserve-v0.14.0--k8s-v0.13.1--k8s-1.33",
+    "kserve-v0.14.0--k8s-v0.13.1--k8s-1.33--quiet",
+    "kserve-v0.11.2--quay-v0.18.0--k8s-1.33",
+    "kserve-v0.11.2--k8s-v0.13.1--k8s-1.33--quiet",
+    "kserve-v0.10.1--quay-v0.18.0--k8s-1.33",
+    "kserve-v0.10.1--k8s-v0.13.1--k8s-1.33--quiet",
+)
+SELECTION = Selection(cells=CELLS)
+
+
+def expected_patch(image: str, args: list[str], security_context: dict[str, Any] | None) -> dict[str, Any]:
+    container = {
+        "name": "kube-rbac-proxy",
+        "image": image,
+        "args": args,
+        "securityContext": {"$patch": "replace", **security_context} if security_context else None,
+    }
+    return {"spec": {"template": {"spec": {"containers": [container]}}}}
+
+
+def cell_blocks(plan: str) -> dict[str, list[str]]:
+    """Each cell's lines (its ``cell`` line first), by cell id."""
+    blocks: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in plan.splitlines():
+        if line.startswith("   cell "):
+            current = blocks.setdefault(line.split()[1], [])
+        elif not line.startswith("     "):
+            current = None
+        if current is not None:
+            current.append(line)
+    return blocks
+
+
+def patch_of(block: list[str]) -> dict[str, Any]:
+    index = block.index("     swap: patch deployment kserve/kserve-controller-manager:")
+    return json.loads(block[index + 1].strip())
+
+
+@dataclass
+class Sandbox:
+    """Where a plan could write (HOME, caches, cwd, reports, lock) and what it may not do."""
+
+    root: Path
+    reports: Path
+    lock: Path
+    spawned: list[Any]
+    connected: list[Any]
+
+    def written(self) -> list[str]:
+        return sorted(str(p.relative_to(self.root)) for p in self.root.rglob("*"))
+
+
+def _children() -> set[int]:
+    found: set[int] = set()
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            found |= {int(pid) for pid in (task / "children").read_text().split()}
+        except OSError:  # a thread that ended meanwhile
+            continue
+    return found
+
+
+@contextlib.contextmanager
+def sandboxed(root: Path) -> Iterator[Sandbox]:
+    """HOME, caches, cwd and the lock file inside ``root``; process starts and connections recorded."""
+    for name in ("home", "cache", "xdg", "cwd"):
+        (root / name).mkdir(parents=True)
+    lock = root / "lock" / "release-manifests.lock.json"
+    real_lock = e2e.manifests.ManifestLock
+    spawned: list[Any] = []
+    connected: list[Any] = []
+    real_popen, real_connect = subprocess.Popen, socket.socket.connect
+
+    class RecordingPopen(real_popen):  # type: ignore[misc, valid-type]
+        def __init__(self, args: Any, *rest: Any, **kwargs: Any) -> None:
+            spawned.append(args)
+            super().__init__(args, *rest, **kwargs)
+
+    def recording_connect(self: socket.socket, address: Any) -> Any:
+        connected.append(address)
+        return real_connect(self, address)
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("HOME", str(root / "home"))
+        monkeypatch.setenv("KSERVE_COMPAT_CACHE", str(root / "cache"))
+        monkeypatch.setenv("XDG_CACHE_HOME", str(root / "xdg"))
+        monkeypatch.delenv("KSERVE_COMPAT_MANIFEST_DIR", raising=False)
+        # e2e.cluster.kind pins these into os.environ: let monkeypatch restore them afterwards
+        monkeypatch.setenv("KIND_VERSION", os.environ.get("KIND_VERSION", "v0.32.0"))
+        monkeypatch.setenv("KUBECTL_VERSION", os.environ.get("KUBECTL_VERSION", "v1.34.8"))
+        monkeypatch.chdir(root / "cwd")
+        # The lock file would be the repository's; point it into the sandbox.
+        monkeypatch.setattr(e2e.manifests, "ManifestLock", lambda path=lock: real_lock(path))
+        monkeypatch.setattr(subprocess, "Popen", RecordingPopen)
+        monkeypatch.setattr(socket.socket, "connect", recording_connect)
+        before = _children()
+        yield Sandbox(root, root / "reports", lock, spawned, connected)
+        assert _children() <= before, "the plan left a child process behind"
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
+    with sandboxed(tmp_path / "sandbox") as box:
+        yield box
+
+
+def options(provider: str, sandbox: Sandbox, **overrides: Any) -> HarnessOptions:
+    values: dict[str, Any] = {
+        "provider": provider,
+        "manifest_dir": str(FIXTURES),
+        "selection": SELECTION,
+        "reports_dir": sandbox.reports,
+    }
+    values.update(overrides)
+    return HarnessOptions(**values)
+
+
+def assert_touched_nothing(sandbox: Sandbox, children_before: set[int]) -> None:
+    assert sandbox.spawned == []
+    assert sandbox.connected == []
+    assert _children() <= children_before
+    assert sandbox.written() == ["cache", "cwd", "home", "xdg"]  # the empty directories we made
+
+
+# -- local provider -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def local_plan(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Rendered once for the module: the real manifests are big."""
+    with sandboxed(tmp_path_factory.mktemp("plan") / "sandbox") as box:
+        before = _children()
+        plan = render_plan(options("local", box), nodeids=[])
+        assert_touched_nothing(box, before)
+    return plan
+
+
+def test_plan_lists_each_group_with_its_install_steps(local_plan: str) -> None:
+    lines = local_plan.splitlines()
+    assert lines[0] == (
+        "kserve-compat plan: provider local, 8 cells in 3 cluster groups (nothing is created, started or downloaded)"
+    )
+    headers = [line for line in lines if ". cluster group " in line]
+    assert headers == [
+        "1. cluster group kserve-v0.10.1--k8s-1.33",
+        "2. cluster group kserve-v0.11.2--k8s-1.33",
+        "3. cluster group kserve-v0.14.0--k8s-1.33",
+    ]
+    assert "   install: cert-manager v1.3.0 CRDs" in lines
+    assert "   install: cert-manager v1.15.1 (CRDs); wait for its webhook on kind" in lines
+    assert (
+        "   install: KServe v0.10.1 kserve.yaml, kserve-runtimes.yaml by server-side apply "
+        "(CRDs first, until Established)"
+    ) in lines
+    assert (
+        "   install: KServe v0.14.0 kserve.yaml, kserve-cluster-resources.yaml by server-side apply "
+        "(CRDs first, until Established)"
+    ) in lines
+    assert lines.count("   install: inferenceservice-config -> raw deployment mode, no Ingress from v0.12") == 3
+    assert sum(line.startswith("   cluster: start etcd + kube-apiserver") for line in lines) == 3
+    assert "   teardown: delete the cluster of kserve-v0.14.0--k8s-1.33 (unless --keep-cluster)" in lines
+    reports_line = lines[-1]
+    assert reports_line.startswith("reports: ")
+    assert reports_line.endswith("report.json, report.md, report.html, junit.xml")
+
+
+def test_plan_shows_the_exact_patch_of_each_cell(local_plan: str) -> None:
+    blocks = cell_blocks(local_plan)
+    expected = {
+        "kserve-v0.14.0--k8s-v0.13.1--k8s-1.33": expected_patch(K8S_PROXY, SHIPPED_ARGS, SHIPPED_SECURITY_CONTEXT),
+        "kserve-v0.14.0--k8s-v0.13.1--k8s-1.33--quiet": expected_patch(K8S_PROXY, QUIET_ARGS, SHIPPED_SECURITY_CONTEXT),
+        "kserve-v0.14.0--quay-v0.18.0--k8s-1.33": expected_patch(QUAY_PROXY, SHIPPED_ARGS, SHIPPED_SECURITY_CONTEXT),
+        "kserve-v0.14.0--quay-v0.18.0--k8s-1.33--quiet": expected_patch(
+            QUAY_PROXY, QUIET_ARGS, SHIPPED_SECURITY_CONTEXT
+        ),
+        # v0.10 ships no securityContext: the patch removes any an earlier cell left
+        "kserve-v0.10.1--quay-v0.18.0--k8s-1.33": expected_patch(QUAY_PROXY, SHIPPED_ARGS, None),
+        "kserve-v0.10.1--k8s-v0.13.1--k8s-1.33--quiet": expected_patch(K8S_PROXY, QUIET_ARGS, None),
+    }
+    for cell_id, patch in expected.items():
+        assert patch_of(blocks[cell_id]) == patch, cell_id
+    for cell_id, block in blocks.items():
+        if not cell_id.startswith("kserve-v0.11.2"):
+            assert "     check: image-in-use" in block
+            assert any(line.startswith("     wait: rollout (observedGeneration") for line in block)
+
+
+def test_plan_says_when_the_patch_is_computed_at_run_time(local_plan: str) -> None:
+    blocks = cell_blocks(local_plan)
+    missing = {cell_id: block for cell_id, block in blocks.items() if cell_id.startswith("kserve-v0.11.2")}
+    assert len(missing) == 2
+    for cell_id, block in missing.items():
+        image = QUAY_PROXY if "quay-v0.18.0" in cell_id else K8S_PROXY
+        assert (
+            f"     swap: container kube-rbac-proxy image -> {image}"
+            " (manifest not on disk: the exact patch is computed at run time)"
+        ) in block
+        assert not any(line.startswith("     swap: patch deployment") for line in block)
+
+
+def test_plan_follows_the_collected_scenarios(sandbox: Sandbox) -> None:
+    nodeids = [
+        "scenarios/test_fresh_install.py::test_fresh_install[kserve-v0.14.0--quay-v0.18.0--k8s-1.33]",
+        "scenarios/test_migration.py::test_migration[kserve-v0.14.0--quay-v0.18.0--k8s-1.33]",
+        "scenarios/test_retired_image.py::test_retired_image_is_reported_unavailable"
+        "[kserve-v0.10.1--gcr-v0.13.1--k8s-1.33]",
+    ]
+    selection = Selection(kserve=("v0.10.1", "v0.14.0"), proxy=("quay-v0.18.0", "gcr-v0.13.1"), k8s=("1.33",))
+    before = _children()
+    plan = render_plan(options("local", sandbox, selection=selection), nodeids=nodeids)
+    assert_touched_nothing(sandbox, before)
+    blocks = cell_blocks(plan)
+    assert set(blocks) == {"kserve-v0.14.0--quay-v0.18.0--k8s-1.33", "kserve-v0.10.1--gcr-v0.13.1--k8s-1.33"}
+    assert blocks["kserve-v0.14.0--quay-v0.18.0--k8s-1.33"][0].endswith("[fresh_install, migration]")
+    retired = blocks["kserve-v0.10.1--gcr-v0.13.1--k8s-1.33"]
+    assert retired[0].endswith("[retired_image_is_reported_unavailable]")
+    assert "     expect: the image pull fails: verdict image-unavailable, pull error as evidence" in retired
+    assert not any(line.startswith("     check:") for line in retired)
+
+
+def test_plan_applies_registry_mirrors_to_the_patch(sandbox: Sandbox) -> None:
+    selection = Selection(kserve=("v0.14.0", "v0.11.2"), proxy=("quay-v0.18.0",), k8s=("1.33",))
+    plan = render_plan(
+        options("local", sandbox, selection=selection, registry_mirrors=("quay.io=mirror.example:5000/quay",)),
+        nodeids=[],
+    )
+    blocks = cell_blocks(plan)
+    image = "mirror.example:5000/quay/brancz/kube-rbac-proxy:v0.18.0"
+    assert patch_of(blocks["kserve-v0.14.0--quay-v0.18.0--k8s-1.33"])["spec"]["template"]["spec"]["containers"][0][
+        "image"
+    ] == image
+    assert f"image -> {image} (manifest not on disk" in "\n".join(blocks["kserve-v0.11.2--quay-v0.18.0--k8s-1.33"])
+
+
+# -- kind provider (no Docker needed to plan) -----------------------------------------------------
+
+
+def test_kind_plan_renders_without_docker(sandbox: Sandbox) -> None:
+    selection = Selection(cells=(CELLS[0], CELLS[4], "kserve-v0.10.1--gcr-v0.13.1--k8s-1.33"))
+    before = _children()
+    plan = render_plan(options("kind", sandbox, selection=selection), nodeids=[])
+    assert_touched_nothing(sandbox, before)
+    lines = plan.splitlines()
+    assert lines[0].startswith("kserve-compat plan: provider kind, 3 cells in 3 cluster groups")
+    creates = [line for line in lines if line.startswith("   cluster: create kind cluster ")]
+    assert [line.split()[4].rstrip(":") for line in creates] == [
+        "kcompat-v0-10-1-k8s-1-33",
+        "kcompat-v0-11-2-k8s-1-33",
+        "kcompat-v0-14-0-k8s-1-33",
+    ]
+    assert all("node image kindest/node:v1.33." in line for line in creates)
+    assert "   install: cert-manager v1.15.1; wait until its webhook answers" in lines
+    blocks = cell_blocks(plan)
+    assert patch_of(blocks["kserve-v0.14.0--quay-v0.18.0--k8s-1.33"]) == expected_patch(
+        QUAY_PROXY, SHIPPED_ARGS, SHIPPED_SECURITY_CONTEXT
+    )
+
+
+def test_plan_from_the_cache_writes_nothing(sandbox: Sandbox) -> None:
+    cached = sandbox.root / "cache" / "manifests" / "kserve" / "v0.14.0" / "kserve.yaml"
+    cached.parent.mkdir(parents=True)
+    shutil.copyfile(FIXTURES / "kserve" / "v0.14.0" / "kserve.yaml", cached)
+    selection = Selection(kserve=("v0.14.0",), proxy=("quay-v0.18.0",), k8s=("1.33",))
+    plan = render_plan(options("local", sandbox, manifest_dir=None, selection=selection), nodeids=[])
+    # the cached copy is used for the exact patch ...
+    assert patch_of(cell_blocks(plan)["kserve-v0.14.0--quay-v0.18.0--k8s-1.33"]) == expected_patch(
+        QUAY_PROXY, SHIPPED_ARGS, SHIPPED_SECURITY_CONTEXT
+    )
+    # ... and nothing is written: not the lock file either
+    assert not sandbox.lock.exists(), sandbox.lock.read_text()
+
+
+# -- the pytest entry point ------------------------------------------------------------------
+
+
+def run_scenarios(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    env = {
+        **os.environ,
+        "KSERVE_COMPAT_MANIFEST_DIR": str(FIXTURES),
+        "HOME": str(home),
+        "XDG_CACHE_HOME": str(home / ".cache"),
+        "KSERVE_COMPAT_CACHE": str(home / ".cache" / "kserve-compat"),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "scenarios", "--provider", "kind", *args, "-p", "no:cacheprovider"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_pytest_plan_prints_the_plan_and_exits_0(tmp_path: Path) -> None:
+    done = run_scenarios(tmp_path, "--plan", "--kserve", "v0.14.0", "--proxy", "quay-v0.18.0")
+    assert done.returncode == 0, done.stdout + done.stderr
+    headers = [line for line in done.stdout.splitlines() if "cluster group kserve-v0.14.0--k8s-" in line]
+    assert headers
+    assert all(line.split(". ", 1)[1].startswith("cluster group kserve-v0.14.0--k8s-1.") for line in headers)
+    assert '"image":"quay.io/brancz/kube-rbac-proxy:v0.18.0"' in done.stdout
+    assert "[fresh_install]" in done.stdout
+    assert list((tmp_path / "home").iterdir()) == []
+
+
+def _docker_engine_may_exist() -> bool:
+    return bool(os.environ.get("DOCKER_HOST")) or Path("/var/run/docker.sock").exists()
+
+
+@pytest.mark.skipif(_docker_engine_may_exist(), reason="a Docker engine may be reachable: this would create clusters")
+def test_kind_without_docker_stops_with_one_line_pointing_to_local(tmp_path: Path) -> None:
+    done = run_scenarios(tmp_path, "--kserve", "v0.14.0", "--proxy", "quay-v0.18.0")
+    assert done.returncode == 3, done.stdout + done.stderr
+    output = done.stdout + done.stderr
+    assert "Traceback" not in output
+    pointing = [line for line in output.splitlines() if "nox -s local" in line]
+    assert len(pointing) == 1, output
+    assert "docker" in pointing[0].lower()
+    assert " passed" not in output
