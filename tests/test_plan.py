@@ -200,7 +200,7 @@ def test_plan_lists_each_group_with_its_install_steps(local_plan: str) -> None:
         "3. cluster group kserve-v0.14.0--k8s-1.33",
     ]
     assert "   install: cert-manager v1.3.0 CRDs" in lines
-    assert "   install: cert-manager v1.15.1 (CRDs); wait for its webhook on kind" in lines
+    assert "   install: cert-manager v1.15.1 CRDs" in lines
     assert (
         "   install: KServe v0.10.1 kserve.yaml, kserve-runtimes.yaml by server-side apply "
         "(CRDs first, until Established)"
