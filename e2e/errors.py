@@ -40,3 +40,7 @@ class EnvironmentMissing(HarnessError):
     """A tool the run needs (docker, go, a built binary) is not available."""
 
     exit_code = 2
+
+
+class WorkloadUnavailable(HarnessError):
+    """A container cannot run on this provider (e.g. no local binary for that proxy version)."""

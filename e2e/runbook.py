@@ -27,7 +27,7 @@ from typing import Any
 from e2e import checks, diagnostics, kserve, report
 from e2e.apply import Applier
 from e2e.cluster.provider import ClusterProvider, ProviderFactory, ServiceTarget
-from e2e.errors import HarnessError, NotInOfflineDirectory
+from e2e.errors import HarnessError, NotInOfflineDirectory, WorkloadUnavailable
 from e2e.images import RegistryMirrors
 from e2e.manifests import (
     ReleaseFile,
@@ -109,6 +109,7 @@ class GroupCluster:
     install_error: HarnessError | None = None
     samples_deployed: bool = False
     deviations: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # e.g. the proxy's port remaps at install
     proxy_image: str = ""  # the image the controller Deployment currently asks for
 
 
@@ -190,17 +191,19 @@ class Harness:
         api = provider.api_client()
         manifest = self.release_manifest(release)
         kserve.install_cert_manager(api, self._cert_manager_documents(cluster, release))
-        # Install with the cell's proxy image already in place: a release whose shipped
+        # Install with a runnable proxy image already in place: a release whose shipped
         # image is retired could otherwise never become Available.
         rewrite = self.mirrors.rewrite if self.mirrors else None
-        patch = proxy_patch(cell, manifest, rewrite)
-        first = patched_manifest(cell, manifest, rewrite)
+        install_cell = self._install_cell(cluster, cell, rewrite)
+        patch = proxy_patch(install_cell, manifest, rewrite)
+        first = patched_manifest(install_cell, manifest, rewrite)
+        if install_cell is not cell:
+            cluster.notes.append(f"installed with {install_cell.proxy.image}; the cell's image is swapped in after")
         runtimes = self._runtime_documents(release)
-        provider.load_images([_proxy_image_of(patch)])
         profile = release.profile
 
         def controller_rollout() -> Any:
-            cluster.deviations += [f"note: {n}" for n in provider.sync_workloads()]
+            cluster.notes += provider.sync_workloads()
             return wait_for_rollout(
                 api,
                 profile.namespace,
@@ -225,6 +228,25 @@ class Harness:
         )
         cluster.manifest = manifest
         cluster.proxy_image = _proxy_image_of(patch)
+
+    def _install_cell(
+        self, cluster: GroupCluster, cell: MatrixCell, rewrite: Callable[[str], str] | None
+    ) -> MatrixCell:
+        """The cell whose proxy image the release is installed with: this cell's, or the
+        first of its group that is not retired and that the provider can run."""
+        candidates = [cell, *(c for c in cluster.group.cells if c is not cell)]
+        reasons = []
+        for candidate in candidates:
+            if candidate.proxy.retired:
+                continue
+            image = rewrite(candidate.proxy.image) if rewrite else candidate.proxy.image
+            try:
+                cluster.provider.load_images([image])
+            except WorkloadUnavailable as exc:
+                reasons.append(str(exc))
+                continue
+            return candidate
+        raise CellSkipped(f"no proxy image of group {cluster.group.id} can run here: {'; '.join(reasons)[:300]}")
 
     def _cert_manager_documents(self, cluster: GroupCluster, release: KServeRelease) -> list[dict[str, Any]]:
         """cert-manager for the release: the whole install on kind, CRDs only locally.
@@ -311,6 +333,7 @@ class CellRun:
             self.harness.install(self.cluster, self.cell)
             check.status, check.detail = CheckStatus.PASS, f"KServe {self.cell.release.version} installed"
         self.result.deviations = list(dict.fromkeys(self.cluster.provider.info.deviations + self.cluster.deviations))
+        self.result.notes += self.cluster.notes
 
     def swap_proxy_image(self, image: str | None = None) -> None:
         """Patch the controller Deployment to the cell's proxy image and wait for the rollout."""
@@ -433,7 +456,7 @@ class CellRun:
         evidence: list[str] = list(getattr(exc, "evidence", []) or [])
         if isinstance(exc, ImageUnavailable):
             self.result.verdict = Verdict.IMAGE_UNAVAILABLE
-        elif isinstance(exc, CellSkipped) or type(exc).__name__ == "WorkloadUnavailable":
+        elif isinstance(exc, (CellSkipped, WorkloadUnavailable)):
             self.result.verdict = Verdict.SKIPPED
         elif isinstance(exc, RolloutFailed) or type(exc).__name__ == "WorkloadFailed":
             self.result.verdict = Verdict.FAIL

@@ -30,7 +30,7 @@ from typing import Any
 from kubernetes import client as k8s_client
 
 from e2e.cluster.provider import ClusterInfo, ClusterProvider, ProviderFactory, ServiceTarget
-from e2e.errors import EnvironmentMissing, HarnessError
+from e2e.errors import EnvironmentMissing, HarnessError, WorkloadUnavailable
 from e2e.images import ImageReference
 from e2e.local import binaries
 from e2e.local.controlplane import ControlPlane, resolve_binaries
@@ -49,10 +49,6 @@ DEVIATIONS = [
     "the KServe manager's metrics endpoint is a stand-in serving controller-runtime style metrics",
     "inference is answered by a local KServe model server process, not by InferenceService pods",
 ]
-
-
-class WorkloadUnavailable(HarnessError):
-    """A container cannot be played locally (e.g. no binary for that proxy version)."""
 
 
 class WorkloadFailed(HarnessError):
@@ -178,13 +174,16 @@ class LocalCluster(ClusterProvider):
                     continue
                 previous_logs = ""
                 if current:
-                    previous_logs = current.proxy.logs()
+                    # Like a kubelet's "previous" log: only a restart of the same container
+                    # spec keeps it. A swap is a new pod, whose logs start empty.
+                    if current.image == container.image and current.args == args:
+                        previous_logs = current.proxy.logs()
                     self._stop(current)
                 played = self._start(api, deployment, container, version, args)
                 played.previous_logs = previous_logs
                 self._played[key] = played
                 report.started.append(f"{'/'.join(key)} as kube-rbac-proxy {version}")
-                report.notes += [f"{'/'.join(key)}: {note}" for note in played.proxy.remap_notes]
+                report.notes += [f"{'/'.join(key)}: {_port_free(note)}" for note in played.proxy.remap_notes]
         for key in set(self._played) - wanted:
             self._stop(self._played.pop(key))
         self.last_sync = report
@@ -330,6 +329,16 @@ class LocalCluster(ClusterProvider):
             f"{played.container} ({played.image}) exited with code {played.proxy.exit_code}",
             [f"exit code {played.proxy.exit_code}", *lines],
         )
+
+
+def _port_free(remap_note: str) -> str:
+    """``--flag: OLD -> NEW`` with NEW's port dropped, so notes repeat identically per cell."""
+    flag_and_old, _, new = remap_note.partition(" -> ")
+    return (
+        f"{flag_and_old} -> {'the metrics stand-in' if 'upstream' in flag_and_old else 'a loopback port'}"
+        if new
+        else remap_note
+    )
 
 
 def _parse_selector(selector: str) -> dict[str, str]:
