@@ -6,6 +6,7 @@ exactly this code against a real kube-apiserver, and the kind tier against a rea
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
@@ -103,6 +104,36 @@ def install_cert_manager(api: k8s_client.ApiClient, documents: Sequence[dict[str
     return report
 
 
+def without_empty_ca_bundles(documents: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Drop CRD conversion-webhook ``caBundle`` values that hold no certificate.
+
+    KServe v0.10-v0.12 ship the InferenceService CRD with ``caBundle: Cg==`` (a base64 bare
+    newline) for cert-manager's CA injector to overwrite. The Kubernetes 1.34 API server
+    rejects that value (422 "unable to load root certificates"), so the release does not
+    apply as shipped. Without the field the CRD is accepted and the injector (annotation
+    ``cert-manager.io/inject-ca-from``) still fills it in. Returns notes for the report.
+    """
+    fixed: list[dict[str, Any]] = []
+    notes: list[str] = []
+    for doc in documents:
+        client = (((doc.get("spec") or {}).get("conversion") or {}).get("webhook") or {}).get("clientConfig") or {}
+        bundle = client.get("caBundle")
+        if doc.get("kind") == "CustomResourceDefinition" and bundle is not None:
+            try:
+                empty = not base64.b64decode(bundle).strip()
+            except (ValueError, TypeError):
+                empty = False
+            if empty:
+                doc = json.loads(json.dumps(doc))
+                del doc["spec"]["conversion"]["webhook"]["clientConfig"]["caBundle"]
+                notes.append(
+                    f"CRD {doc['metadata']['name']}: conversion webhook caBundle {bundle!r} holds no certificate "
+                    "and is rejected by the API server; removed before apply (cert-manager injects the CA)"
+                )
+        fixed.append(doc)
+    return fixed, notes
+
+
 def admission_webhooks(documents: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         d for d in documents if d.get("kind") in ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration")
@@ -127,7 +158,9 @@ def install_kserve(
     """
     installation = Installation(release)
     applier = Applier(api)
-    installation.applied.extend(applier.apply(kserve_documents, skip_unknown_kinds=not controller_runs))
+    documents, fixes = without_empty_ca_bundles(kserve_documents)
+    installation.deviations += fixes
+    installation.applied.extend(applier.apply(documents, skip_unknown_kinds=not controller_runs))
     if installation.applied.skipped:
         kinds = sorted({ref.split("/")[0] for ref in installation.applied.skipped})
         installation.deviations.append(f"not applied (the cluster does not serve these kinds): {', '.join(kinds)}")
