@@ -19,6 +19,7 @@ exercised for real: what runs is what the API server stored.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import shutil
 import tempfile
@@ -110,6 +111,7 @@ class LocalCluster(ClusterProvider):
         self._workdir = Path(tempfile.mkdtemp(prefix="kserve-compat-workloads-"))
         self._played: dict[tuple[str, str, str], PlayedContainer] = {}
         self._ports: dict[tuple[str, str, str], int] = {}
+        self._instances = itertools.count(1)
         self._model_server = model_server
         self.last_sync = SyncReport()
 
@@ -286,7 +288,8 @@ class LocalCluster(ClusterProvider):
             proxy_args,
             kubeconfig=kubeconfig,
             workdir=workdir,
-            name=f"{name}-{container.name}",
+            # One log per process, as a container instance has its own log.
+            name=f"{name}-{container.name}-{next(self._instances)}",
             remap_notes=notes,
         )
         try:
