@@ -1,0 +1,824 @@
+"""The real binaries of the local tier: find them, or build them from source with the installed Go.
+
+The local tier runs etcd, the Kubernetes control plane, kwok and every kube-rbac-proxy
+version under test as plain processes. Nothing here is downloaded as a prebuilt binary:
+each is compiled from its upstream Go module (fetched through the Go module proxy) into a
+cache outside the repository, ``$KSERVE_COMPAT_CACHE/bin/<component>/<version>/<binary>``,
+with a ``build-info.json`` beside it that records how it was built. A binary whose recorded
+recipe matches is reused; anything else is rebuilt.
+
+Lookup order (like envtest's ``TEST_ASSET_*``): a per-binary environment variable
+(``KSERVE_COMPAT_ETCD``, ``KSERVE_COMPAT_KUBE_RBAC_PROXY_V0_18_0``, ...), then the
+directory ``KSERVE_COMPAT_BIN_DIR`` (``etcd``, ``kube-apiserver``, ...,
+``kube-rbac-proxy-v0.18.0``), then the cache.
+
+Three build recipes, because upstream modules differ:
+- etcd and Kubernetes: their go.mod files hold local ``replace`` lines, so ``go install``
+  refuses them; a throwaway wrapper module requires them instead (for Kubernetes, with one
+  ``replace`` per staging module, generated from the upstream go.mod).
+- kube-rbac-proxy: the module's own source is copied out of the module cache and built in
+  place, so its own go.mod (``replace`` lines included) and go.sum decide every dependency.
+- kwok: a wrapper module too (one code path for "build a command of a released module").
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from e2e.errors import EnvironmentMissing, HarnessError, UsageError
+
+log = logging.getLogger(__name__)
+
+KUBERNETES_VERSION = "v1.34.4"
+KUBERNETES_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+PROXY = "kube-rbac-proxy"
+COMPONENTS: tuple[str, ...] = ("etcd", *KUBERNETES_COMPONENTS, "kwok", PROXY)
+# The proxy versions the matrix exercises; v0.13.1 (what KServe v0.10-v0.13 ship) is listed
+# even though the module proxy here refuses it: asking for it must give a clear answer.
+PROXY_VERSIONS: tuple[str, ...] = ("v0.13.1", "v0.15.0", "v0.16.0", "v0.18.0", "v0.18.2", "v0.22.1")
+DEFAULT_VERSIONS: dict[str, str] = {
+    "etcd": "v3.6.5",
+    **dict.fromkeys(KUBERNETES_COMPONENTS, KUBERNETES_VERSION),
+    "kwok": "v0.7.0",
+    PROXY: "v0.18.0",  # what KServe >= v0.14 ships
+}
+
+ETCD_MODULE = "go.etcd.io/etcd/server/v3"
+KUBERNETES_MODULE = "k8s.io/kubernetes"
+KWOK_MODULE = "sigs.k8s.io/kwok"
+PROXY_MODULE = "github.com/brancz/kube-rbac-proxy"
+
+BUILD_INFO = "build-info.json"
+# Bumped when the recipe changes in a way that makes old builds untrustworthy.
+RECIPE_REVISION = 1
+BUILD_TIMEOUT_SECONDS = 60 * 60
+HEARTBEAT_SECONDS = 30.0
+_VERSION = re.compile(r"^v\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?$")
+# `go build -v` prints bare import paths; anything else on stderr is worth showing.
+_PACKAGE_LINE = re.compile(r"^[\w.~/-]+$")
+
+
+class BuildUnavailable(HarnessError):
+    """The Go module proxy does not serve the module version a binary is built from."""
+
+
+class BuildFailed(HarnessError):
+    """``go`` ran but could not build the binary; the message holds its last error lines."""
+
+
+# ---------------------------------------------------------------------------- naming
+
+
+def cache_root() -> Path:
+    """``$KSERVE_COMPAT_CACHE``, default ``~/.cache/kserve-compat`` (outside the repo)."""
+    configured = os.environ.get("KSERVE_COMPAT_CACHE")
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "kserve-compat"
+
+
+def _check_component(component: str) -> None:
+    if component not in COMPONENTS:
+        raise UsageError(f"component {component!r}: expected one of {', '.join(COMPONENTS)}")
+
+
+def _resolve_version(component: str, version: str | None) -> str:
+    _check_component(component)
+    resolved = version or DEFAULT_VERSIONS[component]
+    if not _VERSION.match(resolved):
+        raise UsageError(f"{component} version {resolved!r}: expected vMAJOR.MINOR.PATCH")
+    return resolved
+
+
+def binary_path(component: str, version: str) -> Path:
+    """Where the cache keeps ``component`` at ``version`` (it may not exist yet)."""
+    _check_component(component)
+    return cache_root() / "bin" / component / version / component
+
+
+def env_var(component: str, version: str) -> str:
+    """The per-binary override variable, e.g. ``KSERVE_COMPAT_KUBE_RBAC_PROXY_V0_18_0``."""
+    name = component if component != PROXY else f"{component}-{version}"
+    return "KSERVE_COMPAT_" + re.sub(r"[^A-Za-z0-9]", "_", name).upper()
+
+
+def bin_dir_name(component: str, version: str) -> str:
+    """The file name inside ``KSERVE_COMPAT_BIN_DIR``: proxies carry their version."""
+    return f"{component}-{version}" if component == PROXY else component
+
+
+def proxy_version_for_tag(tag: str) -> str:
+    """The kube-rbac-proxy module version behind an image tag or full image reference.
+
+    ``v0.18.0``, ``quay.io/brancz/kube-rbac-proxy:v0.18.0`` and ``...:v0.18.0@sha256:...``
+    all give ``v0.18.0``; arch-suffixed tags (``v0.13.1-amd64``) give the plain version.
+    """
+    text = tag.split("@", 1)[0]
+    last = text.rsplit("/", 1)[-1]
+    if ":" in last:
+        text = last.rsplit(":", 1)[1]
+    match = re.match(r"^v?(\d+\.\d+\.\d+)(?:-(?:amd64|arm64|arm|ppc64le|s390x))?$", text)
+    if not match:
+        raise UsageError(f"kube-rbac-proxy tag {tag!r}: expected vMAJOR.MINOR.PATCH")
+    return "v" + match.group(1)
+
+
+def _staging_version(kubernetes_version: str) -> str:
+    """Kubernetes v1.34.4 publishes its staging modules (k8s.io/api, ...) as v0.34.4."""
+    match = re.match(r"^v1\.(\d+\.\d+.*)$", kubernetes_version)
+    if not match:
+        raise UsageError(f"Kubernetes version {kubernetes_version!r}: expected v1.MINOR.PATCH")
+    return "v0." + match.group(1)
+
+
+# ---------------------------------------------------------------------------- recipes
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one binary is built: what the cache's build-info must match to be reused."""
+
+    component: str
+    version: str
+    module: str
+    package: str  # import path of the main package
+    style: str  # "wrapper" (require the module) or "source" (build inside the module's copy)
+    ldflags: tuple[str, ...] = ()
+
+    def key(self) -> dict[str, Any]:
+        return {
+            "revision": RECIPE_REVISION,
+            "component": self.component,
+            "version": self.version,
+            "module": self.module,
+            "package": self.package,
+            "style": self.style,
+            "ldflags": list(self.ldflags),
+        }
+
+
+def recipe(component: str, version: str | None = None) -> Recipe:
+    """The build recipe of ``component`` at ``version`` (default: ``DEFAULT_VERSIONS``)."""
+    version = _resolve_version(component, version)
+    if component == "etcd":
+        # etcd's version is a constant in its api module; nothing to stamp.
+        return Recipe(component, version, ETCD_MODULE, ETCD_MODULE, "wrapper")
+    if component in KUBERNETES_COMPONENTS:
+        _staging_version(version)  # validates the version shape early
+        return Recipe(
+            component,
+            version,
+            KUBERNETES_MODULE,
+            f"{KUBERNETES_MODULE}/cmd/{component}",
+            "wrapper",
+            _kubernetes_ldflags(version),
+        )
+    if component == "kwok":
+        # What kwok's hack/releases.sh stamps.
+        return Recipe(
+            component,
+            version,
+            KWOK_MODULE,
+            f"{KWOK_MODULE}/cmd/kwok",
+            "wrapper",
+            (f"-X sigs.k8s.io/kwok/pkg/consts.Version={version}",),
+        )
+    # kube-rbac-proxy: main package at the module root up to v0.13.x.
+    major, minor = (int(part) for part in version[1:].split(".")[:2])
+    package = PROXY_MODULE if (major, minor) < (0, 14) else f"{PROXY_MODULE}/cmd/kube-rbac-proxy"
+    ldflags: tuple[str, ...] = ()
+    if (major, minor) >= (0, 14):
+        # What the proxy's Makefile stamps (component-base arrived with v0.14).
+        ldflags = (
+            f"-X k8s.io/component-base/version.gitVersion={version}",
+            f"-X k8s.io/component-base/version/verflag.programName={PROXY}",
+        )
+    return Recipe(component, version, PROXY_MODULE, package, "source", ldflags)
+
+
+def _kubernetes_ldflags(version: str) -> tuple[str, ...]:
+    """Version stamps so that ``/version`` and ``kubectl version`` tell the truth."""
+    major, minor = version[1:].split(".")[:2]
+    flags: list[str] = []
+    for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        flags += [
+            f"-X {pkg}.gitVersion={version}",
+            f"-X {pkg}.gitMajor={major}",
+            f"-X {pkg}.gitMinor={minor}",
+            f"-X {pkg}.gitTreeState=clean",
+        ]
+    return tuple(flags)
+
+
+# ---------------------------------------------------------------------------- locating
+
+
+def _executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+def read_build_info(component: str, version: str) -> dict[str, Any] | None:
+    """The recorded build info of the cached binary, or None if absent or unreadable."""
+    info_path = binary_path(component, version).parent / BUILD_INFO
+    try:
+        data = json.loads(info_path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _cached(component: str, version: str) -> Path | None:
+    path = binary_path(component, version)
+    info = read_build_info(component, version)
+    if not _executable(path) or info is None:
+        return None
+    if info.get("recipe") != recipe(component, version).key():
+        return None
+    if info.get("size") != path.stat().st_size:  # a truncated or replaced file
+        return None
+    return path
+
+
+def locate(component: str, version: str | None = None) -> Path | None:
+    """An existing binary: per-binary env var, then ``KSERVE_COMPAT_BIN_DIR``, then the cache.
+
+    An override that points at nothing usable is a user error, not a silent fallback.
+    """
+    version = _resolve_version(component, version)
+    variable = env_var(component, version)
+    override = os.environ.get(variable)
+    if override:
+        path = Path(override).expanduser()
+        if not _executable(path):
+            raise UsageError(f"{variable}={override}: expected an executable file")
+        return path
+    bin_dir = os.environ.get("KSERVE_COMPAT_BIN_DIR")
+    if bin_dir:
+        candidate = Path(bin_dir).expanduser() / bin_dir_name(component, version)
+        if _executable(candidate):
+            return candidate
+    return _cached(component, version)
+
+
+# ---------------------------------------------------------------------------- running go
+
+
+def _go_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["GOTOOLCHAIN"] = "local"  # never let go fetch another toolchain
+    env["CGO_ENABLED"] = "0"  # static binaries, as upstream releases are built
+    env["GOFLAGS"] = " ".join(filter(None, [env.get("GOFLAGS", ""), "-mod=mod"]))
+    env.pop("GOWORK", None)
+    if extra:
+        env.update(extra)
+    return env
+
+
+def go_binary() -> str:
+    go = shutil.which("go")
+    if not go:
+        raise EnvironmentMissing("go: not found on PATH; the local tier builds its binaries with Go")
+    return go
+
+
+@lru_cache(maxsize=1)
+def go_version() -> str:
+    result = subprocess.run(
+        [go_binary(), "env", "GOVERSION"], capture_output=True, text=True, env=_go_env(), check=False
+    )
+    return result.stdout.strip() or "unknown"
+
+
+def _one_line(text: str, prefix: str = "") -> str:
+    """``text`` on one line, without a leading ``prefix`` (go repeats ``module@version:``)."""
+    line = " ".join(text.split()).removeprefix("go: ")
+    return line[len(prefix) :].lstrip(": ") if prefix and line.startswith(prefix) else line
+
+
+def _go_json(args: Sequence[str], cwd: Path, env: Mapping[str, str]) -> dict[str, Any]:
+    """Run a ``go ... -json`` command that prints one object (with "Error" on failure)."""
+    result = subprocess.run([go_binary(), *args], cwd=cwd, capture_output=True, text=True, env=dict(env), check=False)
+    try:
+        data = json.loads(result.stdout)
+    except ValueError:
+        data = {"Error": result.stderr.strip() or f"exit status {result.returncode}"}
+    if not isinstance(data, dict):
+        return {"Error": f"unexpected output of go {' '.join(args)}"}
+    if result.returncode != 0 and "Error" not in data:
+        data["Error"] = result.stderr.strip() or f"exit status {result.returncode}"
+    return data
+
+
+def _sumdb_missing(error: str) -> bool:
+    """The checksum database has no entry (here: an allow-listing mirror answering 404).
+
+    A checksum *mismatch* ("SECURITY ERROR") is never this.
+    """
+    return "sumdb" in error and ("404 Not Found" in error or "410 Gone" in error)
+
+
+@dataclass
+class ModuleDownload:
+    module: str
+    version: str
+    dir: Path
+    go_mod: Path
+    commit: str
+    checksum_db: str  # "verified" or why it was not
+
+
+def download_module(module: str, version: str, workdir: Path) -> ModuleDownload:
+    """``go mod download`` one module version; BuildUnavailable if the proxy refuses it.
+
+    When the checksum database has no entry for a version the proxy does serve, retry once
+    without it for exactly this module and record that in the build info.
+    """
+    env = _go_env()
+    data = _go_json(["mod", "download", "-json", f"{module}@{version}"], workdir, env)
+    checksum_db = "verified"
+    error = str(data.get("Error", ""))
+    if error and _sumdb_missing(error):
+        log.warning(
+            "%s@%s: the checksum database has no entry here; using the module proxy's copy without it (%s)",
+            module,
+            version,
+            _one_line(error),
+        )
+        env = _go_env({"GONOSUMDB": module})
+        data = _go_json(["mod", "download", "-json", f"{module}@{version}"], workdir, env)
+        checksum_db = "not verified: sum.golang.org lookup answered 404 through the proxy"
+        error = str(data.get("Error", ""))
+    if error:
+        raise BuildUnavailable(
+            f"{module}@{version}: the Go module proxy does not serve it ({_one_line(error, f'{module}@{version}')})"
+        )
+    commit = ""
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        commit = str(json.loads(Path(data["Info"]).read_text())["Origin"]["Hash"])
+    return ModuleDownload(module, version, Path(data["Dir"]), Path(data["GoMod"]), commit, checksum_db)
+
+
+_availability_lock = threading.Lock()
+_availability: dict[tuple[str, str], str] = {}
+
+
+def module_unavailable_reason(module: str, version: str) -> str | None:
+    """Why the Go module proxy will not serve ``module@version`` (None if it will).
+
+    Asks for the version's .info only (cheap); answers are remembered for the process.
+    """
+    with _availability_lock:
+        if (module, version) in _availability:
+            return _availability[(module, version)] or None
+    with tempfile.TemporaryDirectory(prefix="kserve-compat-probe-") as tmp:
+        data = _go_json(["list", "-m", "-json", f"{module}@{version}"], Path(tmp), _go_env())
+    reason = _one_line(str(data.get("Error", "")), f"{module}@{version}")
+    with _availability_lock:
+        _availability[(module, version)] = reason
+    return reason or None
+
+
+def buildable(component: str, version: str | None = None) -> tuple[bool, str]:
+    """(True, "") when ``component`` at ``version`` exists or can be built here, else
+    (False, one-line reason). Never raises for an unavailable module or a missing go."""
+    rec = recipe(component, version)
+    if locate(component, rec.version):
+        return True, ""
+    if not shutil.which("go"):
+        return False, "go: not found on PATH"
+    reason = module_unavailable_reason(rec.module, rec.version)
+    if reason:
+        return False, f"{rec.module}@{rec.version}: the Go module proxy does not serve it ({reason})"
+    return True, ""
+
+
+# ---------------------------------------------------------------------------- building
+
+
+@dataclass
+class _Progress:
+    packages: int = 0
+    last: str = ""
+
+
+def _run_go(args: Sequence[str], cwd: Path, env: Mapping[str, str], what: str, log_file: Path) -> tuple[int, list[str]]:
+    """Run go with live progress logging; returns (exit code, last interesting stderr lines).
+
+    ``go build -v`` names each package as it compiles: the heartbeat logs how many and the
+    last one, so a long build shows what it is doing.
+    """
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    tail: deque[str] = deque(maxlen=20)
+    seen = _Progress()
+    with log_file.open("w") as log_handle:
+        log_handle.write(f"$ (cd {cwd} && go {' '.join(args)})\n")
+        log_handle.flush()
+        process = subprocess.Popen(
+            [go_binary(), *args],
+            cwd=cwd,
+            env=dict(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+        def pump() -> None:
+            assert process.stdout is not None
+            for line in process.stdout:
+                log_handle.write(line)
+                line = line.rstrip()
+                if _PACKAGE_LINE.match(line):
+                    seen.packages += 1
+                    seen.last = line
+                elif line:
+                    tail.append(line)
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        started = time.monotonic()
+        while True:
+            try:
+                code = process.wait(timeout=HEARTBEAT_SECONDS)
+                break
+            except subprocess.TimeoutExpired:
+                elapsed = time.monotonic() - started
+                if elapsed > BUILD_TIMEOUT_SECONDS:
+                    process.kill()
+                    process.wait()
+                    reader.join()
+                    return -1, [*tail, f"timed out after {BUILD_TIMEOUT_SECONDS}s"]
+                log.info(
+                    "still building %s: %.0fs, %d packages compiled, last %s",
+                    what,
+                    elapsed,
+                    seen.packages,
+                    seen.last or "(resolving modules)",
+                )
+        reader.join()
+    return code, list(tail)
+
+
+def _needs_checklinkname(lines: Sequence[str]) -> bool:
+    """Old dependencies ``//go:linkname`` into the runtime, which newer linkers refuse."""
+    return any("invalid reference to" in line or "linkname" in line for line in lines)
+
+
+def _write_wrapper(workdir: Path, recipes: Sequence[Recipe], env: Mapping[str, str]) -> ModuleDownload:
+    """Create a throwaway module in ``workdir`` that requires the upstream one."""
+    first = recipes[0]
+    download = download_module(first.module, first.version, workdir)
+    upstream = _go_json(["mod", "edit", "-json", str(download.go_mod)], workdir, env)
+    go_directive = str(upstream.get("Go") or "1.22")
+    lines = [f"module example.com/{first.component.replace('-', '')}wrap", "", f"go {go_directive}", ""]
+    lines.append(f"require {first.module} {first.version}")
+    if first.module == KUBERNETES_MODULE:
+        # Kubernetes' go.mod points its staging modules at ./staging/...; those are
+        # published as k8s.io/<name> v0.MINOR.PATCH. Generated from the upstream file.
+        staging = _staging_version(first.version)
+        for entry in upstream.get("Replace") or []:
+            old, new = entry.get("Old", {}).get("Path", ""), entry.get("New", {}).get("Path", "")
+            if new.startswith("./staging/"):
+                lines.append(f"replace {old} => {old} {staging}")
+    (workdir / "go.mod").write_text("\n".join(lines) + "\n")
+    imports = "\n".join(f'import _ "{r.package}"' for r in recipes)
+    (workdir / "tools.go").write_text(f"//go:build tools\n\npackage tools\n\n{imports}\n")
+    return download
+
+
+def _copy_source(workdir: Path, rec: Recipe) -> tuple[Path, ModuleDownload]:
+    """Copy the module out of the read-only module cache so go may write go.mod/go.sum."""
+    download = download_module(rec.module, rec.version, workdir)
+    source = workdir / "src"
+    shutil.copytree(download.dir, source)
+    for path in [source, *source.rglob("*")]:
+        mode = path.stat().st_mode
+        path.chmod(mode | stat.S_IWUSR)
+    return source, download
+
+
+@contextlib.contextmanager
+def _build_lock(component: str, version: str) -> Iterator[None]:
+    """One build of a binary at a time across processes (flock on a file in the cache)."""
+    # Kept apart from bin/ so that a refused version leaves no empty version directory.
+    lock_path = cache_root() / "locks" / f"{component}-{version}.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _install(built: Path, rec: Recipe, info: dict[str, Any]) -> Path:
+    """Move a fresh binary into the cache atomically and record how it was built."""
+    target = binary_path(rec.component, rec.version)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staged = target.with_name(f".{target.name}.new")
+    shutil.copy2(built, staged)
+    staged.chmod(0o755)
+    os.replace(staged, target)
+    record = {
+        "recipe": rec.key(),
+        "module": rec.module,
+        "version": rec.version,
+        "package": rec.package,
+        **info,
+        "size": target.stat().st_size,
+        "sha256": _sha256(target),
+    }
+    info_path = target.parent / BUILD_INFO
+    staged_info = info_path.with_name(f".{BUILD_INFO}.new")
+    staged_info.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    os.replace(staged_info, info_path)
+    return target
+
+
+def _build(recipes: Sequence[Recipe]) -> dict[str, Path]:
+    """Build recipes that share a module and version in one ``go build`` (shared compiling)."""
+    first = recipes[0]
+    names = ", ".join(r.component for r in recipes)
+    what = f"{names} {first.version}"
+    env = _go_env()
+    go_binary()
+    log_file = cache_root() / "logs" / f"{'+'.join(r.component for r in recipes)}-{first.version}.log"
+    with tempfile.TemporaryDirectory(prefix="kserve-compat-build-") as tmp:
+        workdir = Path(tmp)
+        out_dir = workdir / "out"
+        out_dir.mkdir()
+        if first.style == "source":
+            build_dir, download = _copy_source(workdir, first)
+            packages = ["." + r.package[len(first.module) :] for r in recipes]
+        else:
+            build_dir = workdir
+            download = _write_wrapper(workdir, recipes, env)
+        commit, checksum_db = download.commit, download.checksum_db
+        if checksum_db != "verified":
+            env = _go_env({"GONOSUMDB": first.module})
+        if first.style == "wrapper":
+            log.info("resolving dependencies of %s@%s", first.module, first.version)
+            code, tail = _run_go(["mod", "tidy"], workdir, env, what, log_file.with_suffix(".tidy.log"))
+            if code != 0:
+                raise BuildFailed(
+                    f"{what}: go mod tidy failed (exit {code}): {' | '.join(tail[-3:])} "
+                    f"(full log: {log_file.with_suffix('.tidy.log')})"
+                )
+            packages = [r.package for r in recipes]
+        ldflags = [*first.ldflags]
+        if commit and any("k8s.io/component-base/version" in flag for flag in ldflags):
+            ldflags.append(f"-X k8s.io/component-base/version.gitCommit={commit}")
+            if first.module == KUBERNETES_MODULE:
+                ldflags.append(f"-X k8s.io/client-go/pkg/version.gitCommit={commit}")
+        if first.module == KUBERNETES_MODULE:
+            stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            ldflags += [
+                f"-X k8s.io/component-base/version.buildDate={stamp}",
+                f"-X k8s.io/client-go/pkg/version.buildDate={stamp}",
+            ]
+        output = f"{out_dir}/" if len(recipes) > 1 else str(out_dir / first.component)
+        checklinkname_disabled = False
+        started = time.monotonic()
+        log.info("building %s with %s (go build %s); this can take minutes", what, go_version(), " ".join(packages))
+        while True:
+            flags = " ".join([*ldflags, *(["-checklinkname=0"] if checklinkname_disabled else [])])
+            args = ["build", "-v", "-trimpath", "-o", output, f"-ldflags={flags}", *packages]
+            code, tail = _run_go(args, build_dir, env, what, log_file)
+            if code == 0:
+                break
+            if not checklinkname_disabled and _needs_checklinkname(tail):
+                log.warning("%s: the linker refused a //go:linkname; retrying with -checklinkname=0", what)
+                checklinkname_disabled = True
+                continue
+            raise BuildFailed(
+                f"{what}: go build failed (exit {code}): {' | '.join(tail[-3:]) or 'no output'} (full log: {log_file})"
+            )
+        seconds = round(time.monotonic() - started, 1)
+        installed: dict[str, Path] = {}
+        for rec in recipes:
+            # `go build -o DIR/` names each binary after its package's last path element.
+            built = out_dir / (rec.component if len(recipes) == 1 else rec.package.rsplit("/", 1)[-1])
+            installed[rec.component] = _install(
+                built,
+                rec,
+                {
+                    "go_version": go_version(),
+                    "ldflags": flags,
+                    "checklinkname_disabled": checklinkname_disabled,
+                    "checksum_db": checksum_db,
+                    "commit": commit,
+                    "built_with": [r.component for r in recipes],
+                    "build_seconds": seconds,
+                    "built_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                },
+            )
+        log.info("built %s in %.0fs: %s", what, seconds, ", ".join(str(p) for p in installed.values()))
+        return installed
+
+
+def _build_missing(recipes: Sequence[Recipe]) -> dict[str, Path]:
+    """Build those of ``recipes`` (same module and version) that are still missing, under
+    each one's lock; a concurrent builder's result is reused."""
+    with contextlib.ExitStack() as stack:
+        for rec in sorted(recipes, key=lambda r: r.component):  # one order: no deadlock
+            stack.enter_context(_build_lock(rec.component, rec.version))
+        found = {r.component: _cached(r.component, r.version) for r in recipes}
+        todo = [r for r in recipes if found[r.component] is None]
+        built = _build(todo) if todo else {}
+        return {c: p for c, p in found.items() if p is not None} | built
+
+
+def ensure(component: str, version: str | None = None, *, build: bool = True) -> Path:
+    """The binary of ``component`` at ``version``: located, or built into the cache.
+
+    Raises EnvironmentMissing (no go, or ``build=False`` and nothing found), BuildUnavailable
+    (the module proxy refuses the version) or BuildFailed (go's last error lines).
+    """
+    rec = recipe(component, version)
+    found = locate(component, rec.version)
+    if found:
+        return found
+    if not build:
+        raise EnvironmentMissing(
+            f"{component} {rec.version}: not built (expected {binary_path(component, rec.version)}, "
+            f"{env_var(component, rec.version)} or KSERVE_COMPAT_BIN_DIR); run `kserve-compat binaries`"
+        )
+    return _build_missing([rec])[component]
+
+
+def ensure_proxy(version: str) -> Path:
+    """The kube-rbac-proxy binary of ``version`` (a tag or image reference is accepted)."""
+    return ensure(PROXY, proxy_version_for_tag(version))
+
+
+# ---------------------------------------------------------------------------- many at once
+
+
+@dataclass
+class BinaryResult:
+    component: str
+    version: str
+    status: str  # "present", "built", "unavailable", "failed"
+    path: Path | None = None
+    detail: str = ""
+
+
+@dataclass
+class BuildSummary:
+    results: list[BinaryResult] = field(default_factory=list)
+
+    def with_status(self, status: str) -> list[BinaryResult]:
+        return [r for r in self.results if r.status == status]
+
+    @property
+    def ok(self) -> bool:
+        """Everything buildable exists (unavailable versions cannot be fixed here)."""
+        return not self.with_status("failed")
+
+
+def _requested(
+    components: Sequence[str] | None,
+    proxy_versions: Sequence[str] | None,
+    kubernetes_version: str | None,
+) -> list[Recipe]:
+    wanted = list(components) if components else list(COMPONENTS)
+    for component in wanted:
+        _check_component(component)
+    recipes: list[Recipe] = []
+    for component in dict.fromkeys(wanted):
+        if component == PROXY:
+            versions = proxy_versions if proxy_versions else PROXY_VERSIONS
+            recipes += [recipe(PROXY, proxy_version_for_tag(v)) for v in dict.fromkeys(versions)]
+        elif component in KUBERNETES_COMPONENTS:
+            recipes.append(recipe(component, kubernetes_version))
+        else:
+            recipes.append(recipe(component))
+    return recipes
+
+
+def ensure_all(
+    components: Sequence[str] | None = None,
+    proxy_versions: Sequence[str] | None = None,
+    jobs: int = 2,
+    *,
+    kubernetes_version: str | None = None,
+) -> BuildSummary:
+    """Build what is missing (Kubernetes commands in one go build), ``jobs`` builds at a time.
+
+    Continues past unavailable and failing builds; the summary says what happened to each.
+    """
+    if jobs < 1:
+        raise UsageError(f"--jobs {jobs}: expected a positive number")
+    summary = BuildSummary()
+    groups: dict[tuple[str, str], list[Recipe]] = {}
+    for rec in _requested(components, proxy_versions, kubernetes_version):
+        found = locate(rec.component, rec.version)
+        if found:
+            summary.results.append(BinaryResult(rec.component, rec.version, "present", found))
+        else:
+            groups.setdefault((rec.module, rec.version), []).append(rec)
+    if not groups:
+        return summary
+    go_binary()  # one clear error instead of one per binary
+
+    def run(group: list[Recipe]) -> list[BinaryResult]:
+        try:
+            built = _build_missing(group)
+        except BuildUnavailable as exc:
+            return [BinaryResult(r.component, r.version, "unavailable", None, str(exc)) for r in group]
+        except HarnessError as exc:
+            return [BinaryResult(r.component, r.version, "failed", None, str(exc)) for r in group]
+        return [BinaryResult(r.component, r.version, "built", built[r.component]) for r in group]
+
+    # Biggest builds first, so a small one fills the second slot meanwhile.
+    ordered = sorted(groups.values(), key=lambda g: g[0].module != KUBERNETES_MODULE)
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="go-build") as pool:
+        for results in pool.map(run, ordered):
+            summary.results += results
+    return summary
+
+
+def status(component: str, version: str | None = None) -> BinaryResult:
+    """built / missing / unavailable, without building (asks the module proxy if missing)."""
+    rec = recipe(component, version)
+    found = locate(component, rec.version)
+    if found:
+        return BinaryResult(component, rec.version, "built", found)
+    ok, reason = buildable(component, rec.version)
+    if not ok and reason.startswith("go:"):
+        return BinaryResult(component, rec.version, "missing", None, reason)
+    if not ok:
+        return BinaryResult(component, rec.version, "unavailable", None, reason)
+    return BinaryResult(component, rec.version, "missing", binary_path(component, rec.version))
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--component",
+        action="append",
+        choices=COMPONENTS,
+        metavar="NAME",
+        help=f"build only these (repeatable; default all: {', '.join(COMPONENTS)})",
+    )
+    parser.add_argument(
+        "--proxy-versions",
+        metavar="V1,V2",
+        help=f"kube-rbac-proxy versions (default {','.join(PROXY_VERSIONS)})",
+    )
+    parser.add_argument(
+        "--kubernetes-version",
+        default=KUBERNETES_VERSION,
+        help=f"Kubernetes version of the control plane binaries and kubectl (default {KUBERNETES_VERSION})",
+    )
+    parser.add_argument("--jobs", type=int, default=2, help="builds at a time (default 2)")
+    parser.add_argument("--list", action="store_true", help="show what exists, without building")
+
+
+def run(args: argparse.Namespace) -> int:
+    proxy_versions = [v.strip() for v in args.proxy_versions.split(",") if v.strip()] if args.proxy_versions else None
+    recipes = _requested(args.component, proxy_versions, args.kubernetes_version)
+    if args.list:
+        for rec in recipes:
+            result = status(rec.component, rec.version)
+            where = str(result.path) if result.path else "-"
+            detail = f"  {result.detail}" if result.detail else ""
+            print(f"{rec.component:<24} {rec.version:<9} {result.status:<12} {where}{detail}")
+        return 0
+    summary = ensure_all(args.component, proxy_versions, args.jobs, kubernetes_version=args.kubernetes_version)
+    for result in summary.results:
+        if result.status in ("present", "built"):
+            print(f"{result.component:<24} {result.version:<9} {result.status:<12} {result.path}")
+    for result in summary.with_status("unavailable"):
+        print(f"warning: {result.component} {result.version} unavailable: {result.detail}")
+    for result in summary.with_status("failed"):
+        print(f"error: {result.component} {result.version}: {result.detail}")
+    return 0 if summary.ok else 1
