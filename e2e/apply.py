@@ -61,10 +61,16 @@ def object_ref(doc: dict[str, Any]) -> str:
     return f"{doc.get('kind', '?')}/{namespace + '/' if namespace else ''}{name}"
 
 
+# Applied after everything else: an admission webhook nobody serves yet (failurePolicy
+# Fail) would otherwise reject the objects that follow it.
+_LAST = ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration")
+
+
 def ordered(documents: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Documents in apply order: CRDs, namespaces, RBAC, config, ..., then the rest."""
+    """Documents in apply order: CRDs, namespaces, RBAC, config, the rest, then webhooks."""
     docs = [d for d in documents if d and d.get("kind")]
     rank = {kind: i for i, kind in enumerate(_ORDER)}
+    rank.update({kind: len(_ORDER) + 1 + i for i, kind in enumerate(_LAST)})
     return sorted(docs, key=lambda d: rank.get(d["kind"], len(_ORDER)))
 
 
@@ -129,7 +135,10 @@ class Applier:
     def delete(self, documents: Sequence[dict[str, Any]]) -> None:
         """Delete objects, ignoring those already gone (cleanup of what we created)."""
         for doc in reversed(ordered(documents)):
-            resource = self.resource(doc["apiVersion"], doc["kind"])
+            try:
+                resource = self.resource(doc["apiVersion"], doc["kind"])
+            except ResourceNotFoundError:
+                continue  # the kind is not served: nothing of it can exist
             namespace = doc.get("metadata", {}).get("namespace") if resource.namespaced else None
             try:
                 self.dynamic.delete(resource, name=doc["metadata"]["name"], namespace=namespace)

@@ -236,10 +236,11 @@ def deploy_inference_services(
     docs = []
     for doc in documents:
         doc = json.loads(json.dumps(doc))  # a copy we may annotate
-        doc.setdefault("metadata", {}).setdefault("annotations", {})["serving.kserve.io/deploymentMode"] = mode
+        if doc.get("kind") == "InferenceService":
+            doc.setdefault("metadata", {}).setdefault("annotations", {})["serving.kserve.io/deploymentMode"] = mode
         docs.append(doc)
     Applier(api).apply(docs)
-    return [d["metadata"]["name"] for d in docs]
+    return [d["metadata"]["name"] for d in docs if d.get("kind") == "InferenceService"]
 
 
 def predictor_service(isvc: dict[str, Any]) -> ServiceTarget:

@@ -1,0 +1,315 @@
+"""Child processes that the local tier runs (etcd, kube-apiserver, kube-rbac-proxy, ...).
+
+Each ``ManagedProcess`` runs in its own process group with stdout and stderr going to one
+log file, so that ``stop()`` also ends whatever it forked and its output survives it.
+Every running process is in a registry: an ``atexit`` hook and a SIGTERM/SIGHUP handler
+(which turns the signal into ``SystemExit`` so context managers unwind) stop whatever is
+left, so neither Ctrl-C nor a CI runner's SIGTERM leaves orphans behind.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Self
+
+import tenacity
+
+from e2e.errors import HarnessError
+from e2e.secrets import redact
+
+log = logging.getLogger(__name__)
+
+_TAIL_BYTES = 64 * 1024  # enough for the last lines of even a --v=10 log
+
+
+class ProcessExitedEarly(HarnessError):
+    """A process died while the harness was waiting for it to become ready."""
+
+    def __init__(self, name: str, exit_code: int | None, last_lines: Sequence[str]) -> None:
+        self.name = name
+        # Not `exit_code`: HarnessError uses that name for the CLI's exit status.
+        self.returncode = exit_code
+        self.last_lines = list(last_lines)  # already redacted
+        shown = " | ".join(_evidence(self.last_lines)) or "(no output)"
+        super().__init__(f"{name} exited with code {exit_code} while starting; output: {shown}")
+
+
+_ERROR_LINE = re.compile(r"(?i)\b(error|fatal|panic|unknown (flag|shorthand)|invalid)\b")
+
+
+def _evidence(lines: Sequence[str]) -> list[str]:
+    """The lines worth a one-line message: the first error lines (a usage text printed after
+    an unknown flag would bury them), then the last few lines."""
+    stripped = [line.strip() for line in lines if line.strip() and not line.startswith("=== ")]
+    errors = [line for line in stripped if _ERROR_LINE.search(line)][:3]
+    return list(dict.fromkeys([*errors, *stripped[-4:]]))
+
+
+class NotReady(HarnessError):
+    """A process kept running but never became ready in time."""
+
+
+class _StillWaiting(Exception):
+    def __init__(self, seen: str) -> None:
+        super().__init__(seen)
+        self.seen = seen
+
+
+def wait_ready(
+    what: str,
+    probe: Callable[[], tuple[bool, str]],
+    *,
+    watched: Sequence[ManagedProcess],
+    timeout: float,
+) -> None:
+    """Poll ``probe`` (returns ready?, what it saw) with backoff until it says ready.
+
+    Before each probe every ``watched`` process must still run: one that exited fails the
+    wait at once with its exit code and last output (``ProcessExitedEarly``). After
+    ``timeout`` seconds ``NotReady`` names ``what`` and the last thing the probe saw.
+    """
+    log.info("waiting up to %.0fs for %s", timeout, what)
+    last_report = time.monotonic()
+
+    def attempt() -> None:
+        nonlocal last_report
+        for process in watched:
+            process.ensure_running()
+        ready, seen = probe()
+        if not ready:
+            if time.monotonic() - last_report > 5:
+                log.info("still waiting for %s; last saw: %s", what, redact(seen))
+                last_report = time.monotonic()
+            raise _StillWaiting(seen)
+
+    try:
+        tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(_StillWaiting),
+            stop=tenacity.stop_after_delay(timeout),
+            wait=tenacity.wait_exponential(multiplier=0.05, max=1.0),
+            reraise=True,
+        )(attempt)
+    except _StillWaiting as still:
+        seen = " ".join(redact(still.seen).split())[:400]  # one line, bounded
+        raise NotReady(f"{what} not ready after {timeout:.0f}s; last saw: {seen}") from None
+
+
+def free_loopback_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ManagedProcess:
+    """One child process with its own process group and log file.
+
+    ``env`` adds to (and overrides) this process's environment.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str | os.PathLike[str]],
+        *,
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = [os.fspath(arg) for arg in argv]
+        self.log_path = log_path
+        self.env = dict(env or {})
+        self.cwd = cwd
+        self._popen: subprocess.Popen[bytes] | None = None
+        self._stopped = False
+        self.started_at: float | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> Self:
+        if self._popen is not None and self._popen.poll() is None:
+            raise RuntimeError(f"{self.name} is already running (pid {self._popen.pid})")
+        _install_signal_handlers()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log_file:
+            # A restart appends to the same log: mark where each run begins.
+            log_file.write(f"=== {self.name} started at {time.strftime('%H:%M:%S')} ===\n".encode())
+            log_file.flush()
+            self._popen = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env},
+                cwd=self.cwd,
+                start_new_session=True,  # own process group: stop() reaches its children
+            )
+        self.started_at = time.monotonic()
+        self._stopped = False
+        _REGISTRY.add(self)
+        log.info("started %s (pid %d), log %s", self.name, self._popen.pid, self.log_path)
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self._popen.pid if self._popen else None
+
+    @property
+    def alive(self) -> bool:
+        return self._popen is not None and self._popen.poll() is None
+
+    @property
+    def exit_code(self) -> int | None:
+        """The exit code once the process has ended (negative: killed by that signal)."""
+        return self._popen.poll() if self._popen else None
+
+    def ensure_running(self) -> None:
+        """Raise ``ProcessExitedEarly`` (exit code, last output lines) if the process ended."""
+        if self._popen is None:
+            raise RuntimeError(f"{self.name} was never started")
+        code = self._popen.poll()
+        if code is not None:
+            raise ProcessExitedEarly(self.name, code, self.tail_lines(40))
+
+    def stop(self, grace: float = 5.0) -> int | None:
+        """SIGTERM the process group, SIGKILL it after ``grace`` seconds; return the exit code."""
+        popen = self._popen
+        if popen is None:
+            return None
+        if self._stopped:  # signalling again could hit a reused process group id
+            return popen.returncode
+        try:
+            if popen.poll() is None:
+                _signal_group(popen.pid, signal.SIGTERM)
+                try:
+                    popen.wait(timeout=grace)
+                except subprocess.TimeoutExpired:
+                    log.warning("%s ignored SIGTERM for %.0fs; killing it", self.name, grace)
+                    _signal_group(popen.pid, signal.SIGKILL)
+                    popen.wait(timeout=10)
+            # The leader may be gone while something it forked still holds the group.
+            _signal_group(popen.pid, signal.SIGKILL)
+        finally:
+            _REGISTRY.discard(self)
+            self._stopped = popen.poll() is not None
+        return popen.returncode
+
+    def __enter__(self) -> Self:
+        if self._popen is None:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- output --------------------------------------------------------------------------
+
+    def output(self) -> str:
+        """The whole log text, NOT redacted (for searching it, e.g. for leaked tokens)."""
+        try:
+            return self.log_path.read_bytes().decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def tail_lines(self, lines: int = 20) -> list[str]:
+        """The last ``lines`` lines of the log, redacted."""
+        try:
+            with self.log_path.open("rb") as handle:
+                handle.seek(0, os.SEEK_END)
+                size = handle.tell()
+                handle.seek(max(0, size - _TAIL_BYTES))
+                data = handle.read()
+        except FileNotFoundError:
+            return []
+        text = redact(data.decode("utf-8", errors="replace"))
+        return text.splitlines()[-lines:]
+
+    def tail(self, lines: int = 20) -> str:
+        """The last ``lines`` lines of the log as one redacted text."""
+        return "\n".join(self.tail_lines(lines))
+
+    def __repr__(self) -> str:
+        state = "running" if self.alive else f"exit={self.exit_code}"
+        return f"<ManagedProcess {self.name} pid={self.pid} {state}>"
+
+
+def _signal_group(pid: int, signum: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signum)  # start_new_session made pid the group id
+
+
+class _ProcessRegistry:
+    """Processes started and not yet stopped, so that exit paths can stop them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._processes: dict[int, ManagedProcess] = {}
+
+    def add(self, process: ManagedProcess) -> None:
+        with self._lock:
+            self._processes[id(process)] = process
+
+    def discard(self, process: ManagedProcess) -> None:
+        with self._lock:
+            self._processes.pop(id(process), None)
+
+    def running(self) -> list[ManagedProcess]:
+        with self._lock:
+            return list(self._processes.values())
+
+
+_REGISTRY = _ProcessRegistry()
+
+
+def running_processes() -> list[ManagedProcess]:
+    """Every process started through this module and not stopped yet."""
+    return _REGISTRY.running()
+
+
+def stop_all(grace: float = 3.0) -> None:
+    """Stop every registered process, newest first (e.g. the API server before etcd)."""
+    for process in reversed(_REGISTRY.running()):
+        try:
+            process.stop(grace=grace)
+        except Exception:  # teardown must reach every process
+            log.exception("could not stop %s", process.name)
+
+
+atexit.register(stop_all)
+
+_handlers_installed = False
+
+
+def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
+    # SystemExit unwinds every `with` block (stopping their processes); atexit follows.
+    raise SystemExit(128 + signum)
+
+
+def _install_signal_handlers() -> None:
+    """Turn SIGTERM/SIGHUP into SystemExit, unless someone else already handles them."""
+    global _handlers_installed
+    if _handlers_installed or threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            signal.signal(signum, _exit_on_signal)
+    _handlers_installed = True
