@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -211,3 +212,44 @@ def test_ctrl_c_leaves_no_process_and_no_temp_dir(tmp_path: Path, phase: str) ->
     assert _processes_using(temp_dirs) == [], "processes left after Ctrl-C"
     left = sorted(path for path in temp_dirs if Path(path).exists())
     assert not left, f"temp dirs left after Ctrl-C: {left}"
+
+
+def test_api_server_killed_mid_cell_is_an_error_and_the_run_goes_on(tmp_path: Path) -> None:
+    """The API server dies in the middle of a cell: that cell is `error` with the cause,
+    the API server is restarted, and the next cell of the group passes."""
+    from e2e.matrix import Selection
+    from e2e.results import Verdict
+    from e2e.runbook import Harness, HarnessOptions, cell_run
+
+    options = HarnessOptions(
+        provider="local",
+        selection=Selection(kserve=("v0.14.0",), proxy=("quay-v0.18.2", "quay-v0.22.1"), k8s=("1.34",)),
+        manifest_dir=str(FIXTURES),
+        reports_dir=tmp_path / "reports",
+    )
+    harness = Harness(options)
+    try:
+        first, second = harness.cells
+        with cell_run(harness, first, "fresh-install") as run:
+            run.install_release()
+            run.swap_proxy_image()
+            assert run.cluster is not None
+            apiserver = run.cluster.provider.control_plane.processes["kube-apiserver"]  # type: ignore[attr-defined]
+            assert apiserver.pid is not None
+            os.kill(apiserver.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while apiserver.alive and time.monotonic() < deadline:
+                time.sleep(0.1)
+            run.check_image_in_use()  # reads the Deployment: the API server is gone
+        assert run.result.verdict is Verdict.ERROR, run.result.reason
+        assert run.result.reason  # the cause, in one line
+        assert any("kube-apiserver had exited" in note for note in run.result.notes), run.result.notes
+
+        with cell_run(harness, second, "fresh-install") as run:
+            run.install_release()
+            run.swap_proxy_image()
+            run.check_image_in_use()
+            run.check_metrics_access()
+        assert run.result.verdict is Verdict.PASS, run.result.reason
+    finally:
+        harness.close()
