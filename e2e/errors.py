@@ -44,3 +44,11 @@ class EnvironmentMissing(HarnessError):
 
 class WorkloadUnavailable(HarnessError):
     """A container cannot run on this provider (e.g. no local binary for that proxy version)."""
+
+
+class WorkloadFailed(HarnessError):
+    """A container the provider runs exited; ``evidence`` has its exit code and last lines."""
+
+    def __init__(self, message: str, evidence: list[str]) -> None:
+        super().__init__(message)
+        self.evidence = evidence

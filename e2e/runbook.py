@@ -24,10 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from e2e import checks, diagnostics, kserve, report
 from e2e.apply import Applier
 from e2e.cluster.provider import ClusterProvider, ProviderFactory, ServiceTarget
-from e2e.errors import HarnessError, NotInOfflineDirectory, WorkloadUnavailable
+from e2e.errors import HarnessError, NotInOfflineDirectory, WorkloadFailed, WorkloadUnavailable
 from e2e.images import RegistryMirrors
 from e2e.manifests import (
     ReleaseFile,
@@ -37,7 +39,16 @@ from e2e.manifests import (
     patched_manifest,
     proxy_patch,
 )
-from e2e.matrix import ClusterGroup, KServeRelease, Matrix, MatrixCell, Selection, group_cells, load_matrix
+from e2e.matrix import (
+    ClusterGroup,
+    KServeRelease,
+    Matrix,
+    MatrixCell,
+    Selection,
+    group_cells,
+    load_matrix,
+    version_key,
+)
 from e2e.results import CellResult, CheckStatus, Verdict, timed_check
 from e2e.rollout import ImageUnavailable, RolloutFailed, wait_for_rollout
 from e2e.tokens import mint_token
@@ -127,7 +138,6 @@ class Harness:
         self.results: list[CellResult] = []
         self._current: GroupCluster | None = None
         self._group_stack = contextlib.ExitStack()
-        self.any_failure = False
 
     # -- clusters ---------------------------------------------------------------------------
 
@@ -217,7 +227,7 @@ class Harness:
             release,
             first.documents,
             runtimes,
-            controller_runs=provider.info.provider != "local",
+            controller_runs=provider.runs_pods,
             wait_for_controller=controller_rollout,
         )
         cluster.deviations += installation.deviations
@@ -255,9 +265,7 @@ class Harness:
         when the offline directory lacks the release's version, the newest one it has is
         used and the substitution recorded.
         """
-        import yaml
-
-        local = cluster.provider.info.provider == "local"
+        local = not cluster.provider.runs_pods
         name = "cert-manager.crds.yaml" if local else "cert-manager.yaml"
         version = release.cert_manager
         try:
@@ -271,8 +279,6 @@ class Harness:
         return [d for d in yaml.safe_load_all(text) if d]
 
     def _newest_offline(self, project: str) -> str | None:
-        from e2e.matrix import version_key
-
         if self.files.offline_dir is None:
             return None
         versions = [p.name for p in (self.files.offline_dir / project).glob("v*") if p.is_dir()]
@@ -458,7 +464,7 @@ class CellRun:
             self.result.verdict = Verdict.IMAGE_UNAVAILABLE
         elif isinstance(exc, (CellSkipped, WorkloadUnavailable)):
             self.result.verdict = Verdict.SKIPPED
-        elif isinstance(exc, RolloutFailed) or type(exc).__name__ == "WorkloadFailed":
+        elif isinstance(exc, (RolloutFailed, WorkloadFailed)):
             self.result.verdict = Verdict.FAIL
         else:
             self.result.verdict = Verdict.ERROR
@@ -512,7 +518,6 @@ def cell_run(harness: Harness, cell: MatrixCell, scenario: str) -> Iterator[Cell
     finally:
         run.result.conclude()
         if run.result.verdict in (Verdict.FAIL, Verdict.ERROR, Verdict.IMAGE_UNAVAILABLE):
-            harness.any_failure = True
             run.collect_diagnostics()  # while the cluster still exists
             if run.cluster is not None:
                 run.cluster.provider.mark_failed()  # honours --keep-on-failure

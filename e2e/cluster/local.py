@@ -31,7 +31,7 @@ from typing import Any
 from kubernetes import client as k8s_client
 
 from e2e.cluster.provider import ClusterInfo, ClusterProvider, ProviderFactory, ServiceTarget
-from e2e.errors import EnvironmentMissing, HarnessError, WorkloadUnavailable
+from e2e.errors import EnvironmentMissing, HarnessError, WorkloadFailed, WorkloadUnavailable
 from e2e.images import ImageReference
 from e2e.local import binaries
 from e2e.local.controlplane import ControlPlane, resolve_binaries
@@ -50,14 +50,6 @@ DEVIATIONS = [
     "the KServe manager's metrics endpoint is a stand-in serving controller-runtime style metrics",
     "inference is answered by a local KServe model server process, not by InferenceService pods",
 ]
-
-
-class WorkloadFailed(HarnessError):
-    """A played container exited; ``evidence`` carries its exit code and last output lines."""
-
-    def __init__(self, message: str, evidence: list[str]) -> None:
-        super().__init__(message)
-        self.evidence = evidence
 
 
 def proxy_version_of(image: str) -> str | None:
@@ -100,6 +92,8 @@ class SyncReport:
 
 
 class LocalCluster(ClusterProvider):
+    runs_pods = False  # kwok fakes pod status; the provider plays only what checks talk to
+
     def __init__(self, control_plane: ControlPlane, name: str, model_server: Any | None = None) -> None:
         self.control_plane = control_plane
         self.info = ClusterInfo(

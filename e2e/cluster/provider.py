@@ -44,6 +44,9 @@ class ClusterProvider(abc.ABC):
     """A running cluster the harness can use. Create through a provider's factory."""
 
     info: ClusterInfo
+    #: Whether a kubelet runs the pods' containers. Without one (local tier) nothing serves
+    #: admission webhooks or pulls cert-manager's images, so only CRDs of those are applied.
+    runs_pods: bool = True
 
     @property
     @abc.abstractmethod
