@@ -11,14 +11,20 @@ with actionlint and check-jsonschema.
 from __future__ import annotations
 
 import contextlib
+import http.client
+import http.server
 import json
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -302,7 +308,8 @@ def test_endpoint_yields_the_forwarded_address_and_stops_kubectl(in_tmp: Path, k
     )
     cluster = make_cluster(kind_bin, kubectl=kubectl)
     with cluster.endpoint(TARGET) as address:
-        assert address == "127.0.0.1:40123"
+        # The relay's own address, not kubectl's port: it has to outlive kubectl (see below).
+        assert address.startswith("127.0.0.1:") and address != "127.0.0.1:40123"
         deadline = time.monotonic() + 10
         while not (in_tmp / "drained").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -340,6 +347,248 @@ def test_port_forward_gives_up_with_one_line_after_bounded_attempts(tmp_path: Pa
     assert "not ready after 2 attempts" in message
     assert "pod is not running" in message
     assert (tmp_path / "starts").read_text() == "xx"
+
+
+# -- the stable address: a relay that restarts kubectl when the pod is replaced -------------
+#
+# kubectl binds a Service port-forward to one pod; a rollout replaces it. The stand-in
+# kubectl (tests/data/kind/kubectl-port-forward-stand-in.py) really forwards, to the "pod"
+# named in its `endpoints` file; the pods are small HTTP servers in this process.
+
+
+class Pod:
+    """A tiny HTTP backend answering every GET with its name (HTTP/1.0: one request a connection)."""
+
+    def __init__(self, name: str) -> None:
+        body = name.encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()  # its port now refuses, as a deleted pod's would
+
+
+@pytest.fixture
+def pods() -> Iterator[list[Pod]]:
+    started: list[Pod] = []
+    yield started
+    for pod in started:
+        with contextlib.suppress(OSError):
+            pod.stop()
+
+
+class StandInKubectl:
+    def __init__(self, directory: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.directory = directory
+        self.path = directory / "kubectl"
+        self.path.write_text(f"#!{sys.executable}\n" + (DATA / "kubectl-port-forward-stand-in.py").read_text())
+        self.path.chmod(0o755)
+        monkeypatch.setenv("STAND_IN_DATA", str(DATA))
+
+    def route_to(self, pod: Pod | None) -> None:
+        """Where the Service points a kubectl started from now on (None: its pod is Pending)."""
+        (self.directory / "endpoints").write_text("" if pod is None else str(pod.port))
+
+    def pids(self) -> list[int]:
+        starts = self.directory / "starts"
+        return [int(line) for line in starts.read_text().split()] if starts.exists() else []
+
+
+@pytest.fixture
+def stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> StandInKubectl:
+    return StandInKubectl(tmp_path, monkeypatch)
+
+
+def get(address: str, timeout: float = 15.0) -> str:
+    connection = http.client.HTTPConnection(address, timeout=timeout)
+    try:
+        connection.request("GET", "/metrics")
+        return connection.getresponse().read().decode()
+    finally:
+        connection.close()
+
+
+def kill_kubectl(pid: int) -> None:
+    """SIGKILL, as a pod replacement ends kubectl, and wait until it has died.
+
+    The kill is asynchronous: a connection racing it can still reach the dying kubectl (and
+    fail without a restart, which is fine). The tests want the restart, so they wait; the
+    process stays a zombie until the relay reaps it.
+    """
+    os.kill(pid, signal.SIGKILL)
+    stat = Path(f"/proc/{pid}/stat")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(FileNotFoundError):
+            if stat.read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                time.sleep(0.02)
+                continue
+        return
+    raise AssertionError(f"kubectl {pid} still running 10s after SIGKILL")
+
+
+def get_ignoring_errors(address: str) -> None:
+    with contextlib.suppress(OSError, http.client.HTTPException):
+        get(address)
+
+
+def eventually(call: Callable[[], str], deadline_s: float = 20.0) -> tuple[str, int]:
+    """The first successful answer of ``call`` and how many attempts failed before it."""
+    failed = 0
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            return call(), failed
+        except (OSError, http.client.HTTPException):
+            failed += 1
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def assert_all_gone(pids: list[int], address: str) -> None:
+    """No kubectl left (reaped, not zombies), nothing listens, no relay thread runs."""
+    assert pids
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    host, port = address.rsplit(":", 1)
+    with pytest.raises(ConnectionRefusedError), socket.create_connection((host, int(port)), timeout=2):
+        pass
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("relay ")]
+
+
+def test_the_address_survives_kubectl_being_killed_with_a_gap_while_the_new_pod_starts(
+    stand_in: StandInKubectl, pods: list[Pod], in_tmp: Path, kind_bin: StandIn
+) -> None:
+    old, new = Pod("pod-old"), Pod("pod-new")
+    pods += [old, new]
+    stand_in.route_to(old)
+    cluster = make_cluster(kind_bin, kubectl=stand_in.path)  # the real endpoint(): full env + KUBECONFIG
+    with cluster.endpoint(TARGET) as address:
+        assert get(address) == "pod-old"
+        held = socket.create_connection(tuple_of(address), timeout=10)
+        # The rollout: the old pod goes, the new one is not running yet, kubectl dies.
+        stand_in.route_to(None)
+        old.stop()
+        kill_kubectl(stand_in.pids()[-1])
+        # A connection through the dead kubectl just closes...
+        with contextlib.suppress(ConnectionResetError):
+            assert held.recv(1) == b""
+        held.close()
+        # ...and new requests fail while the new pod is Pending (kubectl restarted, exits 1).
+        with pytest.raises((OSError, http.client.HTTPException)):
+            get(address)
+        assert len(stand_in.pids()) >= 2
+        # The new pod runs: the same address answers again, through a restarted kubectl.
+        stand_in.route_to(new)
+        answer, _ = eventually(lambda: get(address))
+        assert answer == "pod-new"
+        assert get(address) == "pod-new"
+    assert_all_gone(stand_in.pids(), address)
+
+
+def test_a_kubectl_that_stays_up_after_its_pod_is_gone_is_restarted(
+    stand_in: StandInKubectl, pods: list[Pod], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Some kubectl versions keep running and fail every connection ("an error occurred forwarding").
+    old, new = Pod("pod-old"), Pod("pod-new")
+    pods += [old, new]
+    stand_in.route_to(old)
+    argv = port_forward_argv(stand_in.path, TARGET)
+    with port_forward(argv, dict(os.environ), ready_timeout=5, attempts=2) as address:
+        assert get(address) == "pod-old"
+        stand_in.route_to(new)
+        old.stop()
+        with caplog.at_level("INFO", logger="e2e.cluster.kind"):
+            answer, failed = eventually(lambda: get(address))
+        assert answer == "pod-new"
+        assert failed >= 1  # the outage window the prober counts
+        assert len(stand_in.pids()) == 2
+    # kubectl never exited: its error line is what made the relay restart it.
+    restarts = [r.getMessage() for r in caplog.records if "restarting" in r.getMessage()]
+    assert len(restarts) == 1
+    assert "an error occurred forwarding" in restarts[0] and "kubectl exited" not in restarts[0]
+    assert_all_gone(stand_in.pids(), address)
+
+
+def test_exit_on_an_exception_stops_everything_even_during_a_restart(stand_in: StandInKubectl, pods: list[Pod]) -> None:
+    pod = Pod("pod")
+    pods.append(pod)
+    stand_in.route_to(pod)
+    argv = port_forward_argv(stand_in.path, TARGET)
+
+    class CellFailed(Exception):
+        pass
+
+    with pytest.raises(CellFailed), port_forward(argv, dict(os.environ), ready_timeout=5, attempts=5) as address:
+        assert get(address) == "pod"
+        stand_in.route_to(None)
+        kill_kubectl(stand_in.pids()[-1])
+        # A request now makes the relay restart kubectl and back off (1, 2, 4, 8 s)...
+        threading.Thread(target=get_ignoring_errors, args=(address,), daemon=True).start()
+        deadline = time.monotonic() + 10
+        while len(stand_in.pids()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(stand_in.pids()) >= 2
+        exiting = time.monotonic()
+        raise CellFailed
+    # ...which must not hold up the exit.
+    assert time.monotonic() - exiting < 5
+    assert_all_gone(stand_in.pids(), address)
+
+
+def test_a_kubectl_that_never_says_forwarding_from_is_a_one_line_error(tmp_path: Path) -> None:
+    kubectl = fake_kubectl(
+        tmp_path,
+        f"""
+        import os, time
+        with open({str(tmp_path / "starts")!r}, "a") as starts:
+            starts.write(str(os.getpid()) + "\\n")
+        print("I1127 resolving the Service...", flush=True)
+        time.sleep(60)
+        """,
+    )
+    argv = port_forward_argv(kubectl, TARGET)
+    before = {t.name for t in threading.enumerate()}
+    with pytest.raises(HarnessError) as caught, port_forward(argv, dict(os.environ), ready_timeout=1, attempts=2):
+        pass
+    assert str(caught.value) == (
+        f"kubectl port-forward {' '.join(argv[2:])}: not ready after 2 attempts "
+        "(no 'Forwarding from' line in 1s; last seen: I1127 resolving the Service...)"
+    )
+    pids = [int(line) for line in (tmp_path / "starts").read_text().split()]
+    assert len(pids) == 2
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert not [t for t in threading.enumerate() if t.name.startswith("relay ") and t.name not in before]
+
+
+def test_kubectl_lines_that_mean_the_pod_is_gone() -> None:
+    lines = recorded("kubectl-port-forward-pod-gone.stderr").format(port=40123).splitlines()
+    assert all(kind_tier._FORWARD_LOST.search(line) for line in lines)
+    healthy = recorded("kubectl-port-forward.stdout").format(port=40123).splitlines()
+    healthy += recorded("kubectl-port-forward-pod-pending.stderr").splitlines()
+    assert not any(kind_tier._FORWARD_LOST.search(line) for line in healthy)
+
+
+def tuple_of(address: str) -> tuple[str, int]:
+    host, port = address.rsplit(":", 1)
+    return host, int(port)
 
 
 # -- pytest-kind create / reuse / delete against a stand-in kind --------------------------
