@@ -186,6 +186,13 @@ def _harness_options(config: pytest.Config) -> HarnessOptions:
 def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
     """The run: matrix, provider, the current group's cluster, and the results."""
     run = Harness(_harness_options(request.config))
+    # Prepare clusters ahead in the order the collected tests will need them.
+    order: list[str] = []
+    for item in request.session.items:
+        cell = getattr(item, "callspec", None) and item.callspec.params.get("cell")  # type: ignore[attr-defined]
+        if isinstance(cell, MatrixCell) and run.group_of(cell).id not in order:
+            order.append(run.group_of(cell).id)
+    run.group_order = order
     request.config.stash[_HARNESS] = run
     with _inference_stand_in(run):
         try:

@@ -71,9 +71,10 @@ def _self_signed_tls_allowed() -> Iterator[None]:
     generates at start-up, so there is nothing to verify it against; the checks are about
     authentication and authorization, not about the serving certificate.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
-        yield
+    # A process-wide filter, not catch_warnings(): that one swaps global state and races
+    # with other threads (e.g. the harness preparing the next cluster in the background).
+    warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
+    yield
 
 
 def _log_connection_retry(state: tenacity.RetryCallState) -> None:

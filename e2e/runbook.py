@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,7 @@ log = logging.getLogger(__name__)
 
 METRICS_ACCESS_NAMESPACE = "kserve-compat"
 METRICS_READER, NO_ACCESS = "metrics-reader", "no-access"
+PREPARE_AHEAD = 2  # cluster groups prepared in the background ahead of the current one
 SAMPLE_MODELS: tuple[tuple[str, checks.Protocol], ...] = (("sklearn-iris", "v1"), ("sklearn-iris-v2", "v2"))
 
 
@@ -137,30 +140,78 @@ class Harness:
         self.factory = factory or make_factory(options, self.matrix)
         self.results: list[CellResult] = []
         self._current: GroupCluster | None = None
-        self._group_stack = contextlib.ExitStack()
+        # Each group's cluster lives in its own ExitStack, closed when the group is done.
+        self._stacks: dict[str, contextlib.ExitStack] = {}
+        self._lock = threading.Lock()
+        # The next group's cluster is created and installed in the background while the
+        # current group's cells run: a group costs a control plane and an install, a cell
+        # only a swap and a few requests. Two workers, two groups ahead: much of a
+        # preparation is waiting on the API server, so two overlap well on two cores.
+        self._preparer = ThreadPoolExecutor(max_workers=PREPARE_AHEAD, thread_name_prefix="prepare-group")
+        self._prepared: dict[str, Future[GroupCluster]] = {}
+        self.group_order = [group.id for group in self.groups]
 
     # -- clusters ---------------------------------------------------------------------------
 
+    def group_of(self, cell: MatrixCell) -> ClusterGroup:
+        return next(g for g in self.groups if (g.release.version, g.kubernetes.version) == cell.group_key)
+
     def cluster_for(self, cell: MatrixCell) -> GroupCluster:
         """The cluster of the cell's group; switching groups tears the previous one down."""
-        group = next(g for g in self.groups if (g.release.version, g.kubernetes.version) == cell.group_key)
+        group = self.group_of(cell)
         if self._current is not None and self._current.group.id == group.id:
             return self._current
         self.close_group()
-        log.info("creating the cluster for %s", group.id)
-        provider = self._group_stack.enter_context(self.factory.cluster(group.id, group.kubernetes.version))
-        self._current = GroupCluster(group=group, provider=provider)
+        future = self._prepared.pop(group.id, None)
+        if future is None:
+            future = self._preparer.submit(self._prepare, group)
+        self._current = future.result()  # a cluster that could not be created fails this cell
+        self._prepare_next(group)
         return self._current
+
+    def _prepare(self, group: ClusterGroup) -> GroupCluster:
+        """Create a group's cluster and install its release (an install error is kept for
+        its cells to report, not raised here)."""
+        log.info("creating the cluster for %s", group.id)
+        stack = contextlib.ExitStack()
+        with self._lock:
+            self._stacks[group.id] = stack
+        provider = stack.enter_context(self.factory.cluster(group.id, group.kubernetes.version))
+        cluster = GroupCluster(group=group, provider=provider)
+        with contextlib.suppress(HarnessError):  # recorded in cluster.install_error
+            self.install(cluster, group.cells[0])
+        return cluster
+
+    def _prepare_next(self, group: ClusterGroup) -> None:
+        if self.options.cluster_per_cell or group.id not in self.group_order:
+            return
+        position = self.group_order.index(group.id)
+        for group_id in self.group_order[position + 1 : position + 1 + PREPARE_AHEAD]:
+            upcoming = next((g for g in self.groups if g.id == group_id), None)
+            if upcoming is not None and group_id not in self._prepared:
+                self._prepared[group_id] = self._preparer.submit(self._prepare, upcoming)
 
     def close_group(self) -> None:
         if self._current is not None:
             log.info("tearing down the cluster for %s", self._current.group.id)
-        self._current = None
-        self._group_stack.close()
-        self._group_stack = contextlib.ExitStack()
+            with self._lock:
+                stack = self._stacks.pop(self._current.group.id, None)
+            self._current = None
+            if stack is not None:
+                stack.close()
 
     def close(self) -> None:
+        """Tear down the current cluster and any prepared ahead of time (also on Ctrl-C)."""
         self.close_group()
+        for future in self._prepared.values():
+            future.cancel()
+        self._preparer.shutdown(wait=True)
+        with self._lock:
+            stacks = list(self._stacks.values())
+            self._stacks.clear()
+        for stack in stacks:
+            stack.close()
+        self._prepared.clear()
 
     def recover(self, run: CellRun) -> None:
         """After a failed cell, make sure the next cell finds a working cluster."""

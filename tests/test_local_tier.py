@@ -253,3 +253,26 @@ def test_api_server_killed_mid_cell_is_an_error_and_the_run_goes_on(tmp_path: Pa
         assert run.result.verdict is Verdict.PASS, run.result.reason
     finally:
         harness.close()
+
+
+def test_a_proxy_that_exits_fails_the_cell_with_its_exit_code_and_output(tmp_path: Path) -> None:
+    """A variant that gives the proxy a flag it does not know: the process exits at start,
+    and the cell fails with the exit code and the proxy's own words as evidence."""
+    matrix = tmp_path / "matrix.yaml"
+    matrix.write_text(
+        (REPO / "scenarios" / "matrix.yaml").read_text()
+        + "  - name: unknown-flag\n    description: a flag no kube-rbac-proxy knows\n"
+        + '    args_add: ["--no-such-flag=1"]\n'
+    )
+    code, output, results = run_scenarios(
+        tmp_path, "scenarios/test_fresh_install.py", "--matrix", str(matrix),
+        "--cell", "kserve-v0.14.0--quay-v0.22.1--k8s-1.34--unknown-flag",
+    )
+    assert code == 1, output[-3000:]
+    (result,) = results
+    assert result["verdict"] == "fail"
+    rollout = next(c for c in result["checks"] if c["name"] == "proxy-rollout")
+    evidence = "\n".join(rollout["evidence"])
+    assert "exit" in result["reason"].lower() or "exit" in evidence.lower()
+    assert "no-such-flag" in evidence
+    assert (tmp_path / "reports" / "diagnostics" / "kserve-v0.14.0--quay-v0.22.1--k8s-1.34--unknown-flag").is_dir()
