@@ -258,7 +258,7 @@ class Harness:
         install_cell = self._install_cell(cluster, cell, rewrite)
         patch = proxy_patch(install_cell, manifest, rewrite)
         first = patched_manifest(install_cell, manifest, rewrite)
-        if install_cell is not cell:
+        if install_cell.proxy.image != cell.proxy.image:
             cluster.notes.append(f"installed with {install_cell.proxy.image}; the cell's image is swapped in after")
         runtimes = self._runtime_documents(release)
         profile = release.profile
@@ -294,8 +294,11 @@ class Harness:
         self, cluster: GroupCluster, cell: MatrixCell, rewrite: Callable[[str], str] | None
     ) -> MatrixCell:
         """The cell whose proxy image the release is installed with: this cell's, or the
-        first of its group that is not retired and that the provider can run."""
-        candidates = [cell, *(c for c in cluster.group.cells if c is not cell)]
+        first of its group that is not retired and that the provider can run. Variants are
+        left out: a variant that breaks the proxy must fail its own cell, not the install
+        that every cell of the group shares."""
+        plain = [MatrixCell(c.release, c.proxy, c.kubernetes) for c in [cell, *cluster.group.cells]]
+        candidates = list({c.id: c for c in plain}.values())
         reasons = []
         for candidate in candidates:
             if candidate.proxy.retired:
