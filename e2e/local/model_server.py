@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -38,6 +37,7 @@ import requests
 import tenacity
 
 from e2e.errors import EnvironmentMissing, HarnessError
+from e2e.local.processes import ManagedProcess
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ class IrisModelServer:
         self.model_names = tuple(model_names)
         self._python = python
         self._ready_timeout_seconds = ready_timeout_seconds
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process: ManagedProcess | None = None
         self._workdir: Path | None = None
         self._http_port: int | None = None
 
@@ -289,21 +289,13 @@ class IrisModelServer:
         for name in self.model_names:
             command += ["--model-name", name]
         log.info("starting model server: %s", " ".join(command))
-        with self.stderr_path.open("wb") as server_log:
-            self._process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=server_log,
-                stderr=subprocess.STDOUT,
-                cwd=self._workdir,
-                # Own process group: stop() signals the server and any worker it forks,
-                # and a Ctrl-C in the terminal reaches only us, so we stop it in order.
-                start_new_session=True,
-            )
+        # ManagedProcess: own process group, SIGTERM then SIGKILL, stopped on exit paths too.
+        self._process = ManagedProcess("iris-model-server", command, log_path=self.stderr_path, cwd=self._workdir)
+        self._process.start()
 
     def _fail_if_exited(self) -> None:
         assert self._process is not None
-        code = self._process.poll()
+        code = self._process.exit_code
         if code is not None:
             raise ModelServerFailed(
                 f"model server exited with code {code} before it was ready; last output: "
@@ -361,27 +353,11 @@ class IrisModelServer:
         atexit.unregister(self.stop)
         process, self._process = self._process, None
         if process is not None:
-            _stop_process_group(process)
+            process.stop(grace=_STOP_GRACE_SECONDS)
         workdir, self._workdir = self._workdir, None
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
         self._http_port = None
-
-
-def _stop_process_group(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=_STOP_GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
-            log.warning("model server %d ignored SIGTERM; killing it", process.pid)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    # The leader may be gone while forked workers linger in its group: sweep them too.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
 
 
 @contextlib.contextmanager
