@@ -125,6 +125,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     provider = metafunc.config.getoption("provider")
     applies = getattr(metafunc.module, "applies_to", None)
     chosen = [c for c in cells if applies is None or applies(c, provider) is None]
+    if not chosen:
+        return  # deselected in pytest_collection_modifyitems
     metafunc.parametrize("cell", chosen, ids=[c.id for c in chosen], scope="function")
 
 
@@ -132,6 +134,12 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     """One cluster group at a time: order by group, then scenario, then the cell order."""
     if not _is_scenario_run(config):
         return
+    # A scenario that applies to none of the selected cells (e.g. retired images on the
+    # local tier) is deselected, not reported as an empty skip.
+    unused = [item for item in items if "cell" in getattr(item, "fixturenames", ()) and not hasattr(item, "callspec")]
+    if unused:
+        config.hook.pytest_deselected(items=unused)
+        items[:] = [item for item in items if item not in unused]
     cells = config.stash.get(_CELLS, [])
     group_rank = {g.id: i for i, g in enumerate(group_cells(cells))}
     cell_rank = {c.id: i for i, c in enumerate(cells)}
