@@ -7,6 +7,7 @@
 # pod is gone (its port refuses), it prints kubectl's "an error occurred forwarding" line
 # and closes that connection but keeps running, as kubectl does. Each start appends its pid
 # to the file `starts`.
+import contextlib
 import os
 import socket
 import sys
@@ -38,10 +39,8 @@ def pipe(source: socket.socket, sink: socket.socket) -> None:
         pass
     finally:
         for sock in (source, sink):
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 def handle(client: socket.socket) -> None:
