@@ -16,11 +16,11 @@ import pytest
 import yaml
 from kubernetes import client as k8s_client
 from kubernetes import dynamic
+from real_cluster import real_control_plane
 
 from e2e.apply import FIELD_MANAGER, Applier, ApplyError, object_ref, ordered
 from e2e.availability import unavailable
-from e2e.errors import HarnessError
-from e2e.local.controlplane import ControlPlane, resolve_binaries
+from e2e.local.controlplane import ControlPlane
 from e2e.manifests import ReleaseFiles, load_release_manifest
 from e2e.matrix import load_matrix
 
@@ -54,11 +54,7 @@ def cert_manager_documents(files: ReleaseFiles) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def control_plane() -> Iterator[ControlPlane]:
-    try:
-        binaries = resolve_binaries(with_controllers=False, build=False)
-    except HarnessError as error:
-        unavailable(str(error))
-    with ControlPlane(binaries) as plane:
+    with real_control_plane() as plane:
         yield plane
 
 

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client as k8s_client
+from real_cluster import real_control_plane
 
-from e2e.availability import in_ci, unavailable
 from e2e.checks import check_image_in_use
 from e2e.cluster.provider import ClusterInfo, ClusterProvider, ServiceTarget, no_endpoint_change
 from e2e.diagnostics import (
@@ -30,8 +30,7 @@ from e2e.diagnostics import (
     pod_problems,
     summary_lines,
 )
-from e2e.errors import HarnessError
-from e2e.local.controlplane import ControlPlane, resolve_binaries
+from e2e.local.controlplane import ControlPlane
 from e2e.results import CellResult, CheckStatus
 from e2e.secrets import register
 
@@ -198,11 +197,7 @@ class StandInProvider(ClusterProvider):
 
 @pytest.fixture(scope="module")
 def control_plane() -> Iterator[ControlPlane]:
-    try:
-        binaries = resolve_binaries(build=in_ci())  # locally only what is already built
-    except HarnessError as error:
-        unavailable(str(error))
-    with ControlPlane(binaries) as plane:
+    with real_control_plane() as plane:
         yield plane
 
 

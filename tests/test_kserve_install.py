@@ -23,12 +23,11 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client as k8s_client
+from real_cluster import real_control_plane
 
 from e2e import kserve
 from e2e.apply import ApplyError, ApplyReport
 from e2e.availability import unavailable
-from e2e.errors import HarnessError
-from e2e.local.controlplane import ControlPlane, resolve_binaries
 from e2e.manifests import ReleaseFiles, ReleaseManifest, load_release_manifest, proxy_patch
 from e2e.matrix import KServeRelease, MatrixCell, load_matrix
 
@@ -88,11 +87,7 @@ def installed(request: pytest.FixtureRequest, files: ReleaseFiles) -> Iterator[I
     assert release.runtimes_file == "kserve-cluster-resources.yaml"
     runtimes = list(load_release_manifest(release, files, release.runtimes_file).documents)
     cert_manager = [d for d in yaml.safe_load_all(files.cert_manager_crds(CERT_MANAGER_VERSION)) if d]
-    try:
-        binaries = resolve_binaries(with_controllers=False, build=False)
-    except HarnessError as error:
-        unavailable(str(error))
-    with ControlPlane(binaries) as plane, plane.api_client() as api:
+    with real_control_plane() as plane, plane.api_client() as api:
         cert_manager_report = kserve.install_cert_manager(api, cert_manager)
         installation = kserve.install_kserve(api, release, manifest.documents, runtimes, controller_runs=False)
         deployed = kserve.deploy_inference_services(api, release, kserve.sample_inference_services())

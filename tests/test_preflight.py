@@ -28,14 +28,14 @@ import yaml
 from kubernetes import client as k8s_client
 from kubernetes import dynamic
 from kubernetes.client.exceptions import ApiException
+from real_cluster import real_control_plane
 from registry_server import RunningRegistry, free_port, push_image, registry_binary, run_registry
 from tenacity import Retrying, retry_if_exception_type, retry_if_result, stop_after_delay, wait_fixed
 
 from e2e import cli
 from e2e.apply import Applier, object_ref
-from e2e.availability import in_ci, unavailable
-from e2e.errors import HarnessError
-from e2e.local.controlplane import ControlPlane, resolve_binaries
+from e2e.availability import unavailable
+from e2e.local.controlplane import ControlPlane
 from e2e.manifests import ReleaseFiles, ReleaseManifest, load_release_manifest
 from e2e.matrix import load_matrix
 from e2e.preflight import EXIT_REJECTED, MANAGED_BY
@@ -88,11 +88,7 @@ def mirrors(registry: RunningRegistry) -> list[str]:
 
 @pytest.fixture(scope="module")
 def control_plane() -> Iterator[ControlPlane]:
-    try:
-        binaries = resolve_binaries(build=in_ci())  # locally only what is already built
-    except HarnessError as error:
-        unavailable(str(error))
-    with ControlPlane(binaries) as plane:
+    with real_control_plane() as plane:
         yield plane
 
 

@@ -20,10 +20,11 @@ import requests
 import urllib3
 import yaml
 from kubernetes import client as k8s_client
+from real_cluster import real_control_plane
 
 from e2e.availability import in_ci, unavailable
 from e2e.errors import HarnessError
-from e2e.local.controlplane import ControlPlane, resolve_binaries
+from e2e.local.controlplane import ControlPlane
 from e2e.local.metrics_upstream import SENTINEL_METRIC, MetricsUpstream
 from e2e.local.processes import ProcessExitedEarly, running_processes
 from e2e.local.proxy_runner import ProxyProcess, flag_value, remap_ports
@@ -132,11 +133,7 @@ def test_metrics_upstream_serves_controller_runtime_metrics_and_counts() -> None
 
 @pytest.fixture(scope="module")
 def control_plane() -> Iterator[ControlPlane]:
-    try:
-        binaries = resolve_binaries(build=in_ci())
-    except HarnessError as error:
-        unavailable(str(error))
-    with ControlPlane(binaries) as plane, plane.api_client() as api:
+    with real_control_plane() as plane, plane.api_client() as api:
         rbac = k8s_client.RbacAuthorizationV1Api(api)
         roles = {
             "kserve-proxy-role": shipped_proxy_role_rules(KSERVE_VERSION),

@@ -22,13 +22,13 @@ from pathlib import Path
 
 import pytest
 from kubernetes import client as k8s_client
+from real_cluster import real_control_plane
 
 from e2e import kserve
 from e2e.apply import Applier
 from e2e.availability import unavailable
 from e2e.diagnostics import pod_failure_evidence
-from e2e.errors import HarnessError
-from e2e.local.controlplane import ControlPlane, resolve_binaries
+from e2e.local.controlplane import ControlPlane
 from e2e.local.processes import wait_ready
 from e2e.manifests import ReleaseFiles, ReleaseManifest, load_release_manifest, proxy_patch
 from e2e.matrix import MatrixCell, load_matrix
@@ -45,11 +45,7 @@ NO_KUBELET_NODE = "kserve-compat-no-kubelet"  # a Node nothing manages
 
 @pytest.fixture(scope="module")
 def control_plane() -> Iterator[ControlPlane]:
-    try:
-        binaries = resolve_binaries(with_controllers=True, build=False)
-    except HarnessError as error:
-        unavailable(str(error))
-    with ControlPlane(binaries, with_controllers=True) as plane:
+    with real_control_plane(with_controllers=True) as plane:
         yield plane
 
 

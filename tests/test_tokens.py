@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
+from real_cluster import real_control_plane
 
 from e2e import secrets
-from e2e.availability import in_ci, unavailable
-from e2e.errors import HarnessError, UsageError
-from e2e.local.controlplane import ControlPlane, resolve_binaries
+from e2e.errors import UsageError
+from e2e.local.controlplane import ControlPlane
 from e2e.tokens import (
     TokenRequestFailed,
     ensure_service_account,
@@ -30,11 +30,7 @@ NAMESPACE = "tokens-test"
 
 @pytest.fixture(scope="module")
 def control_plane() -> Iterator[ControlPlane]:
-    try:
-        binaries = resolve_binaries(build=in_ci())
-    except HarnessError as error:
-        unavailable(str(error))
-    with ControlPlane(binaries) as plane:
+    with real_control_plane() as plane:
         yield plane
 
 
