@@ -8,7 +8,6 @@ controllers run, so nothing but this test writes to the objects it applies.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +15,9 @@ import pytest
 import yaml
 from kubernetes import client as k8s_client
 from kubernetes import dynamic
-from real_cluster import real_control_plane
 
 from e2e.apply import FIELD_MANAGER, Applier, ApplyError, object_ref, ordered
 from e2e.availability import unavailable
-from e2e.local.controlplane import ControlPlane
 from e2e.manifests import ReleaseFiles, load_release_manifest
 from e2e.matrix import load_matrix
 
@@ -50,18 +47,6 @@ def kserve_documents(files: ReleaseFiles) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def cert_manager_documents(files: ReleaseFiles) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(files.cert_manager_crds(CERT_MANAGER_VERSION)) if d]
-
-
-@pytest.fixture(scope="module")
-def control_plane() -> Iterator[ControlPlane]:
-    with real_control_plane() as plane:
-        yield plane
-
-
-@pytest.fixture(scope="module")
-def api(control_plane: ControlPlane) -> Iterator[k8s_client.ApiClient]:
-    with control_plane.api_client() as client:
-        yield client
 
 
 @pytest.fixture(scope="module")

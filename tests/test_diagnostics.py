@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client as k8s_client
-from real_cluster import real_control_plane
 
 from e2e.checks import check_image_in_use
 from e2e.cluster.provider import ClusterInfo, ClusterProvider, ServiceTarget, no_endpoint_change
@@ -193,12 +192,6 @@ class StandInProvider(ClusterProvider):
 
     def delete(self) -> None:
         pass
-
-
-@pytest.fixture(scope="module")
-def control_plane() -> Iterator[ControlPlane]:
-    with real_control_plane() as plane:
-        yield plane
 
 
 @pytest.fixture(scope="module")

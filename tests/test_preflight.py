@@ -28,7 +28,6 @@ import yaml
 from kubernetes import client as k8s_client
 from kubernetes import dynamic
 from kubernetes.client.exceptions import ApiException
-from real_cluster import real_control_plane
 from registry_server import RunningRegistry, free_port, push_image, registry_binary, run_registry
 from tenacity import Retrying, retry_if_exception_type, retry_if_result, stop_after_delay, wait_fixed
 
@@ -84,18 +83,6 @@ def mirrors(registry: RunningRegistry) -> list[str]:
     for source, path in rules.items():
         options += ["--registry-mirror", f"{source}={registry.host}/{path}"]
     return options
-
-
-@pytest.fixture(scope="module")
-def control_plane() -> Iterator[ControlPlane]:
-    with real_control_plane() as plane:
-        yield plane
-
-
-@pytest.fixture(scope="module")
-def api(control_plane: ControlPlane) -> Iterator[k8s_client.ApiClient]:
-    with control_plane.api_client() as client:
-        yield client
 
 
 @pytest.fixture(scope="module")

@@ -50,12 +50,6 @@ def control_plane() -> Iterator[ControlPlane]:
 
 
 @pytest.fixture(scope="module")
-def api(control_plane: ControlPlane) -> Iterator[k8s_client.ApiClient]:
-    with control_plane.api_client() as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
 def manifest() -> ReleaseManifest:
     if not (FIXTURES / "kserve" / RELEASE / "kserve.yaml").is_file():
         unavailable(f"KServe {RELEASE} manifests not found under {FIXTURES}")

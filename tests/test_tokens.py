@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
-from real_cluster import real_control_plane
 
 from e2e import secrets
 from e2e.errors import UsageError
@@ -26,12 +25,6 @@ from e2e.tokens import (
 pytestmark = pytest.mark.needs_binaries
 
 NAMESPACE = "tokens-test"
-
-
-@pytest.fixture(scope="module")
-def control_plane() -> Iterator[ControlPlane]:
-    with real_control_plane() as plane:
-        yield plane
 
 
 @pytest.fixture

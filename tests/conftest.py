@@ -1,0 +1,25 @@
+"""Fixtures shared by the tests of e2e/ (the harness's own options live in ../conftest.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from kubernetes import client as k8s_client
+from real_cluster import real_control_plane
+
+from e2e.local.controlplane import ControlPlane
+
+
+@pytest.fixture(scope="module")
+def control_plane() -> Iterator[ControlPlane]:
+    """A real etcd + kube-apiserver per test module (a module may override it)."""
+    with real_control_plane() as plane:
+        yield plane
+
+
+@pytest.fixture(scope="module")
+def api(control_plane: ControlPlane) -> Iterator[k8s_client.ApiClient]:
+    """An admin client of the module's control plane."""
+    with control_plane.api_client() as client:
+        yield client
