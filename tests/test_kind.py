@@ -422,21 +422,26 @@ def get(address: str, timeout: float = 15.0) -> str:
 
 
 def kill_kubectl(pid: int) -> None:
-    """SIGKILL, as a pod replacement ends kubectl, and wait until it has died.
+    """SIGKILL, as a pod replacement ends kubectl, and wait until it has died completely.
 
-    The kill is asynchronous: a connection racing it can still reach the dying kubectl (and
-    fail without a restart, which is fine). The tests want the restart, so they wait; the
-    process stays a zombie until the relay reaps it.
+    The kill is asynchronous, and per thread: the main thread turns zombie while the others
+    (the stand-in's connection threads) are still exiting, and the listening socket is only
+    closed when the last of them is gone. Until then a connection still reaches the dying
+    kubectl (and fails without a restart, which the relay is right to do). The tests want
+    the restart, so they wait for a zombie with no thread left; the relay reaps it.
     """
     os.kill(pid, signal.SIGKILL)
-    stat = Path(f"/proc/{pid}/stat")
+    proc = Path(f"/proc/{pid}")
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        with contextlib.suppress(FileNotFoundError):
-            if stat.read_text().rsplit(")", 1)[1].split()[0] != "Z":
-                time.sleep(0.02)
-                continue
-        return
+        try:
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            threads = os.listdir(proc / "task")
+        except FileNotFoundError:
+            return  # already reaped
+        if state == "Z" and threads == [str(pid)]:
+            return
+        time.sleep(0.02)
     raise AssertionError(f"kubectl {pid} still running 10s after SIGKILL")
 
 
