@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import urllib3
 from kubernetes import client as k8s_client
-from kubernetes import dynamic
+from kubernetes import dynamic, watch
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic.exceptions import ResourceNotFoundError
-from tenacity import Retrying, retry_if_exception, retry_if_result, stop_after_delay, wait_exponential
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from e2e.errors import HarnessError
 
@@ -159,33 +162,60 @@ def _api_message(exc: ApiException) -> str:
 
 
 def wait_established(api: k8s_client.ApiClient, names: Sequence[str], timeout_s: float = 60) -> None:
-    """Wait until every named CRD reports ``Established=True`` (bounded polling with backoff)."""
+    """Wait, by watching, until every named CRD reports ``Established=True``.
+
+    A watch rather than polling: KServe's InferenceService CRD is ~700 KB of JSON, and every read of
+    it costs the API server (already busy establishing it) a full encode. Events arrive as
+    the conditions change, undecoded (building client models of the schema costs ~0.3 s a
+    time). A watch that ends early is reopened until ``timeout_s``; each change is logged.
+    """
     extensions = k8s_client.ApiextensionsV1Api(api)
     pending = set(names)
     last_seen: dict[str, str] = {}
-
-    def still_pending() -> set[str]:
-        for name in list(pending):
-            crd = extensions.read_custom_resource_definition(name)
-            conditions = {c.type: c.status for c in (crd.status.conditions or [])}
-            last_seen[name] = f"Established={conditions.get('Established', 'unknown')}"
-            if conditions.get("Established") == "True":
-                pending.discard(name)
-        if pending:
-            log.info("waiting for %d CRDs to be Established, e.g. %s (%s)", len(pending), *_first(pending, last_seen))
-        return pending
-
-    retrying = Retrying(
-        retry=retry_if_result(bool),
-        stop=stop_after_delay(timeout_s),
-        wait=wait_exponential(multiplier=0.1, max=2),
-        # On timeout, hand back what is still pending instead of raising RetryError.
-        retry_error_callback=lambda state: state.outcome.result() if state.outcome else pending,
-    )
-    retrying(still_pending)
+    deadline = time.monotonic() + timeout_s
+    log.info("waiting for %d CRDs to be Established, e.g. %s", len(pending), sorted(pending)[0] if pending else "-")
+    while pending and (remaining := deadline - time.monotonic()) > 0:
+        watcher = watch.Watch()
+        try:
+            for event in watcher.stream(
+                extensions.list_custom_resource_definition,
+                timeout_seconds=max(1, math.ceil(remaining)),
+                _request_timeout=remaining + 10,
+                deserialize=False,
+            ):
+                crd = event.get("object") or {}
+                name = crd.get("metadata", {}).get("name")
+                if name not in pending:
+                    continue
+                seen = _established_state(crd)
+                if seen != last_seen.get(name):
+                    last_seen[name] = seen
+                    log.info("CRD %s: %s (%d still pending)", name, seen, len(pending) - (seen == "Established=True"))
+                if seen == "Established=True":
+                    pending.discard(name)
+                    if not pending:
+                        break
+        except (ApiException, urllib3.exceptions.HTTPError, OSError, KeyError) as exc:
+            # The watch broke (the API server restarting, say; the client raises KeyError on
+            # an ERROR event it was told not to decode): reopen it while time is left.
+            log.info("watching CRDs: %s; watching again", str(exc).splitlines()[0][:200])
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        finally:
+            watcher.stop()
     if pending:
         name, seen = _first(pending, last_seen)
         raise ApplyError(f"CRD {name} not Established after {timeout_s:.0f}s (last seen: {seen})")
+
+
+def _established_state(crd: dict[str, Any]) -> str:
+    """``Established=<status>``, with the reason when it is not True (e.g. a name conflict)."""
+    conditions = {c.get("type"): c for c in (crd.get("status") or {}).get("conditions") or []}
+    established = conditions.get("Established", {})
+    state = f"Established={established.get('status', 'unknown')}"
+    names = conditions.get("NamesAccepted", {})
+    if established.get("status") != "True" and names.get("status") == "False":
+        state += f", NamesAccepted=False: {names.get('message', names.get('reason', ''))}"
+    return state
 
 
 def _first(pending: set[str], last_seen: dict[str, str]) -> tuple[str, str]:

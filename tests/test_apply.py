@@ -16,7 +16,7 @@ import yaml
 from kubernetes import client as k8s_client
 from kubernetes import dynamic
 
-from e2e.apply import FIELD_MANAGER, Applier, ApplyError, object_ref, ordered
+from e2e.apply import FIELD_MANAGER, Applier, ApplyError, object_ref, ordered, wait_established
 from e2e.availability import unavailable
 from e2e.manifests import ReleaseFiles, load_release_manifest
 from e2e.matrix import load_matrix
@@ -283,6 +283,53 @@ def test_an_object_the_server_rejects_is_a_one_line_error(api: k8s_client.ApiCli
     message = str(raised.value)
     assert "\n" not in message
     assert message.startswith("ConfigMap/default/Not_A_Valid_Name: apply failed: 422 ")
+
+
+# -- waiting for CRDs ---------------------------------------------------------------------
+
+
+def _crd(plural: str, kind: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.waiting.example.com"},
+        "spec": {
+            "group": "waiting.example.com",
+            "scope": "Namespaced",
+            "names": {"plural": plural, "singular": plural[:-1], "kind": kind},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+                }
+            ],
+        },
+    }
+
+
+def test_waiting_for_crds_returns_once_they_are_established(api: k8s_client.ApiClient) -> None:
+    gizmos = _crd("gizmos", "Gizmo")
+    k8s_client.ApiextensionsV1Api(api).create_custom_resource_definition(gizmos)
+    wait_established(api, [gizmos["metadata"]["name"]], timeout_s=30)
+    stored = k8s_client.ApiextensionsV1Api(api).read_custom_resource_definition(gizmos["metadata"]["name"])
+    assert {c.type: c.status for c in stored.status.conditions}["Established"] == "True"
+
+
+def test_a_crd_that_never_becomes_established_names_itself_and_why(api: k8s_client.ApiClient) -> None:
+    # A second CRD of the group with the same kind: the API server refuses its names, so it
+    # is never Established. The wait ends at its bound with what it last saw.
+    extensions = k8s_client.ApiextensionsV1Api(api)
+    extensions.create_custom_resource_definition(_crd("doohickeys", "Doohickey"))
+    wait_established(api, ["doohickeys.waiting.example.com"], timeout_s=30)
+    extensions.create_custom_resource_definition(_crd("thingamajigs", "Doohickey"))
+    with pytest.raises(ApplyError) as raised:
+        wait_established(api, ["thingamajigs.waiting.example.com", "doohickeys.waiting.example.com"], timeout_s=3)
+    message = str(raised.value)
+    assert message.startswith("CRD thingamajigs.waiting.example.com not Established after 3s (last seen: ")
+    assert "NamesAccepted=False" in message and '"DoohickeyList" is already in use' in message
+    assert "\n" not in message
 
 
 # -- delete ---------------------------------------------------------------------------
