@@ -25,6 +25,7 @@ import yaml
 
 from e2e.errors import ImageReferenceError, UsageError
 from e2e.images import ImageReference, RegistryMirrors, Retirement, retirement
+from e2e.manifests import YAML_LOADER
 from e2e.registry import ImageAvailability, RegistryProbe
 
 EXIT_CLEAN = 0
@@ -35,8 +36,6 @@ CONTAINER_LISTS = ("containers", "initContainers", "ephemeralContainers")
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 STDIN = "-"
 STDIN_NAME = "<stdin>"
-# The C parser when PyYAML has it: release manifests are megabytes of CRD schema.
-_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @dataclass(frozen=True)
@@ -228,7 +227,7 @@ def _owner(node: yaml.MappingNode, outer: _Owner) -> _Owner:
 def image_uses(source: str, text: str) -> Iterator[tuple[str, ImageUse]]:
     """(image, where) for every container image in a multi-document YAML text."""
     try:
-        documents = list(yaml.compose_all(text, Loader=_Loader))
+        documents = list(yaml.compose_all(text, Loader=YAML_LOADER))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" line {mark.line + 1}" if mark is not None else ""

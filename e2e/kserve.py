@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from kubernetes import client as k8s_client
 from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
@@ -24,6 +23,7 @@ from kubernetes.client.exceptions import ApiException
 from e2e.apply import Applier, ApplyError, ApplyReport
 from e2e.cluster.provider import ServiceTarget
 from e2e.errors import HarnessError
+from e2e.manifests import load_yaml_documents
 from e2e.matrix import ControllerProfile, KServeRelease, version_key
 from e2e.rollout import RolloutState, wait_for_rollout
 
@@ -51,7 +51,7 @@ class Installation:
 
 def load_documents(path: Path) -> list[dict[str, Any]]:
     """The YAML documents of one of our own files under ``manifests/``."""
-    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return load_yaml_documents(path.read_text())
 
 
 # -- install ------------------------------------------------------------------------------
