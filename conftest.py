@@ -22,6 +22,7 @@ import pytest
 import e2e.cluster.kind  # noqa: F401 - pins pytest-kind's kind/kubectl versions at import
 from e2e import report
 from e2e.errors import HarnessError
+from e2e.local.processes import install_signal_handlers
 from e2e.matrix import Matrix, MatrixCell, Selection, group_cells, load_matrix
 from e2e.pytest_report import record
 from e2e.results import CellResult, Verdict
@@ -202,11 +203,13 @@ def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
             order.append(run.group_of(cell).id)
     run.group_order = order
     request.config.stash[_HARNESS] = run
-    with _inference_stand_in(run):
-        try:
+    try:
+        install_signal_handlers()  # from the main thread, before clusters start in the background
+        run.prepare_first()
+        with _inference_stand_in(run):
             yield run
-        finally:
-            run.close()
+    finally:
+        run.close()  # also when the model server fails to start, or on Ctrl-C
 
 
 def _inference_stand_in(run: Harness) -> contextlib.AbstractContextManager[None]:
@@ -267,4 +270,3 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if run is not None and run.results:
         terminalreporter.write_sep("=", "kserve-compat grid")
         terminalreporter.write_line(report.markdown_grid(run.results, run.matrix))
-

@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from e2e import checks, diagnostics, kserve, report
 from e2e.apply import Applier
 from e2e.cluster.provider import ClusterProvider, ProviderFactory, ServiceTarget
@@ -38,6 +36,7 @@ from e2e.manifests import (
     ReleaseFiles,
     ReleaseManifest,
     load_release_manifest,
+    load_yaml_documents,
     patched_manifest,
     proxy_patch,
 )
@@ -182,11 +181,19 @@ class Harness:
             self.install(cluster, group.cells[0])
         return cluster
 
+    def prepare_first(self) -> None:
+        """Start creating the first groups' clusters now (the run's own start-up, e.g. the
+        local model server, then overlaps with them)."""
+        self._prepare_from(0)
+
     def _prepare_next(self, group: ClusterGroup) -> None:
-        if self.options.cluster_per_cell or group.id not in self.group_order:
+        if group.id in self.group_order:
+            self._prepare_from(self.group_order.index(group.id) + 1)
+
+    def _prepare_from(self, position: int) -> None:
+        if self.options.cluster_per_cell:
             return
-        position = self.group_order.index(group.id)
-        for group_id in self.group_order[position + 1 : position + 1 + PREPARE_AHEAD]:
+        for group_id in self.group_order[position : position + PREPARE_AHEAD]:
             upcoming = next((g for g in self.groups if g.id == group_id), None)
             if upcoming is not None and group_id not in self._prepared:
                 self._prepared[group_id] = self._preparer.submit(self._prepare, upcoming)
@@ -330,7 +337,7 @@ class Harness:
                 raise
             text = self.files.text(ReleaseFile("cert-manager", substitute, name))
             cluster.deviations.append(f"cert-manager CRDs {substitute} used instead of {version} (offline directory)")
-        return [d for d in yaml.safe_load_all(text) if d]
+        return load_yaml_documents(text)
 
     def _newest_offline(self, project: str) -> str | None:
         if self.files.offline_dir is None:
@@ -594,5 +601,3 @@ def migration_start_image(cell: MatrixCell) -> str:
 
 def _with_image(matrix: Matrix, cell: MatrixCell, image: str) -> MatrixCell:
     return MatrixCell(cell.release, matrix.proxy_for_image(image), cell.kubernetes, cell.variant)
-
-

@@ -23,7 +23,7 @@ import itertools
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,7 +94,9 @@ class SyncReport:
 class LocalCluster(ClusterProvider):
     runs_pods = False  # kwok fakes pod status; the provider plays only what checks talk to
 
-    def __init__(self, control_plane: ControlPlane, name: str, model_server: Any | None = None) -> None:
+    def __init__(
+        self, control_plane: ControlPlane, name: str, model_server: Callable[[], Any | None] = lambda: None
+    ) -> None:
         self.control_plane = control_plane
         self.info = ClusterInfo(
             provider="local",
@@ -211,9 +213,10 @@ class LocalCluster(ClusterProvider):
     @contextlib.contextmanager
     def inference_endpoint(self, namespace: str, name: str) -> Iterator[str]:
         """A local KServe model server stands in for the predictor pod (no kubelet here)."""
-        if self._model_server is None:
+        server = self._model_server()
+        if server is None:
             raise WorkloadUnavailable("no local model server was started for this run")
-        yield self._model_server.base_url.removeprefix("http://")
+        yield server.base_url.removeprefix("http://")
 
     def export_logs(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -375,7 +378,8 @@ class LocalProviderFactory(ProviderFactory):
         # control plane we built, whose version the report records.
         control_plane_binaries = resolve_binaries(self.kubernetes_version, with_controllers=True, build=False)
         with ControlPlane(control_plane_binaries, with_controllers=True, keep=self.keep) as control_plane:
-            cluster = LocalCluster(control_plane, group_id, model_server=self.model_server)
+            # The run's model server may still be starting: the cluster asks for it when needed.
+            cluster = LocalCluster(control_plane, group_id, model_server=lambda: self.model_server)
             try:
                 yield cluster
             finally:

@@ -143,7 +143,7 @@ class ManagedProcess:
     def start(self) -> Self:
         if self._popen is not None and self._popen.poll() is None:
             raise RuntimeError(f"{self.name} is already running (pid {self._popen.pid})")
-        _install_signal_handlers()
+        install_signal_handlers()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log_file:
             # A restart appends to the same log: mark where each run begins.
@@ -304,8 +304,11 @@ def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
-def _install_signal_handlers() -> None:
-    """Turn SIGTERM/SIGHUP into SystemExit, unless someone else already handles them."""
+def install_signal_handlers() -> None:
+    """Turn SIGTERM/SIGHUP into SystemExit, unless someone else already handles them.
+
+    Only the main thread can do this: call it before processes start in other threads.
+    """
     global _handlers_installed
     if _handlers_installed or threading.current_thread() is not threading.main_thread():
         return
