@@ -188,13 +188,13 @@ def wait_established(api: k8s_client.ApiClient, names: Sequence[str], timeout_s:
                 if name not in pending:
                     continue
                 seen = _established_state(crd)
-                if seen != last_seen.get(name):
-                    last_seen[name] = seen
-                    log.info("CRD %s: %s (%d still pending)", name, seen, len(pending) - (seen == "Established=True"))
                 if seen == "Established=True":
                     pending.discard(name)
-                    if not pending:
-                        break
+                if seen != last_seen.get(name):
+                    last_seen[name] = seen
+                    log.info("CRD %s: %s (%d still pending)", name, seen, len(pending))
+                if not pending:
+                    break
         except (ApiException, urllib3.exceptions.HTTPError, OSError, KeyError) as exc:
             # The watch broke (the API server restarting, say; the client raises KeyError on
             # an ERROR event it was told not to decode): reopen it while time is left.

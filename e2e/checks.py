@@ -23,7 +23,6 @@ import time
 import urllib.parse
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -66,23 +65,11 @@ class InferenceError(HarnessError):
 # --------------------------------------------------------------------------- HTTP plumbing
 
 
-@contextmanager
-def _self_signed_tls_allowed() -> Iterator[None]:
-    """Silence urllib3's InsecureRequestWarning for the requests made inside the block only.
-
-    kube-rbac-proxy without ``--tls-cert-file`` serves a self-signed certificate that it
-    generates at start-up, so there is nothing to verify it against; the checks are about
-    authentication and authorization, not about the serving certificate.
-    """
-    # A process-wide filter, not catch_warnings(): that one swaps global state and races
-    # with other threads (e.g. the harness preparing the next cluster in the background).
-    warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
-    yield
-
-
-# verify=False still has urllib3 build a TLS context per connection and load the system CA
-# store into it (~30 ms of CPU each time) only to ignore it. One shared unverifying context
-# skips that; the warnings are silenced as above.
+# kube-rbac-proxy without ``--tls-cert-file`` serves a self-signed certificate that it
+# generates at start-up, so there is nothing to verify it against; the checks are about
+# authentication and authorization, not about the serving certificate. verify=False alone
+# still has urllib3 build a TLS context per connection and load the system CA store into
+# it (~30 ms of CPU each time) only to ignore it: one shared unverifying context skips that.
 _UNVERIFIED_TLS = create_urllib3_context(cert_reqs=ssl.CERT_NONE)
 
 
@@ -93,7 +80,11 @@ class _SelfSignedTLSAdapter(HTTPAdapter):
 
 
 def _self_signed_session() -> requests.Session:
-    """A session for endpoints with self-signed certificates (use with verify=False)."""
+    """A session for the proxy's self-signed certificate (still pass verify=False per
+    request: with trust_env, REQUESTS_CA_BUNDLE would override a session-level False)."""
+    # A process-wide filter, not catch_warnings(): that one swaps global state and races
+    # with other threads (e.g. the harness preparing the next cluster in the background).
+    warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
     session = requests.Session()
     session.mount("https://", _SelfSignedTLSAdapter())
     return session
@@ -130,11 +121,10 @@ def _connection_retrying(connect_wait_s: float) -> tenacity.Retrying:
 
 def _get(url: str, token: str | None, *, connect_wait_s: float) -> requests.Response:
     headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
-    with _self_signed_tls_allowed():
-        for attempt in _connection_retrying(connect_wait_s):
-            # verify=False: the proxy's certificate is self-signed (see above).
-            with attempt, _self_signed_session() as session:
-                return session.get(url, headers=headers, verify=False, timeout=REQUEST_TIMEOUT_S)
+    for attempt in _connection_retrying(connect_wait_s):
+        # verify=False: the proxy's certificate is self-signed (see above).
+        with attempt, _self_signed_session() as session:
+            return session.get(url, headers=headers, verify=False, timeout=REQUEST_TIMEOUT_S)
     raise AssertionError("unreachable: tenacity either returns or re-raises")
 
 
@@ -840,13 +830,12 @@ class MetricsProber:
                 tally.last_error = redact(error)
 
     def _probe_metrics(self, session: requests.Session) -> str | None:
-        with _self_signed_tls_allowed():
-            response = session.get(
-                self._metrics_url,
-                headers={"Authorization": f"Bearer {self._token}"},
-                verify=False,  # the proxy's self-signed certificate, as in check_metrics_auth
-                timeout=self._timeout_s,
-            )
+        response = session.get(
+            self._metrics_url,
+            headers={"Authorization": f"Bearer {self._token}"},
+            verify=False,  # the proxy's self-signed certificate, as in check_metrics_auth
+            timeout=self._timeout_s,
+        )
         return None if response.status_code == 200 else f"HTTP {response.status_code}"
 
     def _probe_model(self, target: InferenceTarget) -> str | None:

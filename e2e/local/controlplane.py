@@ -48,8 +48,8 @@ KWOK_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 # Most of the API server's CPU while KServe installs goes to its garbage collector (the
 # InferenceService CRD is ~700 KB of schema, copied and converted on every status update).
 # Collecting less often trades memory a throwaway control plane can spare for about a third
-# less CPU (`nox -s bench`). A GOGC the user set wins.
-APISERVER_ENV = {"GOGC": os.environ.get("GOGC", "400")}
+# less CPU (`nox -s bench`). A GOGC the user set wins (the environment is inherited).
+APISERVER_GOGC = "400"
 
 
 class ControlPlaneError(HarnessError):
@@ -222,7 +222,7 @@ class ControlPlane:
         old.stop()
         began = time.monotonic()
         self.processes["kube-apiserver"] = ManagedProcess(
-            "kube-apiserver", self._apiserver_argv, log_path=old.log_path, env=APISERVER_ENV
+            "kube-apiserver", self._apiserver_argv, log_path=old.log_path, env=_apiserver_env()
         ).start()
         self._wait_apiserver_ready()
         log.info("kube-apiserver restarted in %.1fs", time.monotonic() - began)
@@ -294,7 +294,7 @@ class ControlPlane:
             "--profiling=false",
             *self.extra_apiserver_args,
         ]
-        self._launch("kube-apiserver", self._apiserver_argv, env=APISERVER_ENV)
+        self._launch("kube-apiserver", self._apiserver_argv, env=_apiserver_env())
         self._wait_apiserver_ready()
         self.timings["kube-apiserver"] = time.monotonic() - began
 
@@ -439,6 +439,10 @@ class ControlPlane:
         )
         with self.api_client() as api:
             k8s_client.CoreV1Api(api).create_node(node)
+
+
+def _apiserver_env() -> dict[str, str]:
+    return {"GOGC": os.environ.get("GOGC", APISERVER_GOGC)}
 
 
 def _loopback_session() -> requests.Session:
