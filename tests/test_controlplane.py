@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes import client as k8s_client
@@ -85,6 +87,27 @@ def test_stop_ends_the_whole_process_group(tmp_path: Path) -> None:
     assert _gone(parent_pid)
     wait_ready("the forked child to end", lambda: (_gone(child_pid), "still there"), watched=[], timeout=10)
     assert process not in running_processes()
+
+
+def test_ctrl_c_inside_popen_is_delivered_once_the_process_is_tracked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The child exists but Popen has not returned yet: an interrupt here used to orphan it.
+    real_popen = subprocess.Popen
+
+    def popen_then_ctrl_c(*args: Any, **kwargs: Any) -> Any:
+        child = real_popen(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)
+        return child
+
+    monkeypatch.setattr(subprocess, "Popen", popen_then_ctrl_c)
+    process = ManagedProcess("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"], log_path=tmp_path / "s")
+    with pytest.raises(KeyboardInterrupt):
+        process.start()
+    assert process in running_processes() and process.alive
+    process.stop()
+    assert not process.alive
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_output_is_kept_verbatim_and_tail_is_redacted(tmp_path: Path) -> None:

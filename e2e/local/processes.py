@@ -19,7 +19,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Self
@@ -145,7 +145,9 @@ class ManagedProcess:
             raise RuntimeError(f"{self.name} is already running (pid {self._popen.pid})")
         install_signal_handlers()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log_file:
+        # Ctrl-C landing inside Popen (after the fork) would orphan the child before it is
+        # tracked: hold signals until it is registered for stopping.
+        with _signals_held(), self.log_path.open("ab") as log_file:
             # A restart appends to the same log: mark where each run begins.
             log_file.write(f"=== {self.name} started at {time.strftime('%H:%M:%S')} ===\n".encode())
             log_file.flush()
@@ -158,9 +160,9 @@ class ManagedProcess:
                 cwd=self.cwd,
                 start_new_session=True,  # own process group: stop() reaches its children
             )
-        self.started_at = time.monotonic()
-        self._stopped = False
-        _REGISTRY.add(self)
+            self.started_at = time.monotonic()
+            self._stopped = False
+            _REGISTRY.add(self)
         log.info("started %s (pid %d), log %s", self.name, self._popen.pid, self.log_path)
         return self
 
@@ -297,6 +299,28 @@ def stop_all(grace: float = 3.0) -> None:
 atexit.register(stop_all)
 
 _handlers_installed = False
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Record SIGINT/SIGTERM during the block and deliver them when it ends.
+
+    Python runs signal handlers in the main thread only, so other threads need nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    for held_signal in previous:
+        signal.signal(held_signal, lambda signum, _frame: held.append(signum))
+    try:
+        yield
+    finally:
+        for held_signal, handler in previous.items():
+            signal.signal(held_signal, handler if handler is not None else signal.SIG_DFL)
+        for signum in held:
+            signal.raise_signal(signum)  # now handled as usual (KeyboardInterrupt, SystemExit)
 
 
 def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
