@@ -1,8 +1,11 @@
-"""``--plan``: the ordered plan of a run (clusters, installs, swaps, checks), touching nothing.
+"""``--plan``: the ordered plan of a run, printed from the Scenarios themselves.
 
-Nothing here creates a cluster, starts a process or downloads a file: release manifests
-are read only if they are already in the offline directory or the cache, to show the
-exact patch; otherwise the plan says what would be fetched.
+For each cluster group: how the provider creates the cluster, then, for each collected
+(scenario, cell) in run order, the scenario's own step lines (``Scenario.plan``), its
+expected verdict, and its catch / finally. Nothing here creates a cluster, starts a
+process or downloads a file: release manifests are read only if they are already in the
+offline directory or the cache, to show the exact patch; otherwise the plan says the
+patch is computed at run time.
 """
 
 from __future__ import annotations
@@ -15,25 +18,9 @@ from e2e.cluster.provider import ProviderFactory
 from e2e.errors import HarnessError
 from e2e.images import RegistryMirrors
 from e2e.manifests import ReleaseFiles, ReleaseManifest, kserve_file, proxy_patch
-from e2e.matrix import MatrixCell, group_cells, load_matrix
-from e2e.runbook import HarnessOptions, make_factory
-
-CHECKS = (
-    "image-in-use",
-    "metrics: no token 401, garbage token 401, no-access 403, metrics-reader 200 + controller_runtime metrics",
-    "inference v1 + v2 (sklearn-iris, predictions [1, 1])",
-    "token-leak: the scrapers' tokens must not appear in the proxy's logs",
-)
-
-
-def _scenarios_by_cell(nodeids: Sequence[str]) -> dict[str, list[str]]:
-    """Which scenarios each cell id appears in, from pytest node ids like ``...::test_x[ID]``."""
-    found: dict[str, list[str]] = {}
-    for nodeid in nodeids:
-        match = re.search(r"::(test_\w+)\[(.+)\]$", nodeid)
-        if match:
-            found.setdefault(match.group(2), []).append(match.group(1).removeprefix("test_"))
-    return found
+from e2e.matrix import Matrix, MatrixCell, group_cells, load_matrix
+from e2e.run import HarnessOptions, make_factory
+from e2e.scenario import PlanContext, Scenario
 
 
 def _cached_manifest(files: ReleaseFiles, cell: MatrixCell) -> ReleaseManifest | None:
@@ -54,61 +41,71 @@ def _cached_manifest(files: ReleaseFiles, cell: MatrixCell) -> ReleaseManifest |
         return None
 
 
-def render_plan(options: HarnessOptions, nodeids: Sequence[str], factory: ProviderFactory | None = None) -> str:
+class _Patches:
+    """The exact patch of a cell (and image), when its manifest is on disk; else None."""
+
+    def __init__(self, matrix: Matrix, files: ReleaseFiles, mirrors: RegistryMirrors) -> None:
+        self.matrix = matrix
+        self.files = files
+        self.rewrite = mirrors.rewrite if mirrors else None
+        self.manifests: dict[str, ReleaseManifest | None] = {}
+
+    def __call__(self, cell: MatrixCell, image: str | None) -> str | None:
+        version = cell.release.version
+        if version not in self.manifests:
+            self.manifests[version] = _cached_manifest(self.files, cell)
+        manifest = self.manifests[version]
+        if manifest is None:
+            return None
+        if image is not None:
+            cell = MatrixCell(cell.release, self.matrix.proxy_for_image(image), cell.kubernetes, cell.variant)
+        return json.dumps(proxy_patch(cell, manifest, self.rewrite), separators=(",", ":"))
+
+
+def render_plan(
+    options: HarnessOptions,
+    runs: Sequence[tuple[Scenario, MatrixCell]],
+    factory: ProviderFactory | None = None,
+) -> str:
+    """The plan of ``runs`` (scenario, cell) in the order the run executes them."""
     matrix = load_matrix(options.matrix_file)
-    cells = matrix.select(options.selection)
-    scenarios = _scenarios_by_cell(nodeids)
     factory = factory or make_factory(options)
     files = ReleaseFiles.from_environment(options.manifest_dir)
     mirrors = RegistryMirrors.from_options(options.registry_mirrors)
-    rewrite = mirrors.rewrite if mirrors else None
-    groups = group_cells(cells)
-    manifests: dict[str, ReleaseManifest | None] = {}
+    context = PlanContext(
+        provider=options.provider,
+        patch_of=_Patches(matrix, files, mirrors),
+        mirrored=mirrors.rewrite if mirrors else str,
+    )
+    groups = group_cells(list(dict.fromkeys(cell for _, cell in runs)))
     lines = [
-        f"kserve-compat plan: provider {options.provider}, {len(cells)} cells in {len(groups)} cluster groups "
+        f"kserve-compat plan: provider {options.provider}, {len(runs)} scenario runs of "
+        f"{len({cell.id for _, cell in runs})} cells in {len(groups)} cluster groups "
         "(nothing is created, started or downloaded)",
     ]
     for number, group in enumerate(groups, 1):
-        release = group.release
         lines.append("")
         lines.append(f"{number}. cluster group {group.id}")
         lines += [f"   cluster: {step}" for step in factory.plan(group.id, group.kubernetes.version)]
-        if options.provider == "local":
-            lines.append(f"   install: cert-manager {release.cert_manager} CRDs")
-        else:
-            lines.append(f"   install: cert-manager {release.cert_manager}; wait until its webhook answers")
-        lines.append(
-            f"   install: KServe {release.version} {', '.join(release.files)} by server-side apply "
-            "(CRDs first, until Established)"
-        )
-        lines.append("   install: inferenceservice-config -> raw deployment mode, no Ingress from v0.12")
-        lines.append("   install: manifests/metrics-access.yaml; tokens for kserve-compat/metrics-reader and no-access")
-        for cell in group.cells:
-            ran = scenarios.get(cell.id, [])
-            if nodeids and not ran:
+        for scenario, cell in runs:
+            if cell.group_key != (group.release.version, group.kubernetes.version):
                 continue
-            lines.append(f"   cell {cell.id}" + (f"  [{', '.join(ran)}]" if ran else ""))
-            if cell.release.version not in manifests:
-                manifests[cell.release.version] = _cached_manifest(files, cell)
-            manifest = manifests[cell.release.version]
-            if manifest is not None:
-                patch = proxy_patch(cell, manifest, rewrite)
-                lines.append(f"     swap: patch deployment {release.profile.namespace}/{release.profile.deployment}:")
-                lines.append(f"       {json.dumps(patch, separators=(',', ':'))}")
-            else:
-                image = rewrite(cell.proxy.image) if rewrite else cell.proxy.image
-                lines.append(
-                    f"     swap: container {release.profile.proxy_container} image -> {image}"
-                    " (manifest not on disk: the exact patch is computed at run time)"
-                )
-            lines.append(
-                "     wait: rollout (observedGeneration, updated and available replicas); fail fast on pull errors"
-            )
-            if ran == ["retired_image_is_reported_unavailable"]:
-                lines.append("     expect: the image pull fails: verdict image-unavailable, pull error as evidence")
-            else:
-                lines += [f"     check: {check}" for check in CHECKS]
+            diagnostics_dir = f"{options.reports_dir}/diagnostics/{scenario.result_id(cell)}/"
+            lines.append(f"   run {scenario.name} on {cell.id}")
+            lines += [f"     {line}" for line in scenario.plan(cell, context, diagnostics_dir)]
         lines.append(f"   teardown: delete the cluster of {group.id} (unless --keep-cluster)")
     lines.append("")
     lines.append(f"reports: {options.reports_dir}/report.json, report.md, report.html, junit.xml")
     return "\n".join(lines)
+
+
+def planned_steps(plan: str) -> dict[tuple[str, str], list[str]]:
+    """``{(scenario, cell id): [step names]}`` read back from a rendered plan."""
+    steps: dict[tuple[str, str], list[str]] = {}
+    current: list[str] = []
+    for line in plan.splitlines():
+        if run := re.fullmatch(r"   run (\S+) on (\S+)", line):
+            current = steps.setdefault((run.group(1), run.group(2)), [])
+        elif step := re.match(r"     step \d+ ([\w-]+):", line):
+            current.append(step.group(1))
+    return steps

@@ -72,17 +72,21 @@ class CellResult:
     proxy_image: str
     kubernetes_version: str
     variant: str = ""
+    scenario: str = ""  # the Scenario that produced this result
     verdict: Verdict = Verdict.SKIPPED
     reason: str = ""  # one line: why the verdict is what it is
     checks: list[CheckResult] = field(default_factory=list)
     findings: list[SecurityFinding] = field(default_factory=list)
     deviations: list[str] = field(default_factory=list)  # how the cluster differs from a real one
     notes: list[str] = field(default_factory=list)  # e.g. port remaps
+    steps: list[str] = field(default_factory=list)  # the scenario's steps that ran, in order
+    diagnostics: list[str] = field(default_factory=list)  # summary lines of the collected diagnostics
     duration_s: float = 0.0
     started_at: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:
         self.reason = redact(self.reason)
+        self.diagnostics = [redact(line) for line in self.diagnostics]
 
     def add(self, check: CheckResult) -> CheckResult:
         self.checks.append(check)

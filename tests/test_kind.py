@@ -1038,7 +1038,7 @@ def test_an_image_no_registry_serves_is_left_to_the_kubelet(
     assert f"not pre-loading {image}" in caplog.text
 
 
-def test_factory_shorthands_match_the_runbook_call() -> None:
+def test_factory_shorthands_match_the_harness_call() -> None:
     factory = KindProviderFactory(keep=True, keep_on_failure=True, reuse=True)
     assert factory.options == KindOptions(keep_cluster=True, keep_on_failure=True, reuse_cluster=True)
     assert factory.matrix.kubernetes == load_matrix().kubernetes

@@ -217,10 +217,37 @@ def test_ctrl_c_leaves_no_process_and_no_temp_dir(tmp_path: Path, phase: str) ->
 def test_api_server_killed_mid_cell_is_an_error_and_the_run_goes_on(tmp_path: Path) -> None:
     """The API server dies in the middle of a cell: that cell is `error` with the cause,
     the API server is restarted, and the next cell of the group passes."""
+    from e2e import steps
+    from e2e.cell import CellRun
     from e2e.matrix import Selection
     from e2e.results import Verdict
-    from e2e.runbook import Harness, HarnessOptions, cell_run
+    from e2e.run import Harness, HarnessOptions
+    from e2e.scenario import Scenario, Step
 
+    def kill_api_server(run: CellRun) -> None:
+        assert run.cluster is not None
+        apiserver = run.cluster.provider.control_plane.processes["kube-apiserver"]  # type: ignore[attr-defined]
+        assert apiserver.pid is not None
+        os.kill(apiserver.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while apiserver.alive and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    killed = Scenario(
+        name="fresh-install",
+        story="the API server dies before the image is checked",
+        steps=(
+            steps.install_release,
+            steps.swap_proxy_image,
+            Step("kill-api-server", kill_api_server, lambda cell, context: ["SIGKILL kube-apiserver"]),
+            steps.check_image_in_use,  # reads the Deployment: the API server is gone
+        ),
+    )
+    healthy = Scenario(
+        name="fresh-install",
+        story="the next cell of the group",
+        steps=(steps.install_release, steps.swap_proxy_image, steps.check_image_in_use, steps.check_metrics_access),
+    )
     options = HarnessOptions(
         provider="local",
         selection=Selection(kserve=("v0.14.0",), proxy=("quay-v0.18.2", "quay-v0.22.1"), k8s=("1.34",)),
@@ -230,27 +257,14 @@ def test_api_server_killed_mid_cell_is_an_error_and_the_run_goes_on(tmp_path: Pa
     harness = Harness(options)
     try:
         first, second = harness.cells
-        with cell_run(harness, first, "fresh-install") as run:
-            run.install_release()
-            run.swap_proxy_image()
-            assert run.cluster is not None
-            apiserver = run.cluster.provider.control_plane.processes["kube-apiserver"]  # type: ignore[attr-defined]
-            assert apiserver.pid is not None
-            os.kill(apiserver.pid, signal.SIGKILL)
-            deadline = time.monotonic() + 30
-            while apiserver.alive and time.monotonic() < deadline:
-                time.sleep(0.1)
-            run.check_image_in_use()  # reads the Deployment: the API server is gone
-        assert run.result.verdict is Verdict.ERROR, run.result.reason
-        assert run.result.reason  # the cause, in one line
-        assert any("kube-apiserver had exited" in note for note in run.result.notes), run.result.notes
+        result = killed.run(harness, first)
+        assert result.verdict is Verdict.ERROR, result.reason
+        assert result.reason  # the cause, in one line
+        assert result.steps == ["install", "swap", "kill-api-server", "check-image"]
+        assert any("kube-apiserver had exited" in note for note in result.notes), result.notes
 
-        with cell_run(harness, second, "fresh-install") as run:
-            run.install_release()
-            run.swap_proxy_image()
-            run.check_image_in_use()
-            run.check_metrics_access()
-        assert run.result.verdict is Verdict.PASS, run.result.reason
+        result = healthy.run(harness, second)
+        assert result.verdict is Verdict.PASS, result.reason
     finally:
         harness.close()
 

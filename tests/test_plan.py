@@ -1,5 +1,5 @@
-"""``--plan``: the ordered plan of a run, rendered from the real release manifests in
-../shared/fixtures, and proven to touch nothing (no process, no file, no connection).
+"""``--plan``: the ordered plan of a run, rendered from the Scenarios and the real release
+manifests, and proven to touch nothing (no process, no file, no connection).
 
 Also the pytest entry point (``pytest scenarios --plan``) and the kind tier's refusal to
 run without a Docker engine, both as real subprocesses.
@@ -22,9 +22,10 @@ from typing import Any
 import pytest
 
 import e2e.manifests
-from e2e.matrix import Selection
-from e2e.plan import render_plan
-from e2e.runbook import HarnessOptions
+from e2e.matrix import MatrixCell, Selection, load_matrix
+from e2e.plan import planned_steps, render_plan
+from e2e.run import HarnessOptions
+from e2e.scenario import Scenario, load_scenarios, ordered_runs
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
@@ -70,13 +71,14 @@ def expected_patch(image: str, args: list[str], security_context: dict[str, Any]
     return {"spec": {"template": {"spec": {"containers": [container]}}}}
 
 
-def cell_blocks(plan: str) -> dict[str, list[str]]:
-    """Each cell's lines (its ``cell`` line first), by cell id."""
+def cell_blocks(plan: str, scenario: str = "fresh-install") -> dict[str, list[str]]:
+    """Each cell's lines for ``scenario`` (its ``run`` line first), by cell id."""
     blocks: dict[str, list[str]] = {}
     current: list[str] | None = None
     for line in plan.splitlines():
-        if line.startswith("   cell "):
-            current = blocks.setdefault(line.split()[1], [])
+        if line.startswith("   run "):
+            _, name, _, cell_id = line.split()
+            current = blocks.setdefault(cell_id, []) if name == scenario else None
         elif not line.startswith("     "):
             current = None
         if current is not None:
@@ -84,9 +86,15 @@ def cell_blocks(plan: str) -> dict[str, list[str]]:
     return blocks
 
 
-def patch_of(block: list[str]) -> dict[str, Any]:
-    index = block.index("     swap: patch deployment kserve/kserve-controller-manager:")
-    return json.loads(block[index + 1].strip())
+def patch_of(block: list[str], occurrence: int = 0) -> dict[str, Any]:
+    starts = [i for i, line in enumerate(block) if line == "       patch deployment kserve/kserve-controller-manager:"]
+    return json.loads(block[starts[occurrence] + 1].strip())
+
+
+def runs_of(provider: str, selection: Selection) -> list[tuple[Scenario, MatrixCell]]:
+    """What pytest would collect: every scenario on the selected cells it applies to."""
+    cells = load_matrix().select(selection)
+    return ordered_runs(load_scenarios(), cells, provider)[0]
 
 
 @dataclass
@@ -183,7 +191,7 @@ def local_plan(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Rendered once for the module: the real manifests are big."""
     with sandboxed(tmp_path_factory.mktemp("plan") / "sandbox") as box:
         before = _children()
-        plan = render_plan(options("local", box), nodeids=[])
+        plan = render_plan(options("local", box), runs_of("local", SELECTION))
         assert_touched_nothing(box, before)
     return plan
 
@@ -191,7 +199,8 @@ def local_plan(tmp_path_factory: pytest.TempPathFactory) -> str:
 def test_plan_lists_each_group_with_its_install_steps(local_plan: str) -> None:
     lines = local_plan.splitlines()
     assert lines[0] == (
-        "kserve-compat plan: provider local, 8 cells in 3 cluster groups (nothing is created, started or downloaded)"
+        "kserve-compat plan: provider local, 12 scenario runs of 8 cells in 3 cluster groups "
+        "(nothing is created, started or downloaded)"
     )
     headers = [line for line in lines if ". cluster group " in line]
     assert headers == [
@@ -199,17 +208,16 @@ def test_plan_lists_each_group_with_its_install_steps(local_plan: str) -> None:
         "2. cluster group kserve-v0.11.2--k8s-1.33",
         "3. cluster group kserve-v0.14.0--k8s-1.33",
     ]
-    assert "   install: cert-manager v1.3.0 CRDs" in lines
-    assert "   install: cert-manager v1.15.1 CRDs" in lines
+    assert "       install cert-manager v1.3.0 CRDs" in lines
+    assert "       install cert-manager v1.15.1 CRDs" in lines
     assert (
-        "   install: KServe v0.10.1 kserve.yaml, kserve-runtimes.yaml by server-side apply "
-        "(CRDs first, until Established)"
+        "       install kserve.yaml, kserve-runtimes.yaml by server-side apply (CRDs first, until Established)"
     ) in lines
     assert (
-        "   install: KServe v0.14.0 kserve.yaml, kserve-cluster-resources.yaml by server-side apply "
-        "(CRDs first, until Established)"
+        "       install kserve.yaml, kserve-cluster-resources.yaml by server-side apply (CRDs first, until Established)"
     ) in lines
-    assert lines.count("   install: inferenceservice-config -> raw deployment mode, no Ingress from v0.12") == 3
+    installs = [line for line in lines if line.startswith("     step 1 install: KServe ")]
+    assert len(installs) == 12  # every run names its install step; the group's first cell does it
     assert sum(line.startswith("   cluster: start etcd + kube-apiserver") for line in lines) == 3
     assert "   teardown: delete the cluster of kserve-v0.14.0--k8s-1.33 (unless --keep-cluster)" in lines
     reports_line = lines[-1]
@@ -234,8 +242,8 @@ def test_plan_shows_the_exact_patch_of_each_cell(local_plan: str) -> None:
         assert patch_of(blocks[cell_id]) == patch, cell_id
     for cell_id, block in blocks.items():
         if not cell_id.startswith("kserve-v0.11.2"):
-            assert "     check: image-in-use" in block
-            assert any(line.startswith("     wait: rollout (observedGeneration") for line in block)
+            assert "     step 4 check-image: the Deployment and its pods run the expected proxy image" in block
+            assert any(line.startswith("       wait: rollout (observedGeneration") for line in block)
 
 
 def test_plan_says_when_the_patch_is_computed_at_run_time(local_plan: str) -> None:
@@ -245,37 +253,47 @@ def test_plan_says_when_the_patch_is_computed_at_run_time(local_plan: str) -> No
     for cell_id, block in missing.items():
         image = QUAY_PROXY if "quay-v0.18.0" in cell_id else K8S_PROXY
         assert (
-            f"     swap: container kube-rbac-proxy image -> {image}"
+            f"       container kube-rbac-proxy image -> {image}"
             " (manifest not on disk: the exact patch is computed at run time)"
         ) in block
-        assert not any(line.startswith("     swap: patch deployment") for line in block)
+        assert not any(line.startswith("       patch deployment") for line in block)
 
 
-def test_plan_follows_the_collected_scenarios(sandbox: Sandbox) -> None:
-    nodeids = [
-        "scenarios/test_fresh_install.py::test_fresh_install[kserve-v0.14.0--quay-v0.18.0--k8s-1.33]",
-        "scenarios/test_migration.py::test_migration[kserve-v0.14.0--quay-v0.18.0--k8s-1.33]",
-        "scenarios/test_retired_image.py::test_retired_image_is_reported_unavailable"
-        "[kserve-v0.10.1--gcr-v0.13.1--k8s-1.33]",
-    ]
-    selection = Selection(kserve=("v0.10.1", "v0.14.0"), proxy=("quay-v0.18.0", "gcr-v0.13.1"), k8s=("1.33",))
+def test_plan_prints_each_scenario_with_its_own_steps_and_expectation(sandbox: Sandbox) -> None:
+    selection = Selection(kserve=("v0.10.1", "v0.14.0"), proxy=("quay-v0.22.1", "gcr-v0.13.1"), k8s=("1.33",))
+    runs = runs_of("local", selection)
     before = _children()
-    plan = render_plan(options("local", sandbox, selection=selection), nodeids=nodeids)
+    plan = render_plan(options("local", sandbox, selection=selection), runs)
     assert_touched_nothing(sandbox, before)
-    blocks = cell_blocks(plan)
-    assert set(blocks) == {"kserve-v0.14.0--quay-v0.18.0--k8s-1.33", "kserve-v0.10.1--gcr-v0.13.1--k8s-1.33"}
-    assert blocks["kserve-v0.14.0--quay-v0.18.0--k8s-1.33"][0].endswith("[fresh_install, migration]")
-    retired = blocks["kserve-v0.10.1--gcr-v0.13.1--k8s-1.33"]
-    assert retired[0].endswith("[retired_image_is_reported_unavailable]")
-    assert "     expect: the image pull fails: verdict image-unavailable, pull error as evidence" in retired
-    assert not any(line.startswith("     check:") for line in retired)
+    assert planned_steps(plan) == {
+        (scenario.name, cell.id): list(scenario.step_names) for scenario, cell in runs
+    }
+    assert set(planned_steps(plan)) == {
+        ("fresh-install", "kserve-v0.10.1--quay-v0.22.1--k8s-1.33"),
+        ("migration", "kserve-v0.10.1--quay-v0.22.1--k8s-1.33"),
+        ("retired-image", "kserve-v0.10.1--gcr-v0.13.1--k8s-1.33"),
+        ("fresh-install", "kserve-v0.14.0--quay-v0.22.1--k8s-1.33"),
+        ("migration", "kserve-v0.14.0--quay-v0.22.1--k8s-1.33"),
+        ("retired-image", "kserve-v0.14.0--gcr-v0.13.1--k8s-1.33"),
+    }
+    retired = cell_blocks(plan, "retired-image")["kserve-v0.10.1--gcr-v0.13.1--k8s-1.33"]
+    assert "       retired per the matrix: image-unavailable without a pull (this tier pulls no images)" in retired
+    assert any(line.startswith("     expect: verdict image-unavailable") for line in retired)
+    assert not any("check-" in line for line in retired)
+    migration = cell_blocks(plan, "migration")["kserve-v0.10.1--quay-v0.22.1--k8s-1.33"]
+    # the frozen copy of the retired image the release ships, then the cell's image
+    assert patch_of(migration, 0)["spec"]["template"]["spec"]["containers"][0]["image"] == K8S_PROXY
+    assert patch_of(migration, 1)["spec"]["template"]["spec"]["containers"][0]["image"] == (
+        "quay.io/brancz/kube-rbac-proxy:v0.22.1"
+    )
+    assert "     catch: on fail / error / image-unavailable, collect diagnostics" in "\n".join(migration)
 
 
 def test_plan_applies_registry_mirrors_to_the_patch(sandbox: Sandbox) -> None:
     selection = Selection(kserve=("v0.14.0", "v0.11.2"), proxy=("quay-v0.18.0",), k8s=("1.33",))
     plan = render_plan(
         options("local", sandbox, selection=selection, registry_mirrors=("quay.io=mirror.example:5000/quay",)),
-        nodeids=[],
+        runs_of("local", selection),
     )
     blocks = cell_blocks(plan)
     image = "mirror.example:5000/quay/brancz/kube-rbac-proxy:v0.18.0"
@@ -291,10 +309,10 @@ def test_plan_applies_registry_mirrors_to_the_patch(sandbox: Sandbox) -> None:
 def test_kind_plan_renders_without_docker(sandbox: Sandbox) -> None:
     selection = Selection(cells=(CELLS[0], CELLS[4], "kserve-v0.10.1--gcr-v0.13.1--k8s-1.33"))
     before = _children()
-    plan = render_plan(options("kind", sandbox, selection=selection), nodeids=[])
+    plan = render_plan(options("kind", sandbox, selection=selection), runs_of("kind", selection))
     assert_touched_nothing(sandbox, before)
     lines = plan.splitlines()
-    assert lines[0].startswith("kserve-compat plan: provider kind, 3 cells in 3 cluster groups")
+    assert lines[0].startswith("kserve-compat plan: provider kind, 4 scenario runs of 3 cells in 3 cluster groups")
     creates = [line for line in lines if line.startswith("   cluster: create kind cluster ")]
     assert [line.split()[4].rstrip(":") for line in creates] == [
         "kcompat-v0-10-1-k8s-1-33",
@@ -302,11 +320,14 @@ def test_kind_plan_renders_without_docker(sandbox: Sandbox) -> None:
         "kcompat-v0-14-0-k8s-1-33",
     ]
     assert all("node image kindest/node:v1.33." in line for line in creates)
-    assert "   install: cert-manager v1.15.1; wait until its webhook answers" in lines
+    assert "       install cert-manager v1.15.1, until its webhook answers" in lines
     blocks = cell_blocks(plan)
     assert patch_of(blocks["kserve-v0.14.0--quay-v0.18.0--k8s-1.33"]) == expected_patch(
         QUAY_PROXY, SHIPPED_ARGS, SHIPPED_SECURITY_CONTEXT
     )
+    # on kind the retired image is swapped in for real: the kubelet's pull must fail
+    retired = cell_blocks(plan, "retired-image")["kserve-v0.10.1--gcr-v0.13.1--k8s-1.33"]
+    assert patch_of(retired)["spec"]["template"]["spec"]["containers"][0]["image"] == GCR_PROXY
 
 
 def test_plan_from_the_cache_writes_nothing(sandbox: Sandbox) -> None:
@@ -314,7 +335,7 @@ def test_plan_from_the_cache_writes_nothing(sandbox: Sandbox) -> None:
     cached.parent.mkdir(parents=True)
     shutil.copyfile(FIXTURES / "kserve" / "v0.14.0" / "kserve.yaml", cached)
     selection = Selection(kserve=("v0.14.0",), proxy=("quay-v0.18.0",), k8s=("1.33",))
-    plan = render_plan(options("local", sandbox, manifest_dir=None, selection=selection), nodeids=[])
+    plan = render_plan(options("local", sandbox, manifest_dir=None, selection=selection), runs_of("local", selection))
     # the cached copy is used for the exact patch ...
     assert patch_of(cell_blocks(plan)["kserve-v0.14.0--quay-v0.18.0--k8s-1.33"]) == expected_patch(
         QUAY_PROXY, SHIPPED_ARGS, SHIPPED_SECURITY_CONTEXT
@@ -355,7 +376,8 @@ def test_pytest_plan_prints_the_plan_and_exits_0(tmp_path: Path) -> None:
     assert headers
     assert all(line.split(". ", 1)[1].startswith("cluster group kserve-v0.14.0--k8s-1.") for line in headers)
     assert '"image":"quay.io/brancz/kube-rbac-proxy:v0.18.0"' in done.stdout
-    assert "[fresh_install]" in done.stdout
+    assert "   run fresh-install on kserve-v0.14.0--quay-v0.18.0--k8s-1." in done.stdout
+    assert "kserve-compat: migration not run for kserve-v0.14.0--quay-v0.18.0--k8s-1." in done.stdout
     assert list((tmp_path / "home").iterdir()) == []
 
 

@@ -100,12 +100,12 @@ def test_conclude_is_idempotent() -> None:
 
 
 def test_an_explicit_fail_from_a_failed_rollout_is_kept() -> None:
-    # What cell_run does when wait_for_rollout raises RolloutFailed inside timed_check("proxy-rollout"):
+    # What Scenario.run does when wait_for_rollout raises RolloutFailed inside timed_check("proxy-rollout"):
     cell = new_cell()
     cell.add(check("install", CheckStatus.PASS))
     with pytest.raises(RuntimeError), timed_check(cell, "proxy-rollout"):
         raise RuntimeError("deployment kserve/kserve-controller-manager: pods are failing: CrashLoopBackOff")
-    cell.verdict = Verdict.FAIL  # runbook.CellRun.fail_with for RolloutFailed
+    cell.verdict = Verdict.FAIL  # e2e.cell.CellRun.fail_with for RolloutFailed
     cell.reason = "deployment kserve/kserve-controller-manager: pods are failing: CrashLoopBackOff"
     assert cell.conclude() is Verdict.FAIL
 

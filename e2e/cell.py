@@ -1,0 +1,258 @@
+"""One cell's run: the actions its scenario's steps call, and a failure turned into a verdict.
+
+Every action talks to the API server through shared code (``kserve``, ``checks``, ...);
+only ``ClusterProvider`` methods differ between the kind and local tiers. The order of
+the actions is not decided here: a ``Scenario`` (``e2e/scenario.py``) lists them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from e2e import checks, diagnostics, kserve, report
+from e2e.cluster.provider import ServiceTarget
+from e2e.errors import HarnessError, WorkloadFailed, WorkloadUnavailable
+from e2e.install import SAMPLE_MODELS, CellSkipped, GroupCluster, failure_probe, proxy_image_of
+from e2e.manifests import proxy_patch
+from e2e.matrix import Matrix, MatrixCell
+from e2e.results import CellResult, CheckStatus, Verdict, timed_check
+from e2e.rollout import ImageUnavailable, RolloutFailed, wait_for_rollout
+
+if TYPE_CHECKING:
+    from e2e.run import Harness
+    from e2e.scenario import Scenario
+
+log = logging.getLogger(__name__)
+
+# Without a kubelet nothing pulls: a retired image's verdict then comes from the matrix.
+RETIRED_BY_MATRIX = (
+    "image-unavailable by the matrix's registry status ({note}); this tier pulls no images, no registry was asked"
+)
+
+
+class CellRun:
+    """The state of one cell while its scenario's steps run."""
+
+    def __init__(self, harness: Harness, cell: MatrixCell, scenario: Scenario) -> None:
+        self.harness = harness
+        self.cell = cell
+        self.scenario = scenario
+        self.result = CellResult(
+            cell_id=scenario.result_id(cell),
+            provider=harness.options.provider,
+            kserve_version=cell.release.version,
+            proxy_alias=cell.proxy.alias,
+            proxy_image=cell.proxy.image,
+            kubernetes_version=cell.kubernetes.version,
+            variant=cell.variant.name if cell.variant else "",
+            scenario=scenario.name,
+        )
+        if scenario.name == "migration":
+            # Its own grid: the report groups cells by variant.
+            self.result.variant = "+".join(filter(None, [self.result.variant, "migration"]))
+        self.cluster: GroupCluster | None = None
+        self.diagnostics_dir: Path | None = None
+
+    # -- setup --------------------------------------------------------------------------------
+
+    def install_release(self) -> None:
+        """Create (or reuse) the group's cluster and install the KServe release on it."""
+        self.cluster = self.harness.cluster_for(self.cell)
+        with timed_check(self.result, "install") as check:
+            self.harness.installer.install(self.cluster, self.cell)
+            check.status, check.detail = CheckStatus.PASS, f"KServe {self.cell.release.version} installed"
+        self.result.deviations = list(dict.fromkeys(self.cluster.provider.info.deviations + self.cluster.deviations))
+        self.result.notes += self.cluster.notes
+
+    def swap_proxy_image(self, image: str | None = None) -> None:
+        """Patch the controller Deployment to the cell's proxy image (or ``image``) and wait
+        for the rollout; a pull error ends the cell ``image-unavailable``."""
+        cluster = self._cluster()
+        assert cluster.manifest is not None
+        profile = self.cell.release.profile
+        cell = self.cell if image is None else _with_image(self.harness.matrix, self.cell, image)
+        rewrite = self.harness.mirrors.rewrite if self.harness.mirrors else None
+        patch = proxy_patch(cell, cluster.manifest, rewrite)
+        target = proxy_image_of(patch)
+        provider = cluster.provider
+        with timed_check(self.result, "proxy-rollout") as check:
+            if cell.proxy.retired and not provider.runs_pods:
+                message = RETIRED_BY_MATRIX.format(note=cell.proxy.note or "retired")
+                self.result.deviations.append(f"{target}: {message}")
+                raise ImageUnavailable(f"{target}: {message}")
+            provider.load_images([target])
+            api = provider.api_client()
+            kserve.patch_controller(api, profile, patch)
+            self.result.notes += provider.sync_workloads()
+            state = wait_for_rollout(
+                api,
+                profile.namespace,
+                profile.deployment,
+                timeout_s=self.harness.options.rollout_timeout_s,
+                failure_evidence=failure_probe(provider, profile.namespace, profile.deployment),
+            )
+            cluster.proxy_image = target
+            check.status, check.detail = CheckStatus.PASS, f"rolled out {target} ({state})"
+
+    def swap_to_start_image(self) -> None:
+        """Put the image a migration starts from in place (see ``migration_start_image``)."""
+        self.swap_proxy_image(migration_start_image(self.cell))
+
+    def deploy_sample_models(self) -> None:
+        """Apply the sklearn-iris InferenceServices (v1 and v2 protocol) once per cluster."""
+        cluster = self._cluster()
+        if cluster.samples_deployed:
+            self.result.notes.append("sample InferenceServices already deployed by an earlier cell of the group")
+            return
+        with timed_check(self.result, "deploy-samples") as check:
+            api = cluster.provider.api_client()
+            names = kserve.deploy_inference_services(api, self.cell.release, kserve.sample_inference_services())
+            cluster.samples_deployed = True
+            check.status, check.detail = CheckStatus.PASS, f"applied {', '.join(names)}"
+
+    # -- assess ------------------------------------------------------------------------------
+
+    def check_image_in_use(self) -> None:
+        cluster = self._cluster()
+        profile = self.cell.release.profile
+        provider = cluster.provider
+        api = provider.api_client()
+        selector = kserve.controller_pod_selector_of(api, profile.namespace, profile.deployment)
+        checks.check_image_in_use(
+            self.result,
+            api,
+            profile.namespace,
+            profile.deployment,
+            profile.proxy_container,
+            cluster.proxy_image,
+            observed_images=provider.observed_images(profile.namespace, selector, profile.proxy_container),
+        )
+
+    def check_metrics_access(self) -> None:
+        cluster = self._cluster()
+        assert cluster.access is not None
+        profile = self.cell.release.profile
+        target = ServiceTarget(profile.namespace, profile.metrics_service, profile.metrics_port)
+        with cluster.provider.endpoint(target) as address:
+            checks.check_metrics_auth(
+                self.result,
+                f"https://{address}/metrics",
+                metrics_reader_token=cluster.access.metrics_reader_token,
+                no_access_token=cluster.access.no_access_token,
+            )
+
+    def check_inference(self) -> None:
+        cluster = self._cluster()
+        for name, protocol in SAMPLE_MODELS:
+            with cluster.provider.inference_endpoint(kserve.SAMPLES_NAMESPACE, name) as address:
+                checks.check_inference(self.result, f"http://{address}", name, protocol)
+
+    def check_token_leak(self) -> None:
+        """Search the proxy's logs (current and previous) for the tokens the checks sent."""
+        cluster = self._cluster()
+        assert cluster.access is not None
+        profile = self.cell.release.profile
+        provider = cluster.provider
+        selector = kserve.controller_pod_selector_of(provider.api_client(), profile.namespace, profile.deployment)
+        logs = provider.container_logs(profile.namespace, selector, profile.proxy_container)
+        previous = provider.container_logs(profile.namespace, selector, profile.proxy_container, previous=True)
+        checks.check_token_leak(self.result, "\n".join([previous, logs]), cluster.access.tokens())
+
+    # -- migrate ----------------------------------------------------------------------------
+
+    def migrate_under_load(self) -> None:
+        """Swap to the cell's image while a prober keeps calling metrics and both models."""
+        cluster = self._cluster()
+        assert cluster.access is not None
+        profile = self.cell.release.profile
+        target = ServiceTarget(profile.namespace, profile.metrics_service, profile.metrics_port)
+        provider = cluster.provider
+        with contextlib.ExitStack() as stack:
+            metrics = stack.enter_context(provider.endpoint(target))
+            models = []
+            for name, protocol in SAMPLE_MODELS:
+                address = stack.enter_context(provider.inference_endpoint(kserve.SAMPLES_NAMESPACE, name))
+                models.append(checks.InferenceTarget(f"http://{address}", name, protocol))
+            prober = checks.MetricsProber(f"https://{metrics}/metrics", cluster.access.metrics_reader_token, models)
+            prober.start()
+            try:
+                time.sleep(0.5)  # a baseline before the swap
+                self.swap_proxy_image()
+                time.sleep(1.0)  # and after it: the outage window must have closed
+            finally:
+                summary = prober.stop()
+            checks.check_probe(self.result, summary)
+
+    # -- catch / finally ---------------------------------------------------------------------
+
+    def _cluster(self) -> GroupCluster:
+        if self.cluster is None:
+            self.cluster = self.harness.cluster_for(self.cell)
+        return self.cluster
+
+    def fail_with(self, exc: BaseException) -> None:
+        """Turn a failed step into the cell's verdict, with its evidence."""
+        evidence: list[str] = list(getattr(exc, "evidence", []) or [])
+        if isinstance(exc, ImageUnavailable):
+            self.result.verdict = Verdict.IMAGE_UNAVAILABLE
+        elif isinstance(exc, (CellSkipped, WorkloadUnavailable)):
+            self.result.verdict = Verdict.SKIPPED
+        elif isinstance(exc, (RolloutFailed, WorkloadFailed)):
+            self.result.verdict = Verdict.FAIL
+        else:
+            self.result.verdict = Verdict.ERROR
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        self.result.reason = message if isinstance(exc, HarnessError) else f"{type(exc).__name__}: {message}"
+        if evidence:
+            failing = self.result.failing_check
+            if failing is not None:
+                failing.evidence = (failing.evidence + evidence)[:30]
+            else:
+                self.result.notes += evidence[:10]
+
+    def collect_diagnostics(self) -> None:
+        if self.cluster is None:
+            return
+        profile = self.cell.release.profile
+        directory = self.harness.options.reports_dir / "diagnostics" / self.result.cell_id
+        try:
+            self.diagnostics_dir = diagnostics.collect(
+                self.cluster.provider.api_client(),
+                self.cluster.provider,
+                [profile.namespace, kserve.SAMPLES_NAMESPACE],
+                directory,
+                deployment=profile.deployment,
+                isvc_names=[name for name, _ in SAMPLE_MODELS],
+            )
+            self.result.diagnostics = diagnostics.summary_lines(self.diagnostics_dir)
+        except Exception as exc:  # diagnostics must never hide the failure they explain
+            log.warning("diagnostics for %s incomplete: %s", self.cell.id, exc)
+
+    def finish(self) -> CellResult:
+        self.result.conclude()
+        self.result.duration_s = round(time.time() - self.result.started_at, 3)
+        report.save_result(self.result, self.harness.options.reports_dir / "cells")
+        self.harness.results.append(self.result)
+        if self.harness.options.cluster_per_cell:
+            self.harness.close_group()
+        return self.result
+
+
+def migration_start_image(cell: MatrixCell) -> str:
+    """The image a migration starts from: the one the release ships, unless retired.
+
+    A retired gcr.io/kubebuilder image cannot be pulled any more; an operator starts from
+    its frozen copy on registry.k8s.io, and so does the scenario.
+    """
+    image = cell.release.proxy_image
+    if image.startswith("gcr.io/kubebuilder/"):
+        return "registry.k8s.io/kubebuilder/" + image.removeprefix("gcr.io/kubebuilder/")
+    return image
+
+
+def _with_image(matrix: Matrix, cell: MatrixCell, image: str) -> MatrixCell:
+    return MatrixCell(cell.release, matrix.proxy_for_image(image), cell.kubernetes, cell.variant)

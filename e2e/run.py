@@ -1,0 +1,193 @@
+"""A run: the selected cells, one cluster per group, and the results.
+
+``Harness`` schedules clusters: a group's cluster is created (and its release installed,
+see ``e2e/install.py``) on first use, reused by the group's cells, and torn down when the
+next group starts. The next groups are prepared in the background while the current
+group's cells run. A cell's own steps live in its ``Scenario`` (``e2e/scenario.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from e2e.cluster.provider import ProviderFactory
+from e2e.errors import HarnessError
+from e2e.images import RegistryMirrors
+from e2e.install import GroupCluster, Installer
+from e2e.manifests import ReleaseFiles
+from e2e.matrix import ClusterGroup, Matrix, MatrixCell, Selection, group_cells, load_matrix
+from e2e.results import CellResult
+
+if TYPE_CHECKING:
+    from e2e.cell import CellRun
+
+log = logging.getLogger(__name__)
+
+PREPARE_AHEAD = 2  # cluster groups prepared in the background ahead of the current one
+
+
+@dataclass
+class HarnessOptions:
+    provider: str = "local"
+    matrix_file: str | None = None
+    selection: Selection = field(default_factory=Selection)
+    manifest_dir: str | None = None
+    reports_dir: Path = Path("reports")
+    registry_mirrors: tuple[str, ...] = ()
+    keep_cluster: bool = False
+    keep_on_failure: bool = False
+    strict: bool = False
+    rollout_timeout_s: float = 300.0
+    # The naive mode `nox -s bench` compares against: a fresh cluster for every cell.
+    cluster_per_cell: bool = False
+    reuse_cluster: bool = False  # kind: use an existing cluster of the same name
+
+
+def make_factory(options: HarnessOptions, matrix: Matrix | None = None) -> ProviderFactory:
+    if options.provider == "local":
+        from e2e.cluster.local import LocalProviderFactory
+
+        return LocalProviderFactory(keep=options.keep_cluster)
+    if options.provider == "kind":
+        from e2e.cluster.kind import KindProviderFactory
+
+        return KindProviderFactory(
+            matrix or load_matrix(options.matrix_file),
+            keep=options.keep_cluster,
+            keep_on_failure=options.keep_on_failure,
+            reuse=options.reuse_cluster,
+        )
+    raise HarnessError(f"--provider {options.provider}: expected kind or local")
+
+
+class Harness:
+    """One run of selected cells on one provider."""
+
+    def __init__(self, options: HarnessOptions, factory: ProviderFactory | None = None) -> None:
+        self.options = options
+        self.matrix: Matrix = load_matrix(options.matrix_file)
+        self.cells = self.matrix.select(options.selection)
+        self.groups = group_cells(self.cells)
+        self.files = ReleaseFiles.from_environment(options.manifest_dir)
+        self.mirrors = RegistryMirrors.from_options(options.registry_mirrors)
+        self.installer = Installer(self.matrix, self.files, self.mirrors, options.rollout_timeout_s)
+        self.factory = factory or make_factory(options, self.matrix)
+        self.results: list[CellResult] = []
+        self._current: GroupCluster | None = None
+        # Each group's cluster lives in its own ExitStack, closed when the group is done.
+        self._stacks: dict[str, contextlib.ExitStack] = {}
+        self._lock = threading.Lock()
+        # The next group's cluster is created and installed in the background while the
+        # current group's cells run: a group costs a control plane and an install, a cell
+        # only a swap and a few requests. Two workers, two groups ahead: much of a
+        # preparation is waiting on the API server, so two overlap well on two cores.
+        self._preparer = ThreadPoolExecutor(max_workers=PREPARE_AHEAD, thread_name_prefix="prepare-group")
+        self._prepared: dict[str, Future[GroupCluster]] = {}
+        self.group_order = [group.id for group in self.groups]
+        # A finished group's cluster is torn down in the background too: an API server's
+        # graceful stop alone takes about a second that the next group's cells need not wait.
+        self._teardown = ThreadPoolExecutor(max_workers=1, thread_name_prefix="teardown-group")
+
+    # -- clusters ---------------------------------------------------------------------------
+
+    def group_of(self, cell: MatrixCell) -> ClusterGroup:
+        return next(g for g in self.groups if (g.release.version, g.kubernetes.version) == cell.group_key)
+
+    def cluster_for(self, cell: MatrixCell) -> GroupCluster:
+        """The cluster of the cell's group; switching groups tears the previous one down."""
+        group = self.group_of(cell)
+        if self._current is not None and self._current.group.id == group.id:
+            return self._current
+        self.close_group()
+        future = self._prepared.pop(group.id, None)
+        if future is None:
+            future = self._preparer.submit(self._prepare, group)
+        self._current = future.result()  # a cluster that could not be created fails this cell
+        self._prepare_next(group)
+        return self._current
+
+    def _prepare(self, group: ClusterGroup) -> GroupCluster:
+        """Create a group's cluster and install its release (an install error is kept for
+        its cells to report, not raised here)."""
+        log.info("creating the cluster for %s", group.id)
+        stack = contextlib.ExitStack()
+        with self._lock:
+            self._stacks[group.id] = stack
+        provider = stack.enter_context(self.factory.cluster(group.id, group.kubernetes.version))
+        cluster = GroupCluster(group=group, provider=provider)
+        with contextlib.suppress(HarnessError):  # recorded in cluster.install_error
+            self.installer.install(cluster, group.cells[0])
+        return cluster
+
+    def prepare_first(self) -> None:
+        """Start creating the first groups' clusters now (the run's own start-up, e.g. the
+        local model server, then overlaps with them)."""
+        self._prepare_from(0)
+
+    def _prepare_next(self, group: ClusterGroup) -> None:
+        if group.id in self.group_order:
+            self._prepare_from(self.group_order.index(group.id) + 1)
+
+    def _prepare_from(self, position: int) -> None:
+        if self.options.cluster_per_cell:
+            return
+        for group_id in self.group_order[position : position + PREPARE_AHEAD]:
+            upcoming = next((g for g in self.groups if g.id == group_id), None)
+            if upcoming is not None and group_id not in self._prepared:
+                self._prepared[group_id] = self._preparer.submit(self._prepare, upcoming)
+
+    def close_group(self) -> None:
+        if self._current is not None:
+            group_id = self._current.group.id
+            log.info("tearing down the cluster for %s", group_id)
+            with self._lock:
+                stack = self._stacks.pop(group_id, None)
+            self._current = None
+            if stack is not None:
+                self._teardown.submit(_tear_down, group_id, stack)
+
+    def close(self) -> None:
+        """Tear down the current cluster and any prepared ahead of time (also on Ctrl-C);
+        returns once every cluster of the run is gone."""
+        self.close_group()
+        for future in self._prepared.values():
+            future.cancel()
+        self._preparer.shutdown(wait=True)
+        self._teardown.shutdown(wait=True)
+        with self._lock:
+            stacks = list(self._stacks.values())
+            self._stacks.clear()
+        for stack in stacks:
+            stack.close()
+        self._prepared.clear()
+
+    def recover(self, run: CellRun) -> None:
+        """After a failed cell, make sure the next cell finds a working cluster."""
+        if self._current is None:
+            return
+        try:
+            repaired = self._current.provider.recover()
+        except HarnessError as exc:
+            run.result.notes.append(f"cluster replaced after this cell: {exc}")
+            self.close_group()
+            return
+        if repaired:
+            run.result.notes.append(f"cluster repaired after this cell: {repaired}")
+
+    def result_of(self, result_id: str, scenario: str) -> CellResult | None:
+        """The result a scenario recorded for a cell, if it recorded one."""
+        return next((r for r in self.results if r.cell_id == result_id and r.scenario == scenario), None)
+
+
+def _tear_down(group_id: str, stack: contextlib.ExitStack) -> None:
+    """Close a group's cluster stack; a failure is logged (the group's cells are done)."""
+    try:
+        stack.close()
+    except Exception:
+        log.exception("tearing down the cluster for %s failed", group_id)

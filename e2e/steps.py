@@ -1,0 +1,108 @@
+"""The steps scenarios are made of: each a name, what ``--plan`` says, and the action.
+
+A scenario lists these in order (``scenarios/*.py``); the plan prints the same list the
+run executes. The actions are ``CellRun`` methods (``e2e/cell.py``).
+"""
+
+from __future__ import annotations
+
+from e2e.cell import CellRun, migration_start_image
+from e2e.matrix import MatrixCell
+from e2e.scenario import PlanContext, Step
+
+ROLLOUT_WAIT = "wait: rollout (observedGeneration, updated and available replicas); fail fast on pull errors"
+
+
+def _install(cell: MatrixCell, context: PlanContext) -> list[str]:
+    release = cell.release
+    cert_manager = (
+        f"cert-manager {release.cert_manager} CRDs"
+        if context.provider == "local"
+        else f"cert-manager {release.cert_manager}, until its webhook answers"
+    )
+    return [
+        f"KServe {release.version} on the cluster of its group (the group's first cell installs, the others reuse)",
+        f"install {cert_manager}",
+        f"install {', '.join(release.files)} by server-side apply (CRDs first, until Established)",
+        "inferenceservice-config -> raw deployment mode, no Ingress from v0.12",
+        "manifests/metrics-access.yaml; tokens for kserve-compat/metrics-reader and no-access",
+    ]
+
+
+def _swap_lines(cell: MatrixCell, context: PlanContext, image: str | None) -> list[str]:
+    proxy = cell.proxy if image is None else None
+    if proxy is not None and proxy.retired and context.provider == "local":
+        return [
+            f"container {cell.release.profile.proxy_container} image -> {proxy.image}",
+            "retired per the matrix: image-unavailable without a pull (this tier pulls no images)",
+        ]
+    patch = context.patch_of(cell, image)
+    profile = cell.release.profile
+    if patch is None:
+        target = context.mirrored(image or cell.proxy.image)
+        lines = [
+            f"container {profile.proxy_container} image -> {target}"
+            " (manifest not on disk: the exact patch is computed at run time)"
+        ]
+    else:
+        lines = [f"patch deployment {profile.namespace}/{profile.deployment}:", f"  {patch}"]
+    return [*lines, ROLLOUT_WAIT]
+
+
+install_release = Step("install", CellRun.install_release, _install)
+
+def _swap(cell: MatrixCell, context: PlanContext) -> list[str]:
+    lines = _swap_lines(cell, context, None)
+    return ["the proxy container's image (and variant args) by a strategic-merge patch:", *lines]
+
+
+def _swap_to_start(cell: MatrixCell, context: PlanContext) -> list[str]:
+    start = migration_start_image(cell)
+    return [f"start from the image the release ships (or its frozen copy): {start}", *_swap_lines(cell, context, start)]
+
+
+swap_proxy_image = Step("swap", CellRun.swap_proxy_image, _swap)
+
+swap_to_start_image = Step("swap-to-start-image", CellRun.swap_to_start_image, _swap_to_start)
+
+deploy_sample_models = Step(
+    "deploy",
+    CellRun.deploy_sample_models,
+    lambda cell, context: ["the sklearn-iris InferenceServices, v1 and v2 protocol (once per cluster)"],
+)
+
+check_image_in_use = Step(
+    "check-image",
+    CellRun.check_image_in_use,
+    lambda cell, context: ["the Deployment and its pods run the expected proxy image"],
+)
+
+check_metrics_access = Step(
+    "check-metrics",
+    CellRun.check_metrics_access,
+    lambda cell, context: [
+        "no token 401, garbage token 401, no-access 403, metrics-reader 200 + controller_runtime metrics"
+    ],
+)
+
+check_inference = Step(
+    "check-inference",
+    CellRun.check_inference,
+    lambda cell, context: ["v1 + v2 predictions of sklearn-iris ([1, 1])"],
+)
+
+check_token_leak = Step(
+    "check-token-leak",
+    CellRun.check_token_leak,
+    lambda cell, context: ["the scrapers' tokens must not appear in the proxy's logs (current and previous)"],
+)
+
+migrate_under_load = Step(
+    "migrate",
+    CellRun.migrate_under_load,
+    lambda cell, context: [
+        "swap to the cell's image while a prober calls metrics (reader's token) and both models:",
+        *_swap_lines(cell, context, None),
+        "check: no inference request lost; the metrics outage window",
+    ],
+)
