@@ -268,8 +268,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             test_report.outcome = "failed"
             test_report.longrepr = f"{cell.id}: scenario {scenario.name} recorded no result (was SCENARIO.run called?)"
         return
-    for name, value in report.junit_properties(result):
-        test_report.user_properties.append((name, value))
+    # JUnit XML reads the properties from the item when its teardown is reported.
+    item.user_properties += report.junit_properties(result)
     if test_report.failed:
         return  # the test itself raised: keep its traceback
     if result.verdict is scenario.expected:
