@@ -26,7 +26,7 @@ from e2e.local.model_server import (
 
 pytestmark = pytest.mark.slow
 
-# KServe's own e2e request and answer for sklearn-iris (see shared FACTS.md).
+# KServe's own e2e request and answer for sklearn-iris (kserve/kserve test/e2e/predictor/test_sklearn.py).
 IRIS_ROWS = [[6.8, 2.8, 4.8, 1.4], [6.0, 3.4, 4.5, 1.6]]
 EXPECTED_CLASSES = [1, 1]
 V1_MODEL = "sklearn-iris"
@@ -95,7 +95,7 @@ def test_v2_infer_answers_kserve_e2e_classes(iris_server: IrisModelServer) -> No
 
 
 def test_v1_predict_with_a_non_json_content_type_fails(iris_server: IrisModelServer) -> None:
-    """Pins what the harness's client relies on (FACTS.md): it must send application/json.
+    """Pins what the harness's client relies on: it must send application/json.
 
     Seen with kserve 0.21.0: a ``text/plain`` body is not parsed as JSON and the predict
     fails (500); a request with no Content-Type at all is parsed as JSON and succeeds.
