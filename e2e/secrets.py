@@ -1,9 +1,12 @@
 """Keeping secrets (ServiceAccount tokens, kubeconfig credentials) out of everything we write.
 
 Every token the harness mints is registered here the moment it exists; ``redact`` then
-replaces it (and its obvious encodings) wherever text leaves the process: logs, reports,
-JUnit properties, assertion messages, diagnostics. A logging filter applies it to every
-log record, so a forgotten call site still cannot leak.
+replaces it (and its obvious encodings, and any JWT-shaped string) wherever text leaves
+the process: reports, diagnostics, evidence and assertion messages call it directly.
+Where a call site may forget, the sink applies it: ``RedactingFilter`` on log handlers
+(the CLI's root handlers through ``install_log_redaction``; pytest's capture, ``caplog``,
+live-log and log-file handlers through the ``e2e.pytest_redaction`` plugin, which also
+redacts every test report, the terminal and the JUnit XML of a pytest run).
 """
 
 from __future__ import annotations
