@@ -36,7 +36,7 @@ from e2e.matrix import Matrix, MatrixCell, Selection, load_matrix
 from e2e.results import CellResult, Verdict
 from e2e.run import Harness, HarnessOptions, make_factory
 from e2e.scenario import Scenario, ordered_runs
-from e2e.secrets import install_log_redaction, redact
+from e2e.secrets import redact
 
 log = logging.getLogger("kserve-compat")
 
@@ -90,7 +90,6 @@ def _selection(config: pytest.Config) -> Selection:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    install_log_redaction()
     try:
         matrix = load_matrix(config.getoption("matrix"))
         cells = matrix.select(_selection(config))
