@@ -37,6 +37,7 @@ from urllib3.util.ssl_ import create_urllib3_context
 from e2e.errors import HarnessError
 from e2e.results import CellResult, CheckResult, CheckStatus, SecurityFinding, timed_check
 from e2e.secrets import REDACTED, encodings, redact
+from e2e.text import error_line, one_line
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ def _log_connection_retry(state: tenacity.RetryCallState) -> None:
         "endpoint not reachable yet (attempt %d, %.1fs): %s",
         state.attempt_number,
         state.seconds_since_start or 0.0,
-        redact(_one_line(error)),
+        one_line(error),
     )
 
 
@@ -128,12 +129,6 @@ def _get(url: str, token: str | None, *, connect_wait_s: float) -> requests.Resp
     raise AssertionError("unreachable: tenacity either returns or re-raises")
 
 
-def _one_line(value: object) -> str:
-    text = str(value) if value is not None else ""
-    first = text.splitlines()[0] if text else ""
-    return first[:300]
-
-
 def _response_evidence(response: requests.Response) -> list[str]:
     evidence = [f"{response.request.method} {response.url} -> {response.status_code} {response.reason}"]
     challenge = response.headers.get("WWW-Authenticate")
@@ -141,7 +136,7 @@ def _response_evidence(response: requests.Response) -> list[str]:
         evidence.append(f"WWW-Authenticate: {challenge}")
     body = response.text.strip()
     if body:
-        evidence.append("body: " + " ".join(body[:_BODY_EVIDENCE_CHARS].split()))
+        evidence.append("body: " + one_line(body, _BODY_EVIDENCE_CHARS))
     return evidence
 
 
@@ -192,7 +187,7 @@ def check_metrics_auth(
             except requests.RequestException as exc:
                 check.status = CheckStatus.ERROR
                 check.detail = f"{case.description}: {metrics_url} unreachable: {type(exc).__name__}"
-                check.evidence = [_one_line(exc)]
+                check.evidence = [one_line(exc)]
                 unreachable = f"not attempted: {metrics_url} unreachable"
             else:
                 got = response.status_code
@@ -218,8 +213,8 @@ def check_metrics_content(cell: CellResult, metrics_text: str) -> CheckResult:
             families = list(text_string_to_metric_families(metrics_text))
         except (ValueError, TypeError, IndexError) as exc:
             check.status = CheckStatus.FAIL
-            check.detail = f"body is not Prometheus text: {_one_line(exc)}"
-            check.evidence = [" ".join(metrics_text[:_BODY_EVIDENCE_CHARS].split())]
+            check.detail = f"body is not Prometheus text: {one_line(exc)}"
+            check.evidence = [one_line(metrics_text, _BODY_EVIDENCE_CHARS)]
             return check
         reconciles = [
             sample
@@ -399,12 +394,12 @@ def _post_json(url: str, body: Mapping[str, Any], *, connect_wait_s: float) -> A
                 timeout=REQUEST_TIMEOUT_S,
             )
     if response.status_code != 200:
-        snippet = " ".join(response.text[:_BODY_EVIDENCE_CHARS].split())
+        snippet = one_line(response.text, _BODY_EVIDENCE_CHARS)
         raise InferenceError(f"POST {url} -> {response.status_code}: {snippet}")
     try:
         return response.json()
     except ValueError as exc:
-        raise InferenceError(f"POST {url} -> 200 but the body is not JSON: {_one_line(exc)}") from exc
+        raise InferenceError(f"POST {url} -> 200 but the body is not JSON: {one_line(exc)}") from exc
 
 
 def predict_v1(base_url: str, model_name: str, instances: Sequence[Any], *, connect_wait_s: float = 5.0) -> list[Any]:
@@ -453,12 +448,12 @@ def check_inference(
                 got = infer_v2(base_url, model_name, IRIS_INPUT, connect_wait_s=connect_wait_s)
         except InferenceError as exc:
             check.status = CheckStatus.FAIL
-            check.detail = _one_line(exc)
+            check.detail = one_line(exc)
             return check
         except requests.RequestException as exc:
             check.status = CheckStatus.ERROR
             check.detail = f"{base_url} unreachable: {type(exc).__name__}"
-            check.evidence = [_one_line(exc)]
+            check.evidence = [one_line(exc)]
             return check
         check.evidence = [f"model {model_name} at {base_url}: input {IRIS_INPUT} -> {got}"]
         if got == IRIS_EXPECTED:
@@ -811,7 +806,7 @@ class MetricsProber:
         try:
             error = call()
         except Exception as exc:  # any failure of one request is data, not a crash
-            error = f"{type(exc).__name__}: {_one_line(exc)}"
+            error = error_line(exc)
         now = round(time.monotonic() - self._started, 3)
         with self._lock:
             tally.attempts += 1

@@ -70,6 +70,7 @@ from e2e.matrix import (
 from e2e.registry import RegistryProbe
 from e2e.results import CellResult, CheckResult, CheckStatus
 from e2e.secrets import redact
+from e2e.text import one_line
 from e2e.tokens import mint_token, service_account_username
 
 log = logging.getLogger(__name__)
@@ -209,7 +210,7 @@ def connect(kubeconfig: str | None, context: str | None) -> Connection:
     try:
         contexts, active = k8s_config.list_kube_config_contexts(config_file=kubeconfig)
     except (ConfigException, OSError, yaml.YAMLError) as exc:
-        raise UsageError(f"{where}: not usable ({_one_line(exc)}); expected a kubeconfig with contexts") from None
+        raise UsageError(f"{where}: not usable ({one_line(exc)}); expected a kubeconfig with contexts") from None
     names = [str(c.get("name")) for c in contexts or []]
     if context is not None and context not in names:
         known = ", ".join(names) or "none"
@@ -223,7 +224,7 @@ def connect(kubeconfig: str | None, context: str | None) -> Connection:
             config_file=kubeconfig, context=chosen, client_configuration=configuration, persist_config=False
         )
     except (ConfigException, OSError, ValueError) as exc:
-        raise UsageError(f"context {chosen} of {where}: not usable ({_one_line(exc)})") from None
+        raise UsageError(f"context {chosen} of {where}: not usable ({one_line(exc)})") from None
     # No silent connection retries: urllib3 would log a warning per retry, and an unreachable
     # server must be one line (a preflight is cheap to run again).
     configuration.retries = 0
@@ -248,7 +249,7 @@ def connect(kubeconfig: str | None, context: str | None) -> Connection:
 
 def _unreachable_reason(exc: BaseException) -> str:
     reason = getattr(exc, "reason", None) or exc
-    text = _one_line(reason)
+    text = one_line(reason)
     # urllib3 wraps the OS error: "<...HTTPSConnection object at 0x..>: Failed to establish a new
     # connection: [Errno 111] Connection refused" -- keep the part a human reads.
     return text.rsplit(": ", 1)[-1] if "Failed to establish" in text else text
@@ -264,7 +265,7 @@ def _api_call(what: str, call: Callable[[], Any]) -> Any:
     except ApiException as exc:
         raise HarnessError(f"{what}: the API answered {exc.status} {_api_message(exc)}") from None
     except (urllib3.exceptions.HTTPError, OSError) as exc:
-        raise HarnessError(f"{what}: the API server stopped answering ({_one_line(exc)})") from None
+        raise HarnessError(f"{what}: the API server stopped answering ({one_line(exc)})") from None
 
 
 def read_controller(api: k8s_client.ApiClient, profile: ControllerProfile, context: str) -> dict[str, Any]:
@@ -487,7 +488,7 @@ def check_swap_dry_run(
             evidence=[json.dumps(patch, sort_keys=True)],
         )
     except (urllib3.exceptions.HTTPError, OSError) as exc:
-        return Check("swap-dry-run", Status.WARN, f"dry run not answered: {_one_line(exc)}", EXIT_REJECTED)
+        return Check("swap-dry-run", Status.WARN, f"dry run not answered: {one_line(exc)}", EXIT_REJECTED)
     images = {c.name: c.image for c in answer.spec.template.spec.containers}
     got = images.get(profile.proxy_container)
     if got != target:
@@ -678,7 +679,7 @@ class TemporaryAccess:
                 if exc.status != 404:
                     problems.append(f"{kind} {name}: delete answered {exc.status} {_api_message(exc)}")
             except (urllib3.exceptions.HTTPError, OSError) as exc:
-                problems.append(f"{kind} {name}: delete failed ({_one_line(exc)})")
+                problems.append(f"{kind} {name}: delete failed ({one_line(exc)})")
         self.created.clear()
         return problems
 
@@ -1087,7 +1088,3 @@ def _api_message(exc: ApiException) -> str:
         return str(exc.reason)
     message = body.get("message", exc.reason) if isinstance(body, dict) else exc.reason
     return " ".join(str(message).split())[:400]
-
-
-def _one_line(value: object) -> str:
-    return " ".join(str(value).split())[:300] or type(value).__name__
