@@ -55,6 +55,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 from tenacity import Retrying, retry_if_result, stop_after_delay, wait_exponential
 
+from e2e.apply import api_message
 from e2e.audit import EXIT_CLEAN, EXIT_RETIRED, EXIT_UNAVAILABLE, AuditedImage, AuditReport, audit
 from e2e.errors import HarnessError, ImageReferenceError, UsageError
 from e2e.images import ImageReference, RegistryMirrors
@@ -263,7 +264,7 @@ def _api_call(what: str, call: Callable[[], Any]) -> Any:
     try:
         return call()
     except ApiException as exc:
-        raise HarnessError(f"{what}: the API answered {exc.status} {_api_message(exc)}") from None
+        raise HarnessError(f"{what}: the API answered {exc.status} {api_message(exc)}") from None
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         raise HarnessError(f"{what}: the API server stopped answering ({one_line(exc)})") from None
 
@@ -282,7 +283,7 @@ def read_controller(api: k8s_client.ApiClient, profile: ControllerProfile, conte
                 "expected the namespace KServe is installed in"
             ) from None
         if exc.status != 403:  # may not read namespaces: the Deployment read below decides
-            raise UsageError(f"--namespace {namespace}: the API answered {exc.status} {_api_message(exc)}") from None
+            raise UsageError(f"--namespace {namespace}: the API answered {exc.status} {api_message(exc)}") from None
     try:
         deployment = apps.read_namespaced_deployment(name, namespace, _request_timeout=REQUEST_TIMEOUT)
     except ApiException as exc:
@@ -292,7 +293,7 @@ def read_controller(api: k8s_client.ApiClient, profile: ControllerProfile, conte
                 "expected KServe's controller there (is KServe installed in another namespace?)"
             ) from None
         raise UsageError(
-            f"Deployment {namespace}/{name}: the API answered {exc.status} {_api_message(exc)}; "
+            f"Deployment {namespace}/{name}: the API answered {exc.status} {api_message(exc)}; "
             "expected read access"
         ) from None
     document: dict[str, Any] = api.sanitize_for_serialization(deployment)
@@ -416,7 +417,7 @@ def can_i(
             review, _request_timeout=REQUEST_TIMEOUT
         )
     except ApiException as exc:
-        return None, f"could not ask: SubjectAccessReview answered {exc.status} {_api_message(exc)}"
+        return None, f"could not ask: SubjectAccessReview answered {exc.status} {api_message(exc)}"
     status = answer.status
     reason = " ".join(str(status.reason or status.evaluation_error or "").split())
     return bool(status.allowed), reason or ("allowed" if status.allowed else "no RBAC rule allows it")
@@ -483,7 +484,7 @@ def check_swap_dry_run(
         return Check(
             "swap-dry-run",
             Status.FAIL,
-            f"the API rejected the planned patch (dry run): {exc.status} {_api_message(exc)}",
+            f"the API rejected the planned patch (dry run): {exc.status} {api_message(exc)}",
             EXIT_REJECTED,
             evidence=[json.dumps(patch, sort_keys=True)],
         )
@@ -677,7 +678,7 @@ class TemporaryAccess:
                 deleters[kind](name)
             except ApiException as exc:
                 if exc.status != 404:
-                    problems.append(f"{kind} {name}: delete answered {exc.status} {_api_message(exc)}")
+                    problems.append(f"{kind} {name}: delete answered {exc.status} {api_message(exc)}")
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 problems.append(f"{kind} {name}: delete failed ({one_line(exc)})")
         self.created.clear()
@@ -766,7 +767,7 @@ def check_metrics(
                     )
             except ApiException as exc:
                 return Check("metrics-auth", Status.FAIL, f"could not set up the check: {exc.status} "
-                             f"{_api_message(exc)}", EXIT_REJECTED)
+                             f"{api_message(exc)}", EXIT_REJECTED)
             except HarnessError as exc:
                 return Check("metrics-auth", Status.FAIL, f"could not run the check: {exc}", EXIT_REJECTED)
             finally:
@@ -1076,15 +1077,3 @@ def run(args: argparse.Namespace) -> int:
     report = preflight(options)
     sys.stdout.write(RENDERERS[args.format](report))
     return report.exit_code
-
-
-# -- helpers ----------------------------------------------------------------------------------------------
-
-
-def _api_message(exc: ApiException) -> str:
-    try:
-        body = json.loads(exc.body)
-    except (TypeError, ValueError):
-        return str(exc.reason)
-    message = body.get("message", exc.reason) if isinstance(body, dict) else exc.reason
-    return " ".join(str(message).split())[:400]
