@@ -35,6 +35,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.ssl_ import create_urllib3_context
 
 from e2e.errors import HarnessError
+from e2e.labels import label_selector
 from e2e.results import CellResult, CheckResult, CheckStatus, SecurityFinding, timed_check
 from e2e.secrets import REDACTED, encodings, redact
 from e2e.text import error_line, one_line
@@ -287,25 +288,6 @@ def _image_matches(expected: str, image: str, image_id: str = "") -> bool:
     if expected_digest:
         return expected_digest in (_digest(image), _digest(image_id))
     return _normalized_image(expected) == _normalized_image(image)
-
-
-def label_selector(selector: k8s_client.V1LabelSelector | None) -> str:
-    """A ``V1LabelSelector`` as the string form the list APIs take."""
-    if selector is None:
-        return ""
-    parts = [f"{key}={value}" for key, value in sorted((selector.match_labels or {}).items())]
-    for expression in selector.match_expressions or []:
-        values = ",".join(expression.values or [])
-        operator = expression.operator
-        if operator == "In":
-            parts.append(f"{expression.key} in ({values})")
-        elif operator == "NotIn":
-            parts.append(f"{expression.key} notin ({values})")
-        elif operator == "Exists":
-            parts.append(expression.key)
-        elif operator == "DoesNotExist":
-            parts.append(f"!{expression.key}")
-    return ",".join(parts)
 
 
 def check_image_in_use(

@@ -36,8 +36,8 @@ import yaml
 from kubernetes import client as k8s_client
 from kubernetes.client.exceptions import ApiException
 
-from e2e.checks import label_selector
 from e2e.cluster.provider import ClusterProvider
+from e2e.labels import label_selector
 from e2e.secrets import redact
 from e2e.text import error_line
 

@@ -23,6 +23,7 @@ from kubernetes.client.exceptions import ApiException
 from e2e.apply import Applier, ApplyError, ApplyReport
 from e2e.cluster.provider import ServiceTarget
 from e2e.errors import HarnessError
+from e2e.labels import label_selector
 from e2e.manifests import load_yaml_documents
 from e2e.matrix import ControllerProfile, KServeRelease, version_key
 from e2e.rollout import RolloutState, wait_for_rollout
@@ -203,10 +204,9 @@ def patch_controller(api: k8s_client.ApiClient, profile: ControllerProfile, patc
 
 
 def controller_pod_selector_of(api: k8s_client.ApiClient, namespace: str, deployment_name: str) -> str:
-    """The label selector of a Deployment's pods, as ``k=v,k=v``."""
+    """The label selector of a Deployment's pods, as the list APIs take it."""
     deployment = k8s_client.AppsV1Api(api).read_namespaced_deployment(deployment_name, namespace)
-    labels = deployment.spec.selector.match_labels or {}
-    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+    return label_selector(deployment.spec.selector)
 
 
 def proxy_container_spec(api: k8s_client.ApiClient, profile: ControllerProfile) -> Any:
