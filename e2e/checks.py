@@ -35,6 +35,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.ssl_ import create_urllib3_context
 
 from e2e.errors import HarnessError
+from e2e.images import ImageReference
 from e2e.labels import label_selector
 from e2e.results import CellResult, CheckResult, CheckStatus, SecurityFinding, timed_check
 from e2e.secrets import REDACTED, encodings, redact
@@ -256,38 +257,23 @@ def _skipped(cell: CellResult, name: str, reason: str) -> CheckResult:
 
 # --------------------------------------------------------------------------- image in use
 
-_DEFAULT_REGISTRY = "docker.io"
-
-
-def _normalized_image(reference: str) -> str:
-    """``repo:tag`` in the long form kubelets report (``docker.io/library/x:latest``).
-
-    Kept deliberately small: it only has to make a Deployment's image and a container
-    status's image comparable.
-    """
-    reference = reference.removeprefix("docker-pullable://").removeprefix("docker://")
-    name, _, digest = reference.partition("@")
-    last = name.rsplit("/", 1)[-1]
-    if ":" not in last and not digest:
-        name += ":latest"
-    first, _, rest = name.partition("/")
-    if not rest or ("." not in first and ":" not in first and first != "localhost"):
-        name = f"{_DEFAULT_REGISTRY}/{name}"
-        if name.count("/") == 1:
-            host, path = name.split("/", 1)
-            name = f"{host}/library/{path}"
-    return f"{name}@{digest}" if digest else name
-
-
-def _digest(reference: str) -> str:
-    return reference.rsplit("@", 1)[1] if "@" in reference else ""
+def _as_pulled(reported: str) -> ImageReference | None:
+    """An image as a kubelet reports it (``docker-pullable://`` and all), with every default spelled
+    out; None where it is no reference (some runtimes report a bare ``sha256:...`` image ID)."""
+    ref = ImageReference.parse_or_none(reported.removeprefix("docker-pullable://").removeprefix("docker://"))
+    return ref.normalized() if ref is not None else None
 
 
 def _image_matches(expected: str, image: str, image_id: str = "") -> bool:
-    expected_digest = _digest(expected)
-    if expected_digest:
-        return expected_digest in (_digest(image), _digest(image_id))
-    return _normalized_image(expected) == _normalized_image(image)
+    """Whether a container runs ``expected``: by digest where it names one, else by name and tag."""
+    wanted = _as_pulled(expected)
+    if wanted is None:
+        return expected == image
+    seen = [ref for ref in (_as_pulled(image), _as_pulled(image_id)) if ref is not None]
+    if wanted.digest:
+        return any(ref.digest == wanted.digest for ref in seen)
+    running = _as_pulled(image)
+    return running is not None and (running.name, running.tag) == (wanted.name, wanted.tag)
 
 
 def check_image_in_use(

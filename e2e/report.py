@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from e2e.errors import UsageError
+from e2e.images import ImageReference
 from e2e.matrix import Matrix, version_key
 from e2e.results import CellResult, Verdict
 from e2e.secrets import REDACTED, redact
@@ -268,21 +269,17 @@ def _unique(items: Iterable[str]) -> list[str]:
 
 
 def _split_image(reference: str) -> tuple[str, str, str]:
-    """``(name, tag, digest)`` of an image reference; tag and digest may be empty."""
-    name, _, digest = reference.partition("@")
-    if ":" in name.rsplit("/", 1)[-1]:
-        name, tag = name.rsplit(":", 1)
-    else:
-        tag = ""
-    return name, tag, digest
+    """``(name as written, tag, digest)``; tag and digest may be empty, and a field that is no
+    reference (an empty one) is all name."""
+    ref = ImageReference.parse_or_none(reference)
+    if ref is None:
+        return reference, "", ""
+    return ref.written_name, ref.tag or "", ref.digest or ""
 
 
-def _registry(reference: str) -> str:
-    name = _split_image(reference)[0]
-    first, _, rest = name.partition("/")
-    if rest and ("." in first or ":" in first or first == "localhost"):
-        return first
-    return "docker.io"
+def _registry(reference: str) -> str | None:
+    ref = ImageReference.parse_or_none(reference)
+    return ref.domain if ref is not None else None
 
 
 def _is_retired(image: str, alias: str, matrix: Matrix | None) -> bool:
@@ -308,7 +305,7 @@ def _image_rank(alias: str, image: str, matrix: Matrix | None) -> tuple[Any, ...
     if _is_retired(image, alias, matrix):
         registry_rank = _RETIRED_RANK
     else:
-        registry_rank = _REGISTRY_RANK.get(_registry(image), _UNKNOWN_REGISTRY_RANK)
+        registry_rank = _REGISTRY_RANK.get(_registry(image) or "", _UNKNOWN_REGISTRY_RANK)
     return (newest_first, registry_rank, alias)
 
 
