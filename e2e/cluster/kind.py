@@ -45,9 +45,10 @@ from kubernetes import client as k8s_client
 from kubernetes.client.exceptions import ApiException
 
 from e2e.cache import cache_root
-from e2e.cluster.provider import ClusterInfo, ClusterProvider, ProviderFactory, ServiceTarget
+from e2e.cluster.provider import ClusterInfo, ClusterProvider, ProviderFactory
 from e2e.errors import EnvironmentMissing, HarnessError, UsageError
 from e2e.matrix import Matrix, load_matrix
+from e2e.targets import ServiceTarget
 
 log = logging.getLogger(__name__)
 
