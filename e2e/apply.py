@@ -23,6 +23,7 @@ from kubernetes.dynamic.exceptions import ResourceNotFoundError
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from e2e.errors import HarnessError
+from e2e.text import one_line
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ class Applier:
                         force_conflicts=True,
                     )
         except ApiException as exc:
-            raise ApplyError(f"{object_ref(doc)}: apply failed: {exc.status} {_api_message(exc)}") from None
+            raise ApplyError(f"{object_ref(doc)}: apply failed: {exc.status} {api_message(exc)}") from None
 
     def delete(self, documents: Sequence[dict[str, Any]]) -> None:
         """Delete objects, ignoring those already gone (cleanup of what we created)."""
@@ -147,18 +148,20 @@ class Applier:
                 self.dynamic.delete(resource, name=doc["metadata"]["name"], namespace=namespace)
             except ApiException as exc:
                 if exc.status != 404:
-                    raise ApplyError(f"{object_ref(doc)}: delete failed: {exc.status} {_api_message(exc)}") from None
+                    raise ApplyError(f"{object_ref(doc)}: delete failed: {exc.status} {api_message(exc)}") from None
 
 
 def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, ApiException) and exc.status in (404, 409, 429, 500, 503, 504)
 
 
-def _api_message(exc: ApiException) -> str:
+def api_message(exc: ApiException) -> str:
+    """What the API server said, on one line: the Status body's ``message``, else the HTTP reason."""
     try:
-        return str(json.loads(exc.body).get("message", exc.reason))[:300]
+        body = json.loads(exc.body)
     except (TypeError, ValueError):
-        return str(exc.reason)
+        return one_line(exc.reason)
+    return one_line(body.get("message", exc.reason) if isinstance(body, dict) else exc.reason)
 
 
 def wait_established(api: k8s_client.ApiClient, names: Sequence[str], timeout_s: float = 60) -> None:

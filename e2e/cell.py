@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from e2e import checks, diagnostics, kserve, report
-from e2e.cluster.provider import ServiceTarget
 from e2e.errors import HarnessError, WorkloadFailed, WorkloadUnavailable
+from e2e.images import replacement
 from e2e.install import SAMPLE_MODELS, CellSkipped, GroupCluster, failure_probe, proxy_image_of
 from e2e.manifests import proxy_patch
 from e2e.matrix import Matrix, MatrixCell
 from e2e.results import CellResult, CheckStatus, Verdict, timed_check
 from e2e.rollout import ImageUnavailable, RolloutFailed, wait_for_rollout
+from e2e.targets import ServiceTarget
 
 if TYPE_CHECKING:
     from e2e.run import Harness
@@ -148,7 +149,7 @@ class CellRun:
     def check_inference(self) -> None:
         cluster = self._cluster()
         for name, protocol in SAMPLE_MODELS:
-            with cluster.provider.inference_endpoint(kserve.SAMPLES_NAMESPACE, name) as address:
+            with kserve.inference_endpoint(cluster.provider, kserve.SAMPLES_NAMESPACE, name) as address:
                 checks.check_inference(self.result, f"http://{address}", name, protocol)
 
     def check_token_leak(self) -> None:
@@ -175,7 +176,7 @@ class CellRun:
             metrics = stack.enter_context(provider.endpoint(target))
             models = []
             for name, protocol in SAMPLE_MODELS:
-                address = stack.enter_context(provider.inference_endpoint(kserve.SAMPLES_NAMESPACE, name))
+                address = stack.enter_context(kserve.inference_endpoint(provider, kserve.SAMPLES_NAMESPACE, name))
                 models.append(checks.InferenceTarget(f"http://{address}", name, protocol))
             prober = checks.MetricsProber(f"https://{metrics}/metrics", cluster.access.metrics_reader_token, models)
             prober.start()
@@ -249,9 +250,7 @@ def migration_start_image(cell: MatrixCell) -> str:
     its frozen copy on registry.k8s.io, and so does the scenario.
     """
     image = cell.release.proxy_image
-    if image.startswith("gcr.io/kubebuilder/"):
-        return "registry.k8s.io/kubebuilder/" + image.removeprefix("gcr.io/kubebuilder/")
-    return image
+    return replacement(image) or image
 
 
 def _with_image(matrix: Matrix, cell: MatrixCell, image: str) -> MatrixCell:

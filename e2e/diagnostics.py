@@ -36,9 +36,10 @@ import yaml
 from kubernetes import client as k8s_client
 from kubernetes.client.exceptions import ApiException
 
-from e2e.checks import label_selector
 from e2e.cluster.provider import ClusterProvider
+from e2e.labels import label_selector
 from e2e.secrets import redact
+from e2e.text import error_line
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +70,9 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    if isinstance(exc, ApiException):
-        text = f"{exc.status} {exc.reason}"
-    return redact(f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}")[:300]
+def _failure(exc: BaseException) -> str:
+    """A failed collection as one line; an API error by its status, not its dumped headers and body."""
+    return error_line(exc, f"{exc.status} {exc.reason}" if isinstance(exc, ApiException) else None)
 
 
 def _timestamp(value: datetime.datetime | None) -> str:
@@ -182,8 +181,8 @@ class _Collector:
         try:
             action(*args)
         except Exception as exc:
-            self.errors.append(f"{what}: {_one_line(exc)}")
-            log.warning("diagnostics: could not collect %s: %s", what, _one_line(exc))
+            self.errors.append(f"{what}: {_failure(exc)}")
+            log.warning("diagnostics: could not collect %s: %s", what, _failure(exc))
 
 
 def collect(
@@ -286,7 +285,7 @@ def _collect_logs(
                 text = provider.container_logs(namespace, selector, container.name, previous=previous)
             except Exception as exc:
                 if not previous:  # a missing previous log just means no restart
-                    collector.errors.append(f"log of {namespace}/{name}/{container.name}: {_one_line(exc)}")
+                    collector.errors.append(f"log of {namespace}/{name}/{container.name}: {_failure(exc)}")
                 continue
             if previous and not text.strip():
                 continue
@@ -352,7 +351,7 @@ def _last_log_lines(read_log: LogReader, container: str) -> str:
     try:
         tail = _tail(read_log(container, True), LOG_TAIL_LINES)
     except Exception as exc:
-        return f"; previous log unavailable: {_one_line(exc)}"
+        return f"; previous log unavailable: {_failure(exc)}"
     return "; last log lines: " + " | ".join(tail) if tail else "; previous log empty"
 
 

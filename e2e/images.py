@@ -104,6 +104,19 @@ class ImageReference:
             raise bad(f"repository name longer than {MAX_NAME_LENGTH} characters")
         return cls(registry=registry, path=path, tag=tag, digest=digest if at else None)
 
+    @classmethod
+    def parse_or_none(cls, text: str) -> ImageReference | None:
+        """``parse(text)``, or None where ``text`` is no reference (a bare image ID, an empty field)."""
+        try:
+            return cls.parse(text)
+        except ImageReferenceError:
+            return None
+
+    @property
+    def written_name(self) -> str:
+        """The repository as written, without tag or digest (``nginx``, ``quay.io/brancz/kube-rbac-proxy``)."""
+        return f"{self.registry}/{self.path}" if self.registry is not None else self.path
+
     @property
     def domain(self) -> str:
         """The registry a runtime pulls from (``docker.io`` when none is written)."""
@@ -139,7 +152,7 @@ class ImageReference:
 
     def format(self) -> str:
         """The reference in the form it was written."""
-        text = f"{self.registry}/{self.path}" if self.registry is not None else self.path
+        text = self.written_name
         if self.tag is not None:
             text += f":{self.tag}"
         if self.digest is not None:

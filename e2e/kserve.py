@@ -7,6 +7,7 @@ exactly this code against a real kube-apiserver, and the kind tier against a rea
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import time
@@ -21,11 +22,13 @@ from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
 
 from e2e.apply import Applier, ApplyError, ApplyReport
-from e2e.cluster.provider import ServiceTarget
+from e2e.cluster.provider import ClusterProvider
 from e2e.errors import HarnessError
+from e2e.labels import label_selector
 from e2e.manifests import load_yaml_documents
 from e2e.matrix import ControllerProfile, KServeRelease, version_key
 from e2e.rollout import RolloutState, wait_for_rollout
+from e2e.targets import ServiceTarget
 
 log = logging.getLogger(__name__)
 
@@ -203,10 +206,9 @@ def patch_controller(api: k8s_client.ApiClient, profile: ControllerProfile, patc
 
 
 def controller_pod_selector_of(api: k8s_client.ApiClient, namespace: str, deployment_name: str) -> str:
-    """The label selector of a Deployment's pods, as ``k=v,k=v``."""
+    """The label selector of a Deployment's pods, as the list APIs take it."""
     deployment = k8s_client.AppsV1Api(api).read_namespaced_deployment(deployment_name, namespace)
-    labels = deployment.spec.selector.match_labels or {}
-    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+    return label_selector(deployment.spec.selector)
 
 
 def proxy_container_spec(api: k8s_client.ApiClient, profile: ControllerProfile) -> Any:
@@ -298,3 +300,16 @@ def wait_inference_service_ready(
     raise InferenceServiceNotReady(
         f"InferenceService {namespace}/{name} not Ready after {timeout_s:.0f}s (last seen: {last_seen})"
     )
+
+
+def inference_endpoint(provider: ClusterProvider, namespace: str, name: str) -> contextlib.AbstractContextManager[str]:
+    """``host:port`` that answers the InferenceService's inference protocol.
+
+    Where a kubelet runs the model's pods (kind): wait until the InferenceService is Ready,
+    then reach its predictor Service. Without one (the local tier) the provider's own model
+    server stands in (``ClusterProvider.inference_endpoint``).
+    """
+    if not provider.runs_pods:
+        return provider.inference_endpoint(namespace, name)
+    isvc = wait_inference_service_ready(provider.api_client(), namespace, name)
+    return provider.endpoint(predictor_service(isvc))

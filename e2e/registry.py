@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,6 +22,7 @@ from urllib.parse import urlsplit
 import requests
 from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt
 
+from e2e.http_retry import retry_after_seconds
 from e2e.images import DEFAULT_REGISTRY, ImageReference, RegistryMirrors
 from e2e.secrets import register
 
@@ -243,20 +243,6 @@ class RegistryProbe:
         response: requests.Response = outcome.result()
         asked = retry_after_seconds(response.headers.get("Retry-After"))
         return exponential if asked is None else min(self.max_wait, asked)
-
-
-def retry_after_seconds(value: str | None, now: Callable[[], float] = time.time) -> float | None:
-    """``Retry-After`` as seconds: either delay-seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - now())
 
 
 def network_failure(exc: requests.RequestException, url: str) -> str:

@@ -37,9 +37,11 @@ from pathlib import Path
 from typing import Any
 
 from e2e.errors import UsageError
+from e2e.images import ImageReference
 from e2e.matrix import Matrix, version_key
 from e2e.results import CellResult, Verdict
 from e2e.secrets import REDACTED, redact
+from e2e.text import one_line
 
 VERDICT_SYMBOLS: dict[Verdict, str] = {
     Verdict.PASS: "✅",
@@ -94,7 +96,6 @@ _REGISTRY_RANK = {"quay.io": 0, "registry.k8s.io": 1}
 _UNKNOWN_REGISTRY_RANK = 2
 _RETIRED_RANK = 3
 
-_DETAIL_LIMIT = 300
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
@@ -268,21 +269,17 @@ def _unique(items: Iterable[str]) -> list[str]:
 
 
 def _split_image(reference: str) -> tuple[str, str, str]:
-    """``(name, tag, digest)`` of an image reference; tag and digest may be empty."""
-    name, _, digest = reference.partition("@")
-    if ":" in name.rsplit("/", 1)[-1]:
-        name, tag = name.rsplit(":", 1)
-    else:
-        tag = ""
-    return name, tag, digest
+    """``(name as written, tag, digest)``; tag and digest may be empty, and a field that is no
+    reference (an empty one) is all name."""
+    ref = ImageReference.parse_or_none(reference)
+    if ref is None:
+        return reference, "", ""
+    return ref.written_name, ref.tag or "", ref.digest or ""
 
 
-def _registry(reference: str) -> str:
-    name = _split_image(reference)[0]
-    first, _, rest = name.partition("/")
-    if rest and ("." in first or ":" in first or first == "localhost"):
-        return first
-    return "docker.io"
+def _registry(reference: str) -> str | None:
+    ref = ImageReference.parse_or_none(reference)
+    return ref.domain if ref is not None else None
 
 
 def _is_retired(image: str, alias: str, matrix: Matrix | None) -> bool:
@@ -308,7 +305,7 @@ def _image_rank(alias: str, image: str, matrix: Matrix | None) -> tuple[Any, ...
     if _is_retired(image, alias, matrix):
         registry_rank = _RETIRED_RANK
     else:
-        registry_rank = _REGISTRY_RANK.get(_registry(image), _UNKNOWN_REGISTRY_RANK)
+        registry_rank = _REGISTRY_RANK.get(_registry(image) or "", _UNKNOWN_REGISTRY_RANK)
     return (newest_first, registry_rank, alias)
 
 
@@ -319,18 +316,13 @@ def _rank_images(pairs: Iterable[tuple[str, str]], matrix: Matrix | None) -> lis
 # -- text helpers ---------------------------------------------------------------------
 
 
-def _one_line(text: str, limit: int = _DETAIL_LIMIT) -> str:
-    flat = " ".join(redact(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
-
-
 def _md_text(text: str) -> str:
     """Free text for Markdown: no table breaks, and ``<redacted>`` must not read as HTML."""
-    return re.sub(r"([\\`*<>|\[\]])", r"\\\1", _one_line(text))
+    return re.sub(r"([\\`*<>|\[\]])", r"\\\1", one_line(text))
 
 
 def _md_code(text: str) -> str:
-    flat = _one_line(text)
+    flat = one_line(text)
     longest = max((len(run) for run in re.findall(r"`+", flat)), default=0)
     fence = "`" * (longest + 1)
     pad = " " if flat.startswith("`") or flat.endswith("`") or not flat else ""
@@ -411,7 +403,7 @@ def _markdown_group(group: _Group, matrix: Matrix | None) -> list[str]:
             check, detail = _why(result)
             expected = " (expected: retired registry)" if expected_unavailable(result, matrix) else ""
             outcome = f"{VERDICT_SYMBOLS[result.verdict]} {result.verdict.value}{expected}"
-            not_passing.setdefault((outcome, check, _one_line(detail)), []).append(result.cell_id)
+            not_passing.setdefault((outcome, check, one_line(detail)), []).append(result.cell_id)
     if not_passing:
         lines.append("**Not passing:**")
         for (outcome, check, detail), cell_ids in not_passing.items():
@@ -421,7 +413,7 @@ def _markdown_group(group: _Group, matrix: Matrix | None) -> list[str]:
     findings: dict[tuple[str, str], list[str]] = {}
     for result in group.results:
         for finding in result.findings:
-            findings.setdefault((finding.kind, _one_line(finding.detail)), []).append(result.cell_id)
+            findings.setdefault((finding.kind, one_line(finding.detail)), []).append(result.cell_id)
     if findings:
         lines.append("**Security findings:**")
         for (kind, detail), cell_ids in findings.items():
@@ -673,7 +665,7 @@ def _html_group(group: _Group, matrix: Matrix | None) -> list[str]:
             evidence = result.failing_check.evidence if result.failing_check else []
             out.append(
                 f"<li><code>{_h(result.cell_id)}</code> {_h(VERDICT_SYMBOLS[result.verdict])} "
-                f"{_h(result.verdict.value + expected)} — {where}{_h(_one_line(detail))}"
+                f"{_h(result.verdict.value + expected)} — {where}{_h(one_line(detail))}"
                 + (f"<pre>{_h(chr(10).join(evidence))}</pre>" if evidence else "")
                 + "</li>"
             )
@@ -685,7 +677,7 @@ def _html_group(group: _Group, matrix: Matrix | None) -> list[str]:
             marker = SECURITY_MARKERS.get(finding.kind, OTHER_FINDING_MARKER)
             out.append(
                 f"<li><code>{_h(result.cell_id)}</code> {_h(marker)} <code>{_h(finding.kind)}</code>: "
-                f"{_h(_one_line(finding.detail))}"
+                f"{_h(one_line(finding.detail))}"
                 + (f"<pre>{_h(chr(10).join(finding.evidence))}</pre>" if finding.evidence else "")
                 + "</li>"
             )
@@ -741,7 +733,7 @@ def junit_properties(result: CellResult) -> list[tuple[str, str]]:
         props.append((f"check.{check.name}", f"{status}: {check.detail}" if check.detail else status))
     props.append(("security_findings", str(len(result.findings))))
     props += [(f"security_finding.{i}", f"{f.kind}: {f.detail}") for i, f in enumerate(result.findings, start=1)]
-    return [(name, _xml_text(_one_line(value, limit=1000))) for name, value in props]
+    return [(name, _xml_text(one_line(value, limit=1000))) for name, value in props]
 
 
 def _xml_text(text: str) -> str:
@@ -792,7 +784,7 @@ def _junit_case(suite: ET.Element, group: _Group, result: CellResult, matrix: Ma
     for name, value in junit_properties(result):
         ET.SubElement(properties, "property", name=name, value=value)
     check, detail = _why(result)
-    message = _xml_text(_one_line(f"{check}: {detail}" if check else detail))
+    message = _xml_text(one_line(f"{check}: {detail}" if check else detail))
     evidence = result.failing_check.evidence if result.failing_check else []
     body = _xml_text("\n".join([result.reason, *evidence]).strip())
     outcome = ""

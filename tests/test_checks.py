@@ -42,6 +42,7 @@ from e2e.checks import (
     predict_v1,
     token_forms,
 )
+from e2e.checks.image import image_matches
 from e2e.results import CellResult, CheckStatus
 
 # --------------------------------------------------------------------------- helpers
@@ -668,7 +669,7 @@ def test_check_token_leak_errors_on_an_empty_log(reader_token: str) -> None:
     ],
 )
 def test_image_comparison(expected: str, image: str, image_id: str, same: bool) -> None:
-    assert checks._image_matches(expected, image, image_id) is same
+    assert image_matches(expected, image, image_id) is same
 
 
 # --------------------------------------------------------------------------- migration probe

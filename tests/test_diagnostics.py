@@ -20,7 +20,7 @@ import yaml
 from kubernetes import client as k8s_client
 
 from e2e.checks import check_image_in_use
-from e2e.cluster.provider import ClusterInfo, ClusterProvider, ServiceTarget, no_endpoint_change
+from e2e.cluster.provider import ClusterInfo, ClusterProvider, no_endpoint_change
 from e2e.diagnostics import (
     collect,
     describe_pod,
@@ -32,6 +32,7 @@ from e2e.diagnostics import (
 from e2e.local.controlplane import ControlPlane
 from e2e.results import CellResult, CheckStatus
 from e2e.secrets import register
+from e2e.targets import ServiceTarget
 
 NAMESPACE = "kserve"
 DEPLOYMENT = "kserve-controller-manager"

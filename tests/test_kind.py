@@ -57,9 +57,9 @@ from e2e.cluster.kind import (
     port_forward_argv,
     resolve_tools,
 )
-from e2e.cluster.provider import ServiceTarget
 from e2e.errors import EnvironmentMissing, HarnessError, UsageError
 from e2e.matrix import load_matrix
+from e2e.targets import ServiceTarget
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data" / "kind"

@@ -29,6 +29,7 @@ from registry_server import (
     silent_server,
 )
 
+from e2e.http_retry import retry_after_seconds
 from e2e.images import RegistryMirrors
 from e2e.registry import (
     MANIFEST_MEDIA_TYPES,
@@ -36,7 +37,6 @@ from e2e.registry import (
     RegistryProbe,
     Status,
     parse_bearer_challenge,
-    retry_after_seconds,
 )
 
 DIGEST = "sha256:" + "0" * 64

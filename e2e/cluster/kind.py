@@ -44,9 +44,11 @@ import yaml
 from kubernetes import client as k8s_client
 from kubernetes.client.exceptions import ApiException
 
-from e2e.cluster.provider import ClusterInfo, ClusterProvider, ProviderFactory, ServiceTarget
+from e2e.cache import cache_root
+from e2e.cluster.provider import ClusterInfo, ClusterProvider, ProviderFactory
 from e2e.errors import EnvironmentMissing, HarnessError, UsageError
 from e2e.matrix import Matrix, load_matrix
+from e2e.targets import ServiceTarget
 
 log = logging.getLogger(__name__)
 
@@ -251,8 +253,7 @@ def kubectl_environment(kubeconfig: Path, base: Mapping[str, str] | None = None)
 
 
 def tool_cache_dir() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "kserve-compat" / "bin"
+    return cache_root() / "bin"
 
 
 @dataclass(frozen=True)

@@ -18,15 +18,9 @@ from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
 from e2e.errors import HarnessError
+from e2e.targets import ServiceTarget
 
-
-@dataclass(frozen=True)
-class ServiceTarget:
-    """A Service port the harness wants to reach from the test process."""
-
-    namespace: str
-    name: str
-    port: int
+__all__ = ["ClusterInfo", "ClusterProvider", "ProviderFactory", "ServiceTarget", "no_endpoint_change"]
 
 
 @dataclass
@@ -91,16 +85,17 @@ class ClusterProvider(abc.ABC):
         return None
 
     def inference_endpoint(self, namespace: str, name: str) -> contextlib.AbstractContextManager[str]:
-        """``host:port`` that answers the InferenceService's inference protocol.
+        """``host:port`` of a model server this provider runs itself in place of a model's pods.
 
-        Default (kind): wait until it is Ready, then reach its predictor Service. The local
-        tier, with no kubelet to run model pods, overrides this with a local model server.
+        Only a provider without a kubelet (``runs_pods`` False: the local tier) has one and
+        overrides this. Reach a model through ``e2e.kserve.inference_endpoint``, which goes to
+        the predictor Service where a kubelet runs the pods: a provider knows Services, not
+        InferenceServices.
         """
-        from e2e import kserve  # the install module imports this one
-
-        api = self.api_client()
-        isvc = kserve.wait_inference_service_ready(api, namespace, name)
-        return self.endpoint(kserve.predictor_service(isvc))
+        raise HarnessError(
+            f"{self.info.provider} cluster {self.info.name}: runs no model server of its own for "
+            f"{namespace}/{name}; reach it through e2e.kserve.inference_endpoint"
+        )
 
     def mark_failed(self) -> None:  # noqa: B027 - optional hook
         """A cell failed on this cluster (kind keeps it with ``--keep-on-failure``)."""

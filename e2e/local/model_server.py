@@ -36,6 +36,7 @@ from typing import Self
 import requests
 import tenacity
 
+from e2e.cache import cache_root
 from e2e.errors import EnvironmentMissing, HarnessError
 from e2e.local.processes import ManagedProcess
 
@@ -73,8 +74,7 @@ def default_venv_dir() -> Path:
     override = os.environ.get(VENV_DIR_ENV)
     if override:
         return Path(override).expanduser()
-    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache_home / "kserve-compat" / "venvs" / f"model-server-kserve-{KSERVE_VERSION}"
+    return cache_root() / "venvs" / f"model-server-kserve-{KSERVE_VERSION}"
 
 
 def _venv_python(venv_dir: Path) -> Path:

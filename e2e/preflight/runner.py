@@ -1,0 +1,127 @@
+"""One preflight run: the options, the target image, and the checks in order into a ``PreflightReport``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from e2e.errors import UsageError
+from e2e.images import ImageReference, RegistryMirrors
+from e2e.manifests import apply_strategic_merge
+from e2e.matrix import (
+    Matrix,
+    load_matrix,
+    version_key,
+)
+from e2e.preflight.cluster import (
+    audit_images,
+    connect,
+    installed_version,
+    live_workloads,
+    named_container,
+    pod_spec_of,
+    read_controller,
+)
+from e2e.preflight.image_checks import image_checks
+from e2e.preflight.metrics import (
+    check_metrics,
+)
+from e2e.preflight.model import (
+    EXIT_REJECTED,
+    Check,
+    PreflightReport,
+    ProxySidecar,
+    Status,
+)
+from e2e.preflight.rbac import check_proxy_rbac
+from e2e.preflight.swap import check_swap_dry_run, planned_patch
+from e2e.registry import RegistryProbe
+
+
+@dataclass(frozen=True)
+class Options:
+    kubeconfig: str | None = None
+    context: str | None = None
+    namespace: str | None = None
+    all_namespaces: bool = False
+    target_image: str | None = None
+    target_proxy: str | None = None
+    registry_mirror: Sequence[str] = ()
+    insecure_registry: Sequence[str] = ()
+    probe: bool = True
+    timeout: float = 10.0
+    check_metrics: bool = False
+    metrics_url: str | None = None
+    kubectl: str | None = None
+    matrix: str | None = None
+
+
+def resolve_target(options: Options, matrix: Matrix) -> tuple[str | None, str]:
+    if options.target_image and options.target_proxy:
+        raise UsageError("--target-image and --target-proxy: expected one of them, not both")
+    if options.target_proxy:
+        return matrix.proxy(options.target_proxy).image, f"--target-proxy {options.target_proxy}"
+    if options.target_image:
+        ImageReference.parse(options.target_image)  # a bad reference is a usage error, not a finding
+        return options.target_image, "--target-image"
+    return None, "none given: no swap planned"
+
+
+def preflight(options: Options) -> PreflightReport:
+    matrix = load_matrix(options.matrix)
+    mirrors = RegistryMirrors.from_options(options.registry_mirror)
+    if options.timeout <= 0:
+        raise UsageError(f"--timeout {options.timeout}: expected a positive number of seconds")
+    target, target_source = resolve_target(options, matrix)
+    # Every release the matrix knows names its controller the same way; the newest one's
+    # profile finds the Deployment, then the version found there picks the exact profile.
+    newest = max(matrix.releases, key=lambda r: version_key(r.version))
+    profile = replace(newest.profile, namespace=options.namespace or newest.profile.namespace)
+    conn = connect(options.kubeconfig, options.context)
+    with conn.api:
+        deployment = read_controller(conn.api, profile, conn.context)
+        version = installed_version(deployment, profile, matrix)
+        release = version.release or newest
+        profile = replace(release.profile, namespace=profile.namespace)
+        proxy_container = named_container(deployment, profile.proxy_container)
+        pod_spec = pod_spec_of(deployment)
+        proxy = ProxySidecar(
+            deployment=f"{profile.namespace}/{profile.deployment}",
+            container=profile.proxy_container,
+            image=str(proxy_container.get("image")) if proxy_container else None,
+            service_account=f"{profile.namespace}/{pod_spec.get('serviceAccountName') or 'default'}",
+        )
+        patch = planned = None
+        if target is not None and proxy_container is not None:
+            patch = planned_patch(deployment, profile, target, matrix, release)
+            planned = apply_strategic_merge(deployment, patch)
+            planned = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": planned.get("metadata", {}),
+                       "spec": planned.get("spec", {})}
+        probe = (
+            RegistryProbe(
+                mirrors=mirrors, insecure_registries=options.insecure_registry,
+                connect_timeout=options.timeout, read_timeout=options.timeout,
+            )
+            if options.probe
+            else None
+        )
+        live = live_workloads(conn.api, None if options.all_namespaces else profile.namespace)
+        report = PreflightReport(
+            context=conn.context, server=conn.server, namespace=profile.namespace,
+            all_namespaces=options.all_namespaces, version=version, proxy=proxy, target=target,
+            target_source=target_source, images=audit_images(live, planned, probe),
+        )
+        report.checks += image_checks(report, probed=probe is not None)
+        report.checks.append(check_proxy_rbac(conn.api, proxy))
+        if proxy_container is None:
+            report.checks.append(
+                Check("swap-dry-run", Status.FAIL, f"Deployment {proxy.deployment} has no container "
+                      f"{profile.proxy_container!r}: there is no proxy to swap", EXIT_REJECTED)
+            )
+        elif target is None or patch is None:
+            report.checks.append(Check("swap-dry-run", Status.SKIPPED, "no --target-image/--target-proxy"))
+        else:
+            report.checks.append(check_swap_dry_run(conn.api, profile, patch, target))
+        if options.check_metrics:
+            report.checks.append(check_metrics(conn, profile, report, options.metrics_url, options.kubectl))
+    return report
