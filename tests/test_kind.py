@@ -827,6 +827,7 @@ def test_tools_come_from_the_cache_on_amd64_and_from_path_elsewhere(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("KSERVE_COMPAT_CACHE", raising=False)
     monkeypatch.delenv("KIND_DOWNLOAD_URL", raising=False)
     monkeypatch.delenv("KUBECTL_DOWNLOAD_URL", raising=False)
     amd64 = resolve_tools(machine="x86_64", which=lambda _tool: None)
