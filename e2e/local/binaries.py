@@ -1,9 +1,10 @@
 """The real binaries of the local tier: find them, or build them from source with the installed Go.
 
 The local tier runs etcd, the Kubernetes control plane, kwok and every kube-rbac-proxy
-version under test as plain processes. Nothing here is downloaded as a prebuilt binary:
-each is compiled from its upstream Go module (fetched through the Go module proxy) into a
-cache outside the repository, ``$KSERVE_COMPAT_CACHE/bin/<component>/<version>/<binary>``,
+version under test as plain processes. Each is compiled from its upstream Go module
+(fetched through the Go module proxy; the one exception, a kube-rbac-proxy version the
+proxy refuses, is copied out of its published image, see below) into a cache outside the
+repository, ``$KSERVE_COMPAT_CACHE/bin/<component>/<version>/<binary>``,
 with a ``build-info.json`` beside it that records how it was built. A binary whose recorded
 recipe matches is reused; anything else is rebuilt.
 
