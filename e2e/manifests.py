@@ -13,7 +13,9 @@ Four parts, in the order a run uses them:
    ``kserve/<version>/<file>`` to a sha256. The first download records the digest; every
    later read (cache, download, offline directory) is checked against it.
 3. **Reading** (``ReleaseManifest``). Multi-document YAML, with the controller pieces found
-   by the names of the release's ``ControllerProfile``, never by position.
+   by the names of the release's ``ControllerProfile``, never by position. What a release
+   ships (``shipped_proxy``: the proxy image and args of its controller Deployment) is read
+   here, not taken from the matrix, whose ``proxy_image`` is only the line's default.
 4. **Patching** (``proxy_patch``, ``patched_manifest``, ``deployment_diff``). The strategic
    merge patch that puts a matrix cell's proxy image (and variant) into the controller
    Deployment, its in-memory application, and a reviewable diff for ``--plan``.
@@ -591,6 +593,52 @@ def load_release_manifest(
     """Fetch and parse one file of a KServe release, read through the release's profile."""
     ref = kserve_file(release.version, name)
     return ReleaseManifest.parse(files.text(ref), source=ref.label, profile=release.profile)
+
+
+@dataclass(frozen=True)
+class ShippedProxy:
+    """The proxy sidecar a release ships, as its controller Deployment states it.
+
+    The matrix's ``proxy_image`` is only the expectation for the release's line; this is
+    what the release's own manifest says, and it wins.
+    """
+
+    release: str  # the KServe version
+    image: str
+    args: tuple[str, ...]
+    matrix_default: str  # the matrix entry's proxy_image (of the line, for a derived release)
+    derived_from: str = ""  # the matrix entry a release not listed in the file took defaults from
+
+    @property
+    def disagrees(self) -> bool:
+        return self.image != self.matrix_default
+
+    def notes(self) -> list[str]:
+        """Lines for a cell's notes (and the report): what ships, and where defaults came from."""
+        lines = [f"KServe {self.release} ships {self.image} with args {' '.join(self.args) or '(none)'}"]
+        if self.derived_from:
+            lines.append(
+                f"KServe {self.release} is not listed in the matrix file: profile, files and cert-manager "
+                f"are the defaults of its line's entry {self.derived_from}"
+            )
+        if self.disagrees:
+            entry = self.derived_from or self.release
+            lines.append(
+                f"the matrix entry {entry} expects {self.matrix_default}; the release manifest's "
+                f"Deployment ships {self.image}, which is what this run used"
+            )
+        return lines
+
+
+def shipped_proxy(release: KServeRelease, manifest: ReleaseManifest) -> ShippedProxy:
+    """The proxy image and args ``release`` really ships, read from its manifest."""
+    return ShippedProxy(
+        release=release.version,
+        image=manifest.proxy_image,
+        args=tuple(manifest.proxy_args),
+        matrix_default=release.proxy_image,
+        derived_from=release.derived_from,
+    )
 
 
 _POD_TEMPLATE_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}

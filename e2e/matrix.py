@@ -3,24 +3,38 @@
 Reads ``scenarios/matrix.yaml`` (documented in README.md) into typed records, expands the
 selection the user asked for into ``MatrixCell``s, groups cells that can share a cluster,
 and renders a GitHub Actions matrix. Knows nothing of clusters.
+
+The file lists defaults, not the only versions a run may name: ``Matrix.release`` takes any
+KServe release tag and derives an unlisted one from its minor line's entry (profile, files,
+cert-manager, default proxy image); what a release really ships is read from its manifest
+(``e2e.manifests.ReleaseManifest``). ``--proxy-image REF`` adds an ad-hoc ``ProxyImage``
+(``adhoc_proxy_image``) beside the file's.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
-from e2e.errors import UsageError
+from e2e.errors import ImageReferenceError, UsageError
+from e2e.images import ImageReference, retirement
+
+_T = TypeVar("_T")
 
 DEFAULT_MATRIX_FILE = Path(__file__).resolve().parent.parent / "scenarios" / "matrix.yaml"
 
 _VERSION = re.compile(r"^v(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.-]+))?$")
+# What KServe tags its releases: v0.14.1, v0.15.0-rc1.
+_RELEASE_TAG = re.compile(r"^v(\d+)\.(\d+)\.(\d+)(?:-rc\d+)?$")
+# The repository every kube-rbac-proxy image is named after; left out of ad-hoc aliases.
+_PROXY_REPOSITORY = "kube-rbac-proxy"
 
 
 def version_key(version: str) -> tuple[int, int, int, int, str]:
@@ -52,18 +66,26 @@ class ControllerProfile:
 
 @dataclass(frozen=True)
 class KServeRelease:
+    """A KServe release as the matrix file lists it, or derived from its line's entry.
+
+    ``proxy_image`` is the matrix's default for the line: what the release is expected to
+    ship. The release manifest's controller Deployment is the authority on what it does
+    ship (``e2e.manifests.shipped_proxy``).
+    """
+
     version: str
     files: tuple[str, ...]
     proxy_image: str
     cert_manager: str
     profile: ControllerProfile
     latest_patch: bool = False
+    # The matrix entry whose defaults an unlisted release takes ("" for a listed one).
+    derived_from: str = ""
 
     @property
     def line(self) -> str:
         """The minor line, e.g. ``v0.14``."""
-        major, minor, *_ = version_key(self.version)
-        return f"v{major}.{minor}"
+        return line_of(self.version)
 
     @property
     def runtimes_file(self) -> str | None:
@@ -75,6 +97,19 @@ class KServeRelease:
         return None
 
 
+def line_of(version: str) -> str:
+    """The minor line of a version: ``v0.14.1`` -> ``v0.14``."""
+    major, minor, *_ = version_key(version)
+    return f"v{major}.{minor}"
+
+
+def check_release_tag(version: str, option: str = "--kserve") -> str:
+    """``version`` if it has the shape of a KServe release tag, else a one-line UsageError."""
+    if not _RELEASE_TAG.match(version):
+        raise UsageError(f"{option} {version}: expected a KServe release tag vMAJOR.MINOR.PATCH[-rcN], e.g. v0.14.1")
+    return version
+
+
 @dataclass(frozen=True)
 class ProxyImage:
     alias: str
@@ -82,6 +117,7 @@ class ProxyImage:
     status: str  # retired | frozen | served
     note: str = ""
     newest: bool = False
+    adhoc: bool = False  # from --proxy-image, not from the matrix file
 
     @property
     def tag(self) -> str:
@@ -90,6 +126,49 @@ class ProxyImage:
     @property
     def retired(self) -> bool:
         return self.status == "retired"
+
+
+def adhoc_alias(ref: ImageReference) -> str:
+    """A readable alias for an image the matrix file does not list, from its reference alone.
+
+    ``adhoc-`` + the registry's first label (and port) + the repository's path without
+    ``kube-rbac-proxy`` + the tag (+ the digest's first 12 hex digits):
+    ``quay.io/me/kube-rbac-proxy:v0.18.0-fix1`` -> ``adhoc-quay-me-v0.18.0-fix1``. Only
+    lowercase letters, digits, '.' and single '-', so it is valid inside a cell id (whose
+    parts are joined by ``--``).
+    """
+    host, _, port = ref.domain.partition(":")
+    parts = [host.split(".")[0], port]
+    path = ref.repository.split("/")
+    if path[-1] == _PROXY_REPOSITORY:
+        path = path[:-1]
+    parts += path
+    parts.append(ref.tag or ("" if ref.digest else "latest"))
+    if ref.digest:
+        parts.append(ref.digest.replace(":", "-")[: len("sha256-") + 12])
+    text = "-".join(part for part in parts if part).lower()
+    text = re.sub(r"[^a-z0-9.]+", "-", text).strip("-.")
+    return "adhoc-" + re.sub(r"-{2,}", "-", text)
+
+
+def adhoc_proxy_image(reference: str, option: str = "--proxy-image") -> ProxyImage:
+    """A ``ProxyImage`` for an image reference the matrix file does not list.
+
+    Retired when its registry is a retired one (``e2e.images.RETIRED_REGISTRIES``), else
+    served. A malformed reference is a one-line UsageError naming ``option``.
+    """
+    try:
+        ref = ImageReference.parse(reference)
+    except ImageReferenceError as exc:
+        raise UsageError(f"{option} {reference}: {exc}") from None
+    gone = retirement(ref)
+    return ProxyImage(
+        alias=adhoc_alias(ref),
+        image=reference,
+        status="retired" if gone else "served",
+        note=f"ad-hoc image; {gone.describe()}" if gone else "ad-hoc image",
+        adhoc=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -155,6 +234,8 @@ class Selection:
     cells: tuple[str, ...] = ()
     variants: tuple[str, ...] = ()
     all_releases: bool = False  # every release in the file, not just latest patches
+    proxy_images: tuple[str, ...] = ()  # ad-hoc image references (--proxy-image)
+    proxy_binary: str | None = None  # the local tier's binary for the one ad-hoc image
 
     @classmethod
     def from_options(
@@ -165,15 +246,41 @@ class Selection:
         cells: Iterable[str] = (),
         variants: str | None = None,
         all_releases: bool = False,
+        proxy_images: Iterable[str] = (),
+        proxy_binary: str | None = None,
     ) -> Selection:
+        """The selection of command-line values; malformed ones are one-line UsageErrors."""
+        kserve_versions = _split(kserve)
+        for version in kserve_versions:
+            check_release_tag(version)
+        images = tuple(i for image in proxy_images for i in _split(image))
+        for image in images:
+            adhoc_proxy_image(image)  # validates the reference
+        if proxy_binary is not None:
+            path = Path(proxy_binary).expanduser()
+            if not (path.is_file() and os.access(path, os.X_OK)):
+                raise UsageError(f"--proxy-binary {proxy_binary}: expected an executable file")
+            if len(images) != 1:
+                raise UsageError(
+                    f"--proxy-binary {proxy_binary}: expected exactly one --proxy-image REF, the image it plays"
+                )
+            proxy_binary = str(path)
         return cls(
-            kserve=_split(kserve),
+            kserve=kserve_versions,
             proxy=_split(proxy),
             k8s=_split(k8s),
             cells=tuple(c for cell in cells for c in _split(cell)),
             variants=_split(variants),
             all_releases=all_releases,
+            proxy_images=images,
+            proxy_binary=proxy_binary,
         )
+
+    def proxy_binaries(self) -> dict[str, Path]:
+        """Image reference -> the local binary that plays it (``--proxy-binary``)."""
+        if self.proxy_binary is None or not self.proxy_images:
+            return {}
+        return {self.proxy_images[0]: Path(self.proxy_binary)}
 
 
 def _split(value: str | None) -> tuple[str, ...]:
@@ -193,11 +300,24 @@ class Matrix:
     # -- lookups ----------------------------------------------------------------------
 
     def release(self, version: str) -> KServeRelease:
+        """The release of any KServe tag: the file's entry, or one derived from its line.
+
+        An unlisted version (``v0.11.1``, ``v0.15.0``) takes profile, files, cert-manager and
+        default proxy image from its minor line's entry (the line's latest patch, else its
+        newest entry). Whether its files exist is found out when they are fetched.
+        """
         for release in self.releases:
             if release.version == version:
                 return release
-        known = ", ".join(r.version for r in self.releases)
-        raise UsageError(f"--kserve {version}: unknown KServe release; the matrix has {known}")
+        check_release_tag(version)
+        line = line_of(version)
+        siblings = [r for r in self.releases if r.line == line]
+        if not siblings:
+            lines = sorted({r.line for r in self.releases}, key=lambda v: version_key(v + ".0"))
+            span = f"{lines[0]}..{lines[-1]}" if len(lines) > 1 else lines[0]
+            raise UsageError(f"--kserve {version}: no defaults for the {line} line; the matrix has {span}")
+        base = next((r for r in siblings if r.latest_patch), max(siblings, key=lambda r: version_key(r.version)))
+        return replace(base, version=version, latest_patch=False, derived_from=base.version)
 
     def proxy(self, alias_or_image: str) -> ProxyImage:
         for proxy in self.proxies:
@@ -211,7 +331,33 @@ class Matrix:
         for proxy in self.proxies:
             if proxy.image == image:
                 return proxy
-        return ProxyImage(alias=image.rsplit("/", 1)[-1].replace(":", "-"), image=image, status="served")
+        return adhoc_proxy_image(image, option="image")
+
+    def with_proxy_images(self, references: Iterable[str]) -> Matrix:
+        """This matrix with ad-hoc images (``--proxy-image``) beside the file's.
+
+        A reference the file lists keeps its entry; two references whose aliases collide
+        are a UsageError.
+        """
+        added: list[ProxyImage] = []
+        for reference in references:
+            if any(p.image == reference for p in self.proxies):
+                continue
+            proxy = adhoc_proxy_image(reference)
+            clash = next((p for p in [*self.proxies, *added] if p.alias == proxy.alias), None)
+            if clash is not None and clash.image != proxy.image:
+                raise UsageError(
+                    f"--proxy-image {reference}: its alias {proxy.alias} is already {clash.image}'s; "
+                    "expected references that differ in registry, path or tag"
+                )
+            if clash is None:
+                added.append(proxy)
+        return replace(self, proxies=(*self.proxies, *added)) if added else self
+
+    def adhoc_proxies(self, references: Iterable[str]) -> list[ProxyImage]:
+        """The ``ProxyImage``s (file entries or ad-hoc) of ``--proxy-image`` references."""
+        extended = self.with_proxy_images(references)
+        return [extended.proxy_for_image(reference) for reference in references]
 
     def k8s(self, version: str) -> KubernetesVersion:
         wanted = version.removeprefix("v")
@@ -240,21 +386,41 @@ class Matrix:
         ]
 
     def cell(self, cell_id: str) -> MatrixCell:
-        variant_names = {v.name: v for v in self.variants}
-        for base in self.all_cells():
-            if base.id == cell_id:
-                return base
-            prefix = base.id + "--"
-            if cell_id.startswith(prefix) and cell_id[len(prefix) :] in variant_names:
-                return MatrixCell(base.release, base.proxy, base.kubernetes, variant_names[cell_id[len(prefix) :]])
-        raise UsageError(
-            f"--cell {cell_id}: unknown cell id; expected "
-            "kserve-<version>--<proxy alias>--k8s-<version>[--<variant>], e.g. "
-            f"{self.all_cells()[0].id}"
-        )
+        """The cell of an id: ``kserve-<version>--<proxy alias>--k8s-<version>[--<variant>]``.
+
+        The version may be any KServe release tag (see ``release``).
+        """
+        parts = cell_id.split("--")
+        if (
+            len(parts) not in (3, 4)
+            or not parts[0].startswith("kserve-")
+            or not parts[2].startswith("k8s-")
+        ):
+            raise UsageError(
+                f"--cell {cell_id}: unknown cell id; expected "
+                "kserve-<version>--<proxy alias>--k8s-<version>[--<variant>], e.g. "
+                f"{self.all_cells()[0].id}"
+            )
+        release = self._cell_part(cell_id, lambda: self.release(parts[0].removeprefix("kserve-")))
+        proxy = self._cell_part(cell_id, lambda: self.proxy(parts[1]))
+        kube = self._cell_part(cell_id, lambda: self.k8s(parts[2].removeprefix("k8s-")))
+        variant = self._cell_part(cell_id, lambda: self.variant(parts[3])) if len(parts) == 4 else None
+        return MatrixCell(release, proxy, kube, variant)
+
+    @staticmethod
+    def _cell_part(cell_id: str, lookup: Callable[[], _T]) -> _T:
+        try:
+            return lookup()
+        except UsageError as exc:
+            raise UsageError(f"--cell {cell_id}: {exc}") from None
 
     def select(self, selection: Selection) -> list[MatrixCell]:
         """The cells a selection names, in a stable order (grouped by cluster)."""
+        if selection.proxy_images:
+            return self.with_proxy_images(selection.proxy_images)._select(selection)
+        return self._select(selection)
+
+    def _select(self, selection: Selection) -> list[MatrixCell]:
         if selection.cells:
             cells = [self.cell(cell_id) for cell_id in selection.cells]
         else:
@@ -264,7 +430,11 @@ class Matrix:
                 releases = list(self.releases)
             else:
                 releases = [r for r in self.releases if r.latest_patch]
-            proxies = [self.proxy(p) for p in selection.proxy] if selection.proxy else list(self.proxies)
+            proxies = [self.proxy(p) for p in selection.proxy]
+            proxies += self.adhoc_proxies(selection.proxy_images)
+            if not proxies:
+                proxies = list(self.proxies)
+            proxies = list({p.alias: p for p in proxies}.values())
             kubes = [self.k8s(k) for k in selection.k8s] if selection.k8s else list(self.kubernetes)
             variants: list[Variant | None] = [None]
             variants += [self.variant(v) for v in selection.variants]

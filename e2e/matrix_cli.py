@@ -10,8 +10,13 @@ from e2e.matrix import Selection, github_actions_matrix_json, group_cells, load_
 def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
     """The cell-selection options, shared by every command that runs or plans cells."""
     parser.add_argument("--matrix", metavar="FILE", help="matrix file (default: scenarios/matrix.yaml)")
-    parser.add_argument("--kserve", metavar="V[,V]", help="KServe releases, e.g. v0.14.0,v0.15.2")
+    parser.add_argument(
+        "--kserve", metavar="V[,V]", help="KServe release tags, e.g. v0.14.0,v0.15.0 (any release of a listed line)"
+    )
     parser.add_argument("--proxy", metavar="ALIAS[,ALIAS]", help="proxy image aliases, e.g. quay-v0.18.0")
+    parser.add_argument(
+        "--proxy-image", action="append", default=[], metavar="REF", help="an ad-hoc proxy image, e.g. a patched build"
+    )
     parser.add_argument("--k8s", metavar="V[,V]", help="Kubernetes versions, e.g. 1.33")
     parser.add_argument("--cell", action="append", default=[], metavar="ID[,ID]", help="exact cell ids")
     parser.add_argument("--variant", metavar="NAME[,NAME]", help="extra variant cells, e.g. drop-logtostderr")
@@ -28,6 +33,7 @@ def selection_from(args: argparse.Namespace) -> Selection:
         cells=args.cell,
         variants=args.variant,
         all_releases=args.all_releases,
+        proxy_images=args.proxy_image,
     )
 
 
@@ -45,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
         print(github_actions_matrix_json(cells))
         return 0
     for group in group_cells(cells):
-        print(f"{group.id}  (cert-manager {group.release.cert_manager})")
+        derived = f"; defaults of {group.release.derived_from}" if group.release.derived_from else ""
+        print(f"{group.id}  (cert-manager {group.release.cert_manager}{derived})")
         for cell in group.cells:
             print(f"  {cell.id}  {cell.proxy.image}  [{cell.proxy.status}]")
     print(f"{len(cells)} cells in {len(group_cells(cells))} cluster groups")

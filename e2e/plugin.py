@@ -50,12 +50,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("kserve-compat", "kserve-compat harness")
     group.addoption("--provider", choices=("kind", "local"), default="local", help="cluster provider (default local)")
     group.addoption("--matrix", metavar="FILE", default=None, help="matrix file (default scenarios/matrix.yaml)")
-    group.addoption("--kserve", metavar="V[,V]", default=None, help="KServe releases, e.g. v0.14.0,v0.15.2")
+    group.addoption("--kserve", metavar="V[,V]", default=None, help="KServe release tags, e.g. v0.14.0,v0.15.0")
     group.addoption("--proxy", metavar="ALIAS[,ALIAS]", default=None, help="proxy image aliases, e.g. quay-v0.18.0")
     group.addoption("--k8s", metavar="V[,V]", default=None, help="Kubernetes versions, e.g. 1.33")
     group.addoption("--cell", action="append", default=[], metavar="ID[,ID]", help="exact cell ids")
     group.addoption("--variant", metavar="NAME[,NAME]", default=None, help="extra variant cells")
     group.addoption("--all-releases", action="store_true", help="every release of the matrix, not only latest patches")
+    group.addoption(
+        "--proxy-image", action="append", default=[], metavar="REF", help="an ad-hoc proxy image, e.g. a patched build"
+    )
+    group.addoption(
+        "--proxy-binary", metavar="PATH", default=None, help="local tier: the binary that plays the --proxy-image"
+    )
     group.addoption(
         "--manifest-dir",
         metavar="DIR",
@@ -86,6 +92,8 @@ def _selection(config: pytest.Config) -> Selection:
         cells=config.getoption("cell"),
         variants=config.getoption("variant"),
         all_releases=config.getoption("all_releases"),
+        proxy_images=config.getoption("proxy_image"),
+        proxy_binary=config.getoption("proxy_binary"),
     )
 
 

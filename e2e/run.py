@@ -53,7 +53,7 @@ def make_factory(options: HarnessOptions, matrix: Matrix | None = None) -> Provi
     if options.provider == "local":
         from e2e.cluster.local import LocalProviderFactory
 
-        return LocalProviderFactory(keep=options.keep_cluster)
+        return LocalProviderFactory(keep=options.keep_cluster, proxy_binaries=options.selection.proxy_binaries())
     if options.provider == "kind":
         from e2e.cluster.kind import KindProviderFactory
 

@@ -250,3 +250,141 @@ def test_missing_go_is_an_environment_error(empty_cache: Path, tmp_path: Path, m
     with pytest.raises(EnvironmentMissing, match="go: not found on PATH"):
         binaries.ensure("kwok")
     assert binaries.status("kwok").status == "missing"
+
+
+# ---------------------------------------------------------------------------- out of the published image
+
+FAKE_DOCKER_DIR = Path(__file__).resolve().parent / "data" / "fake-docker"
+
+
+def refused(version: str) -> str:
+    """What the Go module proxy answers for the v0.13 line (through ``download_module``)."""
+    return (
+        f"github.com/brancz/kube-rbac-proxy@{version}: the Go module proxy does not serve it (reading "
+        f"https://proxy.golang.org/github.com/brancz/kube-rbac-proxy/@v/{version}.info: 403 Forbidden)"
+    )
+
+
+@pytest.fixture()
+def fake_docker(empty_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """tests/data/fake-docker/docker first on PATH; returns its state directory (calls.log)."""
+    state = tmp_path / "docker-state"
+    monkeypatch.setenv("PATH", f"{FAKE_DOCKER_DIR}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.setenv("FAKE_DOCKER_STATE", str(state))
+    return state
+
+
+@pytest.fixture()
+def module_proxy_refuses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Go module proxy's 403 for the v0.13 line, scripted: no go runs (a stand-in
+    ``go`` on PATH only satisfies the "is go installed" checks)."""
+
+    def refuse(recipes: list[binaries.Recipe]) -> dict[str, Path]:
+        raise binaries.BuildUnavailable(refused(recipes[0].version))
+
+    monkeypatch.setattr(binaries, "_build", refuse)
+    monkeypatch.setattr(binaries, "module_unavailable_reason", lambda module, version: "403 Forbidden")
+    fake_binary(tmp_path / "fake-go" / "go")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'fake-go'}{os.pathsep}{os.environ.get('PATH', '')}")
+
+
+def docker_calls(state: Path) -> list[str]:
+    log = state / "calls.log"
+    return [line.split()[0] for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def test_a_proxy_is_taken_out_of_its_published_image(fake_docker: Path, empty_cache: Path) -> None:
+    path = binaries.extract_proxy("v0.13.1")
+    assert path == binaries.binary_path("kube-rbac-proxy", "v0.13.1")
+    ran = subprocess.run([str(path)], capture_output=True, text=True, timeout=30, check=True)
+    assert ran.stdout.strip() == "kube-rbac-proxy from quay.io/brancz/kube-rbac-proxy:v0.13.1"
+    assert docker_calls(fake_docker) == ["version", "create", "cp", "image", "rm"]
+    assert "cp fake" in (fake_docker / "calls.log").read_text()
+    assert ":/usr/local/bin/kube-rbac-proxy " in (fake_docker / "calls.log").read_text()
+    assert [p.name for p in fake_docker.iterdir()] == ["calls.log"]  # the container was removed
+
+    info = binaries.read_build_info("kube-rbac-proxy", "v0.13.1")
+    assert info is not None
+    assert info["source"] == "image" and info["image"] == "quay.io/brancz/kube-rbac-proxy:v0.13.1"
+    assert info["path_in_image"] == "/usr/local/bin/kube-rbac-proxy"
+    assert info["image_repo_digests"] == ["quay.io/brancz/kube-rbac-proxy@sha256:" + "c" * 64]
+    assert info["recipe"]["style"] == "image" and info["size"] == path.stat().st_size
+    # the cache accepts it: no second extraction
+    assert binaries.locate("kube-rbac-proxy", "v0.13.1") == path
+
+
+def test_a_refused_version_falls_back_to_the_image(
+    fake_docker: Path, empty_cache: Path, module_proxy_refuses: None
+) -> None:
+    path = binaries.ensure_proxy("gcr.io/kubebuilder/kube-rbac-proxy:v0.13.1")
+    assert path == binaries.binary_path("kube-rbac-proxy", "v0.13.1")
+    assert "create" in docker_calls(fake_docker)
+    assert binaries.buildable("kube-rbac-proxy", "v0.13.1") == (True, "")
+    summary = binaries.ensure_all(["kube-rbac-proxy"], ["v0.13.0"])
+    assert [(r.status, r.path) for r in summary.results] == [
+        ("built", binaries.binary_path("kube-rbac-proxy", "v0.13.0"))
+    ]
+
+
+@pytest.mark.parametrize(
+    ("setting", "answer"),
+    [
+        (
+            "FAKE_DOCKER_NO_ENGINE",
+            "no Docker engine answers (docker version: Cannot connect to the Docker daemon at "
+            "unix:///var/run/docker.sock. Is the docker daemon running?)",
+        ),
+        (
+            "FAKE_DOCKER_NO_REGISTRY",
+            "docker create quay.io/brancz/kube-rbac-proxy:v0.13.1 failed: Error response from daemon: "
+            'Get "https://quay.io/v2/": dial tcp: lookup quay.io: no such host',
+        ),
+    ],
+)
+def test_without_engine_or_registry_the_version_stays_unavailable_with_both_answers(
+    fake_docker: Path,
+    empty_cache: Path,
+    module_proxy_refuses: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    setting: str,
+    answer: str,
+) -> None:
+    monkeypatch.setenv(setting, "1")
+    with pytest.raises(binaries.BuildUnavailable) as caught:
+        binaries.ensure_proxy("v0.13.1")
+    message = str(caught.value)
+    assert message == f"{refused('v0.13.1')}; quay.io/brancz/kube-rbac-proxy:v0.13.1: {answer}"
+    assert "rm" not in docker_calls(fake_docker)  # no container was created
+    assert not binaries.binary_path("kube-rbac-proxy", "v0.13.1").exists()
+
+    assert cli("--component", "kube-rbac-proxy", "--proxy-versions", "v0.13.1") == 0
+    [line] = capsys.readouterr().out.splitlines()
+    assert line == f"warning: kube-rbac-proxy v0.13.1 unavailable: {message}"
+
+
+def test_status_names_both_sources_when_no_engine_answers(
+    fake_docker: Path, empty_cache: Path, module_proxy_refuses: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_DOCKER_NO_ENGINE", "1")
+    result = binaries.status("kube-rbac-proxy", "v0.13.1")
+    assert result.status == "unavailable"
+    assert "403 Forbidden" in result.detail and "no Docker engine answers" in result.detail
+    assert "\n" not in result.detail
+
+
+def test_without_docker_on_path_extraction_fails_in_one_line(
+    empty_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(empty_cache / "no-tools-here"))
+    with pytest.raises(binaries.ExtractFailed, match=r"^docker: not found on PATH$"):
+        binaries.extract_proxy("v0.13.1")
+
+
+def test_here_the_real_docker_fails_cleanly_when_no_engine_answers(empty_cache: Path) -> None:
+    """On this machine the docker CLI may exist without an engine or a registry."""
+    if binaries.docker_engine_unreachable_reason() is None:
+        pytest.skip("a Docker engine answers here: extraction could pull for real")
+    with pytest.raises(binaries.ExtractFailed) as caught:
+        binaries.extract_proxy("v0.13.1")
+    assert "\n" not in str(caught.value) and str(caught.value).startswith(("docker:", "no Docker engine"))

@@ -15,6 +15,7 @@ from e2e import cli
 from e2e.matrix import load_matrix
 
 REPO = Path(__file__).resolve().parents[1]
+MATRIX_LINES = "the matrix has v0.10..v0.20"
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -75,6 +76,72 @@ def test_a_usage_error_is_one_stderr_line_and_exit_2(args: tuple[str, ...], name
     lines = done.stderr.splitlines()
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("kserve-compat matrix: ") and named in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (("matrix", "--kserve", "v0.14"), "--kserve v0.14: expected a KServe release tag vMAJOR.MINOR.PATCH[-rcN]"),
+        (("matrix", "--kserve", "0.14.0x"), "--kserve 0.14.0x: expected a KServe release tag vMAJOR.MINOR.PATCH[-rcN]"),
+        (("matrix", "--kserve", "v0.14.1,latest"), "--kserve latest: expected a KServe release tag"),
+        (("matrix", "--kserve", "v0.99.0"), f"--kserve v0.99.0: no defaults for the v0.99 line; {MATRIX_LINES}"),
+        (("matrix", "--kserve", "v0.9.0"), f"--kserve v0.9.0: no defaults for the v0.9 line; {MATRIX_LINES}"),
+        (("matrix", "--proxy-image", "quay.io/Me/kube-rbac-proxy:v1"), "--proxy-image quay.io/Me/kube-rbac-proxy:v1: "),
+    ],
+)
+def test_a_malformed_release_or_image_is_one_line_and_exit_2(args: tuple[str, ...], line: str) -> None:
+    done = run_cli(*args)
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == "" and "Traceback" not in done.stderr
+    [message] = done.stderr.splitlines()
+    assert message.startswith(f"kserve-compat matrix: {line}"), message
+
+
+def test_matrix_takes_unlisted_releases_and_an_adhoc_image() -> None:
+    reference = "quay.io/me/kube-rbac-proxy:v0.18.0-fix1"
+    done = run_cli("matrix", "--kserve", "v0.11.1,v0.15.0", "--proxy-image", reference, "--k8s", "1.34")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "kserve-v0.11.1--k8s-1.34  (cert-manager v1.3.0; defaults of v0.11.2)",
+        f"  kserve-v0.11.1--adhoc-quay-me-v0.18.0-fix1--k8s-1.34  {reference}  [served]",
+        "kserve-v0.15.0--k8s-1.34  (cert-manager v1.16.1; defaults of v0.15.2)",
+        f"  kserve-v0.15.0--adhoc-quay-me-v0.18.0-fix1--k8s-1.34  {reference}  [served]",
+        "2 cells in 2 cluster groups",
+    ]
+
+
+def run_pytest_scenarios(*args: str) -> subprocess.CompletedProcess[str]:
+    """pytest on scenarios/ as ``nox -s local`` runs it; only option handling is reached."""
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "scenarios", "-p", "no:cacheprovider", "--plan", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (("--kserve", "v0.14"), "--kserve v0.14: expected a KServe release tag vMAJOR.MINOR.PATCH[-rcN]"),
+        (("--kserve", "v0.99.0"), "--kserve v0.99.0: no defaults for the v0.99 line"),
+        (("--proxy-image", "Quay.io//x"), "--proxy-image Quay.io//x: "),
+        (
+            ("--proxy-image", "quay.io/me/kube-rbac-proxy:v1", "--proxy-binary", "/nonexistent/kube-rbac-proxy"),
+            "--proxy-binary /nonexistent/kube-rbac-proxy: expected an executable file",
+        ),
+    ],
+)
+def test_scenario_options_are_checked_before_anything_runs(args: tuple[str, ...], line: str) -> None:
+    done = run_pytest_scenarios(*args)
+    assert done.returncode == 4, done.stdout[-2000:] + done.stderr[-2000:]  # pytest's usage-error exit
+    assert "Traceback" not in done.stderr
+    [message] = [text for text in done.stderr.splitlines() if text.strip()]
+    assert message.startswith(f"ERROR: {line}"), message
 
 
 @pytest.mark.parametrize("args", [("frobnicate",), ("matrix", "--frobnicate"), ()])

@@ -22,6 +22,7 @@ from e2e.matrix import (
     Matrix,
     MatrixCell,
     Selection,
+    adhoc_proxy_image,
     github_actions_matrix,
     github_actions_matrix_json,
     group_cells,
@@ -143,7 +144,7 @@ def test_proxy_tag_is_read_from_the_reference(matrix: Matrix) -> None:
     assert adhoc.tag == ""  # a port is not a tag
     assert matrix.proxy_for_image(QUAY_PROXY) is matrix.proxy("quay-v0.18.0")
     other = matrix.proxy_for_image("quay.io/brancz/kube-rbac-proxy:v0.99.0")
-    assert (other.alias, other.status, other.tag) == ("kube-rbac-proxy-v0.99.0", "served", "v0.99.0")
+    assert (other.alias, other.status, other.tag) == ("adhoc-quay-brancz-v0.99.0", "served", "v0.99.0")
 
 
 def test_at_least_two_kubernetes_versions_with_matching_node_images(matrix: Matrix) -> None:
@@ -302,6 +303,138 @@ def test_github_matrix_has_one_entry_per_group(matrix: Matrix) -> None:
 
 def test_github_matrix_of_nothing_is_an_empty_include() -> None:
     assert json.loads(github_actions_matrix_json([])) == {"include": []}
+
+
+# -- any KServe release ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("version", "entry"),
+    [("v0.11.1", "v0.11.2"), ("v0.15.0", "v0.15.2"), ("v0.13.0", "v0.13.1"), ("v0.16.1", "v0.16.0"),
+     ("v0.14.0-rc1", "v0.14.1"), ("v0.20.3", "v0.20.0")],
+)
+def test_an_unlisted_release_takes_the_defaults_of_its_lines_latest_patch(
+    matrix: Matrix, version: str, entry: str
+) -> None:
+    release = matrix.release(version)
+    base = matrix.release(entry)
+    assert release.version == version and release.derived_from == entry
+    assert (release.files, release.cert_manager, release.proxy_image, release.profile) == (
+        base.files, base.cert_manager, base.proxy_image, base.profile
+    )
+    assert release.line == base.line and not release.latest_patch
+
+
+def test_a_listed_release_is_the_files_entry(matrix: Matrix) -> None:
+    release = matrix.release("v0.13.0-rc0")
+    assert release.derived_from == "" and release.cert_manager == "v1.9.0"
+    assert release in matrix.releases
+
+
+def test_kserve_selection_takes_unlisted_patch_versions(matrix: Matrix) -> None:
+    cells = matrix.select(Selection.from_options(kserve="v0.11.1,v0.15.0", proxy="quay-v0.18.0", k8s="1.34"))
+    assert [c.id for c in cells] == [
+        "kserve-v0.11.1--quay-v0.18.0--k8s-1.34",
+        "kserve-v0.15.0--quay-v0.18.0--k8s-1.34",
+    ]
+    assert [c.release.derived_from for c in cells] == ["v0.11.2", "v0.15.2"]
+    assert [g.id for g in group_cells(cells)] == ["kserve-v0.11.1--k8s-1.34", "kserve-v0.15.0--k8s-1.34"]
+
+
+def test_a_cell_id_may_name_an_unlisted_release(matrix: Matrix) -> None:
+    cell = matrix.cell("kserve-v0.15.0--quay-v0.22.1--k8s-1.33--quiet")
+    assert (cell.release.version, cell.release.derived_from) == ("v0.15.0", "v0.15.2")
+    assert cell.id == "kserve-v0.15.0--quay-v0.22.1--k8s-1.33--quiet"
+
+
+@pytest.mark.parametrize("version", ["v0.14", "0.14.0", "0.14.0x", "latest", "v0.14.0-beta", "v0.14.0/../x", "V0.14.0"])
+def test_a_malformed_release_tag_names_the_input_and_the_expected_form(matrix: Matrix, version: str) -> None:
+    with pytest.raises(UsageError) as excinfo:
+        Selection.from_options(kserve=version)
+    message = usage_error_line(excinfo, f"--kserve {version}", "vMAJOR.MINOR.PATCH[-rcN]")
+    assert excinfo.value.exit_code == 2, message
+    with pytest.raises(UsageError) as excinfo:
+        matrix.release(version)
+    usage_error_line(excinfo, version, "vMAJOR.MINOR.PATCH[-rcN]")
+
+
+@pytest.mark.parametrize(("version", "line"), [("v0.9.0", "v0.9"), ("v0.99.0", "v0.99"), ("v1.0.0", "v1.0")])
+def test_a_line_without_an_entry_has_no_defaults(matrix: Matrix, version: str, line: str) -> None:
+    with pytest.raises(UsageError) as excinfo:
+        matrix.release(version)
+    message = usage_error_line(excinfo, f"--kserve {version}")
+    assert message == f"--kserve {version}: no defaults for the {line} line; the matrix has v0.10..v0.20"
+
+
+# -- ad-hoc proxy images (--proxy-image) ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reference", "alias"),
+    [
+        ("quay.io/me/kube-rbac-proxy:v0.18.0-fix1", "adhoc-quay-me-v0.18.0-fix1"),
+        ("registry.example:5000/team/kube-rbac-proxy:v0.19.0", "adhoc-registry-5000-team-v0.19.0"),
+        ("localhost:5000/kube-rbac-proxy:Fix_2", "adhoc-localhost-5000-fix-2"),
+        ("ghcr.io/me/krp-patched:v1", "adhoc-ghcr-me-krp-patched-v1"),
+        ("kube-rbac-proxy", "adhoc-docker-library-latest"),
+        ("quay.io/me/kube-rbac-proxy@sha256:" + "ab" * 32, "adhoc-quay-me-sha256-abababababab"),
+    ],
+)
+def test_adhoc_alias_is_derived_from_the_reference(reference: str, alias: str) -> None:
+    proxy = adhoc_proxy_image(reference)
+    assert (proxy.alias, proxy.image, proxy.adhoc) == (alias, reference, True)
+    assert adhoc_proxy_image(reference) == proxy  # deterministic
+    assert "--" not in proxy.alias and re.fullmatch(r"[a-z0-9.-]+", proxy.alias)
+
+
+def test_adhoc_image_is_served_unless_its_registry_is_retired() -> None:
+    assert adhoc_proxy_image("quay.io/me/kube-rbac-proxy:v0.18.0-fix1").status == "served"
+    retired = adhoc_proxy_image("gcr.io/kubebuilder/kube-rbac-proxy:v0.13.2")
+    assert retired.retired and "gcr.io/kubebuilder" in retired.note
+
+
+def test_proxy_image_adds_an_adhoc_cell_whose_id_round_trips(matrix: Matrix) -> None:
+    reference = "quay.io/me/kube-rbac-proxy:v0.18.0-fix1"
+    selection = Selection.from_options(kserve="v0.15.0", proxy_images=[reference], k8s="1.34")
+    [cell] = matrix.select(selection)
+    assert cell.id == "kserve-v0.15.0--adhoc-quay-me-v0.18.0-fix1--k8s-1.34"
+    assert cell.proxy.image == reference
+    again = Selection(cells=(cell.id,), proxy_images=(reference,))
+    assert matrix.select(again) == [cell]
+    # beside --proxy: both; a reference the file lists keeps its entry
+    both = matrix.select(
+        Selection.from_options(kserve="v0.15.0", proxy="quay-v0.22.1", proxy_images=[reference, QUAY_PROXY], k8s="1.34")
+    )
+    assert [c.proxy.alias for c in both] == ["quay-v0.18.0", "quay-v0.22.1", "adhoc-quay-me-v0.18.0-fix1"]
+
+
+@pytest.mark.parametrize("reference", ["Quay.io//x", "quay.io/Me/kube-rbac-proxy:v1", "quay.io/me/krp:-bad", "a b"])
+def test_a_bad_proxy_image_reference_is_one_usage_error_line(reference: str) -> None:
+    with pytest.raises(UsageError) as excinfo:
+        Selection.from_options(proxy_images=[reference])
+    usage_error_line(excinfo, f"--proxy-image {reference}")
+
+
+def test_adhoc_aliases_that_collide_are_a_usage_error(matrix: Matrix) -> None:
+    with pytest.raises(UsageError) as excinfo:
+        matrix.select(Selection(proxy_images=("quay.io/me/kube-rbac-proxy:fix_1", "quay.io/me/kube-rbac-proxy:fix-1")))
+    usage_error_line(excinfo, "fix-1", "adhoc-quay-me-fix-1")
+
+
+def test_proxy_binary_must_be_an_executable_file(tmp_path: Path) -> None:
+    reference = "quay.io/me/kube-rbac-proxy:v0.18.0-fix1"
+    script = tmp_path / "kube-rbac-proxy"
+    script.write_text("#!/bin/sh\n")
+    for path in (tmp_path / "missing", tmp_path, script):  # absent, a directory, not executable
+        with pytest.raises(UsageError) as excinfo:
+            Selection.from_options(proxy_images=[reference], proxy_binary=str(path))
+        usage_error_line(excinfo, f"--proxy-binary {path}", "expected an executable file")
+    script.chmod(0o755)
+    selection = Selection.from_options(proxy_images=[reference], proxy_binary=str(script))
+    assert selection.proxy_binaries() == {reference: script}
+    with pytest.raises(UsageError) as excinfo:
+        Selection.from_options(proxy_binary=str(script))
+    usage_error_line(excinfo, "--proxy-binary", "exactly one --proxy-image")
 
 
 # -- unknown names ------------------------------------------------------------------------

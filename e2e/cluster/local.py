@@ -23,7 +23,7 @@ import itertools
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,12 +56,50 @@ def proxy_version_of(image: str) -> str | None:
     """The kube-rbac-proxy version an image runs, or None if it is not a kube-rbac-proxy image.
 
     gcr.io/kubebuilder, registry.k8s.io/kubebuilder and quay.io/brancz hold the same
-    builds of each tag, so the repository's registry does not matter here.
+    builds of each tag, so the repository's registry does not matter here. A patched
+    build's tag (``v0.18.0-fix1``) is its own version (see ``binaries.proxy_version_or_tag``).
     """
     ref = ImageReference.parse(image)
-    if ref.name.rsplit("/", 1)[-1] != PROXY_REPOSITORY_NAME or not ref.tag:
+    if not is_proxy_image(image) or not ref.tag:
         return None
-    return binaries.proxy_version_for_tag(ref.tag)
+    return binaries.proxy_version_or_tag(ref.tag)
+
+
+def is_proxy_image(image: str) -> bool:
+    """Is ``image`` of a repository named kube-rbac-proxy (whatever its registry and tag)?"""
+    return ImageReference.parse(image).name.rsplit("/", 1)[-1] == PROXY_REPOSITORY_NAME
+
+
+def proxy_binary_for(image: str, given: Mapping[str, Path] | None = None) -> tuple[str, Path]:
+    """(what runs, the binary) for a kube-rbac-proxy image; WorkloadUnavailable with the
+    reason when no binary exists and none can be made.
+
+    ``given`` (``--proxy-binary``) wins; then the per-version variable, the bin dir and the
+    cache (``binaries.locate``); then, for a released version, a build from the Go module
+    proxy or a copy out of the published image (``binaries.ensure_proxy``).
+    """
+    if given and image in given:
+        return f"kube-rbac-proxy from --proxy-binary {given[image]}", given[image]
+    version = proxy_version_of(image)
+    if version is None:
+        raise WorkloadUnavailable(
+            f"{image}: its tag names no kube-rbac-proxy version; give its binary with --proxy-binary PATH"
+        )
+    found = binaries.locate(binaries.PROXY, version)
+    if found is not None:
+        return f"kube-rbac-proxy {version}", found
+    if not binaries.is_release_version(version):
+        raise WorkloadUnavailable(
+            f"{image}: no local binary of this patched build; give it with --proxy-binary PATH or "
+            f"{binaries.env_var(binaries.PROXY, version)}"
+        )
+    ok, reason = binaries.buildable(binaries.PROXY, version)
+    if not ok:
+        raise WorkloadUnavailable(f"{image}: no local kube-rbac-proxy {version} binary ({reason})")
+    try:
+        return f"kube-rbac-proxy {version}", binaries.ensure_proxy(version)
+    except binaries.BuildUnavailable as exc:
+        raise WorkloadUnavailable(f"{image}: no local kube-rbac-proxy {version} binary ({exc})") from None
 
 
 @dataclass
@@ -95,9 +133,15 @@ class LocalCluster(ClusterProvider):
     runs_pods = False  # kwok fakes pod status; the provider plays only what checks talk to
 
     def __init__(
-        self, control_plane: ControlPlane, name: str, model_server: Callable[[], Any | None] = lambda: None
+        self,
+        control_plane: ControlPlane,
+        name: str,
+        model_server: Callable[[], Any | None] = lambda: None,
+        proxy_binaries: Mapping[str, Path] | None = None,
     ) -> None:
         self.control_plane = control_plane
+        # Image reference -> the binary that plays it (--proxy-binary, for ad-hoc images).
+        self.proxy_binaries: dict[str, Path] = dict(proxy_binaries or {})
         self.info = ClusterInfo(
             provider="local",
             name=name,
@@ -145,13 +189,12 @@ class LocalCluster(ClusterProvider):
     def load_images(self, images: Sequence[str]) -> None:
         """Make sure a binary exists for every kube-rbac-proxy image (others need nothing)."""
         for image in images:
-            version = proxy_version_of(image)
-            if version is None:
-                continue
-            ok, reason = binaries.buildable("kube-rbac-proxy", version)
-            if binaries.locate("kube-rbac-proxy", version) is None and not ok:
-                raise WorkloadUnavailable(f"{image}: no local kube-rbac-proxy {version} binary ({reason})")
-            binaries.ensure_proxy(version)
+            if self._plays(image):
+                proxy_binary_for(image, self.proxy_binaries)
+
+    def _plays(self, image: str) -> bool:
+        """Is ``image`` a kube-rbac-proxy this provider runs as a process?"""
+        return image in self.proxy_binaries or is_proxy_image(image)
 
     def sync_workloads(self) -> list[str]:
         """Run, restart or stop proxy processes so they match the Deployments as stored."""
@@ -160,8 +203,7 @@ class LocalCluster(ClusterProvider):
         wanted: set[tuple[str, str, str]] = set()
         for deployment in k8s_client.AppsV1Api(api).list_deployment_for_all_namespaces().items:
             for container in deployment.spec.template.spec.containers:
-                version = proxy_version_of(container.image)
-                if version is None:
+                if not self._plays(container.image):
                     continue
                 key = (deployment.metadata.namespace, deployment.metadata.name, container.name)
                 wanted.add(key)
@@ -177,10 +219,11 @@ class LocalCluster(ClusterProvider):
                     if current.image == container.image and current.args == args:
                         previous_logs = current.proxy.logs()
                     self._stop(current)
-                played = self._start(api, deployment, container, version, args)
+                what, binary = proxy_binary_for(container.image, self.proxy_binaries)
+                played = self._start(api, deployment, container, binary, args)
                 played.previous_logs = previous_logs
                 self._played[key] = played
-                report.started.append(f"{'/'.join(key)} as kube-rbac-proxy {version}")
+                report.started.append(f"{'/'.join(key)} as {what}")
                 report.notes += [f"{'/'.join(key)}: {_port_free(note)}" for note in played.proxy.remap_notes]
         for key in set(self._played) - wanted:
             self._stop(self._played.pop(key))
@@ -251,14 +294,8 @@ class LocalCluster(ClusterProvider):
                 raise self._exited(played)
 
     def _start(
-        self, api: k8s_client.ApiClient, deployment: Any, container: Any, version: str, args: tuple[str, ...]
+        self, api: k8s_client.ApiClient, deployment: Any, container: Any, binary: Path, args: tuple[str, ...]
     ) -> PlayedContainer:
-        binary = binaries.locate("kube-rbac-proxy", version)
-        if binary is None:
-            ok, reason = binaries.buildable("kube-rbac-proxy", version)
-            if not ok:
-                raise WorkloadUnavailable(f"{container.image}: no local kube-rbac-proxy {version} binary ({reason})")
-            binary = binaries.ensure_proxy(version)
         namespace, name = deployment.metadata.namespace, deployment.metadata.name
         pod_spec = deployment.spec.template.spec
         account = pod_spec.service_account_name or "default"
@@ -355,8 +392,15 @@ class LocalProviderFactory(ProviderFactory):
 
     name = "local"
 
-    def __init__(self, *, keep: bool = False, kubernetes_version: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        keep: bool = False,
+        kubernetes_version: str | None = None,
+        proxy_binaries: Mapping[str, Path] | None = None,
+    ) -> None:
         self.keep = keep
+        self.proxy_binaries = dict(proxy_binaries or {})
         self.kubernetes_version = kubernetes_version or binaries.KUBERNETES_VERSION
         self.model_server: Any | None = None
 
@@ -379,7 +423,9 @@ class LocalProviderFactory(ProviderFactory):
         control_plane_binaries = resolve_binaries(self.kubernetes_version, with_controllers=True, build=False)
         with ControlPlane(control_plane_binaries, with_controllers=True, keep=self.keep) as control_plane:
             # The run's model server may still be starting: the cluster asks for it when needed.
-            cluster = LocalCluster(control_plane, group_id, model_server=lambda: self.model_server)
+            cluster = LocalCluster(
+                control_plane, group_id, model_server=lambda: self.model_server, proxy_binaries=self.proxy_binaries
+            )
             try:
                 yield cluster
             finally:

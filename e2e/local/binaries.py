@@ -1,9 +1,10 @@
 """The real binaries of the local tier: find them, or build them from source with the installed Go.
 
 The local tier runs etcd, the Kubernetes control plane, kwok and every kube-rbac-proxy
-version under test as plain processes. Nothing here is downloaded as a prebuilt binary:
-each is compiled from its upstream Go module (fetched through the Go module proxy) into a
-cache outside the repository, ``$KSERVE_COMPAT_CACHE/bin/<component>/<version>/<binary>``,
+version under test as plain processes. Each is compiled from its upstream Go module
+(fetched through the Go module proxy; the one exception, a kube-rbac-proxy version the
+proxy refuses, is copied out of its published image, see below) into a cache outside the
+repository, ``$KSERVE_COMPAT_CACHE/bin/<component>/<version>/<binary>``,
 with a ``build-info.json`` beside it that records how it was built. A binary whose recorded
 recipe matches is reused; anything else is rebuilt.
 
@@ -19,6 +20,12 @@ Three build recipes, because upstream modules differ:
 - kube-rbac-proxy: the module's own source is copied out of the module cache and built in
   place, so its own go.mod (``replace`` lines included) and go.sum decide every dependency.
 - kwok: a wrapper module too (one code path for "build a command of a released module").
+
+A kube-rbac-proxy version the Go module proxy refuses (v0.12.0, v0.13.0, v0.13.1 answer 403
+here) is taken out of its published image instead when a Docker engine and the registry
+are reachable (``docker create`` + ``docker cp`` + ``docker rm``); its ``build-info.json``
+records the image, its digest and the path in it. When neither source answers, the version
+is ``unavailable`` with both answers.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import hashlib
 import json
 import logging
 import os
+import platform
 import re
 import shutil
 import stat
@@ -55,7 +63,8 @@ KUBERNETES_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-sche
 PROXY = "kube-rbac-proxy"
 COMPONENTS: tuple[str, ...] = ("etcd", *KUBERNETES_COMPONENTS, "kwok", PROXY)
 # The proxy versions the matrix exercises; v0.13.1 (what KServe v0.10-v0.13 ship) is listed
-# even though the module proxy here refuses it: asking for it must give a clear answer.
+# even though the module proxy refuses it: it is taken out of its published image where a
+# Docker engine and the registry answer, and otherwise asking for it gives a clear answer.
 PROXY_VERSIONS: tuple[str, ...] = ("v0.13.1", "v0.15.0", "v0.16.0", "v0.18.0", "v0.18.2", "v0.22.1")
 DEFAULT_VERSIONS: dict[str, str] = {
     "etcd": "v3.6.5",
@@ -69,6 +78,13 @@ KUBERNETES_MODULE = "k8s.io/kubernetes"
 KWOK_MODULE = "sigs.k8s.io/kwok"
 PROXY_MODULE = "github.com/brancz/kube-rbac-proxy"
 
+# Where kube-rbac-proxy's published images keep the binary (its Dockerfile:
+# COPY _output/$BINARY /usr/local/bin/kube-rbac-proxy), and the repository that keeps
+# every released tag (gcr.io/kubebuilder is gone; registry.k8s.io's copy is frozen).
+PROXY_IMAGE_REPOSITORY = "quay.io/brancz/kube-rbac-proxy"
+PROXY_PATH_IN_IMAGE = "/usr/local/bin/kube-rbac-proxy"
+DOCKER_TIMEOUT_SECONDS = 10 * 60  # `docker create` pulls the image first
+
 BUILD_INFO = "build-info.json"
 # Bumped when the recipe changes in a way that makes old builds untrustworthy.
 RECIPE_REVISION = 1
@@ -81,6 +97,10 @@ _PACKAGE_LINE = re.compile(r"^[\w.~/-]+$")
 
 class BuildUnavailable(HarnessError):
     """The Go module proxy does not serve the module version a binary is built from."""
+
+
+class ExtractFailed(HarnessError):
+    """A binary could not be taken out of its published image (no engine, no registry...)."""
 
 
 class BuildFailed(HarnessError):
@@ -140,6 +160,24 @@ def proxy_version_for_tag(tag: str) -> str:
     if not match:
         raise UsageError(f"kube-rbac-proxy tag {tag!r}: expected vMAJOR.MINOR.PATCH")
     return "v" + match.group(1)
+
+
+def proxy_version_or_tag(tag: str) -> str | None:
+    """The kube-rbac-proxy version of a tag (``proxy_version_for_tag``); a version-shaped
+    tag of a patched build (``v0.18.0-fix1``) is its own version, found only through
+    ``KSERVE_COMPAT_KUBE_RBAC_PROXY_V0_18_0_FIX1``, the bin dir or the cache; None for any
+    other tag (``latest``)."""
+    try:
+        return proxy_version_for_tag(tag)
+    except UsageError:
+        text = tag.split("@", 1)[0].rsplit("/", 1)[-1]
+        text = text.rsplit(":", 1)[1] if ":" in text else text
+        return text if _VERSION.match(text) else None
+
+
+def is_release_version(version: str) -> bool:
+    """A plain ``vX.Y.Z``: a version the module proxy or the published image may hold."""
+    return re.fullmatch(r"v\d+\.\d+\.\d+", version) is not None
 
 
 def _staging_version(kubernetes_version: str) -> str:
@@ -215,6 +253,17 @@ def recipe(component: str, version: str | None = None) -> Recipe:
     return Recipe(component, version, PROXY_MODULE, package, "source", ldflags)
 
 
+def image_recipe(version: str) -> Recipe:
+    """How a kube-rbac-proxy binary is taken out of its published image (no build)."""
+    version = _resolve_version(PROXY, version)
+    return Recipe(PROXY, version, PROXY_MODULE, PROXY_PATH_IN_IMAGE, "image")
+
+
+def proxy_image_for(version: str) -> str:
+    """The published image a kube-rbac-proxy ``version`` is extracted from."""
+    return f"{PROXY_IMAGE_REPOSITORY}:{version}"
+
+
 def _kubernetes_ldflags(version: str) -> tuple[str, ...]:
     """Version stamps so that ``/version`` and ``kubectl version`` tell the truth."""
     major, minor = version[1:].split(".")[:2]
@@ -251,7 +300,10 @@ def _cached(component: str, version: str) -> Path | None:
     info = read_build_info(component, version)
     if not _executable(path) or info is None:
         return None
-    if info.get("recipe") != recipe(component, version).key():
+    accepted = [recipe(component, version).key()]
+    if component == PROXY:
+        accepted.append(image_recipe(version).key())
+    if info.get("recipe") not in accepted:
         return None
     if info.get("size") != path.stat().st_size:  # a truncated or replaced file
         return None
@@ -407,8 +459,110 @@ def buildable(component: str, version: str | None = None) -> tuple[bool, str]:
         return False, "go: not found on PATH"
     reason = module_unavailable_reason(rec.module, rec.version)
     if reason:
-        return False, f"{rec.module}@{rec.version}: the Go module proxy does not serve it ({reason})"
+        refused = f"{rec.module}@{rec.version}: the Go module proxy does not serve it ({reason})"
+        if component != PROXY:
+            return False, refused
+        engine = docker_engine_unreachable_reason()
+        if engine:
+            return False, f"{refused}; {proxy_image_for(rec.version)}: {engine}"
     return True, ""
+
+
+# ---------------------------------------------------------------------------- from the image
+
+
+def _docker(args: Sequence[str], timeout: float = DOCKER_TIMEOUT_SECONDS) -> subprocess.CompletedProcess[str]:
+    docker = shutil.which("docker")
+    if not docker:
+        raise ExtractFailed("docker: not found on PATH")
+    try:
+        return subprocess.run([docker, *args], capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise ExtractFailed(f"docker {args[0]}: no answer within {timeout:.0f}s") from None
+
+
+def _docker_error(result: subprocess.CompletedProcess[str], what: str) -> ExtractFailed:
+    # docker's last stderr line is its error; earlier ones are progress ("Unable to find image").
+    lines = [line for line in (result.stderr or result.stdout).splitlines() if line.strip()]
+    detail = _one_line(lines[-1]).removeprefix("docker: ") if lines else f"exit status {result.returncode}"
+    return ExtractFailed(f"docker {what} failed: {detail}")
+
+
+def docker_engine_unreachable_reason() -> str | None:
+    """Why no Docker engine answers here (None when one does). Cheap: no image is pulled."""
+    try:
+        result = _docker(["version", "--format", "{{.Server.Version}}"], timeout=30)
+    except ExtractFailed as exc:
+        return str(exc)
+    if result.returncode != 0 or not result.stdout.strip():
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        detail = _one_line(lines[-1]) if lines else f"exit status {result.returncode}"
+        return f"no Docker engine answers (docker version: {detail})"
+    return None
+
+
+def _go_arch() -> str:
+    machine = platform.machine().lower()
+    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(machine, machine)
+
+
+def extract_proxy(version: str) -> Path:
+    """Take kube-rbac-proxy ``version`` out of its published image into the cache.
+
+    ``docker create`` (which pulls the image) + ``docker cp`` of ``PROXY_PATH_IN_IMAGE`` +
+    ``docker rm``; ``build-info.json`` records the image, its digest and the path. Raises
+    ExtractFailed with one line (docker missing, no engine, the registry unreachable...).
+    """
+    rec = image_recipe(version)
+    image = proxy_image_for(rec.version)
+    engine = docker_engine_unreachable_reason()
+    if engine:
+        raise ExtractFailed(engine)
+    log.info("taking kube-rbac-proxy %s out of %s (docker create + docker cp)", rec.version, image)
+    started = time.monotonic()
+    created = _docker(["create", "--platform", f"linux/{_go_arch()}", image])
+    container = created.stdout.strip().splitlines()[-1] if created.stdout.strip() else ""
+    if created.returncode != 0 or not container:
+        raise _docker_error(created, f"create {image}")
+    try:
+        with tempfile.TemporaryDirectory(prefix="kserve-compat-extract-") as tmp:
+            target = Path(tmp) / PROXY
+            copied = _docker(["cp", f"{container}:{PROXY_PATH_IN_IMAGE}", str(target)])
+            if copied.returncode != 0:
+                raise _docker_error(copied, f"cp {image}:{PROXY_PATH_IN_IMAGE}")
+            if not target.is_file() or target.stat().st_size == 0:
+                raise ExtractFailed(f"docker cp {image}:{PROXY_PATH_IN_IMAGE}: no file came out")
+            digests = ""
+            inspected = _docker(["image", "inspect", "--format", "{{json .RepoDigests}}", image], timeout=60)
+            if inspected.returncode == 0:
+                digests = inspected.stdout.strip()
+            installed = _install(
+                target,
+                rec,
+                {
+                    "source": "image",
+                    "image": image,
+                    "image_repo_digests": _json_list(digests),
+                    "path_in_image": PROXY_PATH_IN_IMAGE,
+                    "platform": f"linux/{_go_arch()}",
+                    "extract_seconds": round(time.monotonic() - started, 1),
+                    "built_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                },
+            )
+    finally:
+        removed = _docker(["rm", "-f", container], timeout=120)
+        if removed.returncode != 0:
+            log.warning("docker rm %s: %s", container, _one_line(removed.stderr))
+    log.info("took kube-rbac-proxy %s out of %s: %s", rec.version, image, installed)
+    return installed
+
+
+def _json_list(text: str) -> list[str]:
+    try:
+        value = json.loads(text) if text else []
+    except ValueError:
+        return []
+    return [str(item) for item in value] if isinstance(value, list) else []
 
 
 # ---------------------------------------------------------------------------- building
@@ -650,7 +804,17 @@ def _build_missing(recipes: Sequence[Recipe]) -> dict[str, Path]:
             stack.enter_context(_build_lock(rec.component, rec.version))
         found = {r.component: _cached(r.component, r.version) for r in recipes}
         todo = [r for r in recipes if found[r.component] is None]
-        built = _build(todo) if todo else {}
+        try:
+            built = _build(todo) if todo else {}
+        except BuildUnavailable as refused:
+            if [r.component for r in todo] != [PROXY]:
+                raise
+            # The module proxy refuses this version: its published image is the other source.
+            try:
+                built = {PROXY: extract_proxy(todo[0].version)}
+            except ExtractFailed as exc:
+                image = proxy_image_for(todo[0].version)
+                raise BuildUnavailable(f"{refused}; {image}: {exc}") from None
         return {c: p for c, p in found.items() if p is not None} | built
 
 
@@ -658,7 +822,8 @@ def ensure(component: str, version: str | None = None, *, build: bool = True) ->
     """The binary of ``component`` at ``version``: located, or built into the cache.
 
     Raises EnvironmentMissing (no go, or ``build=False`` and nothing found), BuildUnavailable
-    (the module proxy refuses the version) or BuildFailed (go's last error lines).
+    (the module proxy refuses the version and, for kube-rbac-proxy, its image cannot be
+    extracted either) or BuildFailed (go's last error lines).
     """
     rec = recipe(component, version)
     found = locate(component, rec.version)

@@ -1,0 +1,93 @@
+"""Any release and an ad-hoc image, run end to end on the local tier as a user runs them.
+
+``pytest scenarios --provider local ...`` in a subprocess; the assertions read the results
+it wrote. Slow: each run starts a control plane and installs a release. Release manifests
+come from the offline directory ``KSERVE_COMPAT_MANIFEST_DIR`` (skipped without one; failed
+under ``CI=true``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from e2e.availability import unavailable
+from e2e.local import binaries
+from e2e.matrix import DEFAULT_MATRIX_FILE
+
+REPO = Path(__file__).resolve().parents[1]
+PATCHED = "quay.io/me/kube-rbac-proxy:v0.18.0-fix1"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def manifest_dir() -> Path:
+    configured = os.environ.get("KSERVE_COMPAT_MANIFEST_DIR")
+    if not configured or not (Path(configured) / "kserve" / "v0.14.0" / "kserve.yaml").is_file():
+        unavailable("KSERVE_COMPAT_MANIFEST_DIR names no offline directory with KServe v0.14.0's kserve.yaml")
+    for component in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"):
+        version = binaries.KUBERNETES_VERSION if component.startswith("kube-") else None
+        if binaries.locate(component, version) is None:
+            unavailable(f"{component} binary missing: run `nox -s binaries`")
+    return Path(configured)
+
+
+def proxy_binary(version: str) -> Path:
+    found = binaries.locate("kube-rbac-proxy", version)
+    if found is None:
+        unavailable(f"kube-rbac-proxy {version} binary missing: run `nox -s binaries`")
+    return found
+
+
+def run_scenarios(tmp_path: Path, manifest_dir: Path, *args: str) -> tuple[int, str, list[dict[str, Any]]]:
+    reports = tmp_path / "reports"
+    env = {**os.environ, "KSERVE_COMPAT_MANIFEST_DIR": str(manifest_dir)}
+    completed = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--provider", "local",
+         "--reports-dir", str(reports), "scenarios/test_fresh_install.py", *args],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False,
+    )
+    output = completed.stdout + completed.stderr
+    results = json.loads((reports / "report.json").read_text()) if (reports / "report.json").exists() else []
+    return completed.returncode, output, results
+
+
+def test_a_patched_build_runs_as_an_adhoc_image(tmp_path: Path, manifest_dir: Path) -> None:
+    """--proxy-image names the patched build; --proxy-binary is what plays it locally (here
+    the v0.18.0 build stands in for the patched one)."""
+    code, output, results = run_scenarios(
+        tmp_path, manifest_dir,
+        "--kserve", "v0.14.0", "--k8s", "1.34",
+        "--proxy-image", PATCHED, "--proxy-binary", str(proxy_binary("v0.18.0")),
+    )
+    [result] = results
+    assert result["cell_id"] == "kserve-v0.14.0--adhoc-quay-me-v0.18.0-fix1--k8s-1.34", output[-3000:]
+    assert (result["proxy_alias"], result["proxy_image"]) == ("adhoc-quay-me-v0.18.0-fix1", PATCHED)
+    assert result["verdict"] == "pass", output[-3000:]
+    assert code == 0, output[-3000:]
+
+
+def test_an_unlisted_release_runs_with_its_lines_defaults(tmp_path: Path, manifest_dir: Path) -> None:
+    """A matrix file without the v0.14.0 entry: --kserve v0.14.0 derives from v0.14.1 and
+    installs v0.14.0's own manifest."""
+    raw = yaml.safe_load(DEFAULT_MATRIX_FILE.read_text())
+    raw["releases"] = [entry for entry in raw["releases"] if entry["version"] != "v0.14.0"]
+    matrix_file = tmp_path / "matrix.yaml"
+    matrix_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    proxy_binary("v0.22.1")
+    code, output, results = run_scenarios(
+        tmp_path, manifest_dir,
+        "--matrix", str(matrix_file), "--kserve", "v0.14.0", "--k8s", "1.34", "--proxy", "quay-v0.22.1",
+    )
+    [result] = results
+    assert result["cell_id"] == "kserve-v0.14.0--quay-v0.22.1--k8s-1.34", output[-3000:]
+    assert result["verdict"] == "pass", output[-3000:]
+    assert code == 0, output[-3000:]
