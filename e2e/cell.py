@@ -100,8 +100,11 @@ class CellRun:
             check.status, check.detail = CheckStatus.PASS, f"rolled out {target} ({state})"
 
     def swap_to_start_image(self) -> None:
-        """Put the image a migration starts from in place (see ``migration_start_image``)."""
-        self.swap_proxy_image(migration_start_image(self.cell))
+        """Put the image a migration starts from in place: the one the release's manifest
+        ships (see ``migration_start_image``)."""
+        cluster = self._cluster()
+        assert cluster.manifest is not None
+        self.swap_proxy_image(migration_start_image(self.cell, shipped=cluster.manifest.proxy_image))
 
     def deploy_sample_models(self) -> None:
         """Apply the sklearn-iris InferenceServices (v1 and v2 protocol) once per cluster."""
@@ -243,13 +246,15 @@ class CellRun:
         return self.result
 
 
-def migration_start_image(cell: MatrixCell) -> str:
+def migration_start_image(cell: MatrixCell, shipped: str | None = None) -> str:
     """The image a migration starts from: the one the release ships, unless retired.
 
+    ``shipped`` is the image read from the release's manifest once it is loaded; before
+    that (plan, applicability) the matrix's default for the release stands in for it.
     A retired gcr.io/kubebuilder image cannot be pulled any more; an operator starts from
     its frozen copy on registry.k8s.io, and so does the scenario.
     """
-    image = cell.release.proxy_image
+    image = shipped or cell.release.proxy_image
     return replacement(image) or image
 
 

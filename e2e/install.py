@@ -26,6 +26,7 @@ from e2e.manifests import (
     load_yaml_documents,
     patched_manifest,
     proxy_patch,
+    shipped_proxy,
 )
 from e2e.matrix import ClusterGroup, KServeRelease, Matrix, MatrixCell, version_key
 from e2e.rollout import wait_for_rollout
@@ -99,6 +100,7 @@ class Installer:
         provider = cluster.provider
         api = provider.api_client()
         manifest = self.release_manifest(release)
+        cluster.notes += shipped_proxy(release, manifest).notes()
         kserve.install_cert_manager(api, self._cert_manager_documents(cluster, release))
         # Install with a runnable proxy image already in place: a release whose shipped
         # image is retired could otherwise never become Available.

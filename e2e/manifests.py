@@ -42,6 +42,7 @@ import requests
 import tenacity
 import yaml
 
+from e2e.cache import cache_root
 from e2e.errors import (
     HarnessError,
     LockMismatch,
@@ -49,6 +50,7 @@ from e2e.errors import (
     NotInOfflineDirectory,
     UsageError,
 )
+from e2e.http_retry import retry_after_seconds
 from e2e.matrix import ControllerProfile, KServeRelease, MatrixCell, version_key
 
 log = logging.getLogger(__name__)
@@ -65,7 +67,6 @@ RELEASE_URLS: Mapping[str, str] = {
 CERT_MANAGER_CRDS = "cert-manager.crds.yaml"
 
 ENV_MANIFEST_DIR = "KSERVE_COMPAT_MANIFEST_DIR"
-ENV_CACHE = "KSERVE_COMPAT_CACHE"
 ENV_RELEASE_URL = "KSERVE_COMPAT_RELEASE_URL"
 ENV_CERT_MANAGER_URL = "KSERVE_COMPAT_CERT_MANAGER_URL"
 
@@ -118,13 +119,6 @@ def kserve_file(version: str, name: str = "kserve.yaml") -> ReleaseFile:
 
 def cert_manager_crds_file(version: str) -> ReleaseFile:
     return ReleaseFile("cert-manager", version, CERT_MANAGER_CRDS)
-
-
-def cache_root(environ: Mapping[str, str] | None = None) -> Path:
-    """``$KSERVE_COMPAT_CACHE``, default ``~/.cache/kserve-compat`` (outside the repo)."""
-    env = os.environ if environ is None else environ
-    configured = env.get(ENV_CACHE)
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "kserve-compat"
 
 
 def sha256_hex(data: bytes) -> str:
@@ -212,15 +206,6 @@ class _Transient(Exception):
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
-
-
-def _retry_after_seconds(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:  # an HTTP date: not worth parsing, the backoff covers it
-        return None
 
 
 class ReleaseFiles:
@@ -377,7 +362,7 @@ class ReleaseFiles:
                     )
                 if status == 429 or status >= 500:
                     raise _Transient(
-                        f"HTTP {status}", _retry_after_seconds(response.headers.get("Retry-After"))
+                        f"HTTP {status}", retry_after_seconds(response.headers.get("Retry-After"))
                     )
                 if status != 200:
                     raise DownloadFailed(f"{ref.label}: {url} answered HTTP {status}; expected 200")

@@ -121,7 +121,7 @@ class ProxyImage:
 
     @property
     def tag(self) -> str:
-        return self.image.rsplit(":", 1)[1] if ":" in self.image.rsplit("/", 1)[-1] else ""
+        return ImageReference.parse(self.image).tag or ""
 
     @property
     def retired(self) -> bool:

@@ -78,10 +78,14 @@ def test_forgets(harness, cell):
     pass  # never runs its scenario: must not be green
 """,
     "test_swallows.py": """
-def broken_rollout(run):
-    raise RolloutFailed("deployment kserve/kserve-controller-manager: CrashLoopBackOff (token eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzZWNyZXQifQ.c2lnbmF0dXJlc2lnbmF0dXJl)")
+TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzZWNyZXQifQ.c2lnbmF0dXJlc2lnbmF0dXJl"
 
-SCENARIO = Scenario(name="swallows", story="", steps=(Step("check", checked, say), Step("swap", broken_rollout, say)))
+def broken_rollout(run):
+    raise RolloutFailed(f"deployment kserve/kserve-controller-manager: CrashLoopBackOff (token {TOKEN})")
+
+SCENARIO = Scenario(
+    name="swallows", story="", steps=(Step("check", checked, say), Step("swap", broken_rollout, say))
+)
 
 def test_swallows(harness, cell):
     try:
@@ -140,7 +144,7 @@ def inner_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, 
 
 
 def test_the_expected_verdict_passes_and_carries_its_properties(inner_run: tuple[str, dict[str, ET.Element]]) -> None:
-    output, cases = inner_run
+    _, cases = inner_run
     passed = cases["test_passes"]
     assert passed.find("failure") is None and passed.find("skipped") is None
     properties = {p.get("name"): p.get("value") for p in passed.iter("property")}
@@ -149,7 +153,7 @@ def test_the_expected_verdict_passes_and_carries_its_properties(inner_run: tuple
 
 
 def test_a_test_that_never_runs_its_scenario_fails(inner_run: tuple[str, dict[str, ET.Element]]) -> None:
-    output, cases = inner_run
+    _, cases = inner_run
     failure = cases["test_forgets"].find("failure")
     assert failure is not None
     assert "scenario forgets recorded no result" in (failure.get("message", "") + (failure.text or ""))
@@ -166,7 +170,7 @@ def test_a_swallowed_failure_still_fails_with_its_evidence(inner_run: tuple[str,
 
 
 def test_a_skipped_cell_skips_with_its_reason(inner_run: tuple[str, dict[str, ET.Element]]) -> None:
-    output, cases = inner_run
+    _, cases = inner_run
     skipped = cases["test_skips"].find("skipped")
     assert skipped is not None
     assert "no kube-rbac-proxy v9.9.9 binary here" in (skipped.get("message", "") + (skipped.text or ""))

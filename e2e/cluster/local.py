@@ -30,15 +30,17 @@ from typing import Any
 
 from kubernetes import client as k8s_client
 
-from e2e.cluster.provider import ClusterInfo, ClusterProvider, ProviderFactory, ServiceTarget
+from e2e.cluster.provider import ClusterInfo, ClusterProvider, ProviderFactory
 from e2e.errors import EnvironmentMissing, HarnessError, WorkloadFailed, WorkloadUnavailable
 from e2e.images import ImageReference
+from e2e.labels import parse_equality_selector, selects
 from e2e.local import binaries
 from e2e.local.controlplane import ControlPlane, resolve_binaries
 from e2e.local.metrics_upstream import MetricsUpstream
 from e2e.local.processes import ProcessExitedEarly, free_loopback_port
 from e2e.local.proxy_runner import ProxyProcess, remap_ports
 from e2e.secrets import redact
+from e2e.targets import ServiceTarget
 from e2e.tokens import kubeconfig_for_service_account
 
 log = logging.getLogger(__name__)
@@ -175,7 +177,7 @@ class LocalCluster(ClusterProvider):
             raise HarnessError(f"service {target.namespace}/{target.name} has no port {target.port}")
         wanted = port.target_port if port.target_port is not None else port.port
         for played in self._played.values():
-            if played.namespace != target.namespace or not _selects(selector, played.pod_labels):
+            if played.namespace != target.namespace or not selects(selector, played.pod_labels):
                 continue
             if wanted in played.container_ports:
                 if not played.proxy.alive:
@@ -231,25 +233,25 @@ class LocalCluster(ClusterProvider):
         return report.notes
 
     def container_logs(self, namespace: str, pod_selector: str, container: str, previous: bool = False) -> str:
-        selector = _parse_selector(pod_selector)
+        selector = parse_equality_selector(pod_selector)
         texts = []
         for played in self._played.values():
             if (
                 played.namespace == namespace
                 and played.container == container
-                and _selects(selector, played.pod_labels)
+                and selects(selector, played.pod_labels)
             ):
                 texts.append(played.previous_logs if previous else played.proxy.logs())
         return "\n".join(texts)
 
     def observed_images(self, namespace: str, pod_selector: str, container: str) -> list[str] | None:
-        selector = _parse_selector(pod_selector)
+        selector = parse_equality_selector(pod_selector)
         return [
             played.image
             for played in self._played.values()
             if played.namespace == namespace
             and played.container == container
-            and _selects(selector, played.pod_labels)
+            and selects(selector, played.pod_labels)
             and played.proxy.alive
         ]
 
@@ -376,15 +378,6 @@ def _port_free(remap_note: str) -> str:
         if new
         else remap_note
     )
-
-
-def _parse_selector(selector: str) -> dict[str, str]:
-    pairs = (part.split("=", 1) for part in selector.split(",") if "=" in part)
-    return {key.strip(): value.strip() for key, value in pairs}
-
-
-def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
-    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
 class LocalProviderFactory(ProviderFactory):

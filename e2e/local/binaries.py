@@ -54,7 +54,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from e2e.cache import cache_root
 from e2e.errors import EnvironmentMissing, HarnessError, UsageError
+from e2e.text import one_line
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +110,6 @@ class BuildFailed(HarnessError):
 
 
 # ---------------------------------------------------------------------------- naming
-
-
-def cache_root() -> Path:
-    """``$KSERVE_COMPAT_CACHE``, default ``~/.cache/kserve-compat`` (outside the repo)."""
-    configured = os.environ.get("KSERVE_COMPAT_CACHE")
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "kserve-compat"
 
 
 def _check_component(component: str) -> None:
@@ -360,9 +356,10 @@ def go_version() -> str:
     return result.stdout.strip() or "unknown"
 
 
-def _one_line(text: str, prefix: str = "") -> str:
-    """``text`` on one line, without a leading ``prefix`` (go repeats ``module@version:``)."""
-    line = " ".join(text.split()).removeprefix("go: ")
+def _go_error(text: str, prefix: str = "") -> str:
+    """go's error text on one line, without ``go: `` and a leading ``prefix`` (go repeats
+    ``module@version:``)."""
+    line = one_line(text).removeprefix("go: ")
     return line[len(prefix) :].lstrip(": ") if prefix and line.startswith(prefix) else line
 
 
@@ -413,7 +410,7 @@ def download_module(module: str, version: str, workdir: Path) -> ModuleDownload:
             "%s@%s: the checksum database has no entry here; using the module proxy's copy without it (%s)",
             module,
             version,
-            _one_line(error),
+            _go_error(error),
         )
         env = _go_env({"GONOSUMDB": module})
         data = _go_json(["mod", "download", "-json", f"{module}@{version}"], workdir, env)
@@ -421,7 +418,7 @@ def download_module(module: str, version: str, workdir: Path) -> ModuleDownload:
         error = str(data.get("Error", ""))
     if error:
         raise BuildUnavailable(
-            f"{module}@{version}: the Go module proxy does not serve it ({_one_line(error, f'{module}@{version}')})"
+            f"{module}@{version}: the Go module proxy does not serve it ({_go_error(error, f'{module}@{version}')})"
         )
     commit = ""
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
@@ -443,7 +440,7 @@ def module_unavailable_reason(module: str, version: str) -> str | None:
             return _availability[(module, version)] or None
     with tempfile.TemporaryDirectory(prefix="kserve-compat-probe-") as tmp:
         data = _go_json(["list", "-m", "-json", f"{module}@{version}"], Path(tmp), _go_env())
-    reason = _one_line(str(data.get("Error", "")), f"{module}@{version}")
+    reason = _go_error(str(data.get("Error", "")), f"{module}@{version}")
     with _availability_lock:
         _availability[(module, version)] = reason
     return reason or None
@@ -484,7 +481,7 @@ def _docker(args: Sequence[str], timeout: float = DOCKER_TIMEOUT_SECONDS) -> sub
 def _docker_error(result: subprocess.CompletedProcess[str], what: str) -> ExtractFailed:
     # docker's last stderr line is its error; earlier ones are progress ("Unable to find image").
     lines = [line for line in (result.stderr or result.stdout).splitlines() if line.strip()]
-    detail = _one_line(lines[-1]).removeprefix("docker: ") if lines else f"exit status {result.returncode}"
+    detail = one_line(lines[-1]).removeprefix("docker: ") if lines else f"exit status {result.returncode}"
     return ExtractFailed(f"docker {what} failed: {detail}")
 
 
@@ -496,7 +493,7 @@ def docker_engine_unreachable_reason() -> str | None:
         return str(exc)
     if result.returncode != 0 or not result.stdout.strip():
         lines = [line for line in result.stderr.splitlines() if line.strip()]
-        detail = _one_line(lines[-1]) if lines else f"exit status {result.returncode}"
+        detail = one_line(lines[-1]) if lines else f"exit status {result.returncode}"
         return f"no Docker engine answers (docker version: {detail})"
     return None
 
@@ -552,7 +549,7 @@ def extract_proxy(version: str) -> Path:
     finally:
         removed = _docker(["rm", "-f", container], timeout=120)
         if removed.returncode != 0:
-            log.warning("docker rm %s: %s", container, _one_line(removed.stderr))
+            log.warning("docker rm %s: %s", container, one_line(removed.stderr))
     log.info("took kube-rbac-proxy %s out of %s: %s", rec.version, image, installed)
     return installed
 
