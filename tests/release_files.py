@@ -61,14 +61,14 @@ class SessionReleaseFiles(ReleaseFiles):
     def read(self, ref: ReleaseFile) -> bytes:
         needs_download = self.offline_dir is None and not (self.cache_dir / ref.key).is_file()
         if needs_download and self.download_failure is not None:
-            self._unavailable(f"{ref.label}: not downloaded (an earlier download failed: {self.download_failure})")
+            self._unavailable(f"{ref.label}: not tried, an earlier download failed ({self.download_failure})")
         try:
             return super().read(ref)
         except DownloadFailed as exc:
-            self.download_failure = str(exc)
-            self._unavailable(str(exc))
+            self.download_failure = reason = str(exc)
         except ManifestError as exc:  # not in the offline directory, no such directory, HTTP 404
-            self._unavailable(str(exc))
+            reason = str(exc)
+        self._unavailable(reason)  # outside the handler: one line, no chained exception
 
     def path(self, ref: ReleaseFile) -> Path:
         """A file on disk with ``ref``'s verified content: in the offline directory or the cache."""
