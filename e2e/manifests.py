@@ -10,8 +10,11 @@ Four parts, in the order a run uses them:
    are retried on connection errors, timeouts, 429 and 5xx only, land in a temporary file
    and are renamed into the cache only once complete and verified.
 2. **Pinning** (``ManifestLock``). ``scenarios/release-manifests.lock.json`` maps
-   ``kserve/<version>/<file>`` to a sha256. The first download records the digest; every
-   later read (cache, download, offline directory) is checked against it.
+   ``<project>/<version>/<file>`` to a sha256. The repository pins the files of the
+   matrix's default releases whose upstream bytes are known; a file without a pin is
+   pinned by its first download. Every read (offline directory, cache, download) is
+   checked against the pin: a difference is ``LockMismatch``, naming the file and where
+   it came from.
 3. **Reading** (``ReleaseManifest``). Multi-document YAML, with the controller pieces found
    by the names of the release's ``ControllerProfile``, never by position. What a release
    ships (``shipped_proxy``: the proxy image and args of its controller Deployment) is read

@@ -1,14 +1,14 @@
 """Server-side apply in dependency order (``e2e.apply``) against a real kube-apiserver.
 
 The control plane is real etcd + kube-apiserver processes (``e2e.local.controlplane``); the
-manifests are real KServe and cert-manager releases from the shared offline directory. No
+manifests are real KServe and cert-manager releases, obtained through the harness's own
+resolver (``tests/release_files.py``: offline directory, cache, download). No
 controllers run, so nothing but this test writes to the objects it applies.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,13 +17,11 @@ from kubernetes import client as k8s_client
 from kubernetes import dynamic
 
 from e2e.apply import FIELD_MANAGER, Applier, ApplyError, object_ref, ordered, wait_established
-from e2e.availability import unavailable
 from e2e.manifests import ReleaseFiles, load_release_manifest
 from e2e.matrix import load_matrix
 
 pytestmark = pytest.mark.needs_binaries
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 KSERVE_VERSION = "v0.16.0"  # the biggest kserve.yaml mirrored (3.5 MB)
 CERT_MANAGER_VERSION = "v1.16.1"
 # The limit of all annotations of one object together (256 KiB): what client-side apply's
@@ -32,10 +30,8 @@ ANNOTATION_LIMIT = 256 * 1024
 
 
 @pytest.fixture(scope="module")
-def files() -> ReleaseFiles:
-    if not (FIXTURES / "kserve" / KSERVE_VERSION / "kserve.yaml").is_file():
-        unavailable(f"KServe {KSERVE_VERSION} manifests not found under {FIXTURES}")
-    return ReleaseFiles(offline_dir=FIXTURES)
+def files(release_files: ReleaseFiles) -> ReleaseFiles:
+    return release_files
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from registry_server import RunningRegistry, push_image, registry_binary, run_registry
+from release_files import MIRRORED_KSERVE_VERSIONS, SessionReleaseFiles
 
 from e2e.audit import (
     EXIT_CLEAN,
@@ -27,11 +28,10 @@ from e2e.audit import (
 )
 from e2e.availability import unavailable
 from e2e.errors import UsageError
+from e2e.manifests import kserve_file
 from e2e.matrix import version_key
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO.parent / "shared" / "fixtures"
-RELEASES = sorted((FIXTURES / "kserve").glob("v*/kserve.yaml"), key=lambda p: version_key(p.parent.name))
 GCR_PROXY = "gcr.io/kubebuilder/kube-rbac-proxy:v0.13.1"
 QUAY_PROXY = "quay.io/brancz/kube-rbac-proxy:v0.18.0"
 SHA = "sha256:" + "c" * 64
@@ -49,10 +49,9 @@ def kserve_compat(*args: str, stdin: str | None = None) -> subprocess.CompletedP
 
 
 @pytest.fixture(scope="module")
-def releases() -> list[Path]:
-    if not RELEASES:
-        unavailable(f"no KServe release manifests under {FIXTURES}/kserve")
-    return RELEASES
+def releases(release_files: SessionReleaseFiles) -> list[Path]:
+    """Every mirrored release's kserve.yaml on disk (offline directory or cache)."""
+    return [release_files.kserve_path(version) for version in MIRRORED_KSERVE_VERSIONS]
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +62,11 @@ def release_reports(releases: list[Path]) -> dict[str, AuditReport]:
 # -- the real release manifests -------------------------------------------------------------
 
 
-def test_every_release_is_judged_by_its_proxy_image(release_reports: dict[str, AuditReport]) -> None:
+def test_every_release_is_judged_by_its_proxy_image(
+    release_reports: dict[str, AuditReport], release_files: SessionReleaseFiles
+) -> None:
     for version, report in release_reports.items():
-        manifest = FIXTURES / "kserve" / version / "kserve.yaml"
+        manifest = release_files.kserve_path(version)
         proxies = [
             image for image in report.images
             if any(use.container == "kube-rbac-proxy" and use.name == "kserve-controller-manager"
@@ -98,21 +99,17 @@ def test_the_three_old_lines_are_flagged(release_reports: dict[str, AuditReport]
     assert {"v0.10.1", "v0.12.1", "v0.13.0-rc0"} <= set(release_reports), "fixture releases went missing"
 
 
-def test_serving_runtimes_are_walked(releases: list[Path]) -> None:
-    resources = FIXTURES / "kserve" / "v0.14.0" / "kserve-cluster-resources.yaml"
-    if not resources.exists():
-        unavailable(f"{resources} missing")
+def test_serving_runtimes_are_walked(release_files: SessionReleaseFiles) -> None:
+    resources = release_files.kserve_path("v0.14.0", "kserve-cluster-resources.yaml")
     report = audit(manifest_sources([str(resources)], io.StringIO()))
     kinds = {use.kind for image in report.images for use in image.uses}
     assert "ClusterServingRuntime" in kinds
     assert any(image.image.startswith("kserve/sklearnserver:") for image in report.images)
 
 
-def test_cli_exit_codes_on_release_files(releases: list[Path]) -> None:
-    old = FIXTURES / "kserve" / "v0.10.1" / "kserve.yaml"
-    new = FIXTURES / "kserve" / "v0.14.0" / "kserve.yaml"
-    if not (old.exists() and new.exists()):
-        unavailable("v0.10.1 or v0.14.0 fixture missing")
+def test_cli_exit_codes_on_release_files(release_files: SessionReleaseFiles) -> None:
+    old = release_files.kserve_path("v0.10.1")
+    new = release_files.kserve_path("v0.14.0")
     result = kserve_compat("audit", str(old))
     assert result.returncode == EXIT_RETIRED, result.stderr
     assert GCR_PROXY in result.stdout and "registry.k8s.io/kubebuilder/kube-rbac-proxy:v0.13.1" in result.stdout
@@ -121,10 +118,8 @@ def test_cli_exit_codes_on_release_files(releases: list[Path]) -> None:
     assert "0 on a retired registry" in result.stdout
 
 
-def test_cli_reads_stdin_and_a_directory_and_writes_json(releases: list[Path], tmp_path: Path) -> None:
-    old = FIXTURES / "kserve" / "v0.12.1" / "kserve.yaml"
-    if not old.exists():
-        unavailable(f"{old} missing")
+def test_cli_reads_stdin_and_a_directory_and_writes_json(release_files: SessionReleaseFiles, tmp_path: Path) -> None:
+    old = release_files.kserve_path("v0.12.1")
     result = kserve_compat("audit", "-", "--format", "json", stdin=old.read_text())
     assert result.returncode == EXIT_RETIRED, result.stderr
     document = json.loads(result.stdout)
@@ -136,7 +131,8 @@ def test_cli_reads_stdin_and_a_directory_and_writes_json(releases: list[Path], t
         "image": "quay.io/brancz/kube-rbac-proxy:v0.13.1", "status": "maintained"
     }
 
-    result = kserve_compat("audit", str(FIXTURES / "kserve"), "--format", "markdown")
+    mirror = release_files.materialize([kserve_file(v) for v in MIRRORED_KSERVE_VERSIONS], tmp_path / "mirror")
+    result = kserve_compat("audit", str(mirror / "kserve"), "--format", "markdown")
     assert result.returncode == EXIT_RETIRED, result.stderr
     assert f"| `{GCR_PROXY}` |" in result.stdout
 

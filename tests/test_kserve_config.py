@@ -1,4 +1,4 @@
-"""The pure parts of ``e2e.kserve`` against the real release manifests in ../shared/fixtures.
+"""The pure parts of ``e2e.kserve`` against the real release manifests (``tests/release_files.py``).
 
 For every mirrored release: its ``inferenceservice-config`` ConfigMap switched to raw
 deployment mode, its admission webhooks found; and the predictor Service read from an
@@ -10,10 +10,10 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
+from release_files import MIRRORED_KSERVE_VERSIONS
 
 from e2e.kserve import (
     SAMPLES_NAMESPACE,
@@ -26,8 +26,7 @@ from e2e.kserve import (
 from e2e.manifests import ReleaseFiles, ReleaseManifest, kserve_file
 from e2e.matrix import Matrix, load_matrix, version_key
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
-FIXTURE_VERSIONS = sorted((p.name for p in (FIXTURES / "kserve").iterdir() if p.is_dir()), key=version_key)
+FIXTURE_VERSIONS = list(MIRRORED_KSERVE_VERSIONS)
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +35,9 @@ def matrix() -> Matrix:
 
 
 @pytest.fixture(scope="module")
-def manifest_of(matrix: Matrix) -> Callable[[str], ReleaseManifest]:
+def manifest_of(matrix: Matrix, release_files: ReleaseFiles) -> Callable[[str], ReleaseManifest]:
     """Parse each release's kserve.yaml at most once for the whole module."""
-    files = ReleaseFiles(offline_dir=FIXTURES)
+    files = release_files
     parsed: dict[str, ReleaseManifest] = {}
 
     def get(version: str) -> ReleaseManifest:

@@ -1,6 +1,6 @@
 """Installing real KServe releases (``e2e.kserve``) into a real kube-apiserver.
 
-Per release (v0.12.1 and v0.14.0 from the shared offline directory) one control plane of
+Per release (v0.12.1 and v0.14.0, through ``tests/release_files.py``) one control plane of
 etcd + kube-apiserver processes is started and the release installed exactly as the local
 tier does it: cert-manager's CRDs, then ``install_kserve(controller_runs=False)`` with the
 release's ServingRuntimes, then the sample InferenceServices. The control plane is
@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,13 +26,11 @@ from real_cluster import real_control_plane
 
 from e2e import kserve
 from e2e.apply import ApplyError, ApplyReport
-from e2e.availability import unavailable
-from e2e.manifests import ReleaseFiles, ReleaseManifest, load_release_manifest, proxy_patch
+from e2e.manifests import ReleaseFiles, ReleaseManifest, kserve_file, load_release_manifest, proxy_patch
 from e2e.matrix import KServeRelease, MatrixCell, load_matrix
 
 pytestmark = [pytest.mark.needs_binaries, pytest.mark.slow]
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 CERT_MANAGER_VERSION = "v1.16.1"
 RELEASES = ["v0.12.1", "v0.14.0"]
 
@@ -73,11 +70,10 @@ class Installed:
 
 
 @pytest.fixture(scope="module")
-def files() -> ReleaseFiles:
+def files(release_files: ReleaseFiles) -> ReleaseFiles:
     for version in RELEASES:
-        if not (FIXTURES / "kserve" / version / "kserve.yaml").is_file():
-            unavailable(f"KServe {version} manifests not found under {FIXTURES}")
-    return ReleaseFiles(offline_dir=FIXTURES)
+        release_files.read(kserve_file(version))  # all or none: skip before a control plane starts
+    return release_files
 
 
 @pytest.fixture(scope="module", params=RELEASES)

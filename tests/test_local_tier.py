@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from release_files import session_release_files
 
 from e2e.availability import unavailable
 from e2e.local import binaries
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO.parent / "shared" / "fixtures"
 JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
 # The one JWT-shaped string the harness sends on purpose: a token no API server issued.
 GARBAGE_TOKEN_PREFIX = "eyJhbGciOiJub25lIn0."
@@ -34,8 +34,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module", autouse=True)
 def local_tier_ready() -> None:
-    if not FIXTURES.is_dir():
-        unavailable(f"release manifests not found at {FIXTURES}")
+    session_release_files().offline_directory()
     for component in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"):
         version = binaries.KUBERNETES_VERSION if component.startswith("kube-") else None
         if binaries.locate(component, version) is None:
@@ -47,7 +46,7 @@ def local_tier_ready() -> None:
 
 def run_scenarios(tmp_path: Path, *args: str, timeout: float = 900) -> tuple[int, str, list[dict[str, Any]]]:
     reports = tmp_path / "reports"
-    env = {**os.environ, "KSERVE_COMPAT_MANIFEST_DIR": str(FIXTURES)}
+    env = {**os.environ, "KSERVE_COMPAT_MANIFEST_DIR": str(session_release_files().offline_directory())}
     completed = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--provider", "local",
          "--reports-dir", str(reports), *args],
@@ -185,7 +184,7 @@ def test_ctrl_c_leaves_no_process_and_no_temp_dir(tmp_path: Path, phase: str) ->
         "install": "applied",
         "checks": "rolled out",
     }
-    env = {**os.environ, "KSERVE_COMPAT_MANIFEST_DIR": str(FIXTURES)}
+    env = {**os.environ, "KSERVE_COMPAT_MANIFEST_DIR": str(session_release_files().offline_directory())}
     process = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-s", "--log-cli-level=INFO",
          "--provider", "local", "--reports-dir", str(tmp_path / "reports"),
@@ -251,7 +250,7 @@ def test_api_server_killed_mid_cell_is_an_error_and_the_run_goes_on(tmp_path: Pa
     options = HarnessOptions(
         provider="local",
         selection=Selection(kserve=("v0.14.0",), proxy=("quay-v0.18.2", "quay-v0.22.1"), k8s=("1.34",)),
-        manifest_dir=str(FIXTURES),
+        manifest_dir=str(session_release_files().offline_directory()),
         reports_dir=tmp_path / "reports",
     )
     harness = Harness(options)

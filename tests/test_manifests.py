@@ -1,7 +1,9 @@
 """Release manifests: the offline directory, the cache, downloads, the lock, parsing, patches.
 
-Parsing and patching run against the real KServe release manifests in ../shared/fixtures,
-read through the offline-directory setting as a user with an air-gapped mirror would.
+Parsing and patching run against the real KServe release manifests, obtained through the
+harness's resolver (``tests/release_files.py``; ``.ci/run`` points its offline directory at
+../shared/fixtures, as a user with an air-gapped mirror would). The offline directory's own
+tests need that directory.
 Downloads run against a real HTTP server on 127.0.0.1 with scripted answers.
 """
 
@@ -18,8 +20,8 @@ from typing import Any
 
 import pytest
 import requests
+from release_files import MIRRORED_KSERVE_VERSIONS, SessionReleaseFiles
 
-from e2e.availability import unavailable
 from e2e.errors import LockMismatch, ManifestError, NotInOfflineDirectory, UsageError
 from e2e.manifests import (
     DownloadFailed,
@@ -36,12 +38,8 @@ from e2e.manifests import (
 )
 from e2e.matrix import Matrix, MatrixCell, load_matrix, version_key
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
-
 # Every KServe version mirrored in the fixtures (the README there lists them).
-FIXTURE_VERSIONS = [
-    "v0.10.1", "v0.12.1", "v0.13.0-rc0", "v0.14.0", "v0.15.2", "v0.16.0", "v0.18.0", "v0.20.0",
-]
+FIXTURE_VERSIONS = list(MIRRORED_KSERVE_VERSIONS)
 KSERVE_PROXY_ARGS = [
     "--secure-listen-address=0.0.0.0:8443",
     "--upstream=http://127.0.0.1:8080/",
@@ -72,10 +70,9 @@ def matrix() -> Matrix:
 
 
 @pytest.fixture(scope="session")
-def fixtures_dir() -> Path:
-    if not (FIXTURES / "kserve").is_dir():
-        unavailable(f"release manifest fixtures not found at {FIXTURES}")
-    return FIXTURES
+def fixtures_dir(release_files: SessionReleaseFiles) -> Path:
+    """The offline directory: the tests of its own behaviour need one."""
+    return release_files.offline_directory()
 
 
 @pytest.fixture
@@ -95,13 +92,13 @@ def offline_files(fixtures_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 
 @pytest.fixture(scope="session")
-def parsed(matrix: Matrix, offline_files: ReleaseFiles) -> Callable[[str], ReleaseManifest]:
-    """A release's kserve.yaml from the offline directory, parsed once per session."""
+def parsed(matrix: Matrix, release_files: ReleaseFiles) -> Callable[[str], ReleaseManifest]:
+    """A release's kserve.yaml through the session's resolver, parsed once per session."""
     manifests: dict[str, ReleaseManifest] = {}
 
     def manifest_of(version: str) -> ReleaseManifest:
         if version not in manifests:
-            manifests[version] = load_release_manifest(matrix.release(version), offline_files)
+            manifests[version] = load_release_manifest(matrix.release(version), release_files)
         return manifests[version]
 
     return manifest_of

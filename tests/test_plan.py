@@ -1,5 +1,6 @@
 """``--plan``: the ordered plan of a run, rendered from the Scenarios and the real release
-manifests, and proven to touch nothing (no process, no file, no connection).
+manifests of the offline directory (``tests/release_files.py``), and proven to touch nothing
+(no process, no file, no connection).
 
 Also the pytest entry point (``pytest scenarios --plan``) and the kind tier's refusal to
 run without a Docker engine, both as real subprocesses.
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from release_files import session_release_files
 
 import e2e.manifests
 from e2e.matrix import MatrixCell, Selection, load_matrix
@@ -28,7 +30,6 @@ from e2e.run import HarnessOptions
 from e2e.scenario import Scenario, load_scenarios, ordered_runs
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 
 GCR_PROXY = "gcr.io/kubebuilder/kube-rbac-proxy:v0.13.1"
 QUAY_PROXY = "quay.io/brancz/kube-rbac-proxy:v0.18.0"
@@ -168,11 +169,12 @@ def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
 def options(provider: str, sandbox: Sandbox, **overrides: Any) -> HarnessOptions:
     values: dict[str, Any] = {
         "provider": provider,
-        "manifest_dir": str(FIXTURES),
         "selection": SELECTION,
         "reports_dir": sandbox.reports,
     }
     values.update(overrides)
+    if "manifest_dir" not in values:
+        values["manifest_dir"] = str(session_release_files().offline_directory())
     return HarnessOptions(**values)
 
 
@@ -333,7 +335,7 @@ def test_kind_plan_renders_without_docker(sandbox: Sandbox) -> None:
 def test_plan_from_the_cache_writes_nothing(sandbox: Sandbox) -> None:
     cached = sandbox.root / "cache" / "manifests" / "kserve" / "v0.14.0" / "kserve.yaml"
     cached.parent.mkdir(parents=True)
-    shutil.copyfile(FIXTURES / "kserve" / "v0.14.0" / "kserve.yaml", cached)
+    shutil.copyfile(session_release_files().kserve_path("v0.14.0"), cached)
     selection = Selection(kserve=("v0.14.0",), proxy=("quay-v0.18.0",), k8s=("1.33",))
     plan = render_plan(options("local", sandbox, manifest_dir=None, selection=selection), runs_of("local", selection))
     # the cached copy is used for the exact patch ...
@@ -352,7 +354,7 @@ def run_scenarios(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str
     home.mkdir(exist_ok=True)
     env = {
         **os.environ,
-        "KSERVE_COMPAT_MANIFEST_DIR": str(FIXTURES),
+        "KSERVE_COMPAT_MANIFEST_DIR": str(session_release_files().offline_directory()),
         "HOME": str(home),
         "XDG_CACHE_HOME": str(home / ".cache"),
         "KSERVE_COMPAT_CACHE": str(home / ".cache" / "kserve-compat"),

@@ -1,7 +1,7 @@
 """``kserve-compat preflight`` against a real API server with real KServe releases installed.
 
 One control plane (etcd + kube-apiserver processes) serves the whole module. KServe v0.14.0
-and v0.12.1 are installed from the real release manifests (``../shared/fixtures``) with
+and v0.12.1 are installed from the real release manifests (``tests/release_files.py``) with
 server-side apply: CRDs, RBAC, the controller Deployment, Services. The admission webhooks
 are deleted after the apply since no controller serves them (and so is the InferenceService
 CRD's conversion webhook, see ``without_conversion_webhook``), and no pod ever runs (no
@@ -41,7 +41,6 @@ from e2e.preflight import EXIT_REJECTED, MANAGED_BY
 
 pytestmark = pytest.mark.needs_binaries
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 ROOT = Path(__file__).resolve().parents[1]
 NAMESPACE = "kserve"
 DEPLOYMENT = "kserve-controller-manager"
@@ -103,9 +102,9 @@ def without_conversion_webhook(document: dict[str, Any]) -> dict[str, Any]:
 class Releases:
     """Installs one KServe release at a time into the shared control plane."""
 
-    def __init__(self, api: k8s_client.ApiClient) -> None:
+    def __init__(self, api: k8s_client.ApiClient, files: ReleaseFiles) -> None:
         self.applier = Applier(api)
-        self.files = ReleaseFiles(offline_dir=FIXTURES)
+        self.files = files
         self.matrix = load_matrix()
         self.installed: ReleaseManifest | None = None
         self.applied: list[dict[str, Any]] = []
@@ -135,8 +134,8 @@ class Releases:
 
 
 @pytest.fixture(scope="module")
-def releases(api: k8s_client.ApiClient) -> Releases:
-    return Releases(api)
+def releases(api: k8s_client.ApiClient, release_files: ReleaseFiles) -> Releases:
+    return Releases(api, release_files)
 
 
 def preflight(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:

@@ -8,7 +8,6 @@ tokenreviews 401, lacking subjectaccessreviews 500.
 from __future__ import annotations
 
 import contextlib
-import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import urllib3
 import yaml
 from kubernetes import client as k8s_client
 from real_cluster import real_control_plane
+from release_files import session_release_files
 
 from e2e.availability import in_ci, unavailable
 from e2e.errors import HarnessError
@@ -31,7 +31,6 @@ from e2e.local.proxy_runner import ProxyProcess, flag_value, remap_ports
 from e2e.matrix import version_key
 from e2e.tokens import ensure_service_account, kubeconfig_for_service_account, mint_token
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 KSERVE_VERSION = "v0.14.0"
 NAMESPACE = "proxy-test"
 
@@ -50,15 +49,12 @@ SUBJECTACCESSREVIEWS = k8s_client.V1PolicyRule(
 METRICS_READER = k8s_client.V1PolicyRule(non_resource_urls=["/metrics"], verbs=["get"])
 
 
-# -- the shipped sidecar (a minimal stand-in for e2e.manifests; swap when it lands) ---
+# -- the shipped sidecar, read from the release's kserve.yaml --------------------------
 
 
 def _release_documents(version: str) -> list[dict[str, Any]]:
-    root = Path(os.environ.get("KSERVE_COMPAT_MANIFEST_DIR") or FIXTURES)
-    path = root / "kserve" / version / "kserve.yaml"
-    if not path.is_file():
-        unavailable(f"{path}: KServe release manifest not in the offline directory")
-    return [doc for doc in yaml.safe_load_all(path.read_text()) if isinstance(doc, dict)]
+    text = session_release_files().kserve(version)
+    return [doc for doc in yaml.safe_load_all(text) if isinstance(doc, dict)]
 
 
 def shipped_proxy_args(version: str) -> list[str]:

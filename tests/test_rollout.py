@@ -18,7 +18,6 @@ would.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 from kubernetes import client as k8s_client
@@ -26,7 +25,6 @@ from real_cluster import real_control_plane
 
 from e2e import kserve
 from e2e.apply import Applier
-from e2e.availability import unavailable
 from e2e.diagnostics import pod_failure_evidence
 from e2e.local.controlplane import ControlPlane
 from e2e.local.processes import wait_ready
@@ -36,7 +34,6 @@ from e2e.rollout import ImageUnavailable, RolloutFailed, RolloutState, wait_for_
 
 pytestmark = [pytest.mark.needs_binaries, pytest.mark.slow]
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 RELEASE = "v0.14.0"
 PROBES_NAMESPACE = "rollout-probes"
 GENEROUS_TIMEOUT_S = 600  # never reached: each failing case must end on its first poll
@@ -50,10 +47,8 @@ def control_plane() -> Iterator[ControlPlane]:
 
 
 @pytest.fixture(scope="module")
-def manifest() -> ReleaseManifest:
-    if not (FIXTURES / "kserve" / RELEASE / "kserve.yaml").is_file():
-        unavailable(f"KServe {RELEASE} manifests not found under {FIXTURES}")
-    return load_release_manifest(load_matrix().release(RELEASE), ReleaseFiles(offline_dir=FIXTURES))
+def manifest(release_files: ReleaseFiles) -> ReleaseManifest:
+    return load_release_manifest(load_matrix().release(RELEASE), release_files)
 
 
 def _probe_of(api: k8s_client.ApiClient, namespace: str, deployment: str) -> Callable[[], list[str] | None]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from release_files import session_release_files
 
 from e2e.availability import unavailable
 from e2e.local import binaries
@@ -25,7 +26,6 @@ from e2e.plan import planned_steps
 from e2e.scenario import load_scenarios
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO.parent / "shared" / "fixtures"
 
 # A harness whose provider creates no cluster: the steps below never ask for one.
 INNER_COMMON = '''
@@ -196,8 +196,7 @@ def test_every_scenario_module_defines_one_scenario_with_distinct_names_and_rank
 
 
 def _local_tier_ready() -> None:
-    if not FIXTURES.is_dir():
-        unavailable(f"release manifests not found at {FIXTURES}")
+    session_release_files().offline_directory()  # skips (fails in CI) without one
     for component in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"):
         version = binaries.KUBERNETES_VERSION if component.startswith("kube-") else None
         if binaries.locate(component, version) is None:
@@ -211,7 +210,12 @@ def _scenarios(tmp_path: Path, *args: str, env: dict[str, str] | None = None) ->
     return subprocess.run(
         [sys.executable, "-m", "pytest", "scenarios", "-p", "no:cacheprovider", "-q", "--provider", "local",
          "--reports-dir", str(tmp_path / "reports"), *args],
-        cwd=REPO, env={**os.environ, "KSERVE_COMPAT_MANIFEST_DIR": str(FIXTURES), **(env or {})},
+        cwd=REPO,
+        env={
+            **os.environ,
+            "KSERVE_COMPAT_MANIFEST_DIR": str(session_release_files().offline_directory()),
+            **(env or {}),
+        },
         capture_output=True, text=True, timeout=900, check=False,
     )
 
