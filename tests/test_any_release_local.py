@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
+from release_files import session_release_files
 
 from e2e.availability import unavailable
 from e2e.local import binaries
@@ -30,14 +31,14 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def manifest_dir() -> Path:
-    configured = os.environ.get("KSERVE_COMPAT_MANIFEST_DIR")
-    if not configured or not (Path(configured) / "kserve" / "v0.14.0" / "kserve.yaml").is_file():
-        unavailable("KSERVE_COMPAT_MANIFEST_DIR names no offline directory with KServe v0.14.0's kserve.yaml")
+    files = session_release_files()
+    files.kserve_path("v0.14.0")  # skips (fails in CI) when no source has it
+    configured = files.offline_directory()
     for component in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"):
         version = binaries.KUBERNETES_VERSION if component.startswith("kube-") else None
         if binaries.locate(component, version) is None:
             unavailable(f"{component} binary missing: run `nox -s binaries`")
-    return Path(configured)
+    return configured
 
 
 def proxy_binary(version: str) -> Path:
