@@ -1,4 +1,4 @@
-"""The pytest side of reporting, kept small: the root conftest calls ``record`` per cell.
+"""The pytest side of reporting, kept small: ``record`` attaches a cell's JUnit properties.
 
 ``record_property`` is pytest's fixture of that name (``Callable[[str, object], None]``);
 taking it as a plain callable keeps this module free of pytest imports.

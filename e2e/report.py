@@ -77,7 +77,8 @@ REPORT_FILES: dict[str, str] = {
 }
 
 # Used only when no matrix describes a release: the names every KServe release v0.10-v0.20
-# uses for its controller (FACTS.md), and the registry path that was deleted in March 2025.
+# uses for its controller (checked against each release's install/<version>/kserve.yaml by
+# tests/test_manifests.py), and the registry path that was deleted in March 2025.
 _FALLBACK_NAMESPACE = "kserve"
 _FALLBACK_DEPLOYMENT = "kserve-controller-manager"
 _FALLBACK_PROXY_CONTAINER = "kube-rbac-proxy"
@@ -86,7 +87,8 @@ _FALLBACK_SHIPPED_OLD = "gcr.io/kubebuilder/kube-rbac-proxy:v0.13.1"  # KServe v
 _FALLBACK_SHIPPED_NEW = "quay.io/brancz/kube-rbac-proxy:v0.18.0"  # KServe v0.14+
 _FIRST_QUAY_RELEASE = "v0.14.0"
 
-# FACTS.md: the KServe chart has a value for the proxy image from v0.20.0 on.
+# The KServe Helm chart's value for the proxy image, read from kserve/kserve's
+# charts/kserve-resources/values.yaml at v0.20.0 (the chart is not installed by any test here).
 HELM_PROXY_VALUE = "kserve.controller.rbacProxyImage"
 HELM_PROXY_VALUE_SINCE = "v0.20.0"
 HELM_CHART = "oci://ghcr.io/kserve/charts/kserve"

@@ -1,4 +1,4 @@
-"""Fixtures shared by the tests of e2e/ (the harness's own options live in ../conftest.py)."""
+"""Fixtures shared by the tests of e2e/ (the harness's own pytest plugin is e2e/plugin.py)."""
 
 from __future__ import annotations
 

@@ -3,8 +3,9 @@
 The HTTPS server here is a stand-in for "an HTTPS endpoint answering X": it answers fixed
 status codes per bearer token so that each check's verdict, detail and evidence can be
 tested. It is not kube-rbac-proxy; the end-to-end run against the real proxy binary is a
-scenario. Likewise the inference server is a stand-in that answers the v1/v2 shapes from
-FACTS.md; the real KServe model server is tested elsewhere.
+scenario. Likewise the inference server is a stand-in that answers the v1/v2 shapes of KServe's
+own e2e (kserve/kserve test/e2e/predictor/test_sklearn.py); the real KServe model server is
+tested in tests/test_model_server.py.
 """
 
 from __future__ import annotations
@@ -204,7 +205,7 @@ def no_access_token() -> str:
 
 
 def proxy_like_responder(reader: str, no_access: str, body: str = PROMETHEUS_TEXT) -> Responder:
-    """Answers as FACTS.md's table says kube-rbac-proxy does, keyed on the bearer token."""
+    """Answers as kube-rbac-proxy does (tests/test_proxy_runner.py measures it), keyed on the bearer token."""
 
     def respond(method: str, path: str, headers: dict[str, str], _: bytes) -> Answer:
         if path != "/metrics":
@@ -388,7 +389,7 @@ def test_tokens_never_reach_the_results(server_tls: ssl.SSLContext, reader_token
 
 
 def iris_stand_in(predictions: list[Any] | None = None, status: int = 200) -> Responder:
-    """A stand-in model server answering the v1/v2 shapes of FACTS.md for model ``sklearn-iris``.
+    """A stand-in model server answering KServe's v1/v2 shapes for model ``sklearn-iris``.
 
     It checks the request shape like the KServe model server does and answers class 1 for
     every row (or ``predictions`` when given); it does not predict anything.

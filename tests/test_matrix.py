@@ -1,6 +1,6 @@
 """The matrix file and its expansion: releases, proxy images, cells, groups, selection, CI JSON.
 
-Checks the real ``scenarios/matrix.yaml`` against FACTS.md, then the selection rules, and
+Checks the real ``scenarios/matrix.yaml`` against the releases' own files, then the selection rules, and
 every way a malformed matrix file or an unknown name must end: one ``UsageError`` line
 that names the input. Bad matrix files are written to ``tmp_path``.
 """
@@ -34,7 +34,7 @@ GCR_PROXY = "gcr.io/kubebuilder/kube-rbac-proxy:v0.13.1"
 QUAY_PROXY = "quay.io/brancz/kube-rbac-proxy:v0.18.0"
 LINES = [f"v0.{minor}" for minor in range(10, 21)]
 
-# FACTS.md: the cert-manager version each line's quick-install used.
+# The cert-manager version each line's quick install used (kserve/kserve hack/quick_install.sh at the release tag).
 CERT_MANAGER = {
     "v0.10": "v1.3.0",
     "v0.11": "v1.3.0",
@@ -76,7 +76,7 @@ def usage_error_line(excinfo: pytest.ExceptionInfo[UsageError], *names: str) -> 
     return message
 
 
-# -- the real matrix file against FACTS.md ------------------------------------------------
+# -- the real matrix file against the releases ----------------------------------------------
 
 
 def test_every_minor_line_from_v0_10_to_v0_20_has_exactly_one_latest_patch(matrix: Matrix) -> None:

@@ -1,6 +1,7 @@
 """Real kube-rbac-proxy binaries, started with KServe's sidecar args, against a real API server.
 
-Each proxy version answers the FACTS.md response-code table: no token 401, bad token 401,
+Each proxy version answers as kube-rbac-proxy's delegated authentication and authorization
+(brancz/kube-rbac-proxy README) implies: no token 401, bad token 401,
 no RBAC 403, RBAC 200 with the upstream's body; its own ServiceAccount lacking
 tokenreviews 401, lacking subjectaccessreviews 500.
 """
