@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from e2e import report
-from e2e.errors import HarnessError
+from e2e.errors import HarnessError, UsageError
 from e2e.local.processes import install_signal_handlers
 from e2e.matrix import Matrix, MatrixCell, Selection, load_matrix
 from e2e.results import CellResult, Verdict
@@ -101,10 +101,11 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         matrix = load_matrix(config.getoption("matrix"))
         cells = matrix.select(_selection(config))
+        if config.getoption("provider") == "local" and not config.getoption("k8s"):
+            cells = _local_kubernetes_cells(cells)
     except HarnessError as exc:
-        raise pytest.UsageError(str(exc)) from None
-    if config.getoption("provider") == "local" and not config.getoption("k8s"):
-        cells = _local_kubernetes_cells(cells)
+        # A usage error of the harness: one line and exit 2, like every kserve-compat command.
+        pytest.exit(f"kserve-compat: {exc}", returncode=2)
     offline = config.getoption("manifest_dir") or os.environ.get("KSERVE_COMPAT_MANIFEST_DIR")
     if offline and config.getoption("all_releases") and not config.getoption("kserve"):
         # "Every release available": those the offline directory mirrors. Asked for by
@@ -122,7 +123,7 @@ def _local_kubernetes_cells(cells: list[MatrixCell]) -> list[MatrixCell]:
     built = ".".join(KUBERNETES_VERSION.removeprefix("v").split(".")[:2])
     matching = [cell for cell in cells if cell.kubernetes.version == built]
     if cells and not matching:
-        raise pytest.UsageError(f"local tier: the control plane is Kubernetes {built}; the matrix has no such version")
+        raise UsageError(f"local tier: the control plane is Kubernetes {built}; the matrix has no such version")
     return matching
 
 

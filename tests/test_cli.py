@@ -138,10 +138,10 @@ def run_pytest_scenarios(*args: str) -> subprocess.CompletedProcess[str]:
 )
 def test_scenario_options_are_checked_before_anything_runs(args: tuple[str, ...], line: str) -> None:
     done = run_pytest_scenarios(*args)
-    assert done.returncode == 4, done.stdout[-2000:] + done.stderr[-2000:]  # pytest's usage-error exit
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]  # a usage error, as everywhere
     assert "Traceback" not in done.stderr
     [message] = [text for text in done.stderr.splitlines() if text.strip()]
-    assert message.startswith(f"ERROR: {line}"), message
+    assert message.startswith(f"Exit: kserve-compat: {line}"), message
 
 
 @pytest.mark.parametrize("args", [("frobnicate",), ("matrix", "--frobnicate"), ()])

@@ -152,7 +152,7 @@ def test_release_missing_from_offline_directory_is_skipped_not_a_crash(tmp_path:
 
 def test_unknown_release_is_a_one_line_usage_error(tmp_path: Path) -> None:
     code, output, _ = run_scenarios(tmp_path, "scenarios", "--kserve", "v9.9.9")
-    assert code == 4  # pytest's usage-error exit
+    assert code == 2  # a usage error: one line, exit 2
     assert "--kserve v9.9.9: no defaults for the v9.9 line" in output
     assert "Traceback" not in output
 
