@@ -109,3 +109,29 @@ def test_an_unlisted_release_without_files_is_found_out_when_fetched(tmp_path: P
         load_release_manifest(release, files)
     message = str(caught.value)
     assert "kserve v0.15.0 kserve.yaml" in message and str(offline) in message and "\n" not in message
+
+
+# -- preflight reads the exact version a cluster runs ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("image", "described"),
+    [
+        (
+            "kserve/kserve-controller:v0.15.0",
+            "; its line ships quay.io/brancz/kube-rbac-proxy:v0.18.0 (defaults of v0.15.2)",
+        ),
+        ("kserve/kserve-controller:v0.15.2", "; the release ships quay.io/brancz/kube-rbac-proxy:v0.18.0"),
+        ("kserve/kserve-controller:v0.99.0", "; no release line the matrix knows"),
+    ],
+)
+def test_preflight_takes_the_version_a_cluster_runs(image: str, described: str) -> None:
+    from e2e.matrix import load_matrix
+    from e2e.preflight.cluster import installed_version
+
+    matrix = load_matrix()
+    profile = matrix.releases[0].profile
+    deployment = {"spec": {"template": {"spec": {"containers": [{"name": profile.manager_container, "image": image}]}}}}
+    found = installed_version(deployment, profile, matrix)
+    assert found.version == image.rsplit(":", 1)[1]
+    assert found.describe().endswith(described), found.describe()

@@ -21,6 +21,7 @@ from e2e.errors import HarnessError, ImageReferenceError, UsageError
 from e2e.images import ImageReference
 from e2e.matrix import (
     ControllerProfile,
+    KServeRelease,
     Matrix,
     version_key,
 )
@@ -178,7 +179,10 @@ def installed_version(deployment: dict[str, Any], profile: ControllerProfile, ma
             version_key(version)
         except UsageError:
             continue
-        known = next((r for r in matrix.releases if r.version == version), None)
+        try:  # any release tag: an unlisted one takes its line's defaults
+            known: KServeRelease | None = matrix.release(version)
+        except UsageError:  # a line the matrix has no defaults for
+            known = None
         return InstalledVersion(version, how, known)
     looked = f"manager image {image!r}" if image else f"no container {profile.manager_container!r}"
     return InstalledVersion(None, f"{looked} has no version tag and no {VERSION_LABEL} label", None)

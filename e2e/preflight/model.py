@@ -71,14 +71,16 @@ class Check:
 class InstalledVersion:
     version: str | None
     how: str  # "the tag of the manager image kserve/kserve-controller:v0.14.0"
-    release: KServeRelease | None  # the matrix entry, if the matrix knows this version
+    release: KServeRelease | None  # the matrix entry (or its line's defaults), if the matrix has the line
 
     def describe(self) -> str:
         text = f"{self.version or 'unknown'} ({self.how})"
-        if self.release is not None:
+        if self.release is not None and self.release.derived_from:
+            text += f"; its line ships {self.release.proxy_image} (defaults of {self.release.derived_from})"
+        elif self.release is not None:
             text += f"; the release ships {self.release.proxy_image}"
         elif self.version:
-            text += "; not a release the matrix knows"
+            text += "; no release line the matrix knows"
         return text
 
 
