@@ -30,14 +30,15 @@ from typing import Any
 
 from kubernetes import client as k8s_client
 
-from e2e.cluster.provider import ClusterInfo, ClusterProvider, ProviderFactory, ServiceTarget
+from e2e.cluster.provider import ClusterInfo, ClusterProvider, ProviderFactory, ServiceTarget, no_endpoint_change
 from e2e.errors import EnvironmentMissing, HarnessError, WorkloadFailed, WorkloadUnavailable
 from e2e.images import ImageReference
-from e2e.local import binaries
+from e2e.local import binaries, prometheus
 from e2e.local.controlplane import ControlPlane, resolve_binaries
 from e2e.local.metrics_upstream import MetricsUpstream
 from e2e.local.processes import ProcessExitedEarly, free_loopback_port
 from e2e.local.proxy_runner import ProxyProcess, remap_ports
+from e2e.scrape import ScrapeJob
 from e2e.secrets import redact
 from e2e.tokens import kubeconfig_for_service_account
 
@@ -109,6 +110,7 @@ class LocalCluster(ClusterProvider):
         self._ports: dict[tuple[str, str, str], int] = {}
         self._instances = itertools.count(1)
         self._model_server = model_server
+        self._prometheus: prometheus.PrometheusProcess | None = None
         self.last_sync = SyncReport()
 
     # -- the provider interface -----------------------------------------------------------
@@ -218,9 +220,29 @@ class LocalCluster(ClusterProvider):
             raise WorkloadUnavailable("no local model server was started for this run")
         yield server.base_url.removeprefix("http://")
 
+    def start_prometheus(self, jobs: Sequence[ScrapeJob]) -> None:
+        """A Prometheus process scraping the played proxies' addresses (stable per container)."""
+        binary = prometheus.require()
+        addresses = {}
+        for job in jobs:
+            with self.endpoint(job.target) as address:
+                addresses[job.name] = address
+        self._prometheus = prometheus.PrometheusProcess(binary, jobs, addresses, self._workdir / "prometheus").start()
+
+    def prometheus_endpoint(self) -> contextlib.AbstractContextManager[str]:
+        if self._prometheus is None:
+            raise WorkloadUnavailable("no Prometheus was started for this cluster")
+        try:
+            self._prometheus.wait_ready()
+        except ProcessExitedEarly as exc:
+            raise WorkloadFailed(f"prometheus exited: {exc}", exc.last_lines[-15:]) from None
+        return no_endpoint_change(self._prometheus.address)
+
     def export_logs(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.control_plane.export_logs(directory / "control-plane")
+        if self._prometheus is not None:
+            (directory / "prometheus.log").write_text(redact(self._prometheus.logs()))
         for played in self._played.values():
             name = f"{played.namespace}_{played.deployment}_{played.container}"
             (directory / f"{name}.log").write_text(redact(played.proxy.logs()))
@@ -228,6 +250,8 @@ class LocalCluster(ClusterProvider):
                 (directory / f"{name}.previous.log").write_text(redact(played.previous_logs))
 
     def delete(self) -> None:
+        if self._prometheus is not None:
+            self._prometheus.stop()
         for played in list(self._played.values()):
             self._stop(played)
         self._played.clear()

@@ -13,11 +13,15 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
-from e2e.errors import HarnessError
+from e2e.errors import HarnessError, WorkloadUnavailable
+
+if TYPE_CHECKING:
+    from e2e.scrape import ScrapeJob
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,18 @@ class ClusterProvider(abc.ABC):
         api = self.api_client()
         isvc = kserve.wait_inference_service_ready(api, namespace, name)
         return self.endpoint(kserve.predictor_service(isvc))
+
+    def start_prometheus(self, jobs: Sequence[ScrapeJob]) -> None:
+        """Start a real Prometheus that scrapes ``jobs`` and stops with this cluster.
+
+        Raises ``WorkloadUnavailable`` where the provider runs none (kind, so far: see
+        ``manifests/prometheus.yaml``, untested) and ``EnvironmentMissing`` without a binary.
+        """
+        raise WorkloadUnavailable(f"{self.info.provider} tier: no Prometheus is started yet")
+
+    def prometheus_endpoint(self) -> contextlib.AbstractContextManager[str]:
+        """``host:port`` of the HTTP API of the Prometheus ``start_prometheus`` started."""
+        raise WorkloadUnavailable(f"{self.info.provider} tier: no Prometheus is started yet")
 
     def mark_failed(self) -> None:  # noqa: B027 - optional hook
         """A cell failed on this cluster (kind keeps it with ``--keep-on-failure``)."""
