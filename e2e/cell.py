@@ -159,7 +159,12 @@ class CellRun:
             missing = isinstance(error, EnvironmentMissing)
             scrape.record_unavailable(self.result, str(error), as_error=missing and in_ci())
             return
-        with cluster.provider.prometheus_endpoint() as address:
+        try:
+            endpoint = cluster.provider.prometheus_endpoint()
+        except HarnessError as exc:  # Prometheus itself broke: the harness's error, not the cell's
+            scrape.record_unavailable(self.result, str(exc), as_error=True, evidence=getattr(exc, "evidence", []))
+            return
+        with endpoint as address:
             scrape.check_metrics_scrape(
                 self.result, scrape.PrometheusAPI(f"http://{address}"), cluster.scrape_jobs, self.swapped_at
             )

@@ -1,10 +1,10 @@
-"""The install plan of a cluster group: cert-manager, the KServe release, the scrapers.
+"""The install plan of a cluster group: the scrapers, cert-manager, the KServe release.
 
-Once per group, on the group's fresh cluster: cert-manager (the whole install on kind,
-its CRDs locally), the KServe release (CRDs first, raw deployment mode, the controller
-rolled out with a proxy image this provider can run), the runtimes, the metrics scrapers
-of ``manifests/metrics-access.yaml`` with their tokens, and a real Prometheus scraping the
-metrics Service with two of them (see ``e2e/scrape.py``). An install error is kept on the
+Once per group, on the group's fresh cluster: the metrics scrapers of
+``manifests/metrics-access.yaml`` with their tokens and a real Prometheus scraping the
+metrics Service with two of them (see ``e2e/scrape.py``), then cert-manager (the whole
+install on kind, its CRDs locally), the KServe release (CRDs first, raw deployment mode,
+the controller rolled out with a proxy image this provider can run) and the runtimes. An install error is kept on the
 group and reported by each of its cells; a Prometheus that cannot start is kept for the
 ``metrics-scrape`` check to report.
 """
@@ -116,6 +116,15 @@ class Installer:
         provider = cluster.provider
         api = provider.api_client()
         manifest = self.release_manifest(release)
+        # The scrapers first (they need nothing of KServe), and the group's Prometheus with
+        # them: it takes about 6 s to scrape its first target, which the install hides.
+        Applier(api).apply(kserve.load_documents(kserve.MANIFESTS_DIR / "metrics-access.yaml"))
+        cluster.access = MetricsAccess(
+            metrics_reader_token=mint_token(api, METRICS_ACCESS_NAMESPACE, METRICS_READER),
+            no_access_token=mint_token(api, METRICS_ACCESS_NAMESPACE, NO_ACCESS),
+            prometheus_token=mint_token(api, METRICS_ACCESS_NAMESPACE, PROMETHEUS),
+        )
+        self._start_prometheus(cluster)
         kserve.install_cert_manager(api, self._cert_manager_documents(cluster, release))
         # Install with a runnable proxy image already in place: a release whose shipped
         # image is retired could otherwise never become Available.
@@ -147,15 +156,8 @@ class Installer:
             wait_for_controller=controller_rollout,
         )
         cluster.deviations += installation.deviations
-        Applier(api).apply(kserve.load_documents(kserve.MANIFESTS_DIR / "metrics-access.yaml"))
-        cluster.access = MetricsAccess(
-            metrics_reader_token=mint_token(api, METRICS_ACCESS_NAMESPACE, METRICS_READER),
-            no_access_token=mint_token(api, METRICS_ACCESS_NAMESPACE, NO_ACCESS),
-            prometheus_token=mint_token(api, METRICS_ACCESS_NAMESPACE, PROMETHEUS),
-        )
         cluster.manifest = manifest
         cluster.proxy_image = proxy_image_of(patch)
-        self._start_prometheus(cluster)
 
     @staticmethod
     def _start_prometheus(cluster: GroupCluster) -> None:

@@ -264,7 +264,9 @@ def wait_for_scrapes(
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_result(lambda seen: not seen.passed),
         stop=tenacity.stop_after_delay(timeout_s),
-        wait=tenacity.wait_exponential(multiplier=0.1, max=1.0),
+        # Each attempt is three requests to a local Prometheus: a short ceiling keeps the
+        # check from sleeping past a scrape that came in.
+        wait=tenacity.wait_exponential(multiplier=0.05, max=0.25),
         before_sleep=report,
         retry_error_callback=lambda state: state.outcome.result() if state.outcome else Observation(),
     )
@@ -309,7 +311,9 @@ def check_metrics_scrape(
     return cell.add(check)
 
 
-def record_unavailable(cell: CellResult, reason: str, *, as_error: bool) -> CheckResult:
+def record_unavailable(
+    cell: CellResult, reason: str, *, as_error: bool, evidence: Sequence[str] = ()
+) -> CheckResult:
     """The check could not run here (no Prometheus): skipped, or an error where it must run."""
     status = CheckStatus.ERROR if as_error else CheckStatus.SKIPPED
-    return cell.add(CheckResult(CHECK_NAME, status, f"no Prometheus: {reason}"))
+    return cell.add(CheckResult(CHECK_NAME, status, f"no Prometheus: {reason}", evidence=list(evidence)))

@@ -23,20 +23,20 @@ def _install(cell: MatrixCell, context: PlanContext) -> list[str]:
     )
     return [
         f"KServe {release.version} on the cluster of its group (the group's first cell installs, the others reuse)",
+        "manifests/metrics-access.yaml; tokens for kserve-compat/metrics-reader, no-access and prometheus",
+        _prometheus(context),
         f"install {cert_manager}",
         f"install {', '.join(release.files)} by server-side apply (CRDs first, until Established)",
         "inferenceservice-config -> raw deployment mode, no Ingress from v0.12",
-        "manifests/metrics-access.yaml; tokens for kserve-compat/metrics-reader, no-access and prometheus",
-        _prometheus(context),
     ]
 
 
 def _prometheus(context: PlanContext) -> str:
     if context.provider == "local":
-        where = "a local prometheus process (Debian's package)"
+        where = "a local prometheus process (Debian's package) scraping the metrics Service through a loopback relay"
     else:
-        where = "no Prometheus yet on this tier: metrics-scrape is skipped (manifests/prometheus.yaml, untested)"
-    return f"start Prometheus for the group, stopped with its cluster: {where}"
+        where = "none yet on this tier: metrics-scrape is skipped (manifests/prometheus.yaml, untested)"
+    return f"start the group's Prometheus, stopped with its cluster: {where}"
 
 
 def _swap_lines(cell: MatrixCell, context: PlanContext, image: str | None) -> list[str]:

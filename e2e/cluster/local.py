@@ -19,6 +19,7 @@ exercised for real: what runs is what the API server stored.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import shutil
@@ -38,6 +39,7 @@ from e2e.local.controlplane import ControlPlane, resolve_binaries
 from e2e.local.metrics_upstream import MetricsUpstream
 from e2e.local.processes import ProcessExitedEarly, free_loopback_port
 from e2e.local.proxy_runner import ProxyProcess, remap_ports
+from e2e.local.service_relay import ServiceRelay
 from e2e.scrape import ScrapeJob
 from e2e.secrets import redact
 from e2e.tokens import kubeconfig_for_service_account
@@ -111,6 +113,7 @@ class LocalCluster(ClusterProvider):
         self._instances = itertools.count(1)
         self._model_server = model_server
         self._prometheus: prometheus.PrometheusProcess | None = None
+        self._relays: dict[ServiceTarget, ServiceRelay] = {}
         self.last_sync = SyncReport()
 
     # -- the provider interface -----------------------------------------------------------
@@ -221,13 +224,20 @@ class LocalCluster(ClusterProvider):
         yield server.base_url.removeprefix("http://")
 
     def start_prometheus(self, jobs: Sequence[ScrapeJob]) -> None:
-        """A Prometheus process scraping the played proxies' addresses (stable per container)."""
+        """A Prometheus process scraping each Service through a relay that reaches whatever
+        plays it at that moment (so it can start before the release is installed)."""
         binary = prometheus.require()
         addresses = {}
         for job in jobs:
-            with self.endpoint(job.target) as address:
-                addresses[job.name] = address
+            if job.target not in self._relays:
+                resolve = functools.partial(self._played_address, job.target)
+                self._relays[job.target] = ServiceRelay(resolve, name=job.target.name).start()
+            addresses[job.name] = self._relays[job.target].address
         self._prometheus = prometheus.PrometheusProcess(binary, jobs, addresses, self._workdir / "prometheus").start()
+
+    def _played_address(self, target: ServiceTarget) -> str:
+        with self.endpoint(target) as address:
+            return address
 
     def prometheus_endpoint(self) -> contextlib.AbstractContextManager[str]:
         if self._prometheus is None:
@@ -252,6 +262,8 @@ class LocalCluster(ClusterProvider):
     def delete(self) -> None:
         if self._prometheus is not None:
             self._prometheus.stop()
+        for relay in self._relays.values():
+            relay.stop()
         for played in list(self._played.values()):
             self._stop(played)
         self._played.clear()
