@@ -29,7 +29,7 @@ from e2e import scrape
 from e2e.availability import unavailable
 from e2e.cluster.local import LocalCluster
 from e2e.cluster.provider import ServiceTarget, no_endpoint_change
-from e2e.errors import EnvironmentMissing, HarnessError
+from e2e.errors import EnvironmentMissing, HarnessError, WorkloadFailed
 from e2e.local import binaries
 from e2e.local import prometheus as local_prometheus
 from e2e.local.controlplane import ControlPlane
@@ -37,6 +37,7 @@ from e2e.local.metrics_upstream import MetricsUpstream
 from e2e.local.processes import free_loopback_port, running_processes
 from e2e.local.prometheus import PrometheusProcess
 from e2e.local.proxy_runner import ProxyProcess
+from e2e.local.service_relay import ServiceRelay
 from e2e.results import CellResult, CheckStatus
 from e2e.scrape import NO_ACCESS_JOB, READER_JOB, PrometheusAPI, ScrapeJob, check_metrics_scrape
 from e2e.tokens import ensure_service_account, kubeconfig_for_service_account, mint_token
@@ -102,6 +103,21 @@ def test_a_cell_without_prometheus_records_why_and_fails_only_for_a_missing_bina
     (check,) = run.result.checks
     assert (check.name, check.status) == ("metrics-scrape", status)
     assert str(error) in check.detail
+
+
+def test_a_prometheus_that_died_is_an_error_with_its_last_words(monkeypatch: pytest.MonkeyPatch) -> None:
+    from e2e.cell import CellRun
+
+    def dead() -> None:
+        raise WorkloadFailed("prometheus exited: code 1", ["exit code 1", "err=\"opening storage failed\""])
+
+    run: Any = SimpleNamespace(result=new_cell(), cluster=None)
+    run._cluster = lambda: SimpleNamespace(prometheus_error=None, provider=SimpleNamespace(prometheus_endpoint=dead))
+    CellRun.check_metrics_scrape(run)
+    (check,) = run.result.checks
+    assert (check.name, check.status) == ("metrics-scrape", CheckStatus.ERROR)
+    assert "prometheus exited" in check.detail
+    assert check.evidence == ["exit code 1", 'err="opening storage failed"']
 
 
 def test_the_local_config_is_the_sample_servicemonitor_as_a_scrape_config(tmp_path: Path) -> None:
@@ -209,7 +225,7 @@ def _account(api: k8s_client.ApiClient, name: str, role: str | None) -> str:
 @dataclass
 class Scraped:
     prometheus: PrometheusProcess
-    proxy: ProxyProcess
+    relay: ServiceRelay
     upstream: MetricsUpstream
     jobs: list[ScrapeJob]
     started: float
@@ -244,11 +260,13 @@ def scraped(control_plane: ControlPlane, tmp_path: Path, name: str, *, reader_ha
             binary, KSERVE_PROXY_ARGS, upstream_url=upstream.url, kubeconfig=kubeconfig, workdir=tmp_path
         )
         started = time.time()
-        with proxy, PrometheusProcess(prometheus_bin, jobs, {j.name: proxy.address for j in jobs},
-                                      tmp_path / "prometheus") as prometheus:
+        # As on the local tier: Prometheus reaches the "Service" through a relay.
+        with proxy, ServiceRelay(lambda: proxy.address, "metrics") as relay, PrometheusProcess(
+            prometheus_bin, jobs, {j.name: relay.address for j in jobs}, tmp_path / "prometheus"
+        ) as prometheus:
             prometheus.wait_ready()
             _wait_for_targets(PrometheusAPI(prometheus.url), len(jobs))
-            yield Scraped(prometheus, proxy, upstream, jobs, started)
+            yield Scraped(prometheus, relay, upstream, jobs, started)
 
 
 def _wait_for_targets(api: PrometheusAPI, count: int) -> None:
@@ -271,7 +289,7 @@ def test_prometheus_gets_the_metrics_with_rbac_and_a_403_without(
         assert f"job {READER_JOB} up == 1" in check.detail
         assert f"job {NO_ACCESS_JOB} up == 0 (HTTP 403)" in check.detail
         evidence = "\n".join(check.evidence)
-        assert f"job {READER_JOB} https://{run.proxy.address}/metrics: health=up" in evidence
+        assert f"job {READER_JOB} https://{run.relay.address}/metrics: health=up" in evidence
         assert "health=down" in evidence and "403" in evidence
         assert run.upstream.requests_served > 0  # the reader's scrapes went through to the upstream
         prometheus_log = run.prometheus.logs()

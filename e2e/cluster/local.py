@@ -353,8 +353,9 @@ class LocalCluster(ClusterProvider):
             upstream=upstream,
         )
 
-    @staticmethod
-    def _stop(played: PlayedContainer) -> None:
+    def _stop(self, played: PlayedContainer) -> None:
+        for relay in self._relays.values():  # see ServiceRelay.disconnect
+            relay.disconnect(played.proxy.address)
         played.proxy.stop()
         played.upstream.stop()
 

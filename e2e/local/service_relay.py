@@ -11,6 +11,11 @@ client and the proxy. With nothing behind the Service the connection is closed a
 as a Service without endpoints refuses it. The last address found is tried first (a
 played container keeps its port across restarts); ``resolve()``, which asks the API
 server, runs again only when that fails, and at most every ``RESOLVE_EVERY_S``.
+
+``disconnect(address)`` cuts the connections to a process about to be stopped: a client
+holding an HTTP/2 connection (Prometheus does) would otherwise delay the proxy's graceful
+shutdown by Go's one-second GOAWAY timeout, and with it every swap and the outage window
+the migration scenario measures.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from typing import Self
 log = logging.getLogger(__name__)
 
 _CHUNK = 64 * 1024
-RESOLVE_EVERY_S = 0.5
+RESOLVE_EVERY_S = 1.0
 
 
 class ServiceRelay:
@@ -39,7 +44,7 @@ class ServiceRelay:
     def __init__(self, resolve: Callable[[], str | None], name: str = "service") -> None:
         self.resolve = resolve
         self.name = name
-        self._connections: set[socket.socket] = set()
+        self._connections: dict[socket.socket, tuple[socket.socket, str]] = {}  # client -> (upstream, address)
         self._lock = threading.Lock()
         self._last: str | None = None
         self._resolved_at = float("-inf")
@@ -72,23 +77,36 @@ class ServiceRelay:
             self._thread = None
         self._server.server_close()
         with self._lock:
-            connections = list(self._connections)
-        for connection in connections:
-            with contextlib.suppress(OSError):
-                connection.close()
+            pairs = [(client, upstream) for client, (upstream, _) in self._connections.items()]
+        for client, upstream in pairs:
+            _cut(client)
+            _cut(upstream)
+
+    def disconnect(self, address: str) -> int:
+        """Cut every connection forwarded to ``address``; how many there were."""
+        with self._lock:
+            pairs = [(client, upstream) for client, (upstream, to) in self._connections.items() if to == address]
+        for client, upstream in pairs:
+            _cut(client)
+            _cut(upstream)
+        return len(pairs)
 
     def _forward(self, client: socket.socket) -> None:
-        upstream = _connect(self._last) or _connect(self._resolve())
+        address = self._last
+        upstream = _connect(address)
         if upstream is None:
+            address = self._resolve()
+            upstream = _connect(address)
+        if upstream is None or address is None:
             return  # closing the client is the refusal
         upstream.settimeout(None)
         with self._lock:
-            self._connections.update((client, upstream))
+            self._connections[client] = (upstream, address)
         try:
             _pump(client, upstream)
         finally:
             with self._lock:
-                self._connections.difference_update((client, upstream))
+                self._connections.pop(client, None)
             upstream.close()
 
     def _resolve(self) -> str | None:
@@ -126,17 +144,29 @@ def _connect(address: str | None) -> socket.socket | None:
         return None
 
 
+def _cut(connection: socket.socket) -> None:
+    """Shut a socket down both ways (which also wakes its pump's selector), then close it."""
+    with contextlib.suppress(OSError):
+        connection.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
+        connection.close()
+
+
 def _pump(first: socket.socket, second: socket.socket) -> None:
-    """Copy bytes both ways until one side closes, either socket fails, or ``stop()``
-    closes them under the selector."""
+    """Copy bytes both ways until both sides have closed (an end of stream from one side is
+    passed on as a half-close), either socket fails, or ``stop()`` closes them."""
     peer = {first: second, second: first}
     with contextlib.suppress(OSError, ValueError), selectors.DefaultSelector() as selector:
         selector.register(first, selectors.EVENT_READ)
         selector.register(second, selectors.EVENT_READ)
-        while first.fileno() >= 0 and second.fileno() >= 0:
+        reading = 2
+        while reading and first.fileno() >= 0 and second.fileno() >= 0:
             for key, _ in selector.select(timeout=1.0):
                 source: socket.socket = key.fileobj  # type: ignore[assignment]
                 data = source.recv(_CHUNK)
-                if not data:
-                    return
-                peer[source].sendall(data)
+                if data:
+                    peer[source].sendall(data)
+                    continue
+                selector.unregister(source)
+                peer[source].shutdown(socket.SHUT_WR)
+                reading -= 1
