@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from e2e import checks, diagnostics, kserve, report
-from e2e.errors import HarnessError, WorkloadFailed, WorkloadUnavailable
+from e2e import checks, diagnostics, kserve, report, scrape
+from e2e.availability import in_ci
+from e2e.errors import EnvironmentMissing, HarnessError, WorkloadFailed, WorkloadUnavailable
 from e2e.images import replacement
 from e2e.install import SAMPLE_MODELS, CellSkipped, GroupCluster, failure_probe, proxy_image_of
 from e2e.manifests import proxy_patch
@@ -57,6 +58,8 @@ class CellRun:
             self.result.variant = "+".join(filter(None, [self.result.variant, "migration"]))
         self.cluster: GroupCluster | None = None
         self.diagnostics_dir: Path | None = None
+        # When the cell's image last rolled out: the metrics-scrape check wants a newer scrape.
+        self.swapped_at = self.result.started_at
 
     # -- setup --------------------------------------------------------------------------------
 
@@ -97,6 +100,7 @@ class CellRun:
                 failure_evidence=failure_probe(provider, profile.namespace, profile.deployment),
             )
             cluster.proxy_image = target
+            self.swapped_at = time.time()
             check.status, check.detail = CheckStatus.PASS, f"rolled out {target} ({state})"
 
     def swap_to_start_image(self) -> None:
@@ -149,6 +153,26 @@ class CellRun:
                 no_access_token=cluster.access.no_access_token,
             )
 
+    def check_metrics_scrape(self) -> None:
+        """Ask the group's Prometheus for a scrape newer than the swap, through the proxy."""
+        cluster = self._cluster()
+        error = cluster.prometheus_error
+        if error is not None:
+            # A missing binary must not let CI go green by skipping; a provider that runs no
+            # Prometheus yet (kind) is a stated gap, skipped with its reason.
+            missing = isinstance(error, EnvironmentMissing)
+            scrape.record_unavailable(self.result, str(error), as_error=missing and in_ci())
+            return
+        try:
+            endpoint = cluster.provider.prometheus_endpoint()
+        except HarnessError as exc:  # Prometheus itself broke: the harness's error, not the cell's
+            scrape.record_unavailable(self.result, str(exc), as_error=True, evidence=getattr(exc, "evidence", []))
+            return
+        with endpoint as address:
+            scrape.check_metrics_scrape(
+                self.result, scrape.PrometheusAPI(f"http://{address}"), cluster.scrape_jobs, self.swapped_at
+            )
+
     def check_inference(self) -> None:
         cluster = self._cluster()
         for name, protocol in SAMPLE_MODELS:
@@ -156,7 +180,8 @@ class CellRun:
                 checks.check_inference(self.result, f"http://{address}", name, protocol)
 
     def check_token_leak(self) -> None:
-        """Search the proxy's logs (current and previous) for the tokens the checks sent."""
+        """Search the proxy's logs (current and previous) for the tokens the checks and the
+        group's Prometheus sent."""
         cluster = self._cluster()
         assert cluster.access is not None
         profile = self.cell.release.profile

@@ -1,10 +1,12 @@
-"""The install plan of a cluster group: cert-manager, the KServe release, the scrapers.
+"""The install plan of a cluster group: the scrapers, cert-manager, the KServe release.
 
-Once per group, on the group's fresh cluster: cert-manager (the whole install on kind,
-its CRDs locally), the KServe release (CRDs first, raw deployment mode, the controller
-rolled out with a proxy image this provider can run), the runtimes, and the two metrics
-scrapers of ``manifests/metrics-access.yaml`` with their tokens. An install error is kept
-on the group and reported by each of its cells.
+Once per group, on the group's fresh cluster: the metrics scrapers of
+``manifests/metrics-access.yaml`` with their tokens and a real Prometheus scraping the
+metrics Service with two of them (see ``e2e/scrape.py``), then cert-manager (the whole
+install on kind, its CRDs locally), the KServe release (CRDs first, raw deployment mode,
+the controller rolled out with a proxy image this provider can run) and the runtimes. An install error is kept on the
+group and reported by each of its cells; a Prometheus that cannot start is kept for the
+``metrics-scrape`` check to report.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from e2e import checks, diagnostics, kserve
+from e2e import checks, diagnostics, kserve, scrape
 from e2e.apply import Applier
-from e2e.cluster.provider import ClusterProvider
+from e2e.cluster.provider import ClusterProvider, ServiceTarget
 from e2e.errors import HarnessError, NotInOfflineDirectory, WorkloadUnavailable
 from e2e.images import RegistryMirrors
 from e2e.manifests import (
@@ -33,7 +35,7 @@ from e2e.rollout import wait_for_rollout
 from e2e.tokens import mint_token
 
 METRICS_ACCESS_NAMESPACE = "kserve-compat"
-METRICS_READER, NO_ACCESS = "metrics-reader", "no-access"
+METRICS_READER, NO_ACCESS, PROMETHEUS = "metrics-reader", "no-access", "prometheus"
 SAMPLE_MODELS: tuple[tuple[str, checks.Protocol], ...] = (("sklearn-iris", "v1"), ("sklearn-iris-v2", "v2"))
 
 
@@ -43,13 +45,26 @@ class CellSkipped(HarnessError):
 
 @dataclass
 class MetricsAccess:
-    """The two scrapers of every cell: one allowed to read /metrics, one not."""
+    """The scrapers of every cell: ``metrics-reader`` and ``prometheus`` may read /metrics,
+    ``no-access`` may not."""
 
     metrics_reader_token: str
     no_access_token: str
+    prometheus_token: str = ""
 
     def tokens(self) -> dict[str, str]:
-        return {METRICS_READER: self.metrics_reader_token, NO_ACCESS: self.no_access_token}
+        """Every token sent to the proxy, by ServiceAccount (the token-leak check's list)."""
+        found = {METRICS_READER: self.metrics_reader_token, NO_ACCESS: self.no_access_token}
+        if self.prometheus_token:
+            found[PROMETHEUS] = self.prometheus_token
+        return found
+
+    def scrape_jobs(self, target: ServiceTarget) -> list[scrape.ScrapeJob]:
+        """Prometheus's two jobs on the metrics Service: its own token, and no-access's."""
+        return [
+            scrape.ScrapeJob(scrape.READER_JOB, target, PROMETHEUS, self.prometheus_token, allowed=True),
+            scrape.ScrapeJob(scrape.NO_ACCESS_JOB, target, NO_ACCESS, self.no_access_token, allowed=False),
+        ]
 
 
 @dataclass
@@ -65,6 +80,8 @@ class GroupCluster:
     deviations: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # e.g. the proxy's port remaps at install
     proxy_image: str = ""  # the image the controller Deployment currently asks for
+    scrape_jobs: list[scrape.ScrapeJob] = field(default_factory=list)  # what its Prometheus scrapes
+    prometheus_error: HarnessError | None = None  # why no Prometheus runs, if none does
 
 
 class Installer:
@@ -101,6 +118,15 @@ class Installer:
         api = provider.api_client()
         manifest = self.release_manifest(release)
         cluster.notes += shipped_proxy(release, manifest).notes()
+        # The scrapers first (they need nothing of KServe), and the group's Prometheus with
+        # them: it takes about 6 s to scrape its first target, which the install hides.
+        Applier(api).apply(kserve.load_documents(kserve.MANIFESTS_DIR / "metrics-access.yaml"))
+        cluster.access = MetricsAccess(
+            metrics_reader_token=mint_token(api, METRICS_ACCESS_NAMESPACE, METRICS_READER),
+            no_access_token=mint_token(api, METRICS_ACCESS_NAMESPACE, NO_ACCESS),
+            prometheus_token=mint_token(api, METRICS_ACCESS_NAMESPACE, PROMETHEUS),
+        )
+        self._start_prometheus(cluster)
         kserve.install_cert_manager(api, self._cert_manager_documents(cluster, release))
         # Install with a runnable proxy image already in place: a release whose shipped
         # image is retired could otherwise never become Available.
@@ -132,13 +158,23 @@ class Installer:
             wait_for_controller=controller_rollout,
         )
         cluster.deviations += installation.deviations
-        Applier(api).apply(kserve.load_documents(kserve.MANIFESTS_DIR / "metrics-access.yaml"))
-        cluster.access = MetricsAccess(
-            metrics_reader_token=mint_token(api, METRICS_ACCESS_NAMESPACE, METRICS_READER),
-            no_access_token=mint_token(api, METRICS_ACCESS_NAMESPACE, NO_ACCESS),
-        )
         cluster.manifest = manifest
         cluster.proxy_image = proxy_image_of(patch)
+
+    @staticmethod
+    def _start_prometheus(cluster: GroupCluster) -> None:
+        """The group's Prometheus, stopped with its cluster; a failure is kept for the check."""
+        profile = cluster.group.release.profile
+        assert cluster.access is not None
+        cluster.scrape_jobs = cluster.access.scrape_jobs(
+            ServiceTarget(profile.namespace, profile.metrics_service, profile.metrics_port)
+        )
+        try:
+            cluster.provider.start_prometheus(cluster.scrape_jobs)
+        except HarnessError as exc:
+            cluster.prometheus_error = exc
+        except OSError as exc:  # e.g. a binary that cannot be executed
+            cluster.prometheus_error = HarnessError(f"prometheus did not start: {exc}")
 
     def _install_cell(
         self, cluster: GroupCluster, cell: MatrixCell, rewrite: Callable[[str], str] | None

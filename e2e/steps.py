@@ -6,6 +6,7 @@ run executes. The actions are ``CellRun`` methods (``e2e/cell.py``).
 
 from __future__ import annotations
 
+from e2e import scrape
 from e2e.cell import CellRun, migration_start_image
 from e2e.matrix import MatrixCell
 from e2e.scenario import PlanContext, Step
@@ -22,11 +23,20 @@ def _install(cell: MatrixCell, context: PlanContext) -> list[str]:
     )
     return [
         f"KServe {release.version} on the cluster of its group (the group's first cell installs, the others reuse)",
+        "manifests/metrics-access.yaml; tokens for kserve-compat/metrics-reader, no-access and prometheus",
+        _prometheus(context),
         f"install {cert_manager}",
         f"install {', '.join(release.files)} by server-side apply (CRDs first, until Established)",
         "inferenceservice-config -> raw deployment mode, no Ingress from v0.12",
-        "manifests/metrics-access.yaml; tokens for kserve-compat/metrics-reader and no-access",
     ]
+
+
+def _prometheus(context: PlanContext) -> str:
+    if context.provider == "local":
+        where = "a local prometheus process (Debian's package) scraping the metrics Service through a loopback relay"
+    else:
+        where = "none yet on this tier: metrics-scrape is skipped (manifests/prometheus.yaml, untested)"
+    return f"start the group's Prometheus, stopped with its cluster: {where}"
 
 
 def _swap_lines(cell: MatrixCell, context: PlanContext, image: str | None) -> list[str]:
@@ -85,6 +95,17 @@ check_metrics_access = Step(
     ],
 )
 
+check_metrics_scrape = Step(
+    "metrics-scrape",
+    CellRun.check_metrics_scrape,
+    lambda cell, context: [
+        f"the group's Prometheus scrapes https://<metrics Service>/metrics every {scrape.SCRAPE_INTERVAL}"
+        " (bearer_token_file, insecure_skip_verify); poll its API until a scrape newer than the swap:",
+        f"job {scrape.READER_JOB} (ServiceAccount prometheus): up == 1, {scrape.RECONCILE_METRIC} queryable",
+        f"job {scrape.NO_ACCESS_JOB} (ServiceAccount no-access): up == 0, 403 in lastError",
+    ],
+)
+
 check_inference = Step(
     "check-inference",
     CellRun.check_inference,
@@ -94,7 +115,10 @@ check_inference = Step(
 check_token_leak = Step(
     "check-token-leak",
     CellRun.check_token_leak,
-    lambda cell, context: ["the scrapers' tokens must not appear in the proxy's logs (current and previous)"],
+    lambda cell, context: [
+        "the scrapers' tokens (metrics-reader, no-access, prometheus) must not appear in the proxy's logs"
+        " (current and previous)"
+    ],
 )
 
 migrate_under_load = Step(

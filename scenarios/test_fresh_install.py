@@ -1,7 +1,8 @@
 """Fresh install: a new cluster gets the KServe release, then the cell's proxy image.
 
 The cluster and the install are shared by the cells of a group; each cell swaps its image
-in, deploys the samples (once per cluster) and checks metrics, inference and the logs.
+in, deploys the samples (once per cluster) and checks metrics (directly, and through the
+group's real Prometheus), inference and the logs.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ SCENARIO = Scenario(
         steps.deploy_sample_models,
         steps.check_image_in_use,
         steps.check_metrics_access,
+        steps.check_metrics_scrape,
         steps.check_inference,
         steps.check_token_leak,
     ),

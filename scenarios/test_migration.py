@@ -35,6 +35,7 @@ SCENARIO = Scenario(
         steps.migrate_under_load,
         steps.check_image_in_use,
         steps.check_metrics_access,
+        steps.check_metrics_scrape,
         steps.check_inference,
         steps.check_token_leak,
     ),

@@ -87,11 +87,14 @@ def test_fresh_install_grid_with_token_leak_findings(tmp_path: Path) -> None:
         assert result["verdict"] == "pass", (cell_id, result["reason"])
         statuses = checks_of(result)
         for name in ("image-in-use", "metrics-no-token", "metrics-garbage-token", "metrics-forbidden",
-                     "metrics-authorized", "metrics-content", "inference-v1", "inference-v2", "token-leak"):
+                     "metrics-authorized", "metrics-content", "metrics-scrape", "inference-v1", "inference-v2",
+                     "token-leak"):
             assert statuses.get(name) == "pass", (cell_id, name, statuses)
     leaking = {cell_id for cell_id, r in cells.items() if any(f["kind"] == "token-leak" for f in r["findings"])}
     # v0.18.0 at --v=10 logs the TokenReview bodies; v0.18.2 masks them; --v=0 logs none.
     assert leaking == {"kserve-v0.14.0--quay-v0.18.0--k8s-1.34"}
+    (finding,) = cells["kserve-v0.14.0--quay-v0.18.0--k8s-1.34"]["findings"]
+    assert "prometheus" in finding["detail"]  # the real Prometheus's token is searched for too
 
 
 def test_reports_never_contain_a_token(tmp_path: Path) -> None:
@@ -175,14 +178,17 @@ def _processes_using(paths: set[str]) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("phase", ["control plane start", "install", "checks"])
+@pytest.mark.parametrize("phase", ["control plane start", "install", "prometheus", "checks", "metrics-scrape"])
 def test_ctrl_c_leaves_no_process_and_no_temp_dir(tmp_path: Path, phase: str) -> None:
     """Interrupt a run at a phase (recognised from its log) and look for leftovers: every
-    temp dir the run announced is gone, and no process mentions one of them."""
+    temp dir the run announced is gone (Prometheus's data directory is in one), and no
+    process mentions one of them (Prometheus's command line names its config there)."""
     markers = {
         "control plane start": "started etcd",
         "install": "applied",
+        "prometheus": "started prometheus",
         "checks": "rolled out",
+        "metrics-scrape": "metrics-scrape: waiting",
     }
     env = {**os.environ, "KSERVE_COMPAT_MANIFEST_DIR": str(session_release_files().offline_directory())}
     process = subprocess.Popen(
@@ -208,6 +214,8 @@ def test_ctrl_c_leaves_no_process_and_no_temp_dir(tmp_path: Path, phase: str) ->
     assert interrupted, f"the run ended before phase {phase!r}: {''.join(seen[-20:])}"
     temp_dirs = {match for line in seen for match in TEMP_DIR.findall(line)}
     assert temp_dirs, "the run announced no temp dir: the markers no longer match its log"
+    if phase in ("prometheus", "metrics-scrape"):
+        assert any("started prometheus" in line and TEMP_DIR.search(line) for line in seen)
     assert _processes_using(temp_dirs) == [], "processes left after Ctrl-C"
     left = sorted(path for path in temp_dirs if Path(path).exists())
     assert not left, f"temp dirs left after Ctrl-C: {left}"

@@ -19,6 +19,7 @@ exercised for real: what runs is what the API server stored.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import shutil
@@ -30,15 +31,17 @@ from typing import Any
 
 from kubernetes import client as k8s_client
 
-from e2e.cluster.provider import ClusterInfo, ClusterProvider, ProviderFactory
+from e2e.cluster.provider import ClusterInfo, ClusterProvider, ProviderFactory, no_endpoint_change
 from e2e.errors import EnvironmentMissing, HarnessError, WorkloadFailed, WorkloadUnavailable
 from e2e.images import ImageReference
 from e2e.labels import parse_equality_selector, selects
-from e2e.local import binaries
+from e2e.local import binaries, prometheus
 from e2e.local.controlplane import ControlPlane, resolve_binaries
 from e2e.local.metrics_upstream import MetricsUpstream
 from e2e.local.processes import ProcessExitedEarly, free_loopback_port
 from e2e.local.proxy_runner import ProxyProcess, remap_ports
+from e2e.local.service_relay import ServiceRelay
+from e2e.scrape import ScrapeJob
 from e2e.secrets import redact
 from e2e.targets import ServiceTarget
 from e2e.tokens import kubeconfig_for_service_account
@@ -155,6 +158,8 @@ class LocalCluster(ClusterProvider):
         self._ports: dict[tuple[str, str, str], int] = {}
         self._instances = itertools.count(1)
         self._model_server = model_server
+        self._prometheus: prometheus.PrometheusProcess | None = None
+        self._relays: dict[ServiceTarget, ServiceRelay] = {}
         self.last_sync = SyncReport()
 
     # -- the provider interface -----------------------------------------------------------
@@ -263,9 +268,36 @@ class LocalCluster(ClusterProvider):
             raise WorkloadUnavailable("no local model server was started for this run")
         yield server.base_url.removeprefix("http://")
 
+    def start_prometheus(self, jobs: Sequence[ScrapeJob]) -> None:
+        """A Prometheus process scraping each Service through a relay that reaches whatever
+        plays it at that moment (so it can start before the release is installed)."""
+        binary = prometheus.require()
+        addresses = {}
+        for job in jobs:
+            if job.target not in self._relays:
+                resolve = functools.partial(self._played_address, job.target)
+                self._relays[job.target] = ServiceRelay(resolve, name=job.target.name).start()
+            addresses[job.name] = self._relays[job.target].address
+        self._prometheus = prometheus.PrometheusProcess(binary, jobs, addresses, self._workdir / "prometheus").start()
+
+    def _played_address(self, target: ServiceTarget) -> str:
+        with self.endpoint(target) as address:
+            return address
+
+    def prometheus_endpoint(self) -> contextlib.AbstractContextManager[str]:
+        if self._prometheus is None:
+            raise WorkloadUnavailable("no Prometheus was started for this cluster")
+        try:
+            self._prometheus.wait_ready()
+        except ProcessExitedEarly as exc:
+            raise WorkloadFailed(f"prometheus exited: {exc}", exc.last_lines[-15:]) from None
+        return no_endpoint_change(self._prometheus.address)
+
     def export_logs(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.control_plane.export_logs(directory / "control-plane")
+        if self._prometheus is not None:
+            (directory / "prometheus.log").write_text(redact(self._prometheus.logs()))
         for played in self._played.values():
             name = f"{played.namespace}_{played.deployment}_{played.container}"
             (directory / f"{name}.log").write_text(redact(played.proxy.logs()))
@@ -273,6 +305,10 @@ class LocalCluster(ClusterProvider):
                 (directory / f"{name}.previous.log").write_text(redact(played.previous_logs))
 
     def delete(self) -> None:
+        if self._prometheus is not None:
+            self._prometheus.stop()
+        for relay in self._relays.values():
+            relay.stop()
         for played in list(self._played.values()):
             self._stop(played)
         self._played.clear()
@@ -356,8 +392,9 @@ class LocalCluster(ClusterProvider):
             upstream=upstream,
         )
 
-    @staticmethod
-    def _stop(played: PlayedContainer) -> None:
+    def _stop(self, played: PlayedContainer) -> None:
+        for relay in self._relays.values():  # see ServiceRelay.disconnect
+            relay.disconnect(played.proxy.address)
         played.proxy.stop()
         played.upstream.stop()
 

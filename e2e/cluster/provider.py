@@ -13,12 +13,16 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
-from e2e.errors import HarnessError
+from e2e.errors import HarnessError, WorkloadUnavailable
 from e2e.targets import ServiceTarget
+
+if TYPE_CHECKING:
+    from e2e.scrape import ScrapeJob
 
 __all__ = ["ClusterInfo", "ClusterProvider", "ProviderFactory", "ServiceTarget", "no_endpoint_change"]
 
@@ -96,6 +100,18 @@ class ClusterProvider(abc.ABC):
             f"{self.info.provider} cluster {self.info.name}: runs no model server of its own for "
             f"{namespace}/{name}; reach it through e2e.kserve.inference_endpoint"
         )
+
+    def start_prometheus(self, jobs: Sequence[ScrapeJob]) -> None:
+        """Start a real Prometheus that scrapes ``jobs`` and stops with this cluster.
+
+        Raises ``WorkloadUnavailable`` where the provider runs none (kind, so far: see
+        ``manifests/prometheus.yaml``, untested) and ``EnvironmentMissing`` without a binary.
+        """
+        raise WorkloadUnavailable(f"{self.info.provider} tier: no Prometheus is started yet")
+
+    def prometheus_endpoint(self) -> contextlib.AbstractContextManager[str]:
+        """``host:port`` of the HTTP API of the Prometheus ``start_prometheus`` started."""
+        raise WorkloadUnavailable(f"{self.info.provider} tier: no Prometheus is started yet")
 
     def mark_failed(self) -> None:  # noqa: B027 - optional hook
         """A cell failed on this cluster (kind keeps it with ``--keep-on-failure``)."""
