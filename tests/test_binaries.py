@@ -267,10 +267,12 @@ def refused(version: str) -> str:
 
 @pytest.fixture()
 def fake_docker(empty_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """tests/data/fake-docker/docker first on PATH; returns its state directory (calls.log)."""
+    """tests/data/fake-docker/docker first on PATH, and the user's consent to take refused
+    versions out of their images; returns the fake's state directory (calls.log)."""
     state = tmp_path / "docker-state"
     monkeypatch.setenv("PATH", f"{FAKE_DOCKER_DIR}{os.pathsep}{os.environ.get('PATH', '')}")
     monkeypatch.setenv("FAKE_DOCKER_STATE", str(state))
+    monkeypatch.setenv(binaries.ENV_FROM_IMAGE, "1")
     return state
 
 
@@ -381,10 +383,31 @@ def test_without_docker_on_path_extraction_fails_in_one_line(
         binaries.extract_proxy("v0.13.1")
 
 
-def test_here_the_real_docker_fails_cleanly_when_no_engine_answers(empty_cache: Path) -> None:
-    """On this machine the docker CLI may exist without an engine or a registry."""
-    if binaries.docker_engine_unreachable_reason() is None:
-        pytest.skip("a Docker engine answers here: extraction could pull for real")
+def test_the_real_docker_fails_cleanly_when_no_engine_answers(
+    empty_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real docker CLI pointed at an engine that does not exist (whether or not this
+    machine runs one: no pull may reach a registry from a test)."""
+    if shutil.which("docker") is None:
+        unavailable("docker: not found on PATH (the docker CLI is what this test runs)")
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{empty_cache / 'no-engine.sock'}")
     with pytest.raises(binaries.ExtractFailed) as caught:
         binaries.extract_proxy("v0.13.1")
     assert "\n" not in str(caught.value) and str(caught.value).startswith(("docker:", "no Docker engine"))
+
+
+def test_a_refused_version_is_never_taken_out_of_its_image_unless_asked(
+    fake_docker: Path, empty_cache: Path, module_proxy_refuses: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An engine answering is not consent: a pull would reach a registry on the internet."""
+    monkeypatch.delenv(binaries.ENV_FROM_IMAGE)
+    with pytest.raises(binaries.BuildUnavailable) as caught:
+        binaries.ensure_proxy("v0.13.1")
+    assert docker_calls(fake_docker) == []
+    assert "`kserve-compat binaries --from-image`" in str(caught.value)
+    ok, reason = binaries.buildable("kube-rbac-proxy", "v0.13.1")
+    assert not ok and f"{binaries.ENV_FROM_IMAGE}=1" in reason
+    assert docker_calls(fake_docker) == []
+
+    assert cli("--component", "kube-rbac-proxy", "--proxy-versions", "v0.13.1", "--from-image") == 0
+    assert "create" in docker_calls(fake_docker)

@@ -22,10 +22,12 @@ Three build recipes, because upstream modules differ:
 - kwok: a wrapper module too (one code path for "build a command of a released module").
 
 A kube-rbac-proxy version the Go module proxy refuses (v0.12.0, v0.13.0, v0.13.1 answer 403
-here) is taken out of its published image instead when a Docker engine and the registry
-are reachable (``docker create`` + ``docker cp`` + ``docker rm``); its ``build-info.json``
-records the image, its digest and the path in it. When neither source answers, the version
-is ``unavailable`` with both answers.
+here) can be taken out of its published image instead (``docker create`` + ``docker cp`` +
+``docker rm``), when the user asks for it (``kserve-compat binaries --from-image`` or
+``KSERVE_COMPAT_PROXY_FROM_IMAGE=1``) and a Docker engine and the registry are reachable;
+its ``build-info.json`` records the image, its digest and the path in it. Never on its own:
+a pull reaches a registry on the internet, which a test run must not do behind the user's
+back. Otherwise the version is ``unavailable`` with the answers and how to ask.
 """
 
 from __future__ import annotations
@@ -446,6 +448,21 @@ def module_unavailable_reason(module: str, version: str) -> str | None:
     return reason or None
 
 
+ENV_FROM_IMAGE = "KSERVE_COMPAT_PROXY_FROM_IMAGE"
+
+
+def from_image_allowed() -> bool:
+    """Whether the user asked for refused proxy versions to be taken out of their images."""
+    return os.environ.get(ENV_FROM_IMAGE, "") == "1"
+
+
+def _from_image_hint(version: str) -> str:
+    return (
+        f"{proxy_image_for(version)}: not taken out of the image unless asked "
+        f"(`kserve-compat binaries --from-image` or {ENV_FROM_IMAGE}=1; needs a Docker engine and the registry)"
+    )
+
+
 def buildable(component: str, version: str | None = None) -> tuple[bool, str]:
     """(True, "") when ``component`` at ``version`` exists or can be built here, else
     (False, one-line reason). Never raises for an unavailable module or a missing go."""
@@ -459,6 +476,8 @@ def buildable(component: str, version: str | None = None) -> tuple[bool, str]:
         refused = f"{rec.module}@{rec.version}: the Go module proxy does not serve it ({reason})"
         if component != PROXY:
             return False, refused
+        if not from_image_allowed():
+            return False, f"{refused}; {_from_image_hint(rec.version)}"
         engine = docker_engine_unreachable_reason()
         if engine:
             return False, f"{refused}; {proxy_image_for(rec.version)}: {engine}"
@@ -806,7 +825,10 @@ def _build_missing(recipes: Sequence[Recipe]) -> dict[str, Path]:
         except BuildUnavailable as refused:
             if [r.component for r in todo] != [PROXY]:
                 raise
-            # The module proxy refuses this version: its published image is the other source.
+            # The module proxy refuses this version: its published image is the other source,
+            # used only when the user asked for it (a pull reaches the internet).
+            if not from_image_allowed():
+                raise BuildUnavailable(f"{refused}; {_from_image_hint(todo[0].version)}") from None
             try:
                 built = {PROXY: extract_proxy(todo[0].version)}
             except ExtractFailed as exc:
@@ -963,9 +985,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--jobs", type=int, default=2, help="builds at a time (default 2)")
     parser.add_argument("--list", action="store_true", help="show what exists, without building")
+    parser.add_argument(
+        "--from-image",
+        action="store_true",
+        help=f"take kube-rbac-proxy versions the Go module proxy refuses out of their published images "
+        f"(docker create + cp; needs a Docker engine and the registry; also {ENV_FROM_IMAGE}=1)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.from_image:
+        os.environ[ENV_FROM_IMAGE] = "1"
     proxy_versions = [v.strip() for v in args.proxy_versions.split(",") if v.strip()] if args.proxy_versions else None
     recipes = _requested(args.component, proxy_versions, args.kubernetes_version)
     if args.list:
