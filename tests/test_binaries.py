@@ -19,6 +19,9 @@ from e2e.availability import unavailable
 from e2e.errors import EnvironmentMissing, UsageError
 from e2e.local import binaries
 
+# The docker client honours DOCKER_HOST: tests about "no engine" hold where one runs too.
+ABSENT_DOCKER_ENGINE = "unix:///nonexistent/kserve-compat-tests/docker.sock"
+
 
 @pytest.fixture()
 def clean_overrides(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
@@ -171,6 +174,7 @@ def test_unavailable_proxy_version_raises_build_unavailable(clean_overrides: pyt
 
 def test_status_reports_unavailable_without_raising(clean_overrides: pytest.MonkeyPatch) -> None:
     require_go()
+    clean_overrides.setenv("DOCKER_HOST", ABSENT_DOCKER_ENGINE)  # an engine could extract it from its image
     ok, reason = binaries.buildable("kube-rbac-proxy", "v0.13.1")
     assert not ok and "v0.13.1" in reason
     assert binaries.status("kube-rbac-proxy", "v0.13.1").status == "unavailable"
@@ -226,8 +230,11 @@ def cli(*argv: str) -> int:
     return binaries.run(parser.parse_args(argv))
 
 
-def test_cli_list_shows_status_without_building(empty_cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_list_shows_status_without_building(
+    empty_cache: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     require_go()
+    monkeypatch.setenv("DOCKER_HOST", ABSENT_DOCKER_ENGINE)  # an engine could extract v0.13.1 from its image
     assert cli("--list", "--component", "kube-rbac-proxy", "--proxy-versions", "v0.13.1,v0.18.0") == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2
@@ -381,10 +388,11 @@ def test_without_docker_on_path_extraction_fails_in_one_line(
         binaries.extract_proxy("v0.13.1")
 
 
-def test_here_the_real_docker_fails_cleanly_when_no_engine_answers(empty_cache: Path) -> None:
-    """On this machine the docker CLI may exist without an engine or a registry."""
-    if binaries.docker_engine_unreachable_reason() is None:
-        pytest.skip("a Docker engine answers here: extraction could pull for real")
+def test_here_the_real_docker_fails_cleanly_when_no_engine_answers(
+    empty_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The docker CLI of this machine, if any, pointed at an engine that is certainly absent."""
+    monkeypatch.setenv("DOCKER_HOST", ABSENT_DOCKER_ENGINE)
     with pytest.raises(binaries.ExtractFailed) as caught:
         binaries.extract_proxy("v0.13.1")
     assert "\n" not in str(caught.value) and str(caught.value).startswith(("docker:", "no Docker engine"))
