@@ -19,6 +19,9 @@ from e2e.availability import unavailable
 from e2e.errors import EnvironmentMissing, UsageError
 from e2e.local import binaries
 
+# The docker client honours DOCKER_HOST: tests about "no engine" hold where one runs too.
+ABSENT_DOCKER_ENGINE = "unix:///nonexistent/kserve-compat-tests/docker.sock"
+
 
 @pytest.fixture()
 def clean_overrides(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
@@ -386,11 +389,11 @@ def test_without_docker_on_path_extraction_fails_in_one_line(
 def test_the_real_docker_fails_cleanly_when_no_engine_answers(
     empty_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The real docker CLI pointed at an engine that does not exist (whether or not this
-    machine runs one: no pull may reach a registry from a test)."""
+    """The real docker CLI pointed at an engine that certainly does not exist (whether or not
+    this machine runs one: no pull may reach a registry from a test)."""
     if shutil.which("docker") is None:
         unavailable("docker: not found on PATH (the docker CLI is what this test runs)")
-    monkeypatch.setenv("DOCKER_HOST", f"unix://{empty_cache / 'no-engine.sock'}")
+    monkeypatch.setenv("DOCKER_HOST", ABSENT_DOCKER_ENGINE)
     with pytest.raises(binaries.ExtractFailed) as caught:
         binaries.extract_proxy("v0.13.1")
     assert "\n" not in str(caught.value) and str(caught.value).startswith(("docker:", "no Docker engine"))

@@ -680,6 +680,54 @@ def test_export_logs_runs_kind_export_logs(kind_bin: StandIn, in_tmp: Path) -> N
     assert kind_bin.calls() == [["export", "logs", str(in_tmp / "diag" / "kind"), "--name", cluster.name]]
 
 
+def _failing_create_rules() -> list[dict[str, Any]]:
+    # kind's own error line for a node container docker refused (the details went to docker's stderr).
+    failed = 'ERROR: failed to create cluster: command "docker run --privileged ..." failed with error: exit status 1\n'
+    return [
+        {"prefix": ["get", "clusters"], "stderr": recorded("kind-get-clusters-none.stderr")},
+        {"prefix": ["create", "cluster"], "stderr": failed, "rc": 1},
+    ]
+
+
+def test_a_host_that_refuses_privileged_containers_is_one_line_naming_the_fix(
+    kind_bin: StandIn, docker_bin: StandIn, no_node_wait: None
+) -> None:
+    kind_bin.rules(_failing_create_rules())
+    docker_bin.rules([{"prefix": ["run"], "stderr": recorded("docker-run-privileged-no-caps.stderr"), "rc": 125}])
+    cluster = make_cluster(kind_bin, KindOptions(docker=str(docker_bin.path)))
+    with pytest.raises(EnvironmentMissing) as caught:
+        cluster.start()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"kind create cluster {cluster.name}: this Docker engine cannot run privileged")
+    assert "unable to apply caps: operation not permitted" in message
+    assert "run `.ci/docker-engine`" in message
+    # The diagnosis retries what kind did, a privileged container of the node image, without pulling it.
+    run = ["run", "--rm", "--pull", "never", "--privileged", "--entrypoint", "true", NODE_IMAGE]
+    assert docker_bin.calls() == [run]
+
+
+@pytest.mark.parametrize(
+    "docker_run",
+    [
+        {"prefix": ["run"]},  # privileged containers run: kind failed for another reason
+        {"prefix": ["run"], "stderr": "docker: Error response from daemon: No such image: kindest/node\n", "rc": 125},
+    ],
+)
+def test_other_create_failures_keep_their_own_message(
+    kind_bin: StandIn, docker_bin: StandIn, no_node_wait: None, docker_run: dict[str, Any]
+) -> None:
+    kind_bin.rules(_failing_create_rules())
+    docker_bin.rules([docker_run])
+    cluster = make_cluster(kind_bin, KindOptions(docker=str(docker_bin.path)))
+    with pytest.raises(HarnessError) as caught:
+        cluster.start()
+    assert not isinstance(caught.value, EnvironmentMissing)
+    assert str(caught.value) == (
+        f"kind create cluster {cluster.name} (image {NODE_IMAGE}) exited 1; see its output above"
+    )
+
+
 # -- loading images ----------------------------------------------------------------------
 
 
@@ -787,16 +835,11 @@ def test_container_logs_asks_the_api_for_previous_logs(kind_bin: StandIn, monkey
 # -- preflight and tools -----------------------------------------------------------------
 
 
-def _docker_answers() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    result = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, check=False)
-    return result.returncode == 0
-
-
-def test_preflight_without_a_docker_engine_is_one_line_pointing_to_local() -> None:
-    if _docker_answers():
-        pytest.skip("a Docker engine answers here; this test is about machines without one")
+def test_preflight_without_a_docker_engine_is_one_line_pointing_to_local(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The real docker client (when there is one) pointed at an engine that is certainly absent.
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker-engine.sock")
     with pytest.raises(EnvironmentMissing) as caught:
         KindProviderFactory(load_matrix()).preflight()
     message = str(caught.value)

@@ -64,6 +64,15 @@ CLUSTER_NAME_MAX = 40  # node containers are NAME-control-plane: keep hostnames 
 
 DOCKER_MISSING_HINT = "the kind tier needs one — run `nox -s local` for the dockerless tier"
 
+# runc's error when it is asked for a capability the host's bounding set lacks: a privileged
+# container (every kind node is one) asks for all of them. Some VMs lack CAP_SYS_RESOURCE.
+PRIVILEGED_CAPS_ERROR = "unable to apply caps: operation not permitted"
+PRIVILEGED_CAPS_HINT = (
+    f"this Docker engine cannot run privileged containers, which kind's nodes are ({PRIVILEGED_CAPS_ERROR}: "
+    "the host lacks a capability runc grants them); as root, run `.ci/docker-engine` from the kserve-compat "
+    "repository: it registers a runtime that drops CAP_SYS_RESOURCE"
+)
+
 # `kind load docker-image` streams `docker save` into `ctr images import --all-platforms`.
 # Under Docker's containerd image store, `docker save` writes an index naming every platform
 # but blobs for the pulled one only, so ctr stops at a foreign manifest (kind#3795, #4255).
@@ -225,6 +234,10 @@ class DockerCommands:
     def save(self, image: str, platform_: str, archive: Path) -> list[str]:
         return [self.docker, "save", "--platform", platform_, "-o", str(archive), image]
 
+    def run_privileged(self, image: str) -> list[str]:
+        """A privileged container of a local image that exits at once (never pulls)."""
+        return [self.docker, "run", "--rm", "--pull", "never", "--privileged", "--entrypoint", "true", image]
+
 
 def port_forward_argv(kubectl: Path, target: ServiceTarget) -> list[str]:
     """``kubectl port-forward`` to a Service; ``:PORT`` lets kubectl pick a free local port."""
@@ -313,6 +326,21 @@ def docker_preflight(docker: str = "docker") -> None:
         raise EnvironmentMissing(
             f"docker: no Docker engine reachable ({docker_error_line(result.stderr)}); {DOCKER_MISSING_HINT}"
         )
+
+
+def privileged_containers_refused(docker: str, image: str) -> bool:
+    """Whether the engine refuses a privileged container of ``image`` for a missing capability.
+
+    Asked after ``kind create cluster`` failed (pytest-kind lets its output go to the terminal
+    uncaptured), with the node image kind has just tried: a privileged container again.
+    """
+    try:
+        result = subprocess.run(
+            DockerCommands(docker).run_privileged(image), capture_output=True, text=True, timeout=60, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return result.returncode != 0 and PRIVILEGED_CAPS_ERROR in result.stdout + result.stderr
 
 
 # -- running commands -------------------------------------------------------------------
@@ -704,6 +732,8 @@ class KindCluster(ClusterProvider):
         try:
             self._kind.create(config_file=self.config_file if not self.reused else None)
         except subprocess.CalledProcessError as exc:
+            if privileged_containers_refused(self.options.docker, self.node_image):
+                raise EnvironmentMissing(f"kind create cluster {self.name}: {PRIVILEGED_CAPS_HINT}") from None
             raise HarnessError(
                 f"kind create cluster {self.name} (image {self.node_image}) exited {exc.returncode}; "
                 "see its output above"
