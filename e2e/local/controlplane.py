@@ -24,7 +24,6 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 import requests
@@ -35,7 +34,7 @@ from kubernetes import config as k8s_config
 
 from e2e.errors import EnvironmentMissing, HarnessError
 from e2e.local.pki import ClusterPki, create_cluster_pki, write_private_file
-from e2e.local.processes import ManagedProcess, free_loopback_port, wait_ready
+from e2e.local.processes import ManagedProcess, StartsAndStops, free_loopback_port, wait_ready
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +99,7 @@ def resolve_binaries(
     )
 
 
-class ControlPlane:
+class ControlPlane(StartsAndStops):
     """etcd + kube-apiserver (+ controllers and kwok) as local processes; a context manager."""
 
     def __init__(
@@ -168,16 +167,6 @@ class ControlPlane:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> Self:
         began = time.monotonic()

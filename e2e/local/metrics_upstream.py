@@ -12,10 +12,11 @@ import logging
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Self
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+
+from e2e.local.processes import StartsAndStops
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class SeenRequest:
     header_names: tuple[str, ...]
 
 
-class MetricsUpstream:
+class MetricsUpstream(StartsAndStops):
     """``/metrics`` on a free 127.0.0.1 port, served from a thread; a context manager."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -146,13 +147,3 @@ class MetricsUpstream:
         with self._lock:
             self._seen.append(request)
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -34,6 +34,31 @@ log = logging.getLogger(__name__)
 _TAIL_BYTES = 64 * 1024  # enough for the last lines of even a --v=10 log
 
 
+
+class StartsAndStops:
+    """``with thing:`` starts it and stops it again, also on an exception or Ctrl-C.
+
+    For the harness's process-owning classes: each defines ``start`` (returning itself)
+    and ``stop``; the context-manager protocol is written once, here.
+    """
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> object:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
 class ProcessExitedEarly(HarnessError):
     """A process died while the harness was waiting for it to become ready."""
 

@@ -15,14 +15,13 @@ import os
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 import requests
 import yaml
 
 from e2e.errors import EnvironmentMissing
-from e2e.local.processes import ManagedProcess, free_loopback_port, wait_ready
+from e2e.local.processes import ManagedProcess, StartsAndStops, free_loopback_port, wait_ready
 from e2e.scrape import ScrapeJob, prometheus_config, scrape_config
 
 log = logging.getLogger(__name__)
@@ -56,7 +55,7 @@ def _write_secret(path: Path, text: str) -> None:
         handle.write(text)
 
 
-class PrometheusProcess:
+class PrometheusProcess(StartsAndStops):
     """One Prometheus scraping ``jobs`` at ``addresses[job.name]`` (``host:port``).
 
     ``start()`` only forks; ``wait_ready()`` waits for ``/-/ready`` (the check calls it, so
@@ -145,13 +144,3 @@ class PrometheusProcess:
         """Prometheus's log (it never sees a token except in the files it reads)."""
         return self.process.output()
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -16,11 +16,10 @@ import socket
 import ssl
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 from e2e.errors import UsageError
-from e2e.local.processes import ManagedProcess, free_loopback_port, wait_ready
+from e2e.local.processes import ManagedProcess, StartsAndStops, free_loopback_port, wait_ready
 from e2e.secrets import redact
 
 log = logging.getLogger(__name__)
@@ -91,7 +90,7 @@ def remap_ports(
     return result, notes
 
 
-class ProxyProcess:
+class ProxyProcess(StartsAndStops):
     """A running kube-rbac-proxy; a context manager. Start it with ``start()``.
 
     ``args`` are used as given (already remapped) plus ``--kubeconfig``; the proxy's TLS
@@ -210,13 +209,3 @@ class ProxyProcess:
         except OSError as error:
             return False, f"{type(error).__name__}: {error}"
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

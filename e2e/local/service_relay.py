@@ -28,8 +28,9 @@ import socketserver
 import threading
 import time
 from collections.abc import Callable
-from types import TracebackType
 from typing import Self
+
+from e2e.local.processes import StartsAndStops
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ _CHUNK = 64 * 1024
 RESOLVE_EVERY_S = 1.0
 
 
-class ServiceRelay:
+class ServiceRelay(StartsAndStops):
     """Listens on a free loopback port; forwards each connection to ``resolve()``'s
     ``host:port`` (None: nothing plays the Service now)."""
 
@@ -122,16 +123,6 @@ class ServiceRelay:
         self._last = target
         return target
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _connect(address: str | None) -> socket.socket | None:
