@@ -30,7 +30,6 @@ import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 import requests
@@ -38,7 +37,7 @@ import tenacity
 
 from e2e.cache import cache_root
 from e2e.errors import EnvironmentMissing, HarnessError
-from e2e.local.processes import ManagedProcess
+from e2e.local.processes import ManagedProcess, StartsAndStops
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +202,7 @@ class _NotReadyYet(Exception):
     """The server is running but not answering ready; retried until the deadline."""
 
 
-class IrisModelServer:
+class IrisModelServer(StartsAndStops):
     """The real KServe ModelServer serving an sklearn iris classifier on 127.0.0.1.
 
     Each name in ``model_names`` is served over both the v1 protocol
@@ -245,19 +244,7 @@ class IrisModelServer:
             raise RuntimeError("IrisModelServer is not started")
         return self._workdir / "model-server.log"
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def start(self) -> None:
+    def start(self) -> Self:
         if self._process is not None:
             raise RuntimeError("IrisModelServer is already started")
         python = self._python or ensure_model_server_env()
@@ -270,6 +257,7 @@ class IrisModelServer:
         except BaseException:  # includes KeyboardInterrupt: never leave the server behind
             self.stop()
             raise
+        return self
 
     def _launch(self, python: Path) -> None:
         assert self._workdir is not None

@@ -139,7 +139,7 @@ def free_loopback_port() -> int:
         return port
 
 
-class ManagedProcess:
+class ManagedProcess(StartsAndStops):
     """One child process with its own process group and log file.
 
     ``env`` adds to (and overrides) this process's environment.
@@ -236,17 +236,7 @@ class ManagedProcess:
         return popen.returncode
 
     def __enter__(self) -> Self:
-        if self._popen is None:
-            self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        return self if self._popen is not None else self.start()
 
     # -- output --------------------------------------------------------------------------
 
