@@ -56,7 +56,7 @@ def require_go() -> None:
 
 
 def test_defaults_cover_every_component() -> None:
-    assert set(binaries.DEFAULT_VERSIONS) == set(binaries.COMPONENTS)
+    assert set(binaries.DEFAULT_VERSIONS) == set(binaries.ALL_COMPONENTS)
     assert binaries.DEFAULT_VERSIONS["kube-apiserver"] == binaries.KUBERNETES_VERSION
     assert "v0.13.1" in binaries.PROXY_VERSIONS and "v0.18.0" in binaries.PROXY_VERSIONS
 

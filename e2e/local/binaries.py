@@ -65,7 +65,28 @@ log = logging.getLogger(__name__)
 KUBERNETES_VERSION = "v1.34.4"
 KUBERNETES_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 PROXY = "kube-rbac-proxy"
+KSERVE_MANAGER = "kserve-manager"
+# What the local tier runs: `kserve-compat binaries` builds these by default.
 COMPONENTS: tuple[str, ...] = ("etcd", *KUBERNETES_COMPONENTS, "kwok", PROXY)
+# What the kind tier's images are made of (`kserve-compat images` builds them on demand):
+# the node's Kubernetes commands, kind itself, the node's container runtime and crictl,
+# CoreDNS, cert-manager, helm (renders cert-manager's chart) and the KServe controller.
+NODE_KUBERNETES_COMPONENTS = ("kubelet", "kubeadm", "kube-proxy")
+CONTAINERD_COMPONENTS = ("containerd", "ctr", "containerd-shim-runc-v2")
+CERT_MANAGER_COMPONENTS = ("cert-manager-controller", "cert-manager-webhook", "cert-manager-cainjector")
+IMAGE_COMPONENTS: tuple[str, ...] = (
+    *NODE_KUBERNETES_COMPONENTS,
+    "kind",
+    "crictl",
+    *CONTAINERD_COMPONENTS,
+    "coredns",
+    *CERT_MANAGER_COMPONENTS,
+    "helm",
+    KSERVE_MANAGER,
+)
+ALL_COMPONENTS: tuple[str, ...] = (*COMPONENTS, *IMAGE_COMPONENTS)
+# Components kept once per version side by side (the others have one version in use).
+VERSIONED_COMPONENTS = (PROXY, KSERVE_MANAGER)
 # The proxy versions the matrix exercises; v0.13.1 (what KServe v0.10-v0.13 ship) is listed
 # even though the module proxy refuses it: it is taken out of its published image where a
 # Docker engine and the registry answer, and otherwise asking for it gives a clear answer.
@@ -75,12 +96,29 @@ DEFAULT_VERSIONS: dict[str, str] = {
     **dict.fromkeys(KUBERNETES_COMPONENTS, KUBERNETES_VERSION),
     "kwok": "v0.7.0",
     PROXY: "v0.18.0",  # what KServe >= v0.14 ships
+    **dict.fromkeys(NODE_KUBERNETES_COMPONENTS, KUBERNETES_VERSION),
+    "kind": "v0.32.0",
+    "crictl": "v1.34.0",
+    **dict.fromkeys(CONTAINERD_COMPONENTS, "v2.2.1"),
+    "coredns": "v1.12.1",  # what kubeadm v1.34 deploys
+    # The newest cert-manager whose commands are in its main module (later versions keep
+    # them in modules the Go proxy refuses here).
+    **dict.fromkeys(CERT_MANAGER_COMPONENTS, "v1.11.5"),
+    "helm": "v3.19.0",
+    KSERVE_MANAGER: "v0.20.0",
 }
 
 ETCD_MODULE = "go.etcd.io/etcd/server/v3"
 KUBERNETES_MODULE = "k8s.io/kubernetes"
 KWOK_MODULE = "sigs.k8s.io/kwok"
 PROXY_MODULE = "github.com/brancz/kube-rbac-proxy"
+KIND_MODULE = "sigs.k8s.io/kind"
+CRI_TOOLS_MODULE = "sigs.k8s.io/cri-tools"
+CONTAINERD_MODULE = "github.com/containerd/containerd/v2"
+COREDNS_MODULE = "github.com/coredns/coredns"
+CERT_MANAGER_MODULE = "github.com/cert-manager/cert-manager"
+HELM_MODULE = "helm.sh/helm/v3"
+KSERVE_MODULE = "github.com/kserve/kserve"
 
 # Where kube-rbac-proxy's published images keep the binary (its Dockerfile:
 # COPY _output/$BINARY /usr/local/bin/kube-rbac-proxy), and the repository that keeps
@@ -115,8 +153,8 @@ class BuildFailed(HarnessError):
 
 
 def _check_component(component: str) -> None:
-    if component not in COMPONENTS:
-        raise UsageError(f"component {component!r}: expected one of {', '.join(COMPONENTS)}")
+    if component not in ALL_COMPONENTS:
+        raise UsageError(f"component {component!r}: expected one of {', '.join(ALL_COMPONENTS)}")
 
 
 def _resolve_version(component: str, version: str | None) -> str:
@@ -135,13 +173,13 @@ def binary_path(component: str, version: str) -> Path:
 
 def env_var(component: str, version: str) -> str:
     """The per-binary override variable, e.g. ``KSERVE_COMPAT_KUBE_RBAC_PROXY_V0_18_0``."""
-    name = component if component != PROXY else f"{component}-{version}"
+    name = f"{component}-{version}" if component in VERSIONED_COMPONENTS else component
     return "KSERVE_COMPAT_" + re.sub(r"[^A-Za-z0-9]", "_", name).upper()
 
 
 def bin_dir_name(component: str, version: str) -> str:
-    """The file name inside ``KSERVE_COMPAT_BIN_DIR``: proxies carry their version."""
-    return f"{component}-{version}" if component == PROXY else component
+    """The file name inside ``KSERVE_COMPAT_BIN_DIR``: proxies and managers carry their version."""
+    return f"{component}-{version}" if component in VERSIONED_COMPONENTS else component
 
 
 def proxy_version_for_tag(tag: str) -> str:
@@ -218,7 +256,7 @@ def recipe(component: str, version: str | None = None) -> Recipe:
     if component == "etcd":
         # etcd's version is a constant in its api module; nothing to stamp.
         return Recipe(component, version, ETCD_MODULE, ETCD_MODULE, "wrapper")
-    if component in KUBERNETES_COMPONENTS:
+    if component in (*KUBERNETES_COMPONENTS, *NODE_KUBERNETES_COMPONENTS):
         _staging_version(version)  # validates the version shape early
         return Recipe(
             component,
@@ -238,6 +276,8 @@ def recipe(component: str, version: str | None = None) -> Recipe:
             "wrapper",
             (f"-X sigs.k8s.io/kwok/pkg/consts.Version={version}",),
         )
+    if component in IMAGE_COMPONENTS:
+        return _image_component_recipe(component, version)
     # kube-rbac-proxy: main package at the module root up to v0.13.x.
     major, minor = (int(part) for part in version[1:].split(".")[:2])
     package = PROXY_MODULE if (major, minor) < (0, 14) else f"{PROXY_MODULE}/cmd/kube-rbac-proxy"
@@ -249,6 +289,29 @@ def recipe(component: str, version: str | None = None) -> Recipe:
             f"-X k8s.io/component-base/version/verflag.programName={PROXY}",
         )
     return Recipe(component, version, PROXY_MODULE, package, "source", ldflags)
+
+
+def _image_component_recipe(component: str, version: str) -> Recipe:
+    """Recipes of what the kind tier's images hold; each stamps what its release build does."""
+    if component == "kind":
+        return Recipe(component, version, KIND_MODULE, KIND_MODULE, "wrapper")
+    if component == "crictl":
+        stamp = (f"-X {CRI_TOOLS_MODULE}/pkg/version.Version={version.removeprefix('v')}",)
+        return Recipe(component, version, CRI_TOOLS_MODULE, f"{CRI_TOOLS_MODULE}/cmd/crictl", "source", stamp)
+    if component in CONTAINERD_COMPONENTS:
+        stamp = (f"-X {CONTAINERD_MODULE}/version.Version={version}",)
+        return Recipe(component, version, CONTAINERD_MODULE, f"{CONTAINERD_MODULE}/cmd/{component}", "source", stamp)
+    if component == "coredns":
+        return Recipe(component, version, COREDNS_MODULE, COREDNS_MODULE, "source")
+    if component in CERT_MANAGER_COMPONENTS:
+        stamp = (f"-X {CERT_MANAGER_MODULE}/pkg/util.AppVersion={version}",)
+        command = component.removeprefix("cert-manager-")
+        return Recipe(component, version, CERT_MANAGER_MODULE, f"{CERT_MANAGER_MODULE}/cmd/{command}", "source", stamp)
+    if component == "helm":
+        stamp = (f"-X {HELM_MODULE}/internal/version.version={version}",)
+        return Recipe(component, version, HELM_MODULE, f"{HELM_MODULE}/cmd/helm", "source", stamp)
+    # The KServe controller: the release's cmd/manager, built in its own module copy.
+    return Recipe(component, version, KSERVE_MODULE, f"{KSERVE_MODULE}/cmd/manager", "source")
 
 
 def image_recipe(version: str) -> Recipe:
@@ -899,7 +962,7 @@ def _requested(
         if component == PROXY:
             versions = proxy_versions if proxy_versions else PROXY_VERSIONS
             recipes += [recipe(PROXY, proxy_version_for_tag(v)) for v in dict.fromkeys(versions)]
-        elif component in KUBERNETES_COMPONENTS:
+        elif component in (*KUBERNETES_COMPONENTS, *NODE_KUBERNETES_COMPONENTS):
             recipes.append(recipe(component, kubernetes_version))
         else:
             recipes.append(recipe(component))
@@ -969,9 +1032,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--component",
         action="append",
-        choices=COMPONENTS,
+        choices=ALL_COMPONENTS,
         metavar="NAME",
-        help=f"build only these (repeatable; default all: {', '.join(COMPONENTS)})",
+        help=f"build only these (repeatable; default the local tier's: {', '.join(COMPONENTS)}; "
+        f"also: {', '.join(IMAGE_COMPONENTS)})",
     )
     parser.add_argument(
         "--proxy-versions",
