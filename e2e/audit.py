@@ -103,9 +103,7 @@ class AuditedImage:
             else {
                 "registry": self.retirement.registry.prefix,
                 "note": self.retirement.registry.retired,
-                "replacements": [
-                    {"image": ref, "status": status} for ref, status in self.retirement.replacements
-                ],
+                "replacements": [{"image": ref, "status": status} for ref, status in self.retirement.replacements],
             },
             "availability": None
             if self.availability is None
@@ -276,14 +274,17 @@ def _containers(source: str, node: yaml.SequenceNode, path: str, owner: _Owner) 
         image = _scalar(image_node)
         if image is None or image_node is None:
             continue
-        yield image, ImageUse(
-            source=source,
-            line=image_node.start_mark.line + 1,
-            kind=owner.kind,
-            namespace=owner.namespace,
-            name=owner.name,
-            container=_scalar(_get(container, "name")),
-            field=f"{path}[{index}].image",
+        yield (
+            image,
+            ImageUse(
+                source=source,
+                line=image_node.start_mark.line + 1,
+                kind=owner.kind,
+                namespace=owner.namespace,
+                name=owner.name,
+                container=_scalar(_get(container, "name")),
+                field=f"{path}[{index}].image",
+            ),
         )
 
 
@@ -357,8 +358,10 @@ def render_table(report: AuditReport) -> str:
         return f"no container images found\n{report.summary()}\n"
     header, rows = _rows(report)
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-             for row in [header, *rows]]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    ]
     notes = _notes(report)
     if notes:
         lines += ["", "findings:", *(f"  {note}" for note in notes)]
@@ -398,18 +401,25 @@ RENDERERS = {"table": render_table, "json": render_json, "markdown": render_mark
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "paths", nargs="+", metavar="FILE|DIR|-",
+        "paths",
+        nargs="+",
+        metavar="FILE|DIR|-",
         help="manifest files, directories (searched for *.yaml, *.yml) or - for stdin",
     )
     parser.add_argument("--probe", action="store_true", help="ask each registry whether the image can be pulled")
     parser.add_argument("--format", choices=sorted(RENDERERS), default="table", help="output format")
     parser.add_argument(
-        "--registry-mirror", action="append", default=[], metavar="SRC=DST",
-        help="probe SRC/... at DST/... instead (repeatable), "
-        "e.g. gcr.io/kubebuilder=registry.example:5000/kubebuilder",
+        "--registry-mirror",
+        action="append",
+        default=[],
+        metavar="SRC=DST",
+        help="probe SRC/... at DST/... instead (repeatable), e.g. gcr.io/kubebuilder=registry.example:5000/kubebuilder",
     )
     parser.add_argument(
-        "--insecure-registry", action="append", default=[], metavar="HOST[:PORT]",
+        "--insecure-registry",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
         help="talk plain HTTP to this registry (localhost and 127.0.0.1 always are)",
     )
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per registry request (default 10)")

@@ -176,6 +176,9 @@ class CellRun:
     def check_inference(self) -> None:
         cluster = self._cluster()
         for name, protocol in SAMPLE_MODELS:
+            if cluster.serving_unavailable:
+                checks.record_inference_not_checked(self.result, protocol, cluster.serving_unavailable)
+                continue
             with kserve.inference_endpoint(cluster.provider, kserve.SAMPLES_NAMESPACE, name) as address:
                 checks.check_inference(self.result, f"http://{address}", name, protocol)
 
@@ -203,7 +206,9 @@ class CellRun:
         with contextlib.ExitStack() as stack:
             metrics = stack.enter_context(provider.endpoint(target))
             models = []
-            for name, protocol in SAMPLE_MODELS:
+            if cluster.serving_unavailable:
+                self.result.notes.append(f"migration probed metrics only: {cluster.serving_unavailable}")
+            for name, protocol in [] if cluster.serving_unavailable else SAMPLE_MODELS:
                 address = stack.enter_context(kserve.inference_endpoint(provider, kserve.SAMPLES_NAMESPACE, name))
                 models.append(checks.InferenceTarget(f"http://{address}", name, protocol))
             prober = checks.MetricsProber(f"https://{metrics}/metrics", cluster.access.metrics_reader_token, models)

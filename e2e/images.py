@@ -97,8 +97,7 @@ class ImageReference:
             if PATH_COMPONENT.match(component.lower()):
                 raise bad("repository name must be lowercase")
             raise bad(
-                f"path component {component!r} must be lowercase letters and digits "
-                "joined by '.', '_', '__' or '-'"
+                f"path component {component!r} must be lowercase letters and digits joined by '.', '_', '__' or '-'"
             )
         if len(name) > MAX_NAME_LENGTH:
             raise bad(f"repository name longer than {MAX_NAME_LENGTH} characters")
@@ -186,8 +185,7 @@ def _parse_location(text: str, option: str) -> str:
     host, slash, path = text.partition("/")
     if not DOMAIN.match(host) or (slash and not all(PATH_COMPONENT.match(c) for c in path.split("/"))):
         raise UsageError(
-            f"{option} {text!r}: expected a registry host with an optional lowercase path, "
-            "e.g. gcr.io/kubebuilder"
+            f"{option} {text!r}: expected a registry host with an optional lowercase path, e.g. gcr.io/kubebuilder"
         )
     if host == LEGACY_DEFAULT_REGISTRY:
         host = DEFAULT_REGISTRY
@@ -211,8 +209,7 @@ class RegistryMirrors:
             source, equals, target = text.partition("=")
             if not equals or not source or not target:
                 raise UsageError(
-                    f"{option} {text!r}: expected SRC=DST, "
-                    "e.g. gcr.io/kubebuilder=registry.example:5000/kubebuilder"
+                    f"{option} {text!r}: expected SRC=DST, e.g. gcr.io/kubebuilder=registry.example:5000/kubebuilder"
                 )
             source = _parse_location(source, option)
             if source in rules:

@@ -11,7 +11,7 @@ group and reported by each of its cells; a Prometheus that cannot start is kept 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,7 @@ from e2e.apply import Applier
 from e2e.cluster.provider import ClusterProvider, ServiceTarget
 from e2e.errors import HarnessError, NotInOfflineDirectory, WorkloadUnavailable
 from e2e.images import RegistryMirrors
+from e2e.imageset.offline import images_of, pull_if_not_present
 from e2e.manifests import (
     ReleaseFile,
     ReleaseFiles,
@@ -82,14 +83,13 @@ class GroupCluster:
     proxy_image: str = ""  # the image the controller Deployment currently asks for
     scrape_jobs: list[scrape.ScrapeJob] = field(default_factory=list)  # what its Prometheus scrapes
     prometheus_error: HarnessError | None = None  # why no Prometheus runs, if none does
+    serving_unavailable: str = ""  # why no sample model can serve here, if none can
 
 
 class Installer:
     """Installs a group's release once; the group's later cells reuse (or re-raise) it."""
 
-    def __init__(
-        self, matrix: Matrix, files: ReleaseFiles, mirrors: RegistryMirrors, rollout_timeout_s: float
-    ) -> None:
+    def __init__(self, matrix: Matrix, files: ReleaseFiles, mirrors: RegistryMirrors, rollout_timeout_s: float) -> None:
         self.matrix = matrix
         self.files = files
         self.mirrors = mirrors
@@ -134,9 +134,19 @@ class Installer:
         install_cell = self._install_cell(cluster, cell, rewrite)
         patch = proxy_patch(install_cell, manifest, rewrite)
         first = patched_manifest(install_cell, manifest, rewrite)
+        documents = list(first.documents)
+        if provider.image_set is not None:
+            documents = self._with_local_images(cluster, release, documents)
         if install_cell.proxy.image != cell.proxy.image:
             cluster.notes.append(f"installed with {install_cell.proxy.image}; the cell's image is swapped in after")
         runtimes = self._runtime_documents(release)
+        if provider.image_set is not None:
+            missing = provider.image_set.missing(serving_images(runtimes))
+            if missing:
+                cluster.serving_unavailable = (
+                    f"the serving images {', '.join(missing)} are not in the local image set: "
+                    "no model server can run, inference is not checked"
+                )
         profile = release.profile
 
         def controller_rollout() -> Any:
@@ -152,7 +162,7 @@ class Installer:
         installation = kserve.install_kserve(
             api,
             release,
-            first.documents,
+            documents,
             runtimes,
             controller_runs=provider.runs_pods,
             wait_for_controller=controller_rollout,
@@ -204,13 +214,56 @@ class Installer:
             return candidate
         raise CellSkipped(f"no proxy image can run here to install {cluster.group.id}: {'; '.join(reasons)[:300]}")
 
+    @staticmethod
+    def _with_local_images(
+        cluster: GroupCluster, release: KServeRelease, documents: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """The controller's images built here and loaded; its ``Always`` pull policy made
+        ``IfNotPresent`` (no registry answers), recorded as a deviation."""
+        image_set = cluster.provider.image_set
+        assert image_set is not None
+        image_set.ensure_release_images(release.version)
+        profile = release.profile
+        controller = [
+            doc
+            for doc in documents
+            if doc.get("kind") == "Deployment"
+            and doc.get("metadata", {}).get("name") == profile.deployment
+            and doc.get("metadata", {}).get("namespace", profile.namespace) == profile.namespace
+        ]
+        # The proxy's image is loaded (or left to the kubelet) with the cell's swap.
+        for doc in controller:
+            containers = doc["spec"]["template"]["spec"]["containers"]
+            cluster.provider.load_images(
+                [c["image"] for c in containers if c.get("name") != profile.proxy_container and c.get("image")]
+            )
+        documents, changed = pull_if_not_present(documents)
+        if changed:
+            cluster.deviations.append(
+                f"imagePullPolicy Always made IfNotPresent for {', '.join(changed)} "
+                "(loaded from the local image set; no registry here)"
+            )
+        return documents
+
     def _cert_manager_documents(self, cluster: GroupCluster, release: KServeRelease) -> list[dict[str, Any]]:
         """cert-manager for the release: the whole install on kind, CRDs only locally.
 
         Locally only the CRDs matter (KServe's Issuer and Certificate must be accepted);
         when the offline directory lacks the release's version, the newest one it has is
-        used and the substitution recorded.
+        used and the substitution recorded. On kind with the local image set, the
+        cert-manager built here (its images loaded, its manifest rendered from its chart).
         """
+        image_set = cluster.provider.image_set
+        if image_set is not None:
+            version, text = image_set.cert_manager_manifest()
+            documents = load_yaml_documents(text)
+            cluster.provider.load_images(images_of(documents))
+            if version != release.cert_manager:
+                cluster.deviations.append(
+                    f"cert-manager {version} built here from source (the newest buildable) in place of "
+                    f"{release.cert_manager}, the version KServe {release.version}'s quick-install names"
+                )
+            return documents
         local = not cluster.provider.runs_pods
         name = "cert-manager.crds.yaml" if local else "cert-manager.yaml"
         version = release.cert_manager
@@ -250,3 +303,18 @@ def failure_probe(provider: ClusterProvider, namespace: str, deployment: str) ->
 
 def proxy_image_of(patch: dict[str, Any]) -> str:
     return str(patch["spec"]["template"]["spec"]["containers"][0]["image"])
+
+
+def serving_images(runtimes: Sequence[dict[str, Any]]) -> list[str]:
+    """The images the iris samples run on: the sklearn runtime's server and the storage
+    initializer (a ``ClusterStorageContainer`` from v0.12 on; older releases name it in
+    their config map, whose image is then not listed here)."""
+    found: dict[str, None] = {}
+    for doc in runtimes:
+        spec = doc.get("spec") or {}
+        name = str((doc.get("metadata") or {}).get("name", ""))
+        if doc.get("kind") == "ClusterServingRuntime" and "sklearn" in name:
+            found.update(dict.fromkeys(str(c["image"]) for c in spec.get("containers") or [] if c.get("image")))
+        elif doc.get("kind") == "ClusterStorageContainer" and (spec.get("container") or {}).get("image"):
+            found[str(spec["container"]["image"])] = None
+    return list(found)

@@ -138,9 +138,7 @@ def without_empty_ca_bundles(documents: Sequence[dict[str, Any]]) -> tuple[list[
 
 
 def admission_webhooks(documents: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [
-        d for d in documents if d.get("kind") in ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration")
-    ]
+    return [d for d in documents if d.get("kind") in ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration")]
 
 
 def install_kserve(

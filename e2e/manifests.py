@@ -58,9 +58,7 @@ from e2e.matrix import ControllerProfile, KServeRelease, MatrixCell, version_key
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LOCK_FILE = (
-    Path(__file__).resolve().parent.parent / "scenarios" / "release-manifests.lock.json"
-)
+DEFAULT_LOCK_FILE = Path(__file__).resolve().parent.parent / "scenarios" / "release-manifests.lock.json"
 
 # Where each project publishes its release assets: ``<base>/<version>/<file>``.
 RELEASE_URLS: Mapping[str, str] = {
@@ -146,9 +144,7 @@ class ManifestLock:
             return {}
         except (OSError, ValueError) as exc:
             raise UsageError(f"lock file {self.path}: not readable JSON ({exc})") from None
-        if not isinstance(raw, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in raw.items()
-        ):
+        if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
             raise UsageError(f"lock file {self.path}: expected a JSON object of file -> sha256")
         return raw
 
@@ -163,8 +159,7 @@ class ManifestLock:
         actual = sha256_hex(data)
         if actual != expected:
             raise LockMismatch(
-                f"{ref.key} from {where}: sha256 {actual}, expected {expected} "
-                f"(recorded in {self.path})"
+                f"{ref.key} from {where}: sha256 {actual}, expected {expected} (recorded in {self.path})"
             )
         return True
 
@@ -304,8 +299,7 @@ class ReleaseFiles:
     def _read_offline(self, ref: ReleaseFile, directory: Path) -> bytes:
         if not directory.is_dir():
             raise ManifestError(
-                f"offline manifest directory {directory}: not a directory "
-                f"(set by --manifest-dir or {ENV_MANIFEST_DIR})"
+                f"offline manifest directory {directory}: not a directory (set by --manifest-dir or {ENV_MANIFEST_DIR})"
             )
         path = directory / ref.key
         if not path.is_file():
@@ -360,18 +354,12 @@ class ReleaseFiles:
             with self.session.get(url, stream=True, timeout=self.timeout_s) as response:
                 status = response.status_code
                 if status == 404:
-                    raise ManifestError(
-                        f"{ref.label}: {url} answered 404; expected a published release asset"
-                    )
+                    raise ManifestError(f"{ref.label}: {url} answered 404; expected a published release asset")
                 if status == 429 or status >= 500:
-                    raise _Transient(
-                        f"HTTP {status}", retry_after_seconds(response.headers.get("Retry-After"))
-                    )
+                    raise _Transient(f"HTTP {status}", retry_after_seconds(response.headers.get("Retry-After")))
                 if status != 200:
                     raise DownloadFailed(f"{ref.label}: {url} answered HTTP {status}; expected 200")
-                fd, temp_name = tempfile.mkstemp(
-                    dir=directory, prefix=f".{ref.name}.", suffix=".part"
-                )
+                fd, temp_name = tempfile.mkstemp(dir=directory, prefix=f".{ref.name}.", suffix=".part")
                 try:
                     with os.fdopen(fd, "wb") as out:
                         for chunk in response.iter_content(chunk_size=64 * 1024):
@@ -449,9 +437,7 @@ class ReleaseManifest:
         """The object of that kind and name (and namespace, for namespaced objects)."""
         for document in self.of_kind(kind):
             metadata = document.get("metadata") or {}
-            if metadata.get("name") == name and (
-                namespace is None or metadata.get("namespace") == namespace
-            ):
+            if metadata.get("name") == name and (namespace is None or metadata.get("namespace") == namespace):
                 return document
         return None
 
@@ -464,8 +450,7 @@ class ReleaseManifest:
             wanted = f"{namespace}/{name}" if namespace else name
             present = ", ".join(_qualified_name(d) for d in self.of_kind(kind)) or "none"
             raise ManifestError(
-                f"{self.source}: no {kind} {wanted} (profile {self.profile.name}); "
-                f"found {kind}s: {present}"
+                f"{self.source}: no {kind} {wanted} (profile {self.profile.name}); found {kind}s: {present}"
             )
         return found
 
@@ -575,9 +560,7 @@ class ReleaseManifest:
         return sorted({use.image for use in self.image_uses()})
 
 
-def load_release_manifest(
-    release: KServeRelease, files: ReleaseFiles, name: str = "kserve.yaml"
-) -> ReleaseManifest:
+def load_release_manifest(release: KServeRelease, files: ReleaseFiles, name: str = "kserve.yaml") -> ReleaseManifest:
     """Fetch and parse one file of a KServe release, read through the release's profile."""
     ref = kserve_file(release.version, name)
     return ReleaseManifest.parse(files.text(ref), source=ref.label, profile=release.profile)
@@ -674,9 +657,7 @@ def cell_proxy_args(cell: MatrixCell, manifest: ReleaseManifest) -> list[str]:
     return kept + [arg for arg in variant.args_add if arg not in kept]
 
 
-def cell_proxy_security_context(
-    cell: MatrixCell, manifest: ReleaseManifest
-) -> dict[str, Any] | None:
+def cell_proxy_security_context(cell: MatrixCell, manifest: ReleaseManifest) -> dict[str, Any] | None:
     """The variant's securityContext if it sets one, else the shipped one (maybe None)."""
     if cell.variant is not None and cell.variant.security_context is not None:
         return copy.deepcopy(cell.variant.security_context)
@@ -705,9 +686,7 @@ def proxy_patch(
         "args": cell_proxy_args(cell, manifest),
         # "$patch: replace" makes the map exactly this (no fields left from an earlier
         # variant); null deletes it (a release that ships none).
-        "securityContext": (
-            {"$patch": "replace", **security_context} if security_context else None
-        ),
+        "securityContext": ({"$patch": "replace", **security_context} if security_context else None),
     }
     return {"spec": {"template": {"spec": {"containers": [container]}}}}
 
@@ -787,8 +766,7 @@ def _merge_list(original: list[Any], patch: list[Any], merge_key: str) -> list[A
     merged = list(original)
     for item in patch:
         positions = [
-            i for i, old in enumerate(merged)
-            if isinstance(old, Mapping) and old.get(merge_key) == item.get(merge_key)
+            i for i, old in enumerate(merged) if isinstance(old, Mapping) and old.get(merge_key) == item.get(merge_key)
         ]
         if positions:
             merged[positions[0]] = apply_strategic_merge(merged[positions[0]], item)
@@ -799,10 +777,7 @@ def _merge_list(original: list[Any], patch: list[Any], merge_key: str) -> list[A
 
 def _without_directives(value: Any) -> Any:
     if isinstance(value, Mapping):
-        return {
-            k: _without_directives(v) for k, v in value.items() if k != _DIRECTIVE and v is not None
-        }
+        return {k: _without_directives(v) for k, v in value.items() if k != _DIRECTIVE and v is not None}
     if isinstance(value, list):
         return [_without_directives(v) for v in value]
     return value
-

@@ -391,11 +391,7 @@ class Matrix:
         The version may be any KServe release tag (see ``release``).
         """
         parts = cell_id.split("--")
-        if (
-            len(parts) not in (3, 4)
-            or not parts[0].startswith("kserve-")
-            or not parts[2].startswith("k8s-")
-        ):
+        if len(parts) not in (3, 4) or not parts[0].startswith("kserve-") or not parts[2].startswith("k8s-"):
             raise UsageError(
                 f"--cell {cell_id}: unknown cell id; expected "
                 "kserve-<version>--<proxy alias>--k8s-<version>[--<variant>], e.g. "
@@ -463,9 +459,7 @@ def group_cells(cells: Sequence[MatrixCell]) -> list[ClusterGroup]:
     groups: dict[tuple[str, str], list[MatrixCell]] = {}
     for cell in cells:
         groups.setdefault(cell.group_key, []).append(cell)
-    return [
-        ClusterGroup(members[0].release, members[0].kubernetes, tuple(members)) for members in groups.values()
-    ]
+    return [ClusterGroup(members[0].release, members[0].kubernetes, tuple(members)) for members in groups.values()]
 
 
 def github_actions_matrix(cells: Sequence[MatrixCell]) -> dict[str, list[dict[str, str]]]:
@@ -508,9 +502,7 @@ def load_matrix(path: Path | str | None = None) -> Matrix:
     if not isinstance(raw, dict):
         raise UsageError(f"matrix file {source}: expected a mapping with releases, proxy_images, kubernetes")
     reader = _Reader(source)
-    profiles = {
-        name: reader.profile(name, body) for name, body in reader.mapping(raw, "profiles").items()
-    }
+    profiles = {name: reader.profile(name, body) for name, body in reader.mapping(raw, "profiles").items()}
     releases = tuple(reader.release(item, profiles) for item in reader.sequence(raw, "releases"))
     proxies = tuple(reader.proxy(item) for item in reader.sequence(raw, "proxy_images"))
     kubes = tuple(

@@ -76,12 +76,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--keep-on-failure", action="store_true", help="keep a group's cluster when a cell failed")
     group.addoption("--reuse-cluster", action="store_true", help="kind: use an existing cluster of the same name")
     group.addoption(
+        "--local-images",
+        action="store_true",
+        help="kind: run on the image set built by `kserve-compat images` and pull nothing "
+        "(env KSERVE_COMPAT_LOCAL_IMAGES=1)",
+    )
+    group.addoption(
         "--cluster-per-cell", action="store_true", help="a fresh cluster for every cell (nox -s bench's naive mode)"
     )
     # pytest owns --strict; ours is named for what it makes strict.
-    group.addoption(
-        "--strict-security", action="store_true", help="security findings (e.g. token leaks) fail the run"
-    )
+    group.addoption("--strict-security", action="store_true", help="security findings (e.g. token leaks) fail the run")
 
 
 def _selection(config: pytest.Config) -> Selection:
@@ -101,7 +105,7 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         matrix = load_matrix(config.getoption("matrix"))
         cells = matrix.select(_selection(config))
-        if config.getoption("provider") == "local" and not config.getoption("k8s"):
+        if (config.getoption("provider") == "local" or _local_images(config)) and not config.getoption("k8s"):
             cells = _local_kubernetes_cells(cells)
     except HarnessError as exc:
         # A usage error of the harness: one line and exit 2, like every kserve-compat command.
@@ -116,8 +120,15 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_DESELECTED] = {}
 
 
+def _local_images(config: pytest.Config) -> bool:
+    from e2e.imageset.offline import local_images_requested
+
+    return config.getoption("provider") == "kind" and local_images_requested(bool(config.getoption("local_images")))
+
+
 def _local_kubernetes_cells(cells: list[MatrixCell]) -> list[MatrixCell]:
-    """The local tier runs the control plane it built: keep the cells of that version."""
+    """The local tier (and kind on the local image set) runs the Kubernetes it built: keep
+    the cells of that version."""
     from e2e.local.binaries import KUBERNETES_VERSION
 
     built = ".".join(KUBERNETES_VERSION.removeprefix("v").split(".")[:2])
@@ -214,6 +225,7 @@ def _harness_options(config: pytest.Config) -> HarnessOptions:
         strict=bool(config.getoption("strict_security")),
         cluster_per_cell=bool(config.getoption("cluster_per_cell")),
         reuse_cluster=bool(config.getoption("reuse_cluster")),
+        local_images=_local_images(config),
     )
 
 

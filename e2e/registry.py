@@ -83,9 +83,7 @@ def parse_bearer_challenge(header: str) -> BearerChallenge | None:
     scheme, _, params = header.strip().partition(" ")
     if scheme.lower() != "bearer":
         return None
-    values = {
-        key.lower(): quoted if quoted else bare for key, quoted, bare in _CHALLENGE_PARAM.findall(params)
-    }
+    values = {key.lower(): quoted if quoted else bare for key, quoted, bare in _CHALLENGE_PARAM.findall(params)}
     realm = values.get("realm")
     if not realm:
         return None
@@ -199,9 +197,7 @@ class RegistryProbe:
         params = {name: value for name, value in (("service", challenge.service), ("scope", challenge.scope)) if value}
         with self._lock:
             self.token_requests += 1
-        response = self._with_retries(
-            lambda: self.session.get(challenge.realm, params=params, timeout=self.timeout)
-        )
+        response = self._with_retries(lambda: self.session.get(challenge.realm, params=params, timeout=self.timeout))
         if response.status_code != 200:
             log.debug("token service %s answered %s", challenge.realm, response.status_code)
             return None

@@ -119,9 +119,7 @@ class CellResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CellResult:
-        checks = [
-            CheckResult(**{**c, "status": CheckStatus(c["status"])}) for c in data.get("checks", [])
-        ]
+        checks = [CheckResult(**{**c, "status": CheckStatus(c["status"])}) for c in data.get("checks", [])]
         findings = [SecurityFinding(**f) for f in data.get("findings", [])]
         fields = {k: v for k, v in data.items() if k not in ("checks", "findings", "verdict")}
         return cls(**fields, verdict=Verdict(data.get("verdict", "skipped")), checks=checks, findings=findings)

@@ -47,6 +47,7 @@ class HarnessOptions:
     # The naive mode `nox -s bench` compares against: a fresh cluster for every cell.
     cluster_per_cell: bool = False
     reuse_cluster: bool = False  # kind: use an existing cluster of the same name
+    local_images: bool = False  # kind: the image set built by `kserve-compat images`; nothing pulled
 
 
 def make_factory(options: HarnessOptions, matrix: Matrix | None = None) -> ProviderFactory:
@@ -55,13 +56,16 @@ def make_factory(options: HarnessOptions, matrix: Matrix | None = None) -> Provi
 
         return LocalProviderFactory(keep=options.keep_cluster, proxy_binaries=options.selection.proxy_binaries())
     if options.provider == "kind":
-        from e2e.cluster.kind import KindProviderFactory
+        from e2e.cluster.kind import KindOptions, KindProviderFactory
 
         return KindProviderFactory(
             matrix or load_matrix(options.matrix_file),
-            keep=options.keep_cluster,
-            keep_on_failure=options.keep_on_failure,
-            reuse=options.reuse_cluster,
+            KindOptions(
+                keep_cluster=options.keep_cluster,
+                keep_on_failure=options.keep_on_failure,
+                reuse_cluster=options.reuse_cluster,
+                local_images=options.local_images,
+            ),
         )
     raise HarnessError(f"--provider {options.provider}: expected kind or local")
 

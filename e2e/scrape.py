@@ -251,7 +251,10 @@ def wait_for_scrapes(
     names = ", ".join(job.name for job in jobs)
     log.info(
         "metrics-scrape: waiting up to %.0fs for Prometheus at %s to scrape %s after %s",
-        timeout_s, api.base_url, names, after.strftime("%H:%M:%S.%f")[:-3],
+        timeout_s,
+        api.base_url,
+        names,
+        after.strftime("%H:%M:%S.%f")[:-3],
     )
     last_report = clock()
 
@@ -311,9 +314,7 @@ def check_metrics_scrape(
     return cell.add(check)
 
 
-def record_unavailable(
-    cell: CellResult, reason: str, *, as_error: bool, evidence: Sequence[str] = ()
-) -> CheckResult:
+def record_unavailable(cell: CellResult, reason: str, *, as_error: bool, evidence: Sequence[str] = ()) -> CheckResult:
     """The check could not run here (no Prometheus): skipped, or an error where it must run."""
     status = CheckStatus.ERROR if as_error else CheckStatus.SKIPPED
     return cell.add(CheckResult(CHECK_NAME, status, f"no Prometheus: {reason}", evidence=list(evidence)))

@@ -23,9 +23,7 @@ REDACTED = "<redacted>"
 # were never told about, too (e.g. a token echoed back by a proxy log line).
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
 _BEARER = re.compile(r"(?i)(authorization:\s*bearer\s+|\"token\"\s*:\s*\")([^\s\"']{8,})")
-_KUBECONFIG_SECRET = re.compile(
-    r"(?m)^(\s*(?:client-key-data|client-certificate-data|token|password):\s*)(\S+)"
-)
+_KUBECONFIG_SECRET = re.compile(r"(?m)^(\s*(?:client-key-data|client-certificate-data|token|password):\s*)(\S+)")
 
 
 def encodings(secret: str) -> set[str]:

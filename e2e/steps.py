@@ -61,6 +61,7 @@ def _swap_lines(cell: MatrixCell, context: PlanContext, image: str | None) -> li
 
 install_release = Step("install", CellRun.install_release, _install)
 
+
 def _swap(cell: MatrixCell, context: PlanContext) -> list[str]:
     lines = _swap_lines(cell, context, None)
     return ["the proxy container's image (and variant args) by a strategic-merge patch:", *lines]

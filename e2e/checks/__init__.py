@@ -23,6 +23,7 @@ from e2e.checks.inference import (
     check_inference,
     infer_v2,
     predict_v1,
+    record_inference_not_checked,
 )
 from e2e.checks.metrics import check_metrics_auth, check_metrics_content
 from e2e.checks.migration import InferenceTarget, MetricsProber, check_probe
@@ -44,5 +45,6 @@ __all__ = [
     "find_token_leaks",
     "infer_v2",
     "predict_v1",
+    "record_inference_not_checked",
     "token_forms",
 ]

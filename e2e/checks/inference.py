@@ -105,3 +105,8 @@ def check_inference(
             check.status = CheckStatus.FAIL
             check.detail = f"expected {IRIS_EXPECTED}, got {got}"
     return check
+
+
+def record_inference_not_checked(cell: CellResult, protocol: Protocol, reason: str) -> CheckResult:
+    """``inference-v1`` / ``inference-v2`` could not run here (no model server image): skipped."""
+    return cell.add(CheckResult(f"inference-{protocol}", CheckStatus.SKIPPED, reason))

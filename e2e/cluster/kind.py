@@ -47,6 +47,7 @@ from kubernetes.client.exceptions import ApiException
 from e2e.cache import cache_root
 from e2e.cluster.provider import ClusterInfo, ClusterProvider, ProviderFactory
 from e2e.errors import EnvironmentMissing, HarnessError, UsageError
+from e2e.imageset.offline import LocalImageSet
 from e2e.matrix import Matrix, load_matrix
 from e2e.targets import ServiceTarget
 
@@ -130,17 +131,21 @@ def cluster_name(group_id: str) -> str:
     return name
 
 
-def cluster_config(node_image: str) -> dict[str, Any]:
-    """The kind cluster config: one control-plane node running ``node_image``."""
-    return {
+def cluster_config(node_image: str, networking: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The kind cluster config: one control-plane node running ``node_image``; ``networking``
+    is what a node image built here needs (its own CNI instead of kind's kindnetd)."""
+    config: dict[str, Any] = {
         "kind": "Cluster",
         "apiVersion": "kind.x-k8s.io/v1alpha4",
         "nodes": [{"role": "control-plane", "image": node_image}],
     }
+    if networking:
+        config["networking"] = dict(networking)
+    return config
 
 
-def cluster_config_yaml(node_image: str) -> str:
-    return yaml.safe_dump(cluster_config(node_image), sort_keys=False)
+def cluster_config_yaml(node_image: str, networking: Mapping[str, Any] | None = None) -> str:
+    return yaml.safe_dump(cluster_config(node_image, networking), sort_keys=False)
 
 
 def node_platform(machine: str | None = None) -> str:
@@ -674,13 +679,21 @@ class KindOptions:
     kubectl_bin: Path | None = None
     docker: str = "docker"
     node_ready_timeout: float = 180.0
+    # The image set built by `kserve-compat images` (``--local-images``): nothing is pulled.
+    local_images: bool = False
 
 
 class KindCluster(ClusterProvider):
     """A kind cluster for one group, built on pytest-kind's ``KindCluster``."""
 
     def __init__(
-        self, name: str, node_image: str, kubernetes_version: str, options: KindOptions, tools: ToolPaths
+        self,
+        name: str,
+        node_image: str,
+        kubernetes_version: str,
+        options: KindOptions,
+        tools: ToolPaths,
+        image_set: LocalImageSet | None = None,
     ) -> None:
         import pytest_kind.cluster  # after pin_tool_versions() (module import above)
 
@@ -695,6 +708,7 @@ class KindCluster(ClusterProvider):
         self.commands = KindCommands(Path(self._kind.kind_path), name, Path(self._kind.kubeconfig_path))
         self.docker = DockerCommands(options.docker)
         self.info = ClusterInfo(provider="kind", name=name, kubernetes_version=kubernetes_version)
+        self.image_set = image_set
         self.reused = False
         self.failed = False
         self._deleted = False
@@ -727,7 +741,8 @@ class KindCluster(ClusterProvider):
             # pytest-kind only touches the kubeconfig of a cluster it finds: fetch the real one.
             _run(self.commands.export_kubeconfig(), f"kind export kubeconfig {self.name}")
         else:
-            self.config_file.write_text(cluster_config_yaml(self.node_image))
+            networking = self.image_set.cluster_networking() if self.image_set else None
+            self.config_file.write_text(cluster_config_yaml(self.node_image, networking))
             log.info("creating kind cluster %s with node image %s", self.name, self.node_image)
         try:
             self._kind.create(config_file=self.config_file if not self.reused else None)
@@ -816,6 +831,9 @@ class KindCluster(ClusterProvider):
         error here: the kubelet then fails to pull it too, and the rollout reports that as
         the cell's evidence, exactly as a user of that release would see it.
         """
+        if self.image_set is not None:
+            self._load_local(images)
+            return
         node = node_platform()
         for image in images:
             try:
@@ -838,6 +856,18 @@ class KindCluster(ClusterProvider):
                 "kind load docker-image %s hit the multi-platform import failure: loading a %s archive", image, node
             )
             self._load_archive(image, node)
+
+    def _load_local(self, images: Sequence[str]) -> None:
+        """``kind load`` images of the local set; never pull. A retired image is left to the
+        kubelet (its pull fails for real); any other missing one is WorkloadUnavailable."""
+        assert self.image_set is not None
+        for image in images:
+            if not self.image_set.check_loadable(image):
+                continue
+            result = subprocess.run(self.commands.load_docker_image(image), capture_output=True, text=True, check=False)
+            if result.returncode != 0:
+                output = result.stderr + result.stdout
+                raise HarnessError(f"kind load docker-image {image}: {docker_error_line(output)}")
 
     def _pull(self, image: str, node: str) -> None:
         retrying = tenacity.Retrying(
@@ -905,14 +935,35 @@ class KindProviderFactory(ProviderFactory):
 
     def preflight(self) -> None:
         docker_preflight(self.options.docker)
-        resolve_tools(self.options.kind_bin, self.options.kubectl_bin)
+        if not self.options.local_images:
+            resolve_tools(self.options.kind_bin, self.options.kubectl_bin)
+
+    def _local_cluster(self, group_id: str, kubernetes_version: str) -> KindCluster:
+        """A cluster of the local image set: node image and tools built here (when missing)."""
+        image_set = LocalImageSet(self.options.docker)
+        node = image_set.node_image(kubernetes_version)
+        built = image_set.tools()
+        kind_bin, kubectl_bin = self.options.kind_bin or built.kind, self.options.kubectl_bin or built.kubectl
+        tools = ToolPaths(kind=kind_bin, kubectl=kubectl_bin, downloaded=False)
+        kind = KindCluster(
+            cluster_name(group_id), node.reference, node.kubernetes_version, self.options, tools, image_set
+        )
+        published = self.matrix.k8s(kubernetes_version).node_image.split("@", 1)[0]
+        kind.info.deviations.append(
+            f"node image {node.reference} built here from source (Kubernetes {node.kubernetes_version}), "
+            f"not the published {published}"
+        )
+        return kind
 
     @contextlib.contextmanager
     def cluster(self, group_id: str, kubernetes_version: str) -> Iterator[ClusterProvider]:
-        node_image = self.matrix.k8s(kubernetes_version).node_image
         self.preflight()
-        tools = resolve_tools(self.options.kind_bin, self.options.kubectl_bin)
-        kind = KindCluster(cluster_name(group_id), node_image, kubernetes_version, self.options, tools)
+        if self.options.local_images:
+            kind = self._local_cluster(group_id, kubernetes_version)
+        else:
+            node_image = self.matrix.k8s(kubernetes_version).node_image
+            tools = resolve_tools(self.options.kind_bin, self.options.kubectl_bin)
+            kind = KindCluster(cluster_name(group_id), node_image, kubernetes_version, self.options, tools)
         try:
             kind.start()
             yield kind
@@ -931,10 +982,23 @@ class KindProviderFactory(ProviderFactory):
             if "@sha256:" in node_image
             else " (not pinned by digest: kind supports only the images built for its release)"
         )
-        steps = [
-            f"kind {versions['KIND_VERSION']}, kubectl {versions['KUBECTL_VERSION']} (pytest-kind; amd64 "
-            f"downloads cached in {tool_cache_dir()})"
-        ]
+        if self.options.local_images:
+            from e2e.imageset import node as node_images
+            from e2e.local import binaries
+
+            built = node_images.node_kubernetes_version(kubernetes_version)
+            steps = [
+                f"local image set (--local-images): kind {binaries.DEFAULT_VERSIONS['kind']} and kubectl "
+                f"{binaries.KUBERNETES_VERSION} built from their Go modules; nothing is pulled",
+                f"node image {node_images.NODE_IMAGE_REPOSITORY}:{built} built from source when missing "
+                f"(Kubernetes {built}, in place of {node_image.split('@', 1)[0]}: a deviation in the report)",
+            ]
+            node_image, pinned = f"{node_images.NODE_IMAGE_REPOSITORY}:{built}", ""
+        else:
+            steps = [
+                f"kind {versions['KIND_VERSION']}, kubectl {versions['KUBECTL_VERSION']} (pytest-kind; amd64 "
+                f"downloads cached in {tool_cache_dir()})"
+            ]
         create = f"create kind cluster {name}: one control-plane node, node image {node_image}{pinned}"
         if self.options.reuse_cluster:
             steps.append(
@@ -944,8 +1008,13 @@ class KindProviderFactory(ProviderFactory):
             steps.append(f"{create} (stop if a cluster of that name exists: --reuse-cluster uses it)")
         steps += [
             f"wait for the node to be Ready (up to {self.options.node_ready_timeout:.0f}s)",
-            f"load images: docker pull --platform {node_platform()}, then `kind load docker-image` "
-            "(single-platform `docker save` + `kind load image-archive` for image indexes)",
+            (
+                "load images of the local set with `kind load docker-image` (a retired one is left to the "
+                "kubelet, whose pull fails for real; any other missing one skips the cell, with the reason)"
+                if self.options.local_images
+                else f"load images: docker pull --platform {node_platform()}, then `kind load docker-image` "
+                "(single-platform `docker save` + `kind load image-archive` for image indexes)"
+            ),
             "reach Services with `kubectl port-forward svc/NAME :PORT`",
             "on failure: `kind export logs` into the cell's diagnostics",
         ]

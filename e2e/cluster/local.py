@@ -241,11 +241,7 @@ class LocalCluster(ClusterProvider):
         selector = parse_equality_selector(pod_selector)
         texts = []
         for played in self._played.values():
-            if (
-                played.namespace == namespace
-                and played.container == container
-                and selects(selector, played.pod_labels)
-            ):
+            if played.namespace == namespace and played.container == container and selects(selector, played.pod_labels):
                 texts.append(played.previous_logs if previous else played.proxy.logs())
         return "\n".join(texts)
 

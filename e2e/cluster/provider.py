@@ -22,6 +22,7 @@ from e2e.errors import HarnessError, WorkloadUnavailable
 from e2e.targets import ServiceTarget
 
 if TYPE_CHECKING:
+    from e2e.imageset.offline import LocalImageSet
     from e2e.scrape import ScrapeJob
 
 __all__ = ["ClusterInfo", "ClusterProvider", "ProviderFactory", "ServiceTarget", "no_endpoint_change"]
@@ -45,6 +46,9 @@ class ClusterProvider(abc.ABC):
     #: Whether a kubelet runs the pods' containers. Without one (local tier) nothing serves
     #: admission webhooks or pulls cert-manager's images, so only CRDs of those are applied.
     runs_pods: bool = True
+    #: The image set built here that a kind cluster runs on (``--local-images``), else None:
+    #: the install then loads the release's images from it and renders cert-manager from it.
+    image_set: LocalImageSet | None = None
 
     @property
     @abc.abstractmethod

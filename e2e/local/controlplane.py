@@ -167,7 +167,6 @@ class ControlPlane(StartsAndStops):
 
     # -- lifecycle -----------------------------------------------------------------------
 
-
     def start(self) -> Self:
         began = time.monotonic()
         self.workdir = Path(tempfile.mkdtemp(prefix="kserve-compat-cp-"))

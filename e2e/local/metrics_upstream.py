@@ -146,4 +146,3 @@ class MetricsUpstream(StartsAndStops):
         request = SeenRequest(handler.command, handler.path, tuple(handler.headers.keys()))
         with self._lock:
             self._seen.append(request)
-

@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 _TAIL_BYTES = 64 * 1024  # enough for the last lines of even a --v=10 log
 
 
-
 class StartsAndStops:
     """``with thing:`` starts it and stops it again, also on an exception or Ctrl-C.
 
@@ -58,6 +57,7 @@ class StartsAndStops:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
 
 class ProcessExitedEarly(HarnessError):
     """A process died while the harness was waiting for it to become ready."""

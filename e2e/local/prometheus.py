@@ -143,4 +143,3 @@ class PrometheusProcess(StartsAndStops):
     def logs(self) -> str:
         """Prometheus's log (it never sees a token except in the files it reads)."""
         return self.process.output()
-

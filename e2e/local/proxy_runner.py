@@ -208,4 +208,3 @@ class ProxyProcess(StartsAndStops):
                 return True, f"TLS {tls.version()}"
         except OSError as error:
             return False, f"{type(error).__name__}: {error}"
-

@@ -124,7 +124,6 @@ class ServiceRelay(StartsAndStops):
         return target
 
 
-
 def _connect(address: str | None) -> socket.socket | None:
     if address is None:
         return None

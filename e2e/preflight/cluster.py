@@ -134,8 +134,7 @@ def read_controller(api: k8s_client.ApiClient, profile: ControllerProfile, conte
                 "expected KServe's controller there (is KServe installed in another namespace?)"
             ) from None
         raise UsageError(
-            f"Deployment {namespace}/{name}: the API answered {exc.status} {api_message(exc)}; "
-            "expected read access"
+            f"Deployment {namespace}/{name}: the API answered {exc.status} {api_message(exc)}; expected read access"
         ) from None
     document: dict[str, Any] = api.sanitize_for_serialization(deployment)
     document.setdefault("apiVersion", "apps/v1")

@@ -28,21 +28,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--matrix", metavar="FILE", help="matrix file for --target-proxy (default: scenarios/matrix.yaml)"
     )
     parser.add_argument(
-        "--registry-mirror", action="append", default=[], metavar="SRC=DST",
+        "--registry-mirror",
+        action="append",
+        default=[],
+        metavar="SRC=DST",
         help="probe SRC/... at DST/... instead (repeatable), e.g. gcr.io/kubebuilder=registry.example:5000/kubebuilder",
     )
     parser.add_argument(
-        "--insecure-registry", action="append", default=[], metavar="HOST[:PORT]",
+        "--insecure-registry",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
         help="talk plain HTTP to this registry (localhost and 127.0.0.1 always are)",
     )
     parser.add_argument("--no-probe", action="store_true", help="do not ask registries whether images can be pulled")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per registry request (default 10)")
     parser.add_argument(
-        "--check-metrics", action="store_true",
+        "--check-metrics",
+        action="store_true",
         help="WRITES: also scrape the proxied metrics with temporary ServiceAccounts and RBAC (removed afterwards)",
     )
     parser.add_argument(
-        "--metrics-url", metavar="URL",
+        "--metrics-url",
+        metavar="URL",
         help="with --check-metrics: the proxy's metrics URL (default: kubectl port-forward to the metrics Service)",
     )
     parser.add_argument("--kubectl", metavar="PATH", help="kubectl for the port-forward (default: from PATH)")
@@ -53,11 +61,20 @@ def run(args: argparse.Namespace) -> int:
     if args.metrics_url and not args.check_metrics:
         raise UsageError("--metrics-url: only meaningful with --check-metrics")
     options = Options(
-        kubeconfig=args.kubeconfig, context=args.context, namespace=args.namespace,
-        all_namespaces=args.all_namespaces, target_image=args.target_image, target_proxy=args.target_proxy,
-        registry_mirror=tuple(args.registry_mirror), insecure_registry=tuple(args.insecure_registry),
-        probe=not args.no_probe, timeout=args.timeout, check_metrics=args.check_metrics,
-        metrics_url=args.metrics_url, kubectl=args.kubectl, matrix=args.matrix,
+        kubeconfig=args.kubeconfig,
+        context=args.context,
+        namespace=args.namespace,
+        all_namespaces=args.all_namespaces,
+        target_image=args.target_image,
+        target_proxy=args.target_proxy,
+        registry_mirror=tuple(args.registry_mirror),
+        insecure_registry=tuple(args.insecure_registry),
+        probe=not args.no_probe,
+        timeout=args.timeout,
+        check_metrics=args.check_metrics,
+        metrics_url=args.metrics_url,
+        kubectl=args.kubectl,
+        matrix=args.matrix,
     )
     report = preflight(options)
     sys.stdout.write(RENDERERS[args.format](report))

@@ -45,6 +45,7 @@ from e2e.tokens import mint_token, service_account_username
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class TemporaryAccess:
     """Two ServiceAccounts (one with ``get /metrics``, one without) that ``--check-metrics``
@@ -85,7 +86,8 @@ class TemporaryAccess:
         for name in (self.reader, self.no_access):
             self._record("ServiceAccount", name)
             core.create_namespaced_service_account(
-                self.namespace, k8s_client.V1ServiceAccount(metadata=self._meta(name, True)),
+                self.namespace,
+                k8s_client.V1ServiceAccount(metadata=self._meta(name, True)),
                 _request_timeout=REQUEST_TIMEOUT,
             )
         self._record("ClusterRole", self.role)
@@ -103,9 +105,7 @@ class TemporaryAccess:
                 role_ref=k8s_client.V1RoleRef(
                     api_group="rbac.authorization.k8s.io", kind="ClusterRole", name=self.role
                 ),
-                subjects=[
-                    k8s_client.RbacV1Subject(kind="ServiceAccount", name=self.reader, namespace=self.namespace)
-                ],
+                subjects=[k8s_client.RbacV1Subject(kind="ServiceAccount", name=self.reader, namespace=self.namespace)],
             ),
             _request_timeout=REQUEST_TIMEOUT,
         )
@@ -189,9 +189,9 @@ def resolve_kubectl(kubectl: str | None) -> str:
 
 
 @contextlib.contextmanager
-def metrics_endpoint(conn: Connection, profile: ControllerProfile, metrics_url: str | None, kubectl: str | None) -> (
-    Iterator[str]
-):
+def metrics_endpoint(
+    conn: Connection, profile: ControllerProfile, metrics_url: str | None, kubectl: str | None
+) -> Iterator[str]:
     """``metrics_url`` as given, else a ``kubectl port-forward`` to the metrics Service."""
     if metrics_url:
         yield metrics_url
@@ -211,7 +211,10 @@ def metrics_endpoint(conn: Connection, profile: ControllerProfile, metrics_url: 
 
 
 def check_metrics(
-    conn: Connection, profile: ControllerProfile, report: PreflightReport, metrics_url: str | None,
+    conn: Connection,
+    profile: ControllerProfile,
+    report: PreflightReport,
+    metrics_url: str | None,
     kubectl: str | None,
 ) -> Check:
     """The four auth paths and the content of the proxied metrics, with temporary identities."""
@@ -223,20 +226,26 @@ def check_metrics(
     report.wrote = access.describe()
     print(
         "kserve-compat preflight: --check-metrics writes to the cluster: creating "
-        + ", ".join(report.wrote) + " (removed afterwards)",
+        + ", ".join(report.wrote)
+        + " (removed afterwards)",
         file=sys.stderr,
     )
     cell = CellResult(
-        cell_id="preflight", provider="live", kserve_version=report.version.version or "unknown",
-        proxy_alias="in-use", proxy_image=report.proxy.image or "", kubernetes_version="",
+        cell_id="preflight",
+        provider="live",
+        kserve_version=report.version.version or "unknown",
+        proxy_alias="in-use",
+        proxy_image=report.proxy.image or "",
+        kubernetes_version="",
     )
     try:
         with sigterm_as_interrupt():
             try:
                 access.create()
                 if not access.wait_reader_allowed():
-                    return Check("metrics-auth", Status.FAIL, "the temporary reader's RBAC never took effect",
-                                 EXIT_REJECTED)
+                    return Check(
+                        "metrics-auth", Status.FAIL, "the temporary reader's RBAC never took effect", EXIT_REJECTED
+                    )
                 reader = mint_token(conn.api, profile.namespace, access.reader)
                 no_access = mint_token(conn.api, profile.namespace, access.no_access)
                 with metrics_endpoint(conn, profile, metrics_url, kubectl) as url:
@@ -244,8 +253,12 @@ def check_metrics(
                         cell, url, metrics_reader_token=reader, no_access_token=no_access
                     )
             except ApiException as exc:
-                return Check("metrics-auth", Status.FAIL, f"could not set up the check: {exc.status} "
-                             f"{api_message(exc)}", EXIT_REJECTED)
+                return Check(
+                    "metrics-auth",
+                    Status.FAIL,
+                    f"could not set up the check: {exc.status} {api_message(exc)}",
+                    EXIT_REJECTED,
+                )
             except HarnessError as exc:
                 return Check("metrics-auth", Status.FAIL, f"could not run the check: {exc}", EXIT_REJECTED)
             finally:
@@ -256,8 +269,13 @@ def check_metrics(
     failing = [r for r in report.metrics if r.status is not CheckStatus.PASS]
     if failing:
         first = failing[0]
-        return Check("metrics-auth", Status.FAIL, f"{first.name}: {first.detail}", EXIT_REJECTED,
-                     evidence=[line for r in failing for line in r.evidence][:6])
+        return Check(
+            "metrics-auth",
+            Status.FAIL,
+            f"{first.name}: {first.detail}",
+            EXIT_REJECTED,
+            evidence=[line for r in failing for line in r.evidence][:6],
+        )
     return Check(
         "metrics-auth", Status.OK, f"{len(report.metrics)} metrics checks passed through {profile.proxy_container}"
     )

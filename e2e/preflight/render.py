@@ -39,8 +39,14 @@ def _availability(image: AuditedImage) -> str:
 
 def _image_rows(report: PreflightReport) -> list[list[str]]:
     return [
-        [image.image, report.role(image), image.pin, "retired" if image.retirement else "ok", _availability(image),
-         _where(image)]
+        [
+            image.image,
+            report.role(image),
+            image.pin,
+            "retired" if image.retirement else "ok",
+            _availability(image),
+            _where(image),
+        ]
         for image in report.images.images
         if report.in_use(image) or image.image == report.target
     ]
@@ -56,8 +62,11 @@ def _summary_lines(report: PreflightReport) -> list[tuple[str, str]]:
     return [
         ("cluster", f"{report.server} (context {report.context}), images from {scope}, {mode}"),
         ("kserve", report.version.describe()),
-        ("proxy", f"{report.proxy.image or '(no container ' + report.proxy.container + ')'} "
-                  f"(Deployment {report.proxy.deployment}, ServiceAccount {report.proxy.service_account})"),
+        (
+            "proxy",
+            f"{report.proxy.image or '(no container ' + report.proxy.container + ')'} "
+            f"(Deployment {report.proxy.deployment}, ServiceAccount {report.proxy.service_account})",
+        ),
         ("target", f"{report.target} ({report.target_source})" if report.target else report.target_source),
     ]
 

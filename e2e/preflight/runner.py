@@ -95,28 +95,45 @@ def preflight(options: Options) -> PreflightReport:
         if target is not None and proxy_container is not None:
             patch = planned_patch(deployment, profile, target, matrix, release)
             planned = apply_strategic_merge(deployment, patch)
-            planned = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": planned.get("metadata", {}),
-                       "spec": planned.get("spec", {})}
+            planned = {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": planned.get("metadata", {}),
+                "spec": planned.get("spec", {}),
+            }
         probe = (
             RegistryProbe(
-                mirrors=mirrors, insecure_registries=options.insecure_registry,
-                connect_timeout=options.timeout, read_timeout=options.timeout,
+                mirrors=mirrors,
+                insecure_registries=options.insecure_registry,
+                connect_timeout=options.timeout,
+                read_timeout=options.timeout,
             )
             if options.probe
             else None
         )
         live = live_workloads(conn.api, None if options.all_namespaces else profile.namespace)
         report = PreflightReport(
-            context=conn.context, server=conn.server, namespace=profile.namespace,
-            all_namespaces=options.all_namespaces, version=version, proxy=proxy, target=target,
-            target_source=target_source, images=audit_images(live, planned, probe),
+            context=conn.context,
+            server=conn.server,
+            namespace=profile.namespace,
+            all_namespaces=options.all_namespaces,
+            version=version,
+            proxy=proxy,
+            target=target,
+            target_source=target_source,
+            images=audit_images(live, planned, probe),
         )
         report.checks += image_checks(report, probed=probe is not None)
         report.checks.append(check_proxy_rbac(conn.api, proxy))
         if proxy_container is None:
             report.checks.append(
-                Check("swap-dry-run", Status.FAIL, f"Deployment {proxy.deployment} has no container "
-                      f"{profile.proxy_container!r}: there is no proxy to swap", EXIT_REJECTED)
+                Check(
+                    "swap-dry-run",
+                    Status.FAIL,
+                    f"Deployment {proxy.deployment} has no container "
+                    f"{profile.proxy_container!r}: there is no proxy to swap",
+                    EXIT_REJECTED,
+                )
             )
         elif target is None or patch is None:
             report.checks.append(Check("swap-dry-run", Status.SKIPPED, "no --target-image/--target-proxy"))

@@ -1,0 +1,145 @@
+"""The locally built image set, as the kind tier uses it when nothing may be pulled.
+
+``--local-images`` (or ``KSERVE_COMPAT_LOCAL_IMAGES=1``) makes the kind tier run on the
+images ``kserve-compat images build`` made from source: the node image of the Kubernetes
+version really built, kind and kubectl from their Go modules, every image a cell needs
+loaded with ``kind load`` and none pulled. What differs from a cluster made from the
+published images is said in every report (``deviations``): the node's Kubernetes patch,
+the cert-manager version, the controller's pull policy, checks that cannot run.
+
+An image of a retired registry is never built (``gcr.io/kubebuilder`` must stay
+unpullable): the kubelet tries to pull it and fails for real, which is that cell's evidence.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import subprocess
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from e2e.errors import WorkloadUnavailable
+from e2e.images import retirement
+
+log = logging.getLogger(__name__)
+
+ENV_LOCAL_IMAGES = "KSERVE_COMPAT_LOCAL_IMAGES"
+BUILD_HINT = "`kserve-compat images list` says why; `kserve-compat images build` builds what can be"
+
+
+def local_images_requested(flag: bool = False) -> bool:
+    """The switch: the pytest option, or the environment variable set to 1."""
+    return flag or os.environ.get(ENV_LOCAL_IMAGES, "") == "1"
+
+
+def image_present(image: str, docker: str = "docker") -> bool:
+    """Whether the local Docker engine holds ``image`` (by the exact reference)."""
+    inspect = [docker, "image", "inspect", "--format", "{{.Id}}", image]
+    return subprocess.run(inspect, capture_output=True, check=False).returncode == 0
+
+
+def is_retired(image: str) -> bool:
+    return retirement(image) is not None
+
+
+@dataclass(frozen=True)
+class ToolBinaries:
+    kind: Path
+    kubectl: Path
+
+
+class LocalImageSet:
+    """The images and tools of the kind tier, built here; nothing comes from a registry."""
+
+    def __init__(self, docker: str = "docker") -> None:
+        self.docker = docker
+
+    # -- the cluster ------------------------------------------------------------------------
+
+    def node_image(self, kubernetes_minor: str) -> Any:
+        """The node image for a matrix Kubernetes minor (built when missing): a ``NodeImage``."""
+        from e2e.imageset import node
+
+        return node.build_node_image(node.node_kubernetes_version(kubernetes_minor))
+
+    def cluster_networking(self) -> dict[str, Any]:
+        """What the kind config needs under ``networking`` for a node image built here."""
+        from e2e.imageset import node
+
+        return dict(node.KIND_CLUSTER_CONFIG_NETWORKING)
+
+    @staticmethod
+    def tools() -> ToolBinaries:
+        """kind and kubectl built from their Go modules (pytest-kind would download them)."""
+        from e2e.local import binaries
+
+        return ToolBinaries(
+            kind=binaries.ensure("kind"), kubectl=binaries.ensure("kubectl", binaries.KUBERNETES_VERSION)
+        )
+
+    # -- what runs in it --------------------------------------------------------------------
+
+    def ensure_release_images(self, release_version: str) -> list[str]:
+        """The KServe controller image of a release, built when missing; its references."""
+        from e2e.imageset import components
+
+        return components.ensure_controller_image(release_version)
+
+    def cert_manager_manifest(self) -> tuple[str, str]:
+        """(version, text) of the cert-manager built here, images built, manifest rendered."""
+        from e2e.imageset import components
+
+        version = components.CERT_MANAGER_VERSION
+        path = components.cert_manager_manifest(version)
+        return version, path.read_text()
+
+    def missing(self, images: Iterable[str]) -> list[str]:
+        return [image for image in images if not image_present(image, self.docker)]
+
+    def check_loadable(self, image: str) -> bool:
+        """True when ``image`` is in the set (load it); False for a retired image (leave it
+        to the kubelet, whose pull fails for real); WorkloadUnavailable otherwise."""
+        if image_present(image, self.docker):
+            return True
+        if is_retired(image):
+            log.info("%s: retired registry, never built here: the kubelet's pull will fail for real", image)
+            return False
+        raise WorkloadUnavailable(f"{image}: not in the local image set; {BUILD_HINT}")
+
+
+def images_of(documents: Sequence[dict[str, Any]]) -> list[str]:
+    """Every container image the workloads of ``documents`` name, in order, once."""
+    found: dict[str, None] = {}
+    for doc in documents:
+        for container in _containers(doc):
+            if container.get("image"):
+                found[str(container["image"])] = None
+    return list(found)
+
+
+def pull_if_not_present(documents: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """``imagePullPolicy: Always`` → ``IfNotPresent`` (a loaded image would be pulled again,
+    and nothing answers here). Returns the new documents and the images changed."""
+    changed: dict[str, None] = {}
+    result = []
+    for doc in documents:
+        containers = _containers(doc)
+        if any(c.get("imagePullPolicy") == "Always" for c in containers):
+            doc = copy.deepcopy(doc)
+            for container in _containers(doc):
+                if container.get("imagePullPolicy") == "Always":
+                    container["imagePullPolicy"] = "IfNotPresent"
+                    changed[str(container.get("image", ""))] = None
+        result.append(doc)
+    return result, list(changed)
+
+
+def _containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    if doc.get("kind") not in ("Deployment", "DaemonSet", "StatefulSet", "Job"):
+        return []
+    spec = ((doc.get("spec") or {}).get("template") or {}).get("spec") or {}
+    return [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
