@@ -76,6 +76,7 @@ def render_plan(
         provider=options.provider,
         patch_of=_Patches(matrix, files, mirrors),
         mirrored=mirrors.rewrite if mirrors else str,
+        local_images=options.provider == "kind" and options.local_images,
     )
     groups = group_cells(list(dict.fromkeys(cell for _, cell in runs)))
     lines = [

@@ -45,6 +45,7 @@ class PlanContext:
     provider: str
     patch_of: Callable[[MatrixCell, str | None], str | None]  # (cell, image) -> patch JSON, if computable
     mirrored: Callable[[str], str] = str  # an image reference as --registry-mirror rewrites it
+    local_images: bool = False  # kind on the image set built here (--local-images)
 
 
 @dataclass(frozen=True)

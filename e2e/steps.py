@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from e2e import scrape
 from e2e.cell import CellRun, migration_start_image
+from e2e.local import binaries
 from e2e.matrix import MatrixCell
 from e2e.scenario import PlanContext, Step
 
@@ -16,16 +17,29 @@ ROLLOUT_WAIT = "wait: rollout (observedGeneration, updated and available replica
 
 def _install(cell: MatrixCell, context: PlanContext) -> list[str]:
     release = cell.release
-    cert_manager = (
-        f"cert-manager {release.cert_manager} CRDs"
-        if context.provider == "local"
-        else f"cert-manager {release.cert_manager}, until its webhook answers"
-    )
-    return [
+    if context.provider == "local":
+        cert_manager = f"cert-manager {release.cert_manager} CRDs"
+    elif context.local_images:
+        built = binaries.DEFAULT_VERSIONS["cert-manager-controller"]
+        cert_manager = (
+            f"cert-manager {built} built here (images loaded, manifest rendered from its chart; "
+            f"the quick-install names {release.cert_manager}: a deviation), until its webhook answers"
+        )
+    else:
+        cert_manager = f"cert-manager {release.cert_manager}, until its webhook answers"
+    lines = [
         f"KServe {release.version} on the cluster of its group (the group's first cell installs, the others reuse)",
         "manifests/metrics-access.yaml; tokens for kserve-compat/metrics-reader, no-access and prometheus",
         _prometheus(context),
         f"install {cert_manager}",
+    ]
+    if context.local_images:
+        lines.append(
+            f"the controller image of KServe {release.version} built from its cmd/manager and loaded; "
+            "imagePullPolicy Always -> IfNotPresent (a deviation)"
+        )
+    return [
+        *lines,
         f"install {', '.join(release.files)} by server-side apply (CRDs first, until Established)",
         "inferenceservice-config -> raw deployment mode, no Ingress from v0.12",
     ]
