@@ -16,6 +16,7 @@ builds its configuration and reads its API, so it knows nothing of processes or 
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +26,7 @@ from typing import Any
 
 import requests
 import tenacity
+import yaml
 
 from e2e.cluster.provider import ServiceTarget
 from e2e.results import CellResult, CheckResult, CheckStatus
@@ -96,6 +98,43 @@ def in_cluster_config(
             scrape_config(NO_ACCESS_JOB, address, no_access_token_file),
         ]
     )
+
+
+IN_CLUSTER_NAMESPACE = "kserve-compat"
+IN_CLUSTER_NAME = "prometheus"
+IN_CLUSTER_PORT = 9090
+IN_CLUSTER_TOKENS_SECRET = "prometheus-scrape-tokens"
+IN_CLUSTER_TOKENS_DIR = "/etc/prometheus/tokens"
+
+
+def in_cluster_documents(
+    template: Sequence[dict[str, Any]], jobs: Sequence[ScrapeJob], image: str
+) -> list[dict[str, Any]]:
+    """``manifests/prometheus.yaml`` made concrete for ``jobs``: the image's exact tag, the
+    jobs' Service DNS names, and a Secret with each job's token (the tokens the harness
+    minted, so that the leak check knows what Prometheus sends)."""
+    documents = copy.deepcopy(list(template))
+    configs = [
+        scrape_config(
+            job.name,
+            f"{job.target.name}.{job.target.namespace}.svc:{job.target.port}",
+            f"{IN_CLUSTER_TOKENS_DIR}/{job.name}",
+        )
+        for job in jobs
+    ]
+    for doc in documents:
+        if doc.get("kind") == "ConfigMap":
+            doc["data"]["prometheus.yml"] = yaml.safe_dump(prometheus_config(configs), sort_keys=False)
+        elif doc.get("kind") == "Deployment":
+            doc["spec"]["template"]["spec"]["containers"][0]["image"] = image
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": IN_CLUSTER_TOKENS_SECRET, "namespace": IN_CLUSTER_NAMESPACE},
+        "type": "Opaque",
+        "stringData": {job.name: job.token for job in jobs},
+    }
+    return [secret, *documents]
 
 
 # --------------------------------------------------------------------------- the HTTP API

@@ -49,7 +49,10 @@ def _prometheus(context: PlanContext) -> str:
     if context.provider == "local":
         where = "a local prometheus process (Debian's package) scraping the metrics Service through a loopback relay"
     else:
-        where = "none yet on this tier: metrics-scrape is skipped (manifests/prometheus.yaml, untested)"
+        where = (
+            "a Deployment (manifests/prometheus.yaml) of the same Prometheus binary, packed into "
+            "kserve-compat.local/prometheus and loaded with kind load; tokens from a Secret the harness writes"
+        )
     return f"start the group's Prometheus, stopped with its cluster: {where}"
 
 

@@ -163,7 +163,26 @@ def test_readme_and_kind_manifest_show_the_config_the_local_tier_runs() -> None:
     assert _yaml_after(readme, "<!-- scrape-config -->") == expected
     documents = list(yaml.safe_load_all((REPO / "manifests" / "prometheus.yaml").read_text()))
     (config_map,) = [d for d in documents if d["kind"] == "ConfigMap"]
-    assert yaml.safe_load(config_map["data"]["prometheus.yml"]) == expected
+    # The harness's Prometheus reads the tokens it minted from a Secret (the leak check knows them).
+    assert yaml.safe_load(config_map["data"]["prometheus.yml"]) == scrape.in_cluster_config(
+        TARGET,
+        f"{scrape.IN_CLUSTER_TOKENS_DIR}/{scrape.READER_JOB}",
+        f"{scrape.IN_CLUSTER_TOKENS_DIR}/{scrape.NO_ACCESS_JOB}",
+    )
+    jobs = [
+        ScrapeJob(READER_JOB, TARGET, "prometheus", "reader-token"),
+        ScrapeJob(scrape.NO_ACCESS_JOB, TARGET, "no-access", "no-access-token", allowed=False),
+    ]
+    concrete = scrape.in_cluster_documents(documents, jobs, "kserve-compat.local/prometheus:2.42.0")
+    (secret,) = [d for d in concrete if d["kind"] == "Secret"]
+    assert secret["metadata"]["name"] == scrape.IN_CLUSTER_TOKENS_SECRET
+    assert secret["stringData"] == {READER_JOB: "reader-token", scrape.NO_ACCESS_JOB: "no-access-token"}
+    (concrete_map,) = [d for d in concrete if d["kind"] == "ConfigMap"]
+    assert concrete_map["data"] == config_map["data"]  # the manifest already says what runs
+    (deployment,) = [d for d in concrete if d["kind"] == "Deployment"]
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "kserve-compat.local/prometheus:2.42.0"
+    mounts = deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    assert {"name": "scrape-tokens", "mountPath": scrape.IN_CLUSTER_TOKENS_DIR, "readOnly": True} in mounts
     kinds = {(d["kind"], d["metadata"]["name"]) for d in documents}
     assert ("Deployment", "prometheus") in kinds
     access = list(yaml.safe_load_all((REPO / "manifests" / "metrics-access.yaml").read_text()))

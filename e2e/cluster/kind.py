@@ -37,19 +37,25 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tenacity
 import yaml
 from kubernetes import client as k8s_client
 from kubernetes.client.exceptions import ApiException
 
+from e2e import diagnostics, scrape
+from e2e.apply import Applier
 from e2e.cache import cache_root
 from e2e.cluster.provider import ClusterInfo, ClusterProvider, ProviderFactory
-from e2e.errors import EnvironmentMissing, HarnessError, UsageError
+from e2e.errors import EnvironmentMissing, HarnessError, UsageError, WorkloadFailed, WorkloadUnavailable
 from e2e.imageset.offline import LocalImageSet
 from e2e.matrix import Matrix, load_matrix
+from e2e.rollout import wait_for_rollout
 from e2e.targets import ServiceTarget
+
+if TYPE_CHECKING:
+    from e2e.scrape import ScrapeJob
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +67,7 @@ KUBECTL_VERSION = "v1.34.8"
 PINNED_TOOL_VERSIONS: Mapping[str, str] = {"KIND_VERSION": KIND_VERSION, "KUBECTL_VERSION": KUBECTL_VERSION}
 
 CLUSTER_NAME_PREFIX = "kcompat-"
+PROMETHEUS_MANIFEST = Path(__file__).resolve().parents[2] / "manifests" / "prometheus.yaml"
 CLUSTER_NAME_MAX = 40  # node containers are NAME-control-plane: keep hostnames well under 63
 
 DOCKER_MISSING_HINT = "the kind tier needs one — run `nox -s local` for the dockerless tier"
@@ -709,6 +716,7 @@ class KindCluster(ClusterProvider):
         self.docker = DockerCommands(options.docker)
         self.info = ClusterInfo(provider="kind", name=name, kubernetes_version=kubernetes_version)
         self.image_set = image_set
+        self._prometheus_started = False
         self.reused = False
         self.failed = False
         self._deleted = False
@@ -864,10 +872,7 @@ class KindCluster(ClusterProvider):
         for image in images:
             if not self.image_set.check_loadable(image):
                 continue
-            result = subprocess.run(self.commands.load_docker_image(image), capture_output=True, text=True, check=False)
-            if result.returncode != 0:
-                output = result.stderr + result.stdout
-                raise HarnessError(f"kind load docker-image {image}: {docker_error_line(output)}")
+            self._kind_load(image)
 
     def _pull(self, image: str, node: str) -> None:
         retrying = tenacity.Retrying(
@@ -890,6 +895,43 @@ class KindCluster(ClusterProvider):
             _run(self.commands.load_image_archive(archive), f"kind load image-archive {image}")
         finally:
             archive.unlink(missing_ok=True)
+
+    def start_prometheus(self, jobs: Sequence[ScrapeJob]) -> None:
+        """The local tier's Prometheus as a Deployment (``manifests/prometheus.yaml``): its
+        image built from the same binary and loaded (never pulled); ready by the check."""
+        from e2e.imageset.prometheus import build_prometheus_image
+
+        image = build_prometheus_image()
+        self._kind_load(image)
+        template = [d for d in yaml.safe_load_all(PROMETHEUS_MANIFEST.read_text()) if d]
+        Applier(self.api_client()).apply(scrape.in_cluster_documents(template, jobs, image))
+        self._prometheus_started = True
+
+    def prometheus_endpoint(self) -> contextlib.AbstractContextManager[str]:
+        if not self._prometheus_started:
+            raise WorkloadUnavailable("no Prometheus was started for this cluster")
+        namespace, name = scrape.IN_CLUSTER_NAMESPACE, scrape.IN_CLUSTER_NAME
+        api = self.api_client()
+        selector = f"app={name}"
+
+        def evidence() -> list[str] | None:
+            return diagnostics.pod_failure_evidence(
+                api,
+                namespace,
+                selector,
+                lambda container, previous: self.container_logs(namespace, selector, container, previous),
+            )
+
+        try:
+            wait_for_rollout(api, namespace, name, timeout_s=120, failure_evidence=evidence)
+        except HarnessError as exc:
+            raise WorkloadFailed(f"prometheus did not become ready: {exc}", getattr(exc, "evidence", [])) from None
+        return self.endpoint(ServiceTarget(namespace, name, scrape.IN_CLUSTER_PORT))
+
+    def _kind_load(self, image: str) -> None:
+        result = subprocess.run(self.commands.load_docker_image(image), capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise HarnessError(f"kind load docker-image {image}: {docker_error_line(result.stderr + result.stdout)}")
 
     def sync_workloads(self) -> list[str]:
         """Nothing to do: the kubelet runs what the Deployments say."""
