@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from e2e import checks, diagnostics, kserve, report, scrape
 from e2e.availability import in_ci
+from e2e.checks.reconciling import wait_until_reconciling
 from e2e.errors import EnvironmentMissing, HarnessError, WorkloadFailed, WorkloadUnavailable
 from e2e.images import replacement
 from e2e.install import SAMPLE_MODELS, CellSkipped, GroupCluster, failure_probe, proxy_image_of
@@ -146,6 +147,14 @@ class CellRun:
         profile = self.cell.release.profile
         target = ServiceTarget(profile.namespace, profile.metrics_service, profile.metrics_port)
         with cluster.provider.endpoint(target) as address:
+            # The checks run once the manager reconciles (a replaced pod waits for the lease).
+            wait = wait_until_reconciling(f"https://{address}/metrics", cluster.access.metrics_reader_token)
+            if wait.seconds >= 1.0:
+                self.result.notes.append(
+                    f"the manager's reconcile metrics appeared {wait.seconds:.1f}s after the metrics checks began"
+                    if wait.reconciling
+                    else f"no reconcile metrics after {wait.seconds:.1f}s (last saw: {wait.last_seen})"
+                )
             checks.check_metrics_auth(
                 self.result,
                 f"https://{address}/metrics",
