@@ -58,7 +58,8 @@ def _print(images: list[components.PlannedImage]) -> None:
     for image in images:
         also = f" (also {', '.join(image.also_tagged)})" if image.also_tagged else ""
         detail = f"  {image.detail}" if image.detail else ""
-        print(f"{image.reference:<{width}}  {image.component:<24} {image.version:<11} {image.status:<11}{also}{detail}")
+        line = f"{image.reference:<{width}}  {image.component:<24} {image.version:<11} {image.status:<11}{also}{detail}"
+        print(line.rstrip())
 
 
 def run(args: argparse.Namespace) -> int:

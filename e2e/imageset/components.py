@@ -252,6 +252,7 @@ def _manifest_recipe(version: str, helm: Path) -> str:
         "helm_sha256": file_sha256(helm),
         "values": list(CERT_MANAGER_HELM_VALUES),
         "namespace": CERT_MANAGER_NAMESPACE,
+        "kube_version": binaries.KUBERNETES_VERSION,
     }
     return sha256_hex(json.dumps(key, sort_keys=True).encode())
 
@@ -337,7 +338,11 @@ def _helm_template(helm: Path, chart: Path, scratch: Path) -> str:
     env = dict(os.environ)
     for name in ("HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME"):
         env[name] = str(scratch / name.lower())  # helm writes nothing into the user's home
-    args = [str(helm), "template", "--api-versions=", f"--namespace={CERT_MANAGER_NAMESPACE}"]
+    # --kube-version: helm's release Makefile stamps the Kubernetes version of its client-go
+    # (chartutil.k8sVersionMajor/Minor); the binaries recipe does not, so helm would assume
+    # v1.20.0, below the chart's kubeVersion ">= 1.21.0-0". The kind tier runs this version.
+    args = [str(helm), "template", "--api-versions=", f"--kube-version={binaries.KUBERNETES_VERSION}"]
+    args += [f"--namespace={CERT_MANAGER_NAMESPACE}"]
     args += [f"--set={value}" for value in CERT_MANAGER_HELM_VALUES]
     args += ["cert-manager", str(chart)]
     try:
