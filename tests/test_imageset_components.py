@@ -283,20 +283,24 @@ def test_the_manifest_is_namespace_then_crds_then_the_rest() -> None:
 
 def test_required_images_of_a_selection(world: FakeWorld, manifest_files: ReleaseFiles) -> None:
     world.binary(binaries.PROXY, "v0.18.0")
+    world.current_images.add("quay.io/brancz/kube-rbac-proxy:v0.18.0")
     world.binary(binaries.KSERVE_MANAGER, "v0.14.0")
     world.unavailable_binaries[(binaries.PROXY, "v0.13.1")] = "github.com/brancz/kube-rbac-proxy@v0.13.1: 403"
     world.unavailable_binaries[(binaries.KSERVE_MANAGER, "v0.18.0")] = REFUSED
     images = components.required_images(
-        ["v0.13.1", "v0.14.0", "v0.18.0"], ["quay-v0.22.1", "k8s-v0.13.1"], ["1.34"], files=manifest_files
+        ["v0.13.1", "v0.14.0", "v0.18.0"],
+        ["quay-v0.22.1", "k8s-v0.13.1", "gcr-v0.13.1", "quay-v0.18.0"],
+        ["1.34"],
+        files=manifest_files,
     )
     found = by_reference(images)
     assert found["kindest/node:v1.34.4"].status == "missing"
-    retired = found["gcr.io/kubebuilder/kube-rbac-proxy:v0.13.1"]  # what v0.13.1 ships
+    retired = found["gcr.io/kubebuilder/kube-rbac-proxy:v0.13.1"]
     assert (retired.status, "retired" in retired.detail) == ("unavailable", True)
     frozen = found["quay.io/brancz/kube-rbac-proxy:v0.13.1"]
     assert frozen.also_tagged == ("registry.k8s.io/kubebuilder/kube-rbac-proxy:v0.13.1",)
     assert (frozen.status, frozen.detail) == ("unavailable", "github.com/brancz/kube-rbac-proxy@v0.13.1: 403")
-    assert found["quay.io/brancz/kube-rbac-proxy:v0.18.0"].status == "missing"  # shipped by v0.14.0
+    assert found["quay.io/brancz/kube-rbac-proxy:v0.18.0"].status == "built"
     assert found["quay.io/brancz/kube-rbac-proxy:v0.22.1"].status == "missing"
     assert found["kserve/kserve-controller:v0.14.0"].status == "missing"
     assert (found["kserve/kserve-controller:v0.18.0"].status, found["kserve/kserve-controller:v0.18.0"].detail) == (
@@ -308,6 +312,13 @@ def test_required_images_of_a_selection(world: FakeWorld, manifest_files: Releas
         found
     )
     assert not any(image.reference.startswith("gcr.io/") and image.status != "unavailable" for image in images)
+
+
+def test_only_the_selected_proxy_images_are_planned(world: FakeWorld, manifest_files: ReleaseFiles) -> None:
+    """A release's shipped proxy (v0.13.1 ships the retired gcr.io tag) is not installed by
+    the harness, which puts the first cell's image in place: only selected aliases count."""
+    images = components.required_images(["v0.13.1"], ["quay-v0.22.1"], ["1.34"], files=manifest_files)
+    assert [i.reference for i in images if i.component == binaries.PROXY] == ["quay.io/brancz/kube-rbac-proxy:v0.22.1"]
 
 
 def test_ensure_images_builds_what_is_missing_and_then_nothing(world: FakeWorld, manifest_files: ReleaseFiles) -> None:

@@ -515,8 +515,11 @@ def _node_job(minor: str) -> _Job:
             ),
             None,
         )
-    version = node.node_kubernetes_version(minor)
-    status, detail = node.node_image_status(version)
+    try:
+        version = node.node_kubernetes_version(minor)
+        status, detail = node.node_image_status(version)
+    except HarnessError as exc:
+        return _Job(PlannedImage(f"(kind node, Kubernetes {minor})", NODE, minor, UNAVAILABLE, str(exc)), None)
     # Until it is built, the name a node image of that version is expected to carry (the
     # Kubernetes version it really runs); the builder's answer replaces it.
     planned = PlannedImage(f"kindest/node:{version}", NODE, str(version), str(status), str(detail))
@@ -580,9 +583,9 @@ def _plan(
     files = files or ReleaseFiles.from_environment()
     engine = binaries.docker_engine_unreachable_reason()
 
-    # What each release's manifest names: its controller image, and the proxy it installs with.
+    # The controller image each release's manifest names. Its shipped proxy image is not
+    # needed: the harness installs a release with its first cell's proxy image in place.
     controllers: dict[str, tuple[str | None, str]] = {}
-    proxy_images: dict[str, None] = {}
     for version in selection.kserve_versions:
         try:
             manifest = load_release_manifest(matrix.release(version), files)
@@ -590,11 +593,9 @@ def _plan(
             if not image:
                 raise ManifestError(f"{manifest.source}: the manager container has no image")
             controllers[version] = (str(image), "")
-            proxy_images[manifest.proxy_image] = None
         except HarnessError as exc:
             controllers[version] = (None, f"its release manifest cannot be read: {exc}")
-    for alias in selection.proxy_aliases:
-        proxy_images[matrix.proxy(alias).image] = None
+    proxy_images = dict.fromkeys(matrix.proxy(alias).image for alias in selection.proxy_aliases)
 
     jobs = [_node_job(minor) for minor in selection.k8s_minors]
     versions: dict[str, None] = {}
