@@ -134,7 +134,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeWorld
 
     def build_node_image(kubernetes_version: str) -> FakeNodeImage:
         state.node_built.append(kubernetes_version)
-        return FakeNodeImage(f"kindest/node:{kubernetes_version}", kubernetes_version)
+        return FakeNodeImage(f"kserve-compat/kind-node:{kubernetes_version}", kubernetes_version)
 
     node = types.ModuleType("e2e.imageset.node")
     node.node_kubernetes_version = lambda minor: {"1.33": "v1.33.8", "1.34": "v1.34.4"}[minor]  # type: ignore[attr-defined]
@@ -294,7 +294,7 @@ def test_required_images_of_a_selection(world: FakeWorld, manifest_files: Releas
         files=manifest_files,
     )
     found = by_reference(images)
-    assert found["kindest/node:v1.34.4"].status == "missing"
+    assert found["(kind node, Kubernetes v1.34.4)"].status == "missing"
     retired = found["gcr.io/kubebuilder/kube-rbac-proxy:v0.13.1"]
     assert (retired.status, "retired" in retired.detail) == ("unavailable", True)
     frozen = found["quay.io/brancz/kube-rbac-proxy:v0.13.1"]
@@ -325,6 +325,7 @@ def test_ensure_images_builds_what_is_missing_and_then_nothing(world: FakeWorld,
     world.unavailable_binaries[(binaries.KSERVE_MANAGER, "v0.18.0")] = REFUSED
     results = components.ensure_images(["v0.14.0", "v0.18.0"], ["quay-v0.18.0"], ["1.34"], files=manifest_files)
     assert world.node_built == ["v1.34.4"]
+    assert "kserve-compat/kind-node:v1.34.4" in by_reference(results)  # the builder's name
     assert world.imported == [
         "quay.io/brancz/kube-rbac-proxy:v0.18.0",
         "quay.io/jetstack/cert-manager-controller:v1.11.5",
@@ -403,11 +404,13 @@ def test_list_prints_every_image_with_its_status_and_reason(
     world.current_images.add("quay.io/brancz/kube-rbac-proxy:v0.18.0")
     monkeypatch.setattr(ReleaseFiles, "from_environment", classmethod(lambda cls, *a, **k: manifest_files))
     assert cli.main(["images", "list", "--kserve", "v0.18.0", "--proxy", "quay-v0.18.0", "--k8s", "1.34"]) == 0
-    lines = {line.split()[0]: line.split(None, 4) for line in capsys.readouterr().out.splitlines()}
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line.split(None, 4) for line in out.splitlines()}
     assert lines["quay.io/brancz/kube-rbac-proxy:v0.18.0"][1:4] == ["kube-rbac-proxy", "v0.18.0", "built"]
     assert lines["kserve/kserve-controller:v0.18.0"][3] == "unavailable"
     assert lines["kserve/kserve-controller:v0.18.0"][4] == REFUSED
-    assert lines["kindest/node:v1.34.4"][3] == "missing"
+    node = next(line for line in out.splitlines() if line.startswith("(kind node, Kubernetes v1.34.4)"))
+    assert node.split()[-1] == "missing"
     assert world.imported == []
 
 

@@ -12,7 +12,9 @@ exact reference the release manifests (and the matrix) use, so they apply unchan
   image must stay unpullable so its verdict comes from the kubelet's real pull error.
 - the KServe controller of a release (its Dockerfile: ``/manager``, ``/third_party/``,
   ``ENTRYPOINT ["/manager"]`` on distroless ``static:nonroot``), tagged with the image of
-  the ``manager`` container of the release manifest's controller Deployment.
+  the ``manager`` container of the release manifest's controller Deployment. ``/third_party``
+  (license texts) is copied where the module carries it (up to about v0.14); later releases
+  generate it with go-licenses while building the image, which is not reproduced here.
 - cert-manager's controller, webhook and cainjector (``hack/containers/Containerfile.*``:
   ``/app/cmd/<name>/<name>``, ``/licenses/``, ``USER 1000``), tagged with the
   repositories of the chart's ``values.yaml`` and the chart's appVersion; and the install
@@ -520,9 +522,9 @@ def _node_job(minor: str) -> _Job:
         status, detail = node.node_image_status(version)
     except HarnessError as exc:
         return _Job(PlannedImage(f"(kind node, Kubernetes {minor})", NODE, minor, UNAVAILABLE, str(exc)), None)
-    # Until it is built, the name a node image of that version is expected to carry (the
-    # Kubernetes version it really runs); the builder's answer replaces it.
-    planned = PlannedImage(f"kindest/node:{version}", NODE, str(version), str(status), str(detail))
+    # The node image's name is its builder's to give (it names the Kubernetes version the
+    # image really runs); the build's answer replaces this placeholder.
+    planned = PlannedImage(f"(kind node, Kubernetes {version})", NODE, str(version), str(status), str(detail))
 
     def build() -> PlannedImage:
         built = node.build_node_image(version)
@@ -655,7 +657,7 @@ def ensure_images(
     if any(job.build for job in jobs):
         engine = binaries.docker_engine_unreachable_reason()
         if engine:
-            raise EnvironmentMissing(f"images: {engine}; start one (.ci/docker-engine) and run again")
+            raise EnvironmentMissing(f"{engine}; start one (.ci/docker-engine) and run again")
     results: list[PlannedImage] = []
     for job in jobs:
         if job.build is None:
