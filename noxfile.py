@@ -83,6 +83,14 @@ def binaries(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def images(session: nox.Session) -> None:
+    """The kind tier's images built offline from upstream source: `nox -s images -- [list|build] [selection]`."""
+    _install(session)
+    args = session.posargs if session.posargs[:1] in (["list"], ["build"]) else ["build", *session.posargs]
+    session.run("kserve-compat", "images", *args)
+
+
+@nox.session(python=PYTHON)
 def audit(session: nox.Session) -> None:
     """Flag retired, unpinned and unavailable images in manifests: `nox -s audit -- FILE|DIR|-`."""
     _install(session)

@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "e2e.local.binaries",
         "build or locate etcd, kube-apiserver, kube-rbac-proxy, ... (a refused proxy version: from its image)",
     ),
+    "images": ("e2e.imageset.cli", "list or build the kind tier's images offline from upstream source"),
 }
 
 

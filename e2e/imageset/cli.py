@@ -1,0 +1,84 @@
+"""``kserve-compat images list|build``: the kind tier's image set, without a registry.
+
+``list`` prints every image the selection needs as built / missing / unavailable with the
+reason; ``build`` builds what is missing (node images first, then the components) and exits
+1 when an image that could be built was not. The selection defaults to the matrix's default
+selection (latest patch of each KServe line, every proxy image, every Kubernetes version).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from e2e.imageset import components
+from e2e.manifests import ReleaseFiles
+from e2e.matrix import check_release_tag, load_matrix
+
+ACTIONS = ("list", "build")
+
+
+def _values(values: list[str] | None) -> list[str]:
+    """Repeated options, each of which may also be comma-separated."""
+    return [part.strip() for value in values or () for part in value.split(",") if part.strip()]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=ACTIONS, help="list: what exists and why not; build: build what is missing")
+    parser.add_argument(
+        "--kserve",
+        action="append",
+        metavar="VERSION",
+        help="KServe release whose controller image (and shipped proxy) to include (repeatable; "
+        "default: the matrix's latest patches)",
+    )
+    parser.add_argument(
+        "--proxy",
+        action="append",
+        metavar="ALIAS",
+        help="proxy image alias of the matrix, e.g. quay-v0.18.0 (repeatable; default: every one)",
+    )
+    parser.add_argument(
+        "--k8s",
+        action="append",
+        metavar="MINOR",
+        help="Kubernetes version of a node image, e.g. 1.34 (repeatable; default: every one of the matrix)",
+    )
+    parser.add_argument("--matrix", metavar="FILE", help="matrix file (default scenarios/matrix.yaml)")
+    parser.add_argument(
+        "--manifest-dir",
+        metavar="DIR",
+        help="offline directory of release manifests (also KSERVE_COMPAT_MANIFEST_DIR); "
+        "the controller's image reference is read from the release's kserve.yaml",
+    )
+
+
+def _print(images: list[components.PlannedImage]) -> None:
+    width = max((len(image.reference) for image in images), default=0)
+    for image in images:
+        also = f" (also {', '.join(image.also_tagged)})" if image.also_tagged else ""
+        detail = f"  {image.detail}" if image.detail else ""
+        line = f"{image.reference:<{width}}  {image.component:<24} {image.version:<11} {image.status:<11}{also}{detail}"
+        print(line.rstrip())
+
+
+def run(args: argparse.Namespace) -> int:
+    kserve = _values(args.kserve)
+    for version in kserve:
+        check_release_tag(version)
+    matrix = load_matrix(args.matrix)
+    files = ReleaseFiles.from_environment(args.manifest_dir)
+    selection = {"kserve_versions": kserve, "proxy_aliases": _values(args.proxy), "k8s_minors": _values(args.k8s)}
+    if args.action == "list":
+        _print(components.required_images(**selection, matrix=matrix, files=files))
+        return 0
+    started = time.monotonic()
+    results = components.ensure_images(**selection, matrix=matrix, files=files)
+    _print(results)
+    failed = [image for image in results if image.status == components.FAILED]
+    built = sum(1 for image in results if image.status == components.BUILT)
+    unavailable = sum(1 for image in results if image.status == components.UNAVAILABLE)
+    print(
+        f"images: {built} built, {unavailable} unavailable, {len(failed)} failed in {time.monotonic() - started:.1f}s"
+    )
+    return 1 if failed else 0
