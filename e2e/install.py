@@ -220,9 +220,6 @@ class Installer:
     ) -> list[dict[str, Any]]:
         """The controller's images built here and loaded; its ``Always`` pull policy made
         ``IfNotPresent`` (no registry answers), recorded as a deviation."""
-        image_set = cluster.provider.image_set
-        assert image_set is not None
-        image_set.ensure_release_images(release.version)
         profile = release.profile
         controller = [
             doc

@@ -1,7 +1,8 @@
 """The locally built image set, as the kind tier uses it when nothing may be pulled.
 
 ``--local-images`` (or ``KSERVE_COMPAT_LOCAL_IMAGES=1``) makes the kind tier run on the
-images ``kserve-compat images build`` made from source: the node image of the Kubernetes
+images ``kserve-compat images build`` made from source (a run builds no image itself:
+a missing one is named with the command that builds it): the node image of the Kubernetes
 version really built, kind and kubectl from their Go modules, every image a cell needs
 loaded with ``kind load`` and none pulled. What differs from a cluster made from the
 published images is said in every report (``deviations``): the node's Kubernetes patch,
@@ -20,15 +21,18 @@ import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from e2e.errors import WorkloadUnavailable
+from e2e.errors import EnvironmentMissing, WorkloadUnavailable
 from e2e.images import retirement
+
+if TYPE_CHECKING:
+    from e2e.imageset.node import NodeImage
 
 log = logging.getLogger(__name__)
 
 ENV_LOCAL_IMAGES = "KSERVE_COMPAT_LOCAL_IMAGES"
-BUILD_HINT = "`kserve-compat images list` says why; `kserve-compat images build` builds what can be"
+BUILD_HINT = "`kserve-compat images list` says why; `nox -s images -- [selection]` builds what can be"
 
 
 def local_images_requested(flag: bool = False) -> bool:
@@ -60,13 +64,22 @@ class LocalImageSet:
 
     # -- the cluster ------------------------------------------------------------------------
 
-    def node_image(self, kubernetes_minor: str) -> Any:
-        """The node image for a matrix Kubernetes minor (built when missing): a ``NodeImage``."""
+    def node_image(self, kubernetes_minor: str) -> NodeImage:
+        """The node image built here for a matrix Kubernetes minor; EnvironmentMissing (one
+        line naming the command that builds it) when it is not built or stale."""
         from e2e.imageset import node
 
-        return node.build_node_image(node.node_kubernetes_version(kubernetes_minor))
+        version = node.node_kubernetes_version(kubernetes_minor)
+        status, detail = node.node_image_status(version)
+        if status != "built":
+            raise EnvironmentMissing(
+                f"node image {node.node_reference(version)} {status} ({detail}); "
+                f"build it with `nox -s images -- --k8s {kubernetes_minor}`"
+            )
+        return node.NodeImage(node.node_reference(version), version)
 
-    def cluster_networking(self) -> dict[str, Any]:
+    @staticmethod
+    def cluster_networking() -> dict[str, Any]:
         """What the kind config needs under ``networking`` for a node image built here."""
         from e2e.imageset import node
 
@@ -81,21 +94,14 @@ class LocalImageSet:
             kind=binaries.ensure("kind"), kubectl=binaries.ensure("kubectl", binaries.KUBERNETES_VERSION)
         )
 
-    # -- what runs in it --------------------------------------------------------------------
-
-    def ensure_release_images(self, release_version: str) -> list[str]:
-        """The KServe controller image of a release, built when missing; its references."""
-        from e2e.imageset import components
-
-        return components.ensure_controller_image(release_version)
-
-    def cert_manager_manifest(self) -> tuple[str, str]:
-        """(version, text) of the cert-manager built here, images built, manifest rendered."""
+    @staticmethod
+    def cert_manager_manifest() -> tuple[str, str]:
+        """(version, text) of the cert-manager built here (manifest rendered when missing;
+        its images must have been built by `kserve-compat images build`)."""
         from e2e.imageset import components
 
         version = components.CERT_MANAGER_VERSION
-        path = components.cert_manager_manifest(version)
-        return version, path.read_text()
+        return version, components.cert_manager_manifest(version).read_text()
 
     def missing(self, images: Iterable[str]) -> list[str]:
         return [image for image in images if not image_present(image, self.docker)]
