@@ -15,12 +15,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubernetes import client as k8s_client
+
 from e2e import checks, diagnostics, kserve, scrape
 from e2e.apply import Applier
 from e2e.cluster.provider import ClusterProvider, ServiceTarget
 from e2e.errors import HarnessError, NotInOfflineDirectory, WorkloadUnavailable
 from e2e.images import RegistryMirrors
 from e2e.imageset.offline import images_of, pull_if_not_present
+from e2e.labels import label_selector
 from e2e.manifests import (
     ReleaseFile,
     ReleaseFiles,
@@ -287,15 +290,42 @@ class Installer:
         return list(manifest.documents)
 
 
+REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
+
+
 def failure_probe(provider: ClusterProvider, namespace: str, deployment: str) -> Callable[[], list[str] | None]:
-    """Evidence of broken pods of a Deployment (pull errors, crash loops), or None."""
+    """Evidence of broken pods of a Deployment's current revision (pull errors, crash loops),
+    or None. Pods of an earlier revision are not evidence: after a swap away from a retired
+    image, its pod still shows ErrImagePull until the rollout removes it."""
     api = provider.api_client()
-    selector = kserve.controller_pod_selector_of(api, namespace, deployment)
 
-    def read_log(container: str, previous: bool) -> str:
-        return provider.container_logs(namespace, selector, container, previous)
+    def current_selector() -> str | None:
+        apps = k8s_client.AppsV1Api(api)
+        found = apps.read_namespaced_deployment(deployment, namespace)
+        revision = (found.metadata.annotations or {}).get(REVISION_ANNOTATION)
+        selector = label_selector(found.spec.selector)
+        for replica_set in apps.list_namespaced_replica_set(namespace, label_selector=selector).items:
+            owners = [o.uid for o in replica_set.metadata.owner_references or []]
+            labels = replica_set.metadata.labels or {}
+            if (
+                found.metadata.uid in owners
+                and (replica_set.metadata.annotations or {}).get(REVISION_ANNOTATION) == revision
+                and "pod-template-hash" in labels
+            ):
+                return f"{selector},pod-template-hash={labels['pod-template-hash']}"
+        return None  # the controller has not made this revision's ReplicaSet yet
 
-    return lambda: diagnostics.pod_failure_evidence(api, namespace, selector, read_log)
+    def probe() -> list[str] | None:
+        selector = current_selector()
+        if selector is None:
+            return None
+
+        def read_log(container: str, previous: bool) -> str:
+            return provider.container_logs(namespace, selector, container, previous)
+
+        return diagnostics.pod_failure_evidence(api, namespace, selector, read_log)
+
+    return probe
 
 
 def proxy_image_of(patch: dict[str, Any]) -> str:

@@ -1,0 +1,74 @@
+"""The rollout's fail-fast probe looks at the pods of the Deployment's current revision only.
+
+Seen on kind: after a cell swapped in the retired gcr.io image, the next cell patched the
+Deployment back to a served image; the old revision's pod still showed ErrImagePull, and
+the probe took it for the new image's failure (``image-unavailable`` for a served image).
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from e2e import diagnostics, install
+
+SELECTOR = {"control-plane": "kserve-controller-manager"}
+
+
+def replica_set(revision: str, template_hash: str, owner: str = "dep-uid") -> Any:
+    return SimpleNamespace(
+        metadata=SimpleNamespace(
+            annotations={install.REVISION_ANNOTATION: revision},
+            labels={**SELECTOR, "pod-template-hash": template_hash},
+            owner_references=[SimpleNamespace(uid=owner)],
+        )
+    )
+
+
+class FakeApps:
+    def __init__(self, revision: str, replica_sets: list[Any]) -> None:
+        self.revision, self.replica_sets = revision, replica_sets
+
+    def read_namespaced_deployment(self, name: str, namespace: str) -> Any:
+        return SimpleNamespace(
+            metadata=SimpleNamespace(uid="dep-uid", annotations={install.REVISION_ANNOTATION: self.revision}),
+            spec=SimpleNamespace(selector=SimpleNamespace(match_labels=SELECTOR, match_expressions=None)),
+        )
+
+    def list_namespaced_replica_set(self, namespace: str, label_selector: str) -> Any:
+        assert label_selector == "control-plane=kserve-controller-manager"
+        return SimpleNamespace(items=self.replica_sets)
+
+
+@pytest.fixture
+def probed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    selectors: list[str] = []
+
+    def evidence(api: Any, namespace: str, selector: str, read_log: Any = None) -> list[str] | None:
+        selectors.append(selector)
+        return [f"pods of {selector}: ErrImagePull"]
+
+    monkeypatch.setattr(diagnostics, "pod_failure_evidence", evidence)
+    return selectors
+
+
+def provider() -> Any:
+    return SimpleNamespace(api_client=lambda: object(), container_logs=lambda *a, **k: "")
+
+
+def test_only_the_current_revisions_pods_are_evidence(monkeypatch: pytest.MonkeyPatch, probed: list[str]) -> None:
+    sets = [replica_set("3", "old-gcr"), replica_set("4", "new-quay"), replica_set("4", "foreign", owner="other")]
+    monkeypatch.setattr(install.k8s_client, "AppsV1Api", lambda api: FakeApps("4", sets))
+    evidence = install.failure_probe(provider(), "kserve", "kserve-controller-manager")()
+    assert probed == ["control-plane=kserve-controller-manager,pod-template-hash=new-quay"]
+    assert evidence == ["pods of control-plane=kserve-controller-manager,pod-template-hash=new-quay: ErrImagePull"]
+
+
+def test_no_evidence_before_the_current_revision_has_its_replica_set(
+    monkeypatch: pytest.MonkeyPatch, probed: list[str]
+) -> None:
+    monkeypatch.setattr(install.k8s_client, "AppsV1Api", lambda api: FakeApps("5", [replica_set("4", "old")]))
+    assert install.failure_probe(provider(), "kserve", "kserve-controller-manager")() is None
+    assert probed == []
