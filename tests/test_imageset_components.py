@@ -140,6 +140,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeWorld
     node.node_kubernetes_version = lambda minor: {"1.33": "v1.33.8", "1.34": "v1.34.4"}[minor]  # type: ignore[attr-defined]
     node.node_image_status = lambda version: (state.node_status, "")  # type: ignore[attr-defined]
     node.build_node_image = build_node_image  # type: ignore[attr-defined]
+    node.node_reference = lambda version: f"kserve-compat/kind-node:{version}"  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "e2e.imageset.node", node)
     monkeypatch.setattr(binaries, "status", status)
     monkeypatch.setattr(binaries, "ensure", ensure)
@@ -294,7 +295,7 @@ def test_required_images_of_a_selection(world: FakeWorld, manifest_files: Releas
         files=manifest_files,
     )
     found = by_reference(images)
-    assert found["(kind node, Kubernetes v1.34.4)"].status == "missing"
+    assert found["kserve-compat/kind-node:v1.34.4"].status == "missing"
     retired = found["gcr.io/kubebuilder/kube-rbac-proxy:v0.13.1"]
     assert (retired.status, "retired" in retired.detail) == ("unavailable", True)
     frozen = found["quay.io/brancz/kube-rbac-proxy:v0.13.1"]
@@ -409,7 +410,7 @@ def test_list_prints_every_image_with_its_status_and_reason(
     assert lines["quay.io/brancz/kube-rbac-proxy:v0.18.0"][1:4] == ["kube-rbac-proxy", "v0.18.0", "built"]
     assert lines["kserve/kserve-controller:v0.18.0"][3] == "unavailable"
     assert lines["kserve/kserve-controller:v0.18.0"][4] == REFUSED
-    node = next(line for line in out.splitlines() if line.startswith("(kind node, Kubernetes v1.34.4)"))
+    node = next(line for line in out.splitlines() if line.startswith("kserve-compat/kind-node:v1.34.4"))
     assert node.split()[-1] == "missing"
     assert world.imported == []
 

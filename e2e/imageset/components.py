@@ -501,30 +501,14 @@ def _cert_manager_manifest_job(version: str) -> _Job:
 
 
 def _node_job(minor: str) -> _Job:
-    try:
-        # The node image's builder (another module's concern), imported only when needed.
-        node = importlib.import_module("e2e.imageset.node")
-    except ModuleNotFoundError as exc:
-        if exc.name != "e2e.imageset.node":
-            raise
-        return _Job(
-            PlannedImage(
-                f"(kind node, Kubernetes {minor})",
-                NODE,
-                minor,
-                UNAVAILABLE,
-                "the node image builder (e2e.imageset.node) is not in this checkout",
-            ),
-            None,
-        )
+    node = importlib.import_module("e2e.imageset.node")  # the node image's builder, when needed
     try:
         version = node.node_kubernetes_version(minor)
-        status, detail = node.node_image_status(version)
     except HarnessError as exc:
         return _Job(PlannedImage(f"(kind node, Kubernetes {minor})", NODE, minor, UNAVAILABLE, str(exc)), None)
-    # The node image's name is its builder's to give (it names the Kubernetes version the
-    # image really runs); the build's answer replaces this placeholder.
-    planned = PlannedImage(f"(kind node, Kubernetes {version})", NODE, str(version), str(status), str(detail))
+    status, detail = node.node_image_status(version)
+    # The node image is named after the Kubernetes version it really runs.
+    planned = PlannedImage(node.node_reference(version), NODE, version, status, detail)
 
     def build() -> PlannedImage:
         built = node.build_node_image(version)
