@@ -357,8 +357,8 @@ def test_kind_boots_the_node_image_into_a_ready_cluster(
         print(f"cluster {name} Ready in {time.monotonic() - started:.1f}s")
         nodes = json.loads(run([*kubectl, "get", "nodes", "-o", "json"]))["items"]
         assert [n["status"]["nodeInfo"]["kubeletVersion"] for n in nodes] == ["v1.34.4"]
-        run([*kubectl, "-n", "kube-system", "wait", "--for=condition=Ready", "pod", "-l", "k8s-app=kube-dns",
-             "--timeout=120s"], timeout=150)  # fmt: skip
+        # kubeadm made the CoreDNS Deployment before kind returned; its pods may not exist yet.
+        run([*kubectl, "-n", "kube-system", "rollout", "status", "deployment/coredns", "--timeout=120s"], timeout=150)
 
         run([kind, "load", "docker-image", "--name", name, hello_image])
         run([*kubectl, "run", "hello", "--image", hello_image, "--image-pull-policy=Never", "--port=8080"])
@@ -382,6 +382,15 @@ def test_kind_boots_the_node_image_into_a_ready_cluster(
         finally:
             forward.terminate()
             forward.wait(timeout=10)
+
+        # kube-proxy (its iptables wrapper picked the node's backend) routes a Service's ClusterIP.
+        run([*kubectl, "expose", "pod", "hello", "--port=80", "--target-port=8080"])
+        cluster_ip = run([*kubectl, "get", "service", "hello", "-o", "jsonpath={.spec.clusterIP}"]).strip()
+        request = f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | socat -t2 - TCP:{cluster_ip}:80"
+        for attempt in Retrying(stop=stop_after_delay(30), wait=wait_fixed(1), reraise=True):
+            with attempt:
+                answer = run(["docker", "exec", f"{name}-control-plane", "sh", "-c", request])
+                assert "hello from the node image test" in answer, answer
 
         # An image nobody loaded: the pull fails at once at the closed loopback port.
         retired = "gcr.io/kubebuilder/kube-rbac-proxy:v0.13.1"

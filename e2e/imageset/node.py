@@ -625,7 +625,10 @@ def plan_control_plane_images(
         sha256 = _binary_sha256(component, version, path)
         entrypoint = "/coredns" if name == "coredns" else f"/usr/local/bin/{component}"
         inputs: dict[str, Any] = {"revision": RECIPE_REVISION, "component": component, "sha256": sha256}
-        inputs |= {"base": base} if component == "kube-proxy" else {"entrypoint": entrypoint}
+        if component == "kube-proxy":
+            inputs |= {"base": base, "iptables_wrapper": hashlib.sha256(IPTABLES_WRAPPER.encode()).hexdigest()}
+        else:
+            inputs["entrypoint"] = entrypoint
         planned.append(
             ControlPlaneImage(ImageRecipe((reference,), inputs), component, version, path, sha256, entrypoint)
         )
@@ -661,13 +664,48 @@ def _compile_pause(source: Path, kubernetes_version: str, work: Path) -> Path:
     return output
 
 
+# kube-proxy runs iptables in the node's network namespace, and must use the backend (legacy or
+# nft) the node uses, which kind's entrypoint picks at boot by counting the rules each holds.
+# Upstream's kube-proxy image does that with iptables-wrappers; this does the same on first
+# use: decide as kind's select_iptables does, point the alternatives at that backend, re-run.
+IPTABLES_WRAPPER = """#!/bin/sh
+# kserve-compat: pick the node's iptables backend as kind's entrypoint does, then re-run.
+set -eu
+legacy=$( (iptables-legacy-save || true; ip6tables-legacy-save || true) 2>/dev/null | grep -c '^-' || true)
+nft=$( (timeout 5 sh -c "iptables-nft-save; ip6tables-nft-save" || true) 2>/dev/null | grep -c '^-' || true)
+if [ "${legacy:-0}" -ge "${nft:-0}" ]; then mode=legacy; else mode=nft; fi
+update-alternatives --set iptables "/usr/sbin/iptables-${mode}" >/dev/null
+update-alternatives --set ip6tables "/usr/sbin/ip6tables-${mode}" >/dev/null
+exec "$0" "$@"
+"""
+# Registers the wrapper as the iptables and ip6tables alternative (commands and -save/-restore):
+# only symlinks change, so the layer is a few bytes (no chmod of copied binaries).
+_INSTALL_IPTABLES_WRAPPER = " && ".join(
+    f"update-alternatives --install /usr/sbin/{t} {t} /usr/sbin/iptables-wrapper 100"
+    f" --slave /usr/sbin/{t}-restore {t}-restore /usr/sbin/iptables-wrapper"
+    f" --slave /usr/sbin/{t}-save {t}-save /usr/sbin/iptables-wrapper"
+    f" && update-alternatives --set {t} /usr/sbin/iptables-wrapper"
+    for t in ("iptables", "ip6tables")
+)
+
+
 def _build_kube_proxy_image(image: ControlPlaneImage, base: str) -> None:
     """kube-proxy on the base rootfs: it runs the node's iptables / ip6tables and conntrack."""
     dockerfile = (
-        f"FROM {base}\nCOPY kube-proxy /usr/local/bin/kube-proxy\n"
-        f'ENTRYPOINT ["/usr/local/bin/kube-proxy"]\nLABEL {RECIPE_LABEL}="{image.recipe.digest()}"\n'
+        f"FROM {base}\n"
+        "COPY iptables-wrapper /usr/sbin/iptables-wrapper\n"
+        f"RUN {_INSTALL_IPTABLES_WRAPPER} >/dev/null\n"
+        "COPY kube-proxy /usr/local/bin/kube-proxy\n"
+        'ENTRYPOINT ["/usr/local/bin/kube-proxy"]\n'
+        f'LABEL {RECIPE_LABEL}="{image.recipe.digest()}"\n'
     )
-    context = _tar_files({"Dockerfile": (dockerfile.encode(), 0o644), "kube-proxy": (image.source, 0o755)})
+    context = _tar_files(
+        {
+            "Dockerfile": (dockerfile.encode(), 0o644),
+            "iptables-wrapper": (IPTABLES_WRAPPER.encode(), 0o755),
+            "kube-proxy": (image.source, 0o755),
+        }
+    )
     log.info("building image %s", image.reference)
     docker(["build", "--quiet", "-t", image.reference, "-"], f"image {image.reference}", input_bytes=context)
 
