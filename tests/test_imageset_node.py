@@ -223,6 +223,46 @@ def test_the_rootfs_is_trimmed_as_kind_s_dockerfile_does(tmp_path: Path) -> None
     assert str((rootfs / "etc/systemd/system/systemd-binfmt.service").readlink()) == "/dev/null"
 
 
+def stub(path: Path, script: str) -> None:
+    path.write_text("#!/bin/sh\n" + script)
+    path.chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    ("legacy_rules", "nft_rules", "mode"),
+    [(3, 5, "nft"), (5, 3, "legacy"), (2, 2, "legacy"), (0, 0, "legacy")],  # ties: legacy, as kind's entrypoint
+)
+def test_kube_proxy_s_iptables_takes_the_backend_holding_more_rules_then_runs_the_real_one(
+    tmp_path: Path, legacy_rules: int, nft_rules: int, mode: str
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    wrapper = tmp_path / "iptables-wrapper"
+    stub(wrapper, node.IPTABLES_WRAPPER.split("\n", 1)[1])
+    for family in ("iptables", "ip6tables"):
+        (bin_dir / family).symlink_to(wrapper)
+    stub(bin_dir / "iptables-legacy-save", f"for i in $(seq {legacy_rules}); do echo '-A KUBE-X'; done\n")
+    stub(bin_dir / "iptables-nft-save", f"for i in $(seq {nft_rules}); do echo '-A KUBE-X'; done\necho '*nat'\n")
+    stub(bin_dir / "ip6tables-legacy-save", "")
+    stub(bin_dir / "ip6tables-nft-save", "")
+    # update-alternatives --set NAME /usr/sbin/NAME-MODE: NAME becomes the "real" command of MODE.
+    stub(
+        bin_dir / "update-alternatives",
+        f'echo "$2 $3" >> {tmp_path}/alternatives\nrm -f "{bin_dir}/$2"\n'
+        f'printf \'#!/bin/sh\\necho "%s of %s: $*"\\n\' "$2" "${{3##*-}}" > "{bin_dir}/$2"\nchmod +x "{bin_dir}/$2"\n',
+    )
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    result = subprocess.run(
+        [str(bin_dir / "iptables"), "-w", "-L"], capture_output=True, text=True, env=env, check=False, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"iptables of {mode}: -w -L"
+    assert (tmp_path / "alternatives").read_text().split("\n")[:2] == [
+        f"iptables /usr/sbin/iptables-{mode}",
+        f"ip6tables /usr/sbin/ip6tables-{mode}",
+    ]
+
+
 # ---------------------------------------------------------------------------- recipes
 
 

@@ -471,6 +471,23 @@ def _run(args: Sequence[str], what: str, *, timeout: float = 10 * 60, log_file: 
     return result.stdout
 
 
+def _image_id(reference: str) -> str | None:
+    result = subprocess.run(
+        ["docker", "image", "inspect", "--format", "{{.Id}}", reference], capture_output=True, text=True, check=False
+    )
+    return result.stdout.strip() if result.returncode == 0 and result.stdout.strip() else None
+
+
+def _drop_replaced(reference: str, previous: str | None) -> None:
+    """Remove the image ``reference`` named before a rebuild (else each rebuild leaves a
+    dangling 1 GB image); one still used by a container stays, with docker's word for it."""
+    if previous is None or previous == _image_id(reference):
+        return
+    result = subprocess.run(["docker", "rmi", previous], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        log.info("kept the replaced %s image %s: %s", reference, previous[:19], one_line(result.stderr))
+
+
 def _require_engine() -> None:
     reason = binaries.docker_engine_unreachable_reason()
     if reason:
@@ -707,7 +724,9 @@ def _build_kube_proxy_image(image: ControlPlaneImage, base: str) -> None:
         }
     )
     log.info("building image %s", image.reference)
+    previous = _image_id(image.reference)
     docker(["build", "--quiet", "-t", image.reference, "-"], f"image {image.reference}", input_bytes=context)
+    _drop_replaced(image.reference, previous)
 
 
 def build_control_plane_images(
@@ -860,6 +879,7 @@ def _assemble_node(inputs: Inputs, kind_dir: Path, timings: dict[str, float]) ->
             input_bytes=(json.dumps(record, indent=2, sort_keys=True) + "\n").encode(),
         )
         with _stage(f"commit {reference}", timings):
+            previous = _image_id(reference)
             docker(
                 ["commit",
                  "--change", 'ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]',
@@ -868,6 +888,7 @@ def _assemble_node(inputs: Inputs, kind_dir: Path, timings: dict[str, float]) ->
                  container, reference],
                 f"image {reference}",
             )  # fmt: skip
+            _drop_replaced(reference, previous)
     finally:
         subprocess.run(["docker", "rm", "-f", "-v", container], capture_output=True, check=False, timeout=120)
 
