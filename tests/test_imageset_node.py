@@ -36,7 +36,7 @@ from e2e.local import binaries
 # ---------------------------------------------------------------------------- versions
 
 
-@pytest.mark.parametrize("minor", ["1.34", "v1.34", "1.34.4", " 1.34 "])
+@pytest.mark.parametrize("minor", ["1.34", "v1.34", "1.34.4", " 1.34 ", "1.34.8"])
 def test_a_built_minor_maps_to_the_patch_whose_binaries_we_build(minor: str) -> None:
     assert node.node_kubernetes_version(minor) == binaries.KUBERNETES_VERSION == "v1.34.4"
 

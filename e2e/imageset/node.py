@@ -21,7 +21,8 @@ kind assembles it, from what the package registries serve:
    the image. ``/kind/kserve-compat-build.json`` records every version inside.
 
 Each image carries its recipe digest (``docker_image.RECIPE_LABEL``); a current image is
-reused, so a second ``build_node_image`` costs a few ``docker inspect`` calls.
+reused, so a second ``build_node_image`` takes under a second (``docker inspect``s, ``kubeadm
+config images list``, and ``go mod download`` answered from the module cache).
 
 What the cluster config must say: ``KIND_CLUSTER_CONFIG_NETWORKING`` (see there).
 """
@@ -50,7 +51,7 @@ from typing import Any
 from tenacity import RetryError, Retrying, before_sleep_log, retry_if_result, stop_after_delay, wait_fixed
 
 from e2e.cache import cache_root
-from e2e.errors import EnvironmentMissing, HarnessError, UsageError
+from e2e.errors import EnvironmentMissing, UsageError
 from e2e.imageset.docker_image import (
     RECIPE_LABEL,
     ImageBuildFailed,
@@ -81,7 +82,7 @@ ENV_DEBIAN_MIRROR = "KSERVE_COMPAT_DEBIAN_MIRROR"
 # kind's images/base/Dockerfile installs (less its storage-test packages nfs-common,
 # open-iscsi, e2fsprogs, fuse-overlayfs for rootless, and curl), plus what it builds from
 # source and Debian packages: runc and the CNI plugins. jq runs in kind's createContainer
-# hook (/kind/bin/mount-product-files.sh); dbus lets systemd answer systemctl.
+# hook (/kind/bin/mount-product-files.sh); dbus gives systemd's tools the system bus.
 DEBIAN_PACKAGES: tuple[str, ...] = (
     "systemd",
     "dbus",
@@ -118,7 +119,7 @@ POD_SUBNET = "10.244.0.0/16"
 NODE_POD_RANGE = "10.244.0.0/24"
 CNI_CONFLIST_PATH = "/etc/cni/net.d/10-kserve-compat-ptp.conflist"
 
-# Every registry name resolves to this closed loopback port inside the node, so a pull of an
+# Every registry is replaced by this closed loopback port inside the node, so a pull of an
 # image that was not loaded fails at once with "connection refused" and no packet leaves the
 # node (no DNS lookup either: the address is a literal). containerd reads
 # /etc/containerd/certs.d/_default/hosts.toml for any registry without a directory of its own.
@@ -139,10 +140,6 @@ _BINARY_IMAGES = {
 }
 
 
-class NodeImageUnavailable(HarnessError):
-    """A node image input cannot be had here (a module the proxy refuses, no debootstrap...)."""
-
-
 @dataclass(frozen=True)
 class NodeImage:
     reference: str  # e.g. "kserve-compat/kind-node:v1.34.4": the tag names the version it runs
@@ -153,7 +150,11 @@ class NodeImage:
 
 
 def node_kubernetes_version(kubernetes_minor: str) -> str:
-    """The Kubernetes version our node image of ``kubernetes_minor`` runs ("1.34" -> "v1.34.4")."""
+    """The Kubernetes version our node image of ``kubernetes_minor`` runs ("1.34" -> "v1.34.4").
+
+    A full version of that minor ("1.34.8", as a matrix may name upstream's image) gives the
+    same answer: the patch we build, which is what the image's tag and the report then name.
+    """
     match = re.fullmatch(r"v?(\d+)\.(\d+)(?:\.\d+)?", kubernetes_minor.strip())
     minor = f"{match.group(1)}.{match.group(2)}" if match else None
     if minor not in NODE_KUBERNETES_VERSIONS:
@@ -402,7 +403,7 @@ def _binary_sha256(component: str, version: str, path: Path) -> str:
     return file_sha256(path)
 
 
-def _tar_files(files: Mapping[str, tuple[Path | bytes, int]], symlinks: Mapping[str, str] = {}) -> bytes:
+def _tar_files(files: Mapping[str, tuple[Path | bytes, int]], symlinks: Mapping[str, str] | None = None) -> bytes:
     """A tar of files (path -> (source, mode)) and symlinks, owned by root, parents made."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
@@ -425,7 +426,7 @@ def _tar_files(files: Mapping[str, tuple[Path | bytes, int]], symlinks: Mapping[
             info = tarfile.TarInfo(name)
             info.size, info.mode = len(data), mode
             archive.addfile(info, io.BytesIO(data))
-        for inner, target in sorted(symlinks.items()):
+        for inner, target in sorted((symlinks or {}).items()):
             name = inner.strip("/")
             parents(name)
             info = tarfile.TarInfo(name)
