@@ -541,6 +541,16 @@ def _trim_rootfs(rootfs: Path) -> None:
         (cni_bin / plugin.name).symlink_to(f"{DEBIAN_CNI_DIR}/{plugin.name}")
 
 
+def _unmount_below(rootfs: Path) -> None:
+    """Unmount what debootstrap mounted in the rootfs (/proc, /sys) if it was stopped before
+    its own cleanup, so deleting the temp dir never walks into the host's /proc or /sys."""
+    prefix = str(rootfs.resolve()) + "/"
+    with contextlib.suppress(OSError):
+        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+        for mount in sorted((m for m in mounts if m.startswith(prefix)), key=len, reverse=True):
+            subprocess.run(["umount", "-l", mount], capture_output=True, check=False, timeout=60)
+
+
 def ensure_base_image(timings: dict[str, float] | None = None) -> str:
     """The Debian rootfs image (debootstrapped once, then reused while its recipe holds)."""
     recipe = base_recipe()
@@ -560,19 +570,22 @@ def ensure_base_image(timings: dict[str, float] | None = None) -> str:
     with tempfile.TemporaryDirectory(prefix="node-rootfs-", dir=work) as tmp:
         rootfs = Path(tmp) / "rootfs"
         with _stage(f"debootstrap {DEBIAN_SUITE} from {mirror}", timings):
-            _run(
-                [
-                    "debootstrap",
-                    "--variant=minbase",
-                    "--include=" + ",".join(DEBIAN_PACKAGES),
-                    DEBIAN_SUITE,
-                    str(rootfs),
-                    mirror,
-                ],
-                f"debootstrap {DEBIAN_SUITE}",
-                timeout=DEBOOTSTRAP_TIMEOUT_SECONDS,
-                log_file=work / "debootstrap.log",
-            )
+            try:
+                _run(
+                    [
+                        "debootstrap",
+                        "--variant=minbase",
+                        "--include=" + ",".join(DEBIAN_PACKAGES),
+                        DEBIAN_SUITE,
+                        str(rootfs),
+                        mirror,
+                    ],
+                    f"debootstrap {DEBIAN_SUITE}",
+                    timeout=DEBOOTSTRAP_TIMEOUT_SECONDS,
+                    log_file=work / "debootstrap.log",
+                )
+            finally:
+                _unmount_below(rootfs)
         with _stage(f"base image {recipe.name}", timings):
             _trim_rootfs(rootfs)
             imported = f"{recipe.name}-rootfs"
