@@ -447,6 +447,15 @@ def test_kind_boots_the_node_image_into_a_ready_cluster(
                 failure = pulls[0]
         print(f"pull of {retired} failed after {time.monotonic() - asked:.1f}s: {failure}")
         assert "127.0.0.1:1" in failure and "connection refused" in failure, failure
+
+        # imagePullPolicy: Always pulls even a loaded image, and fails here: offline, the
+        # harness must give loaded images another policy (KServe's controller says Always).
+        run([*kubectl, "run", "always", "--image", hello_image, "--image-pull-policy=Always"])
+        for attempt in Retrying(stop=stop_after_delay(30), wait=wait_fixed(0.5), reraise=True):
+            with attempt:
+                pod = json.loads(run([*kubectl, "get", "pod", "always", "-o", "json"]))
+                waiting = (pod["status"].get("containerStatuses") or [{}])[0].get("state", {}).get("waiting", {})
+                assert waiting.get("reason") in ("ErrImagePull", "ImagePullBackOff"), pod["status"]
     finally:
         subprocess.run([kind, "delete", "cluster", "--name", name], capture_output=True, check=False, timeout=180)
     leftovers = run(["docker", "ps", "-a", "--filter", f"name={name}", "--format", "{{.Names}}"])
