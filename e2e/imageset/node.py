@@ -873,7 +873,9 @@ def _assemble_node(inputs: Inputs, kind_dir: Path, timings: dict[str, float]) ->
                 ["exec", container, "dpkg-query", "-W", "-f", "${Package}=${Version}\\n"], "dpkg-query"
             ).split()
             docker(["exec", container, "pkill", "-x", "containerd"], "stop containerd")
-            docker(["exec", container, "sh", "-c", "while pgrep -x containerd >/dev/null; do sleep 0.2; done; "
+            # Bounded (30 s): a containerd that does not stop fails the build instead of hanging it.
+            docker(["exec", container, "sh", "-c", "for i in $(seq 150); do pgrep -x containerd >/dev/null || break; "
+                    "sleep 0.2; done; ! pgrep -x containerd >/dev/null && "
                     "rm -rf /run/containerd /var/log/containerd-build.log /tmp/*"], "containerd stopped")  # fmt: skip
         record = {
             "kubernetes": inputs.kubernetes_version,
