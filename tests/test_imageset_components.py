@@ -497,6 +497,7 @@ def test_the_real_image_set_of_a_release_builds_runs_and_is_then_current(
     node = types.ModuleType("e2e.imageset.node")
     node.node_kubernetes_version = lambda minor: "v1.34.4"  # type: ignore[attr-defined]
     node.node_image_status = lambda version: ("built", "")  # type: ignore[attr-defined]
+    node.node_reference = lambda version: f"kserve-compat/kind-node:{version}"  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "e2e.imageset.node", node)
     selection: dict[str, Any] = {
         "kserve_versions": ["v0.20.0"],
