@@ -797,8 +797,9 @@ class KindCluster(ClusterProvider):
                 f"kind cluster {self.name}: nodes not Ready after {self.options.node_ready_timeout:.0f}s "
                 f"(last seen: {last_seen[0]})"
             ) from None
-        wanted = f"v{self.info.kubernetes_version}."
-        if self.reused and not all(v.startswith(wanted) for v in versions):
+        # The matrix names a minor ("1.34"); a node image built here, its exact version ("v1.34.4").
+        wanted = self.info.kubernetes_version.removeprefix("v")
+        if self.reused and not all(v.removeprefix("v") == wanted or v.startswith(f"v{wanted}.") for v in versions):
             raise UsageError(
                 f"kind cluster {self.name} runs {', '.join(sorted(set(versions)))}, not Kubernetes "
                 f"{self.info.kubernetes_version}; delete it with `kind delete cluster --name {self.name}`"
