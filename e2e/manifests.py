@@ -227,6 +227,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 
 ModuleDownloader = Callable[[str, str, Path], binaries.ModuleDownload]
+ModuleProbe = Callable[[str, str], "str | None"]
 
 
 class ModuleFiles:
@@ -238,9 +239,15 @@ class ModuleFiles:
     refusals included, are remembered for the process.
     """
 
-    def __init__(self, module: str = binaries.KSERVE_MODULE, download: ModuleDownloader | None = None) -> None:
+    def __init__(
+        self,
+        module: str = binaries.KSERVE_MODULE,
+        download: ModuleDownloader | None = None,
+        probe: ModuleProbe | None = None,
+    ) -> None:
         self.module = module
         self._download = download or binaries.download_module
+        self._probe = probe or binaries.module_unavailable_reason
         self._lock = threading.Lock()
         self._answers: dict[str, binaries.ModuleDownload | str] = {}
 
@@ -270,6 +277,22 @@ class ModuleFiles:
         if isinstance(answer, str):
             raise NotInModule(answer)
         return answer
+
+    def serves(self, version: str) -> bool:
+        """Whether the Go module proxy serves the module at ``version``, without downloading it.
+
+        Asks for the version's ``.info`` only (``go list -m``: well under a second, a few
+        milliseconds when cached); False, with a warning, when there is no ``go``.
+        """
+        with self._lock:
+            answer = self._answers.get(version)
+        if answer is not None:
+            return not isinstance(answer, str)
+        try:
+            return self._probe(self.module, version) is None
+        except EnvironmentMissing as exc:
+            log.warning("%s@%s: cannot ask the Go module proxy: %s", self.module, version, exc)
+            return False
 
     def read(self, ref: ReleaseFile) -> tuple[bytes, str]:
         """The file's bytes and a description of where they came from (for ``origin``).
@@ -405,6 +428,20 @@ class ReleaseFiles:
         data = self._download(ref, cached)
         self._record_origin(ref, f"download: {self.url(ref)}")
         return data
+
+    def available(self, ref: ReleaseFile) -> bool:
+        """Whether ``read`` can be expected to find ``ref``, cheaply (for selecting releases).
+
+        Offline: the offline directory has it, or the Go module source is on and the proxy
+        serves the version (the module may still lack the file: ``read`` then says so).
+        Otherwise a download is always worth a try.
+        """
+        if self.offline_dir is None:
+            return True
+        if (self.offline_dir / ref.key).is_file():
+            return True
+        module = self._module_for(ref)
+        return module is not None and module.serves(ref.version)
 
     def origin(self, ref: ReleaseFile) -> str | None:
         """Where ``ref`` was read from by this instance (None if not read yet), e.g.
