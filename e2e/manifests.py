@@ -83,6 +83,7 @@ ENV_MANIFESTS_FROM_MODULE = "KSERVE_COMPAT_MANIFESTS_FROM_MODULE"
 # The project whose release files its Go module carries (cert-manager's module holds a
 # chart, not its release manifests).
 MODULE_PROJECT = "kserve"
+MODULE_ORIGIN_PREFIX = "Go module "  # how ReleaseFiles.origin names a file read from a module
 
 # The C loader parses the 3.5 MB v0.16 manifest in about a second; the pure-Python one
 # takes many times that. Both give the same documents.
@@ -257,7 +258,7 @@ class ModuleFiles:
 
     def describe(self, ref: ReleaseFile) -> str:
         """``Go module github.com/kserve/kserve@v0.13.1: install/v0.13.1/kserve.yaml``."""
-        return f"Go module {self.module}@{ref.version}: {self.path_in_module(ref)}"
+        return f"{MODULE_ORIGIN_PREFIX}{self.module}@{ref.version}: {self.path_in_module(ref)}"
 
     def download(self, version: str) -> binaries.ModuleDownload:
         """The module at ``version``; ``NotInModule`` with the Go proxy's answer if refused.
@@ -611,6 +612,7 @@ class ReleaseManifest:
     source: str  # what the file is, for messages: "kserve v0.14.0 kserve.yaml"
     profile: ControllerProfile
     documents: tuple[dict[str, Any], ...]
+    origin: str = ""  # where it was read from (ReleaseFiles.origin), when known
 
     @classmethod
     def parse(cls, text: str, *, source: str, profile: ControllerProfile) -> ReleaseManifest:
@@ -764,7 +766,8 @@ class ReleaseManifest:
 def load_release_manifest(release: KServeRelease, files: ReleaseFiles, name: str = "kserve.yaml") -> ReleaseManifest:
     """Fetch and parse one file of a KServe release, read through the release's profile."""
     ref = kserve_file(release.version, name)
-    return ReleaseManifest.parse(files.text(ref), source=ref.label, profile=release.profile)
+    manifest = ReleaseManifest.parse(files.text(ref), source=ref.label, profile=release.profile)
+    return replace(manifest, origin=files.origin(ref) or "")
 
 
 @dataclass(frozen=True)
@@ -780,6 +783,8 @@ class ShippedProxy:
     args: tuple[str, ...]
     matrix_default: str  # the matrix entry's proxy_image (of the line, for a derived release)
     derived_from: str = ""  # the matrix entry a release not listed in the file took defaults from
+    manifest_source: str = ""  # "kserve v0.13.1 kserve.yaml"
+    manifest_origin: str = ""  # where that file was read from (ReleaseFiles.origin)
 
     @property
     def disagrees(self) -> bool:
@@ -788,6 +793,10 @@ class ShippedProxy:
     def notes(self) -> list[str]:
         """Lines for a cell's notes (and the report): what ships, and where defaults came from."""
         lines = [f"KServe {self.release} ships {self.image} with args {' '.join(self.args) or '(none)'}"]
+        if self.manifest_origin.startswith(MODULE_ORIGIN_PREFIX):
+            # The opt-in source, worth a line in the report: from v0.17 the repository's
+            # kserve.yaml is not the release asset (see ModuleFiles).
+            lines.append(f"{self.manifest_source} read from the {self.manifest_origin} (--manifests-from-module)")
         if self.derived_from:
             lines.append(
                 f"KServe {self.release} is not listed in the matrix file: profile, files and cert-manager "
@@ -810,6 +819,8 @@ def shipped_proxy(release: KServeRelease, manifest: ReleaseManifest) -> ShippedP
         args=tuple(manifest.proxy_args),
         matrix_default=release.proxy_image,
         derived_from=release.derived_from,
+        manifest_source=manifest.source,
+        manifest_origin=manifest.origin,
     )
 
 

@@ -35,6 +35,7 @@ from e2e.manifests import (
     kserve_file,
     load_release_manifest,
     manifests_from_module_requested,
+    shipped_proxy,
 )
 from e2e.matrix import load_matrix
 
@@ -174,6 +175,19 @@ def test_a_file_the_offline_directory_lacks_comes_from_the_module_and_says_so(fi
     ref = kserve_file("v0.13.1")
     assert release_files.origin(ref) == f"Go module {MODULE}@v0.13.1: install/v0.13.1/kserve.yaml"
     assert release_files.origins() == {ref.key: f"Go module {MODULE}@v0.13.1: install/v0.13.1/kserve.yaml"}
+
+
+def test_a_cells_notes_say_when_its_manifest_came_from_the_module(files: FilesFactory) -> None:
+    matrix = load_matrix()
+    release_files = files()
+    from_module = load_release_manifest(matrix.release("v0.13.1"), release_files)
+    origin = f"Go module {MODULE}@v0.13.1: install/v0.13.1/kserve.yaml"
+    assert from_module.origin == origin
+    notes = shipped_proxy(matrix.release("v0.13.1"), from_module).notes()
+    assert notes[1] == f"kserve v0.13.1 kserve.yaml read from the {origin} (--manifests-from-module)"
+    offline = load_release_manifest(matrix.release("v0.14.0"), release_files)
+    assert offline.origin.startswith("offline directory: ")
+    assert not any("read from" in note for note in shipped_proxy(matrix.release("v0.14.0"), offline).notes())
 
 
 def test_the_offline_directory_wins_and_the_module_is_not_asked(files: FilesFactory, proxy: FakeProxy) -> None:
