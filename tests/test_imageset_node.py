@@ -432,6 +432,22 @@ def test_kind_boots_the_node_image_into_a_ready_cluster(
                 answer = run(["docker", "exec", f"{name}-control-plane", "sh", "-c", request])
                 assert "hello from the node image test" in answer, answer
 
+        # Nothing a pod sends leaves the node: a Service address kube-proxy has not rewritten
+        # (here one nobody created) and the host's gateway are refused at once.
+        probe = (
+            "for target in 10.96.200.200:8443 172.18.0.1:53; do "
+            "if socat -T2 /dev/null TCP:$target,connect-timeout=5 2>/dev/null; then echo $target open; "
+            "else echo $target refused; fi; done"
+        )
+        run([*kubectl, "run", "egress", "--image", f"registry.k8s.io/kube-proxy:{image.kubernetes_version}",
+             "--image-pull-policy=Never", "--restart=Never", "--command", "--", "sh", "-c", probe])  # fmt: skip
+        for attempt in Retrying(stop=stop_after_delay(60), wait=wait_fixed(1), reraise=True):
+            with attempt:
+                phase = run([*kubectl, "get", "pod", "egress", "-o", "jsonpath={.status.phase}"]).strip()
+                assert phase == "Succeeded", phase
+        answers = run([*kubectl, "logs", "egress"]).split("\n")
+        assert [line for line in answers if line] == ["10.96.200.200:8443 refused", "172.18.0.1:53 refused"]
+
         # An image nobody loaded: the pull fails at once at the closed loopback port.
         retired = "gcr.io/kubebuilder/kube-rbac-proxy:v0.13.1"
         asked = time.monotonic()

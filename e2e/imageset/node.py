@@ -125,6 +125,46 @@ CNI_CONFLIST_PATH = "/etc/cni/net.d/10-kserve-compat-ptp.conflist"
 # /etc/containerd/certs.d/_default/hosts.toml for any registry without a directory of its own.
 REGISTRY_BLACKHOLE = "http://127.0.0.1:1"
 REGISTRY_HOSTS_PATH = "/etc/containerd/certs.d/_default/hosts.toml"
+EGRESS_GUARD_PATH = "/usr/local/bin/kserve-compat-egress-guard"
+EGRESS_GUARD_UNIT = "/etc/systemd/system/kserve-compat-egress-guard.service"
+# Pods reach the pod network (a Service address is a pod's once kube-proxy has rewritten
+# it) and, on the node itself, the API server only. Seen here: a connection made in the
+# moment between a Service's creation and kube-proxy's rules went to the ClusterIP
+# unrewritten, was routed off the node, and some server outside answered it (HTTP 404) for as
+# long as the connection lived. Rejected now, like anything else a pod sends off the node,
+# and DNS to the host's resolver (kind points the node's resolv.conf at Docker's DNS, which
+# CoreDNS forwards to): CoreDNS answers cluster names, nothing else.
+EGRESS_GUARD = f"""#!/bin/sh
+# kserve-compat: nothing a pod sends leaves this node (see e2e/imageset/node.py).
+set -eu
+guard() {{  # guard CHAIN PARENT RULE...: (re)fill CHAIN and jump to it from PARENT for pod traffic
+  chain=$1 parent=$2
+  shift 2
+  iptables -w -N "$chain" 2>/dev/null || iptables -w -F "$chain"
+  while [ $# -gt 0 ]; do
+    eval "iptables -w -A $chain $1"
+    shift
+  done
+  iptables -w -A "$chain" -p tcp -j REJECT --reject-with tcp-reset
+  iptables -w -A "$chain" -j REJECT
+  iptables -w -C "$parent" -s {POD_SUBNET} -j "$chain" 2>/dev/null ||
+    iptables -w -I "$parent" 1 -s {POD_SUBNET} -j "$chain"
+}}
+guard KSERVE-COMPAT-FORWARD FORWARD "-d {POD_SUBNET} -j RETURN"
+guard KSERVE-COMPAT-INPUT INPUT "-m conntrack --ctstate ESTABLISHED,RELATED -j RETURN" "-p tcp --dport 6443 -j RETURN"
+"""
+EGRESS_GUARD_SERVICE = f"""[Unit]
+Description=kserve-compat: pods reach only the cluster
+Before=containerd.service kubelet.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart={EGRESS_GUARD_PATH}
+
+[Install]
+WantedBy=multi-user.target
+"""
 
 BUILD_INFO_PATH = "/kind/kserve-compat-build.json"
 DEBOOTSTRAP_TIMEOUT_SECONDS = 30 * 60
@@ -779,6 +819,8 @@ def kind_base_files(kind_dir: Path, pause_reference: str) -> dict[str, tuple[byt
     config = files["/etc/containerd/config.toml"][0].decode()
     files["/etc/containerd/config.toml"] = (containerd_config(config, pause_reference).encode(), 0o644)
     files[REGISTRY_HOSTS_PATH] = (registry_hosts_toml().encode(), 0o644)
+    files[EGRESS_GUARD_PATH] = (EGRESS_GUARD.encode(), 0o755)
+    files[EGRESS_GUARD_UNIT] = (EGRESS_GUARD_SERVICE.encode(), 0o644)
     files[CNI_CONFLIST_PATH] = (cni_conflist().encode(), 0o644)
     files["/kind/manifests/default-cni.yaml"] = (DEFAULT_CNI_MANIFEST.encode(), 0o644)
     files["/kind/manifests/default-storage.yaml"] = (DEFAULT_STORAGE_MANIFEST.encode(), 0o644)
@@ -792,6 +834,7 @@ _ENABLED_UNITS = {
     "/etc/systemd/system/multi-user.target.wants/undo-mount-hacks.service": (
         "/etc/systemd/system/undo-mount-hacks.service"
     ),
+    "/etc/systemd/system/multi-user.target.wants/kserve-compat-egress-guard.service": EGRESS_GUARD_UNIT,
 }
 
 
