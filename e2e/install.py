@@ -316,6 +316,8 @@ def failure_probe(provider: ClusterProvider, namespace: str, deployment: str) ->
     def current_selector() -> str | None:
         apps = k8s_client.AppsV1Api(api)
         found = apps.read_namespaced_deployment(deployment, namespace)
+        if (found.status.observed_generation or 0) < (found.metadata.generation or 0):
+            return None  # the controller has not seen the latest spec: its revision is not known yet
         revision = (found.metadata.annotations or {}).get(REVISION_ANNOTATION)
         selector = label_selector(found.spec.selector)
         for replica_set in apps.list_namespaced_replica_set(namespace, label_selector=selector).items:

@@ -31,10 +31,15 @@ class FakeApps:
     def __init__(self, revision: str, replica_sets: list[Any]) -> None:
         self.revision, self.replica_sets = revision, replica_sets
 
+    observed_generation = 7
+
     def read_namespaced_deployment(self, name: str, namespace: str) -> Any:
         return SimpleNamespace(
-            metadata=SimpleNamespace(uid="dep-uid", annotations={install.REVISION_ANNOTATION: self.revision}),
+            metadata=SimpleNamespace(
+                uid="dep-uid", generation=7, annotations={install.REVISION_ANNOTATION: self.revision}
+            ),
             spec=SimpleNamespace(selector=SimpleNamespace(match_labels=SELECTOR, match_expressions=None)),
+            status=SimpleNamespace(observed_generation=self.observed_generation),
         )
 
     def list_namespaced_replica_set(self, namespace: str, label_selector: str) -> Any:
@@ -70,5 +75,15 @@ def test_no_evidence_before_the_current_revision_has_its_replica_set(
     monkeypatch: pytest.MonkeyPatch, probed: list[str]
 ) -> None:
     monkeypatch.setattr(install.k8s_client, "AppsV1Api", lambda api: FakeApps("5", [replica_set("4", "old")]))
+    assert install.failure_probe(provider(), "kserve", "kserve-controller-manager")() is None
+    assert probed == []
+
+
+def test_no_evidence_before_the_controller_saw_the_patch(monkeypatch: pytest.MonkeyPatch, probed: list[str]) -> None:
+    """Seen on kind: read right after the patch, the Deployment still carries the previous
+    revision (the retired image's), whose pod fails to pull; that is not the new image's failure."""
+    apps = FakeApps("2", [replica_set("2", "old-gcr")])
+    apps.observed_generation = 6  # the patch made generation 7
+    monkeypatch.setattr(install.k8s_client, "AppsV1Api", lambda api: apps)
     assert install.failure_probe(provider(), "kserve", "kserve-controller-manager")() is None
     assert probed == []
