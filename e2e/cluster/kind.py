@@ -824,6 +824,10 @@ class KindCluster(ClusterProvider):
             return
         self._deleted = True
         self._kind.delete()
+        # pytest-kind leaves ./.pytest-kind/NAME (kubeconfig of a cluster now gone, its config).
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):  # only when no other cluster's state is in it
+            self.state_dir.parent.rmdir()
 
     # -- access -------------------------------------------------------------------------
 
