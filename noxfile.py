@@ -106,7 +106,11 @@ def preflight(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Wall time of the local matrix: shared control planes vs a fresh one per cell."""
+    """Wall time of the local matrix (shared control planes vs one per cell); `-- kind` times
+    one kind cluster group on the local image set instead."""
     _install(session, "test")
+    if session.posargs[:1] == ["kind"]:
+        session.run("python", "-m", "e2e.bench_kind", *session.posargs[1:])
+        return
     session.run("kserve-compat", "binaries")
     session.run("python", "-m", "e2e.bench", *session.posargs)

@@ -232,10 +232,24 @@ class Installer:
             and doc.get("metadata", {}).get("namespace", profile.namespace) == profile.namespace
         ]
         # The proxy's image is loaded (or left to the kubelet) with the cell's swap.
+        needed: list[str] = []
+        proxy: list[str] = []
         for doc in controller:
-            containers = doc["spec"]["template"]["spec"]["containers"]
-            cluster.provider.load_images(
-                [c["image"] for c in containers if c.get("name") != profile.proxy_container and c.get("image")]
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                if container.get("image"):
+                    (proxy if container.get("name") == profile.proxy_container else needed).append(container["image"])
+        cluster.provider.load_images(needed)
+        # The release's other workloads (local model controller, ...): loaded when built here;
+        # the install waits only for the controller, so a missing one is a note, not a failure.
+        image_set = cluster.provider.image_set
+        assert image_set is not None
+        others = [image for image in images_of(documents) if image not in needed and image not in proxy]
+        missing = image_set.missing(others)
+        cluster.provider.load_images([image for image in others if image not in missing])
+        if missing:
+            cluster.notes.append(
+                f"not in the local image set, so their pods cannot start: {', '.join(missing)} "
+                "(the install waits for the controller only)"
             )
         documents, changed = pull_if_not_present(documents)
         if changed:

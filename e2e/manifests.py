@@ -9,6 +9,13 @@ Four parts, in the order a run uses them:
    ``~/.cache/kserve-compat/manifests``), or a download from the GitHub release. Downloads
    are retried on connection errors, timeouts, 429 and 5xx only, land in a temporary file
    and are renamed into the cache only once complete and verified.
+   Opt-in (``--manifests-from-module`` / ``KSERVE_COMPAT_MANIFESTS_FROM_MODULE=1``), a KServe
+   file the offline directory (or the cache) lacks is read from the release's own Go
+   module instead (``ModuleFiles``: ``go mod download github.com/kserve/kserve@<version>``,
+   file ``install/<version>/<name>``), for machines whose only way out is the Go module
+   proxy. A version the proxy refuses is ``NotInModule`` (a ``NotInOfflineDirectory``: the
+   cell is skipped with the proxy's answer). ``ReleaseFiles.origin`` says where each file
+   was read from.
 2. **Pinning** (``ManifestLock``). ``scenarios/release-manifests.lock.json`` maps
    ``<project>/<version>/<file>`` to a sha256. The repository pins the files of the
    matrix's default releases whose upstream bytes are known; a file without a pin is
@@ -47,6 +54,7 @@ import yaml
 
 from e2e.cache import cache_root
 from e2e.errors import (
+    EnvironmentMissing,
     HarnessError,
     LockMismatch,
     ManifestError,
@@ -54,6 +62,7 @@ from e2e.errors import (
     UsageError,
 )
 from e2e.http_retry import retry_after_seconds
+from e2e.local import binaries
 from e2e.matrix import ControllerProfile, KServeRelease, MatrixCell, version_key
 
 log = logging.getLogger(__name__)
@@ -70,6 +79,11 @@ CERT_MANAGER_CRDS = "cert-manager.crds.yaml"
 ENV_MANIFEST_DIR = "KSERVE_COMPAT_MANIFEST_DIR"
 ENV_RELEASE_URL = "KSERVE_COMPAT_RELEASE_URL"
 ENV_CERT_MANAGER_URL = "KSERVE_COMPAT_CERT_MANAGER_URL"
+ENV_MANIFESTS_FROM_MODULE = "KSERVE_COMPAT_MANIFESTS_FROM_MODULE"
+# The project whose release files its Go module carries (cert-manager's module holds a
+# chart, not its release manifests).
+MODULE_PROJECT = "kserve"
+MODULE_ORIGIN_PREFIX = "Go module "  # how ReleaseFiles.origin names a file read from a module
 
 # The C loader parses the 3.5 MB v0.16 manifest in about a second; the pure-Python one
 # takes many times that. Both give the same documents.
@@ -83,6 +97,22 @@ def load_yaml_documents(text: str) -> list[dict[str, Any]]:
 
 class DownloadFailed(HarnessError):
     """A release file could not be downloaded (after retrying what is worth retrying)."""
+
+
+class NotInModule(NotInOfflineDirectory):
+    """Neither the offline directory (or cache) nor the release's Go module has the file:
+    the Go module proxy refuses the version, or the module lacks ``install/<version>/<name>``.
+
+    A ``NotInOfflineDirectory``, so a cell that needs the file is skipped with this reason.
+    """
+
+
+def manifests_from_module_requested(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether ``KSERVE_COMPAT_MANIFESTS_FROM_MODULE`` asks for the Go module source (``1``)."""
+    value = (os.environ if environ is None else environ).get(ENV_MANIFESTS_FROM_MODULE, "")
+    if value not in ("", "0", "1"):
+        raise UsageError(f"{ENV_MANIFESTS_FROM_MODULE}={value!r}: expected 1 (on) or 0 (off)")
+    return value == "1"
 
 
 # -- release files --------------------------------------------------------------------
@@ -197,6 +227,96 @@ def _write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
+ModuleDownloader = Callable[[str, str, Path], binaries.ModuleDownload]
+ModuleProbe = Callable[[str, str], "str | None"]
+
+
+class ModuleFiles:
+    """KServe release files out of the release's own Go module: ``install/<version>/<name>``.
+
+    Each module version is fetched once through the Go module proxy with ``go mod
+    download`` (``binaries.download_module``: the Go module cache keeps the zip, checked
+    against the checksum database; a cached version answers in milliseconds). Answers,
+    refusals included, are remembered for the process.
+    """
+
+    def __init__(
+        self,
+        module: str = binaries.KSERVE_MODULE,
+        download: ModuleDownloader | None = None,
+        probe: ModuleProbe | None = None,
+    ) -> None:
+        self.module = module
+        self._download = download or binaries.download_module
+        self._probe = probe or binaries.module_unavailable_reason
+        self._lock = threading.Lock()
+        self._answers: dict[str, binaries.ModuleDownload | str] = {}
+
+    @staticmethod
+    def path_in_module(ref: ReleaseFile) -> str:
+        return f"install/{ref.version}/{ref.name}"
+
+    def describe(self, ref: ReleaseFile) -> str:
+        """``Go module github.com/kserve/kserve@v0.13.1: install/v0.13.1/kserve.yaml``."""
+        return f"{MODULE_ORIGIN_PREFIX}{self.module}@{ref.version}: {self.path_in_module(ref)}"
+
+    def download(self, version: str) -> binaries.ModuleDownload:
+        """The module at ``version``; ``NotInModule`` with the Go proxy's answer if refused.
+
+        Raises ``EnvironmentMissing`` when there is no ``go`` to ask with.
+        """
+        with self._lock:
+            answer = self._answers.get(version)
+        if answer is None:
+            with tempfile.TemporaryDirectory(prefix="kserve-compat-module-") as tmp:
+                try:
+                    answer = self._download(self.module, version, Path(tmp))
+                except binaries.BuildUnavailable as refused:
+                    answer = str(refused)
+            with self._lock:
+                self._answers[version] = answer
+        if isinstance(answer, str):
+            raise NotInModule(answer)
+        return answer
+
+    def serves(self, version: str) -> bool:
+        """Whether the Go module proxy serves the module at ``version``, without downloading it.
+
+        Asks for the version's ``.info`` only (``go list -m``: well under a second, a few
+        milliseconds when cached); False, with a warning, when there is no ``go``.
+        """
+        with self._lock:
+            answer = self._answers.get(version)
+        if answer is not None:
+            return not isinstance(answer, str)
+        try:
+            return self._probe(self.module, version) is None
+        except EnvironmentMissing as exc:
+            log.warning("%s@%s: cannot ask the Go module proxy: %s", self.module, version, exc)
+            return False
+
+    def read(self, ref: ReleaseFile) -> tuple[bytes, str]:
+        """The file's bytes and a description of where they came from (for ``origin``).
+
+        ``NotInModule`` says why not, without naming ``ref`` (the caller does).
+        """
+        if ref.project != MODULE_PROJECT:
+            raise NotInModule(f"only {MODULE_PROJECT} files are read from a Go module")
+        try:
+            download = self.download(ref.version)
+        except EnvironmentMissing as exc:
+            raise EnvironmentMissing(
+                f"{ref.label}: {ENV_MANIFESTS_FROM_MODULE}=1 reads it from the release's Go module, but {exc}"
+            ) from None
+        path = download.dir / self.path_in_module(ref)
+        if not path.is_file():
+            raise NotInModule(f"{self.module}@{ref.version} has no {self.path_in_module(ref)}")
+        where = self.describe(ref)
+        if download.checksum_db != "verified":
+            where += f" (checksum database {download.checksum_db})"
+        return path.read_bytes(), where
+
+
 class _Transient(Exception):
     """A download failure worth retrying: connection error, timeout, 429, 5xx."""
 
@@ -221,8 +341,14 @@ class ReleaseFiles:
         backoff_s: float = 1.0,
         max_backoff_s: float = 30.0,
         timeout_s: tuple[float, float] = (10.0, 60.0),
+        module: ModuleFiles | None = None,
     ) -> None:
         self.offline_dir = Path(offline_dir).expanduser() if offline_dir else None
+        # The Go module source (opt-in): consulted for KServe files the offline directory
+        # or the cache lacks; None when off.
+        self.module = module
+        self._origins: dict[str, str] = {}
+        self._origins_lock = threading.Lock()
         self.cache_dir = Path(cache_dir) if cache_dir else cache_root() / "manifests"
         self.lock = lock or ManifestLock()
         self.release_urls = {**RELEASE_URLS, **(release_urls or {})}
@@ -239,9 +365,12 @@ class ReleaseFiles:
         *,
         environ: Mapping[str, str] | None = None,
         lock: ManifestLock | None = None,
+        from_module: bool | None = None,
     ) -> ReleaseFiles:
-        """Settings from the command line (``manifest_dir``) or else the environment."""
+        """Settings from the command line (``manifest_dir``, ``from_module``) or else the environment."""
         env = os.environ if environ is None else environ
+        if from_module is None:
+            from_module = manifests_from_module_requested(env)
         urls = {}
         if env.get(ENV_RELEASE_URL):
             urls["kserve"] = env[ENV_RELEASE_URL]
@@ -252,6 +381,7 @@ class ReleaseFiles:
             cache_dir=cache_root(env) / "manifests",
             lock=lock,
             release_urls=urls,
+            module=ModuleFiles() if from_module else None,
         )
 
     # -- public ---------------------------------------------------------------------
@@ -271,7 +401,16 @@ class ReleaseFiles:
 
     def read(self, ref: ReleaseFile) -> bytes:
         if self.offline_dir is not None:
-            return self._read_offline(ref, self.offline_dir)
+            try:
+                data = self._read_offline(ref, self.offline_dir)
+            except NotInOfflineDirectory:
+                module = self._module_for(ref)
+                if module is None:
+                    raise
+                lacking = f"not in the offline manifest directory {self.offline_dir}"
+                return self._read_module(module, ref, lacking=lacking)
+            self._record_origin(ref, f"offline directory: {self.offline_dir / ref.key}")
+            return data
         cached = self.cache_dir / ref.key
         if cached.is_file():
             data = cached.read_bytes()
@@ -279,8 +418,51 @@ class ReleaseFiles:
                 # Only this harness writes the cache, so its copy was a download once: pin
                 # it (e.g. the lock file was reset, or the cache came from another checkout).
                 self.lock.record(ref, sha256_hex(data))
+            self._record_origin(ref, f"cache: {cached}")
             return data
-        return self._download(ref, cached)
+        module = self._module_for(ref)
+        if module is not None:
+            try:
+                return self._read_module(module, ref, lacking="not in the cache")
+            except NotInModule as refused:
+                log.info("%s; downloading the release asset instead", refused)
+        data = self._download(ref, cached)
+        self._record_origin(ref, f"download: {self.url(ref)}")
+        return data
+
+    def available(self, ref: ReleaseFile) -> bool:
+        """Whether ``read`` can be expected to find ``ref``, cheaply (for selecting releases).
+
+        Offline: the offline directory has it, or the Go module source is on and the proxy
+        serves the version (the module may still lack the file: ``read`` then says so).
+        Otherwise a download is always worth a try.
+        """
+        if self.offline_dir is None:
+            return True
+        if (self.offline_dir / ref.key).is_file():
+            return True
+        module = self._module_for(ref)
+        return module is not None and module.serves(ref.version)
+
+    def origin(self, ref: ReleaseFile) -> str | None:
+        """Where ``ref`` was read from by this instance (None if not read yet), e.g.
+        ``offline directory: /m/kserve/v0.14.0/kserve.yaml`` or ``Go module
+        github.com/kserve/kserve@v0.13.1: install/v0.13.1/kserve.yaml``."""
+        with self._origins_lock:
+            return self._origins.get(ref.key)
+
+    def origins(self) -> dict[str, str]:
+        """Every file read so far (lock-file key -> where from), for reports and notes."""
+        with self._origins_lock:
+            return dict(self._origins)
+
+    def _record_origin(self, ref: ReleaseFile, where: str) -> None:
+        with self._origins_lock:
+            self._origins[ref.key] = where
+
+    def _module_for(self, ref: ReleaseFile) -> ModuleFiles | None:
+        """The Go module source when it is on and carries ``ref``'s project."""
+        return self.module if ref.project == MODULE_PROJECT else None
 
     def url(self, ref: ReleaseFile) -> str:
         return f"{self.release_urls[ref.project].rstrip('/')}/{ref.version}/{ref.name}"
@@ -288,10 +470,17 @@ class ReleaseFiles:
     def source_of(self, ref: ReleaseFile) -> str:
         """Where ``read`` would take ``ref`` from, without reading it (for ``--plan``)."""
         if self.offline_dir is not None:
-            return f"offline directory: {self.offline_dir / ref.key}"
+            path = self.offline_dir / ref.key
+            module = self._module_for(ref)
+            if module is not None and not path.is_file():
+                return module.describe(ref)
+            return f"offline directory: {path}"
         cached = self.cache_dir / ref.key
         if cached.is_file():
             return f"cache: {cached}"
+        module = self._module_for(ref)
+        if module is not None:
+            return f"{module.describe(ref)} (else download: {self.url(ref)})"
         return f"download: {self.url(ref)}"
 
     # -- sources --------------------------------------------------------------------
@@ -312,6 +501,19 @@ class ReleaseFiles:
         # A mirror is checked against the pins it has, but never adds pins: the lock
         # records what upstream published, and a mirror may hold rebuilt files.
         self.lock.verify(ref, data, where=f"the offline directory ({path})")
+        return data
+
+    def _read_module(self, module: ModuleFiles, ref: ReleaseFile, *, lacking: str) -> bytes:
+        """``ref`` from the release's Go module; ``NotInModule`` names both sources' answers."""
+        try:
+            data, where = module.read(ref)
+        except NotInModule as refused:
+            raise NotInModule(f"{ref.label}: {lacking}, and {refused}") from None
+        # Checked against the pins, never pinning: the lock records the published release
+        # assets, and a module copy is only known to equal them where a pin says so.
+        self.lock.verify(ref, data, where=where)
+        self._record_origin(ref, where)
+        log.info("read %s from %s (%s)", ref.label, where, lacking)
         return data
 
     def _download(self, ref: ReleaseFile, target: Path) -> bytes:
@@ -410,6 +612,7 @@ class ReleaseManifest:
     source: str  # what the file is, for messages: "kserve v0.14.0 kserve.yaml"
     profile: ControllerProfile
     documents: tuple[dict[str, Any], ...]
+    origin: str = ""  # where it was read from (ReleaseFiles.origin), when known
 
     @classmethod
     def parse(cls, text: str, *, source: str, profile: ControllerProfile) -> ReleaseManifest:
@@ -563,7 +766,8 @@ class ReleaseManifest:
 def load_release_manifest(release: KServeRelease, files: ReleaseFiles, name: str = "kserve.yaml") -> ReleaseManifest:
     """Fetch and parse one file of a KServe release, read through the release's profile."""
     ref = kserve_file(release.version, name)
-    return ReleaseManifest.parse(files.text(ref), source=ref.label, profile=release.profile)
+    manifest = ReleaseManifest.parse(files.text(ref), source=ref.label, profile=release.profile)
+    return replace(manifest, origin=files.origin(ref) or "")
 
 
 @dataclass(frozen=True)
@@ -579,6 +783,8 @@ class ShippedProxy:
     args: tuple[str, ...]
     matrix_default: str  # the matrix entry's proxy_image (of the line, for a derived release)
     derived_from: str = ""  # the matrix entry a release not listed in the file took defaults from
+    manifest_source: str = ""  # "kserve v0.13.1 kserve.yaml"
+    manifest_origin: str = ""  # where that file was read from (ReleaseFiles.origin)
 
     @property
     def disagrees(self) -> bool:
@@ -587,6 +793,10 @@ class ShippedProxy:
     def notes(self) -> list[str]:
         """Lines for a cell's notes (and the report): what ships, and where defaults came from."""
         lines = [f"KServe {self.release} ships {self.image} with args {' '.join(self.args) or '(none)'}"]
+        if self.manifest_origin.startswith(MODULE_ORIGIN_PREFIX):
+            # The opt-in source, worth a line in the report: from v0.17 the repository's
+            # kserve.yaml is not the release asset (see ModuleFiles).
+            lines.append(f"{self.manifest_source} read from the {self.manifest_origin} (--manifests-from-module)")
         if self.derived_from:
             lines.append(
                 f"KServe {self.release} is not listed in the matrix file: profile, files and cert-manager "
@@ -609,6 +819,8 @@ def shipped_proxy(release: KServeRelease, manifest: ReleaseManifest) -> ShippedP
         args=tuple(manifest.proxy_args),
         matrix_default=release.proxy_image,
         derived_from=release.derived_from,
+        manifest_source=manifest.source,
+        manifest_origin=manifest.origin,
     )
 
 

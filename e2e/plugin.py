@@ -32,6 +32,7 @@ import pytest
 from e2e import report
 from e2e.errors import HarnessError, UsageError
 from e2e.local.processes import install_signal_handlers
+from e2e.manifests import ENV_MANIFESTS_FROM_MODULE, ReleaseFiles, kserve_file, manifests_from_module_requested
 from e2e.matrix import Matrix, MatrixCell, Selection, load_matrix
 from e2e.results import CellResult, Verdict
 from e2e.run import Harness, HarnessOptions, make_factory
@@ -67,6 +68,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="DIR",
         default=None,
         help="offline release manifests laid out as DIR/kserve/<version>/<file> (env KSERVE_COMPAT_MANIFEST_DIR)",
+    )
+    group.addoption(
+        "--manifests-from-module",
+        action="store_true",
+        help="read KServe release files the offline directory (or cache) lacks from the release's Go module "
+        "github.com/kserve/kserve through the Go module proxy (env KSERVE_COMPAT_MANIFESTS_FROM_MODULE=1)",
     )
     group.addoption(
         "--registry-mirror", action="append", default=[], metavar="SRC=DST", help="rewrite image registries"
@@ -107,14 +114,24 @@ def pytest_configure(config: pytest.Config) -> None:
         cells = matrix.select(_selection(config))
         if (config.getoption("provider") == "local" or _local_images(config)) and not config.getoption("k8s"):
             cells = _local_kubernetes_cells(cells)
+        if config.getoption("manifests_from_module"):
+            # The run reads its settings from the environment (ReleaseFiles.from_environment).
+            os.environ[ENV_MANIFESTS_FROM_MODULE] = "1"
+        from_module = manifests_from_module_requested()
     except HarnessError as exc:
         # A usage error of the harness: one line and exit 2, like every kserve-compat command.
         pytest.exit(f"kserve-compat: {exc}", returncode=2)
     offline = config.getoption("manifest_dir") or os.environ.get("KSERVE_COMPAT_MANIFEST_DIR")
     if offline and config.getoption("all_releases") and not config.getoption("kserve"):
-        # "Every release available": those the offline directory mirrors. Asked for by
-        # name (--kserve), a missing one still runs and is skipped with the reason.
-        cells = [cell for cell in cells if (Path(offline) / "kserve" / cell.release.version / "kserve.yaml").is_file()]
+        # "Every release available": those the offline directory mirrors, and with the Go
+        # module source on, those the Go module proxy serves (asked once per release, .info
+        # only). Asked for by name (--kserve), a missing one still runs and is skipped with
+        # the reason.
+        files = ReleaseFiles.from_environment(offline, from_module=from_module)
+        available = {
+            version: files.available(kserve_file(version)) for version in {cell.release.version for cell in cells}
+        }
+        cells = [cell for cell in cells if available[cell.release.version]]
     config.stash[_CELLS] = cells
     config.stash[_MATRIX] = matrix
     config.stash[_DESELECTED] = {}

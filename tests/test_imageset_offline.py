@@ -128,3 +128,41 @@ def test_the_kind_config_carries_what_a_node_image_built_here_needs() -> None:
     assert config["networking"] == {"disableDefaultCNI": True}
     assert config["nodes"] == [{"role": "control-plane", "image": "kserve-compat/kind-node:v1.34.4"}]
     yaml.safe_dump(config)  # what is written to the kind config file
+
+
+class RecordingImageSet(offline.LocalImageSet):
+    """The image set of a fake engine that holds ``present``; records what is loaded."""
+
+    def __init__(self, present: set[str]) -> None:
+        super().__init__("docker")
+        self.present = present
+
+    def missing(self, images: Any) -> list[str]:
+        return [image for image in images if image not in self.present]
+
+
+def test_the_install_loads_the_release_images_built_here_and_notes_the_rest(
+    release_files: SessionReleaseFiles,
+) -> None:
+    from types import SimpleNamespace
+
+    from e2e.install import GroupCluster, Installer
+    from e2e.matrix import load_matrix
+
+    release = load_matrix().release("v0.14.0")
+    documents = load_yaml_documents(release_files.read(ReleaseFile("kserve", "v0.14.0", "kserve.yaml")).decode())
+    loaded: list[str] = []
+    provider = SimpleNamespace(
+        image_set=RecordingImageSet({"kserve/kserve-controller:v0.14.0"}),
+        load_images=lambda images: loaded.extend(images),
+    )
+    cluster = GroupCluster(group=SimpleNamespace(), provider=provider)  # type: ignore[arg-type]
+    changed = Installer._with_local_images(cluster, release, documents)
+    # the controller's manager image, never the proxy's (the cell's swap loads that one)
+    assert loaded == ["kserve/kserve-controller:v0.14.0"]
+    assert any("kserve/kserve-localmodel-controller:v0.14.0" in note for note in cluster.notes)
+    assert cluster.deviations == [
+        "imagePullPolicy Always made IfNotPresent for kserve/kserve-controller:v0.14.0, "
+        "kserve/kserve-localmodel-controller:v0.14.0 (loaded from the local image set; no registry here)"
+    ]
+    assert offline.pull_if_not_present(changed)[1] == []  # nothing asks Always any more

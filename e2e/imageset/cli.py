@@ -51,14 +51,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="offline directory of release manifests (also KSERVE_COMPAT_MANIFEST_DIR); "
         "the controller's image reference is read from the release's kserve.yaml",
     )
+    parser.add_argument(
+        "--manifests-from-module",
+        action="store_true",
+        default=None,
+        help="also read release manifests from the release's Go module (also KSERVE_COMPAT_MANIFESTS_FROM_MODULE=1)",
+    )
 
 
 def _print(images: list[components.PlannedImage]) -> None:
     width = max((len(image.reference) for image in images), default=0)
+    component_width = max((len(image.component) for image in images), default=0)
     for image in images:
         also = f" (also {', '.join(image.also_tagged)})" if image.also_tagged else ""
         detail = f"  {image.detail}" if image.detail else ""
-        line = f"{image.reference:<{width}}  {image.component:<24} {image.version:<11} {image.status:<11}{also}{detail}"
+        line = (
+            f"{image.reference:<{width}}  {image.component:<{component_width}} {image.version:<11} "
+            f"{image.status:<11}{also}{detail}"
+        )
         print(line.rstrip())
 
 
@@ -67,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     for version in kserve:
         check_release_tag(version)
     matrix = load_matrix(args.matrix)
-    files = ReleaseFiles.from_environment(args.manifest_dir)
+    files = ReleaseFiles.from_environment(args.manifest_dir, from_module=args.manifests_from_module)
     selection = {"kserve_versions": kserve, "proxy_aliases": _values(args.proxy), "k8s_minors": _values(args.k8s)}
     if args.action == "list":
         _print(components.required_images(**selection, matrix=matrix, files=files))

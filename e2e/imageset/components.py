@@ -15,6 +15,11 @@ exact reference the release manifests (and the matrix) use, so they apply unchan
   the ``manager`` container of the release manifest's controller Deployment. ``/third_party``
   (license texts) is copied where the module carries it (up to about v0.14); later releases
   generate it with go-licenses while building the image, which is not reproduced here.
+- KServe's local model controller (v0.14 on: ``localmodel.Dockerfile``, the same layout as
+  the controller's: ``/manager``, ``/third_party/``, ``ENTRYPOINT ["/manager"]``), built from
+  the release's ``cmd/localmodel`` in the same go build as ``cmd/manager``, for a release
+  whose manifest runs the Deployment ``kserve-localmodel-controller-manager``; tagged with
+  the image of that Deployment's container.
 - cert-manager's controller, webhook and cainjector (``hack/containers/Containerfile.*``:
   ``/app/cmd/<name>/<name>``, ``/licenses/``, ``USER 1000``), tagged with the
   repositories of the chart's ``values.yaml`` and the chart's appVersion; and the install
@@ -55,7 +60,7 @@ from e2e.cache import cache_root
 from e2e.errors import EnvironmentMissing, HarnessError, ManifestError, UsageError
 from e2e.imageset.docker_image import ImageContent, ImageRecipe, build_image, file_sha256, is_current
 from e2e.local import binaries
-from e2e.manifests import ReleaseFiles, load_release_manifest, sha256_hex
+from e2e.manifests import ReleaseFiles, ReleaseManifest, load_release_manifest, sha256_hex
 from e2e.matrix import Matrix, load_matrix
 from e2e.text import one_line
 
@@ -74,6 +79,8 @@ PROXY_BINARY_IN_IMAGE = binaries.PROXY_PATH_IN_IMAGE  # /usr/local/bin/kube-rbac
 
 KSERVE_CONTROLLER = "kserve-controller"
 CONTROLLER_BINARY_IN_IMAGE = "/manager"
+KSERVE_LOCALMODEL_CONTROLLER = "kserve-localmodel-controller"
+LOCALMODEL_DEPLOYMENT = "kserve-localmodel-controller-manager"
 
 CERT_MANAGER_VERSION = binaries.DEFAULT_VERSIONS["cert-manager-controller"]  # v1.11.5
 # cert-manager's chart values.yaml (image.repository, webhook.image.repository,
@@ -183,6 +190,20 @@ def controller_image(
     version: str, reference: str, binary: Path, third_party: Path | None
 ) -> tuple[ImageRecipe, ImageContent]:
     """The KServe controller image of ``version``: ``/manager`` and the release's ``third_party/``."""
+    return _manager_image(KSERVE_CONTROLLER, version, reference, binary, third_party)
+
+
+def localmodel_image(
+    version: str, reference: str, binary: Path, third_party: Path | None
+) -> tuple[ImageRecipe, ImageContent]:
+    """KServe's local model controller image of ``version``: its ``localmodel.Dockerfile``
+    lays it out as the controller's (``/manager``, ``/third_party/``, user 65532)."""
+    return _manager_image(KSERVE_LOCALMODEL_CONTROLLER, version, reference, binary, third_party)
+
+
+def _manager_image(
+    component: str, version: str, reference: str, binary: Path, third_party: Path | None
+) -> tuple[ImageRecipe, ImageContent]:
     files = _base_files()
     if third_party is not None and third_party.is_dir():
         for path in sorted(third_party.rglob("*")):
@@ -192,7 +213,7 @@ def controller_image(
     recipe = ImageRecipe(
         references=(reference,),
         inputs={
-            "component": KSERVE_CONTROLLER,
+            "component": component,
             "version": version,
             "binary_sha256": file_sha256(binary),
             "third_party_files": sum(1 for name in files if name.startswith("third_party/")),
@@ -426,25 +447,68 @@ def _retired_proxy(image: str, version: str) -> _Job:
     return _Job(PlannedImage(image, PROXY, version, UNAVAILABLE, detail), None)
 
 
-def _controller_job(version: str, reference: str | None, reason: str, engine: str | None) -> _Job:
+def _controller_job(
+    version: str, reference: str | None, reason: str, engine: str | None, *, with_localmodel: bool = False
+) -> _Job:
     if reference is None:
         return _Job(
             PlannedImage(f"(KServe {version} controller)", KSERVE_CONTROLLER, version, UNAVAILABLE, reason), None
         )
-    base = PlannedImage(reference, KSERVE_CONTROLLER, version, MISSING)
-    status, detail, path = _binary_status(binaries.KSERVE_MANAGER, version)
+    return _manager_job(
+        KSERVE_CONTROLLER,
+        binaries.KSERVE_MANAGER,
+        version,
+        reference,
+        engine,
+        controller_image,
+        # One go build for both commands of the release when the local model controller
+        # is planned too.
+        (binaries.KSERVE_MANAGER, binaries.KSERVE_LOCALMODEL) if with_localmodel else (),
+    )
+
+
+def _localmodel_job(version: str, reference: str, engine: str | None) -> _Job:
+    return _manager_job(
+        KSERVE_LOCALMODEL_CONTROLLER,
+        binaries.KSERVE_LOCALMODEL,
+        version,
+        reference,
+        engine,
+        localmodel_image,
+        (binaries.KSERVE_MANAGER, binaries.KSERVE_LOCALMODEL),
+    )
+
+
+ManagerImage = Callable[[str, str, Path, "Path | None"], tuple[ImageRecipe, ImageContent]]
+
+
+def _manager_job(
+    component: str,
+    binary_component: str,
+    version: str,
+    reference: str,
+    engine: str | None,
+    layout: ManagerImage,
+    built_with: tuple[str, ...],
+) -> _Job:
+    """An image of one of KServe's manager commands (``/manager`` + ``/third_party``)."""
+    base = PlannedImage(reference, component, version, MISSING)
+    status, detail, path = _binary_status(binary_component, version)
     if status == UNAVAILABLE:
         return _Job(replace(base, status=UNAVAILABLE, detail=detail), None)
     if path is not None:
         module = _module_if_cached(binaries.KSERVE_MODULE, version)
         third_party = module / "third_party" if module else None
-        status, detail = _image_status(controller_image(version, reference, path, third_party)[0], engine)
+        status, detail = _image_status(layout(version, reference, path, third_party)[0], engine)
     planned = replace(base, status=status, detail=detail)
 
     def build() -> PlannedImage:
-        binary = binaries.ensure(binaries.KSERVE_MANAGER, version)
+        if built_with:
+            binary = binaries.ensure_together(built_with, version)[binary_component]
+        else:
+            binary = binaries.ensure(binary_component, version)
         third_party = _module_dir(binaries.KSERVE_MODULE, version) / "third_party"
-        build_image(*controller_image(version, reference, binary, third_party))
+        build_image(*layout(version, reference, binary, third_party))
         return replace(planned, status=BUILT, detail="")
 
     return _Job(planned, None if status == BUILT else build)
@@ -572,6 +636,7 @@ def _plan(
     # The controller image each release's manifest names. Its shipped proxy image is not
     # needed: the harness installs a release with its first cell's proxy image in place.
     controllers: dict[str, tuple[str | None, str]] = {}
+    localmodels: dict[str, str] = {}  # version -> image, for releases that run that Deployment
     for version in selection.kserve_versions:
         try:
             manifest = load_release_manifest(matrix.release(version), files)
@@ -579,6 +644,9 @@ def _plan(
             if not image:
                 raise ManifestError(f"{manifest.source}: the manager container has no image")
             controllers[version] = (str(image), "")
+            localmodel = localmodel_reference(manifest)
+            if localmodel is not None:
+                localmodels[version] = localmodel
         except HarnessError as exc:
             controllers[version] = (None, f"its release manifest cannot be read: {exc}")
     proxy_images = dict.fromkeys(matrix.proxy(alias).image for alias in selection.proxy_aliases)
@@ -599,8 +667,24 @@ def _plan(
     jobs += _cert_manager_jobs(CERT_MANAGER_VERSION, engine)
     jobs.append(_cert_manager_manifest_job(CERT_MANAGER_VERSION))
     for version, (reference, reason) in controllers.items():
-        jobs.append(_controller_job(version, reference, reason, engine))
+        jobs.append(_controller_job(version, reference, reason, engine, with_localmodel=version in localmodels))
+        if version in localmodels:
+            jobs.append(_localmodel_job(version, localmodels[version], engine))
     return jobs
+
+
+def localmodel_reference(manifest: ReleaseManifest) -> str | None:
+    """The image of the release's local model controller Deployment (None if it runs none)."""
+    deployment = manifest.find("Deployment", LOCALMODEL_DEPLOYMENT, manifest.profile.namespace)
+    if deployment is None:
+        return None
+    containers = ((deployment.get("spec") or {}).get("template") or {}).get("spec", {}).get("containers") or []
+    images = [str(c["image"]) for c in containers if c.get("image")]
+    if len(images) != 1:
+        raise ManifestError(
+            f"{manifest.source}: Deployment {LOCALMODEL_DEPLOYMENT} has {len(images)} container images; expected one"
+        )
+    return images[0]
 
 
 def _version_order(version: str) -> tuple[int, ...]:

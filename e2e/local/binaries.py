@@ -66,6 +66,11 @@ KUBERNETES_VERSION = "v1.34.4"
 KUBERNETES_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 PROXY = "kube-rbac-proxy"
 KSERVE_MANAGER = "kserve-manager"
+# KServe's local model cache controller (cmd/localmodel, image kserve/kserve-localmodel-controller),
+# which release manifests run from v0.14 on; same module and version as the manager, so
+# `ensure_together` and `ensure_all` compile both in one go build.
+KSERVE_LOCALMODEL = "kserve-localmodel"
+KSERVE_LOCALMODEL_SINCE = (0, 14)
 # What the local tier runs: `kserve-compat binaries` builds these by default.
 COMPONENTS: tuple[str, ...] = ("etcd", *KUBERNETES_COMPONENTS, "kwok", PROXY)
 # What the kind tier's images are made of (`kserve-compat images` builds them on demand):
@@ -83,10 +88,11 @@ IMAGE_COMPONENTS: tuple[str, ...] = (
     *CERT_MANAGER_COMPONENTS,
     "helm",
     KSERVE_MANAGER,
+    KSERVE_LOCALMODEL,
 )
 ALL_COMPONENTS: tuple[str, ...] = (*COMPONENTS, *IMAGE_COMPONENTS)
 # Components kept once per version side by side (the others have one version in use).
-VERSIONED_COMPONENTS = (PROXY, KSERVE_MANAGER)
+VERSIONED_COMPONENTS = (PROXY, KSERVE_MANAGER, KSERVE_LOCALMODEL)
 # The proxy versions the matrix exercises; v0.13.1 (what KServe v0.10-v0.13 ship) is listed
 # even though the module proxy refuses it: it is taken out of its published image where a
 # Docker engine and the registry answer, and otherwise asking for it gives a clear answer.
@@ -106,6 +112,7 @@ DEFAULT_VERSIONS: dict[str, str] = {
     **dict.fromkeys(CERT_MANAGER_COMPONENTS, "v1.11.5"),
     "helm": "v3.19.0",
     KSERVE_MANAGER: "v0.20.0",
+    KSERVE_LOCALMODEL: "v0.20.0",
 }
 
 ETCD_MODULE = "go.etcd.io/etcd/server/v3"
@@ -310,8 +317,19 @@ def _image_component_recipe(component: str, version: str) -> Recipe:
     if component == "helm":
         stamp = (f"-X {HELM_MODULE}/internal/version.version={version}",)
         return Recipe(component, version, HELM_MODULE, f"{HELM_MODULE}/cmd/helm", "source", stamp)
+    if component == KSERVE_LOCALMODEL:
+        # localmodel.Dockerfile: `go build -o localmodel-manager ./cmd/localmodel`, no stamps.
+        if _minor_version(version) < KSERVE_LOCALMODEL_SINCE:
+            raise UsageError(f"{component} {version}: KServe has cmd/localmodel from v0.14.0 on")
+        return Recipe(component, version, KSERVE_MODULE, f"{KSERVE_MODULE}/cmd/localmodel", "source")
     # The KServe controller: the release's cmd/manager, built in its own module copy.
     return Recipe(component, version, KSERVE_MODULE, f"{KSERVE_MODULE}/cmd/manager", "source")
+
+
+def _minor_version(version: str) -> tuple[int, int]:
+    """``v0.14.0-rc1`` -> (0, 14)."""
+    major, minor = version[1:].split(".")[:2]
+    return int(major), int(minor)
 
 
 def image_recipe(version: str) -> Recipe:
@@ -917,6 +935,22 @@ def ensure(component: str, version: str | None = None, *, build: bool = True) ->
             f"{env_var(component, rec.version)} or KSERVE_COMPAT_BIN_DIR); run `kserve-compat binaries`"
         )
     return _build_missing([rec])[component]
+
+
+def ensure_together(components: Sequence[str], version: str) -> dict[str, Path]:
+    """The binaries of ``components`` at ``version``, the missing ones built in one go build.
+
+    For commands of one module (KServe's manager and localmodel): the second costs a link,
+    not a second compile of the shared packages. Raises like ``ensure``.
+    """
+    recipes = [recipe(component, version) for component in dict.fromkeys(components)]
+    if len({(r.module, r.version, r.style) for r in recipes}) > 1:
+        names = ", ".join(f"{r.component} ({r.module}@{r.version})" for r in recipes)
+        raise UsageError(f"built together: {names}; expected commands of one module version")
+    found = {r.component: locate(r.component, r.version) for r in recipes}
+    missing = [r for r in recipes if found[r.component] is None]
+    built = _build_missing(missing) if missing else {}
+    return {c: p for c, p in found.items() if p is not None} | built
 
 
 def ensure_proxy(version: str) -> Path:
