@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from e2e.cluster.provider import ProviderFactory
+from e2e.cluster.provider import ClusterProvider, ProviderFactory
 from e2e.errors import HarnessError
 from e2e.images import RegistryMirrors
 from e2e.install import GroupCluster, Installer
@@ -93,6 +93,10 @@ class Harness:
         # preparation is waiting on the API server, so two overlap well on two cores.
         self._preparer = ThreadPoolExecutor(max_workers=PREPARE_AHEAD, thread_name_prefix="prepare-group")
         self._prepared: dict[str, Future[GroupCluster]] = {}
+        # Set by close(): a preparation still running stops before its install; the clusters
+        # of those still installing are deleted under them (their install then fails fast).
+        self._closing = threading.Event()
+        self._preparing: dict[str, ClusterProvider] = {}
         self.group_order = [group.id for group in self.groups]
         # A finished group's cluster is torn down in the background too: an API server's
         # graceful stop alone takes about a second that the next group's cells need not wait.
@@ -125,8 +129,16 @@ class Harness:
             self._stacks[group.id] = stack
         provider = stack.enter_context(self.factory.cluster(group.id, group.kubernetes.version))
         cluster = GroupCluster(group=group, provider=provider)
-        with contextlib.suppress(HarnessError):  # recorded in cluster.install_error
-            self.installer.install(cluster, group.cells[0])
+        with self._lock:
+            if self._closing.is_set():
+                raise HarnessError(f"the run is ending: {group.id} is not installed")
+            self._preparing[group.id] = provider
+        try:
+            with contextlib.suppress(HarnessError):  # recorded in cluster.install_error
+                self.installer.install(cluster, group.cells[0])
+        finally:
+            with self._lock:
+                self._preparing.pop(group.id, None)
         return cluster
 
     def prepare_first(self) -> None:
@@ -146,22 +158,35 @@ class Harness:
             if upcoming is not None and group_id not in self._prepared:
                 self._prepared[group_id] = self._preparer.submit(self._prepare, upcoming)
 
-    def close_group(self) -> None:
+    def close_group(self, wait: bool = False) -> None:
+        """Tear the current group's cluster down: in the background, unless ``wait`` (the
+        group's next cluster then takes the same name)."""
         if self._current is not None:
             group_id = self._current.group.id
             log.info("tearing down the cluster for %s", group_id)
             with self._lock:
                 stack = self._stacks.pop(group_id, None)
             self._current = None
-            if stack is not None:
+            if stack is not None and wait:
+                _tear_down(group_id, stack)
+            elif stack is not None:
                 self._teardown.submit(_tear_down, group_id, stack)
 
     def close(self) -> None:
         """Tear down the current cluster and any prepared ahead of time (also on Ctrl-C);
         returns once every cluster of the run is gone."""
+        with self._lock:
+            self._closing.set()
+            installing = list(self._preparing.items())
         self.close_group()
         for future in self._prepared.values():
             future.cancel()
+        for group_id, provider in installing:
+            log.info("deleting the cluster for %s under its install: the run is ending", group_id)
+            try:
+                provider.delete()
+            except Exception:  # the stack's own teardown below tries again
+                log.exception("deleting the cluster for %s failed", group_id)
         self._preparer.shutdown(wait=True)
         self._teardown.shutdown(wait=True)
         with self._lock:
@@ -179,7 +204,7 @@ class Harness:
             repaired = self._current.provider.recover()
         except HarnessError as exc:
             run.result.notes.append(f"cluster replaced after this cell: {exc}")
-            self.close_group()
+            self.close_group(wait=True)
             return
         if repaired:
             run.result.notes.append(f"cluster repaired after this cell: {repaired}")

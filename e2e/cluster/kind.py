@@ -246,6 +246,13 @@ class DockerCommands:
     def save(self, image: str, platform_: str, archive: Path) -> list[str]:
         return [self.docker, "save", "--platform", platform_, "-o", str(archive), image]
 
+    def node_states(self, cluster: str) -> list[str]:
+        """Name, state and status of a kind cluster's node containers (kind labels them)."""
+        return [
+            self.docker, "ps", "-a", "--filter", f"label=io.x-k8s.kind.cluster={cluster}",
+            "--format", "{{.Names}}\t{{.State}}\t{{.Status}}",
+        ]  # fmt: skip
+
     def run_privileged(self, image: str) -> list[str]:
         """A privileged container of a local image that exits at once (never pulls)."""
         return [self.docker, "run", "--rm", "--pull", "never", "--privileged", "--entrypoint", "true", image]
@@ -805,6 +812,21 @@ class KindCluster(ClusterProvider):
                 f"{self.info.kubernetes_version}; delete it with `kind delete cluster --name {self.name}`"
             )
 
+    def recover(self) -> str | None:
+        """After a failed cell: a node container that is not running (killed, out of memory)
+        is the cause the cell's result names; the harness then replaces the cluster."""
+        listed = subprocess.run(self.docker.node_states(self.name), capture_output=True, text=True, check=False)
+        down = [
+            f"{name} {state} ({status})"
+            for name, state, status in (
+                line.split("\t", 2) for line in listed.stdout.splitlines() if line.count("\t") == 2
+            )
+            if state != "running"
+        ]
+        if down:
+            raise HarnessError(f"kind cluster {self.name}: node container {', '.join(down)}")
+        return super().recover()
+
     def mark_failed(self) -> None:
         """Record that a cell failed on this cluster (for keep-on-failure)."""
         self.failed = True
@@ -824,6 +846,10 @@ class KindCluster(ClusterProvider):
             return
         self._deleted = True
         self._kind.delete()
+        # pytest-kind leaves ./.pytest-kind/NAME (kubeconfig of a cluster now gone, its config).
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):  # only when no other cluster's state is in it
+            self.state_dir.parent.rmdir()
 
     # -- access -------------------------------------------------------------------------
 
