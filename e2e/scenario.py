@@ -107,7 +107,7 @@ class Scenario:
         from e2e.cell import CellRun
 
         run = CellRun(harness, cell, self)
-        failed_step = False
+        failed_step = interrupted = False
         try:
             for number, step in enumerate(self.steps, 1):
                 run.result.steps.append(step.name)
@@ -117,9 +117,16 @@ class Scenario:
             failed_step = True
             run.fail_with(exc)
             log.info("%s: step %s ended the cell: %s", run.result.cell_id, run.result.steps[-1], run.result.reason)
+        except KeyboardInterrupt:
+            # Recorded as what it is before the interrupt goes on (the run stops and cleans up).
+            step = run.result.steps[-1] if run.result.steps else "before its first step"
+            run.result.verdict, run.result.reason = Verdict.ERROR, f"interrupted (Ctrl-C) at step {step}"
+            interrupted = True
+            raise
         finally:
             run.result.conclude()
-            if run.result.verdict in (Verdict.FAIL, Verdict.ERROR, Verdict.IMAGE_UNAVAILABLE):
+            # Interrupted: no diagnostics, no repair; the run is being torn down.
+            if not interrupted and run.result.verdict in (Verdict.FAIL, Verdict.ERROR, Verdict.IMAGE_UNAVAILABLE):
                 run.collect_diagnostics()  # while the cluster still exists
                 if run.cluster is not None:
                     run.cluster.provider.mark_failed()  # honours --keep-on-failure

@@ -28,7 +28,7 @@ from e2e.scenario import load_scenarios
 REPO = Path(__file__).resolve().parents[1]
 
 # A harness whose provider creates no cluster: the steps below never ask for one.
-INNER_COMMON = '''
+INNER_COMMON = """
 import pytest
 
 from e2e.cluster.provider import ProviderFactory
@@ -62,7 +62,7 @@ def checked(run):
 
 def say(cell, context):
     return ["a step of the test"]
-'''
+"""
 
 INNER_MODULES = {
     "test_passes.py": """
@@ -132,10 +132,29 @@ def inner_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, 
         (root / name).write_text(INNER_COMMON + textwrap.dedent(body))
     junit = root / "junit.xml"
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "e2e.plugin", "-p", "no:cacheprovider", "-rA",
-         "--provider", "local", "--kserve", "v0.14.0", "--proxy", "quay-v0.18.0", f"--junitxml={junit}",
-         *INNER_MODULES],
-        cwd=root, capture_output=True, text=True, timeout=300, check=False,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "e2e.plugin",
+            "-p",
+            "no:cacheprovider",
+            "-rA",
+            "--provider",
+            "local",
+            "--kserve",
+            "v0.14.0",
+            "--proxy",
+            "quay-v0.18.0",
+            f"--junitxml={junit}",
+            *INNER_MODULES,
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     output = done.stdout + done.stderr
     assert done.returncode == 1, output  # some cells fail on purpose
@@ -208,15 +227,30 @@ def _local_tier_ready() -> None:
 
 def _scenarios(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "scenarios", "-p", "no:cacheprovider", "-q", "--provider", "local",
-         "--reports-dir", str(tmp_path / "reports"), *args],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "scenarios",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "--provider",
+            "local",
+            "--reports-dir",
+            str(tmp_path / "reports"),
+            *args,
+        ],
         cwd=REPO,
         env={
             **os.environ,
             "KSERVE_COMPAT_MANIFEST_DIR": str(session_release_files().offline_directory()),
             **(env or {}),
         },
-        capture_output=True, text=True, timeout=900, check=False,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
     )
 
 
@@ -255,3 +289,35 @@ def test_the_plan_lists_exactly_the_steps_a_run_executes(tmp_path: Path) -> None
     assert any("no registry was asked" in d for d in retired["deviations"]), retired["deviations"]
     assert done.returncode == 0, output[-3000:]  # the expected verdict of every scenario
     assert "4 passed" in output
+
+
+def test_ctrl_c_in_a_step_is_recorded_as_an_interruption_and_goes_on(tmp_path: Path) -> None:
+    """The run stops (the interrupt is re-raised) but the cell's saved result says what happened."""
+    from e2e.cluster.provider import ProviderFactory
+    from e2e.errors import HarnessError
+    from e2e.matrix import load_matrix
+    from e2e.run import Harness, HarnessOptions
+    from e2e.scenario import Scenario, Step
+
+    class NoClusters(ProviderFactory):
+        name = "none"
+
+        def cluster(self, group_id: str, kubernetes_version: str) -> Any:
+            raise HarnessError("no cluster in this test")
+
+        def plan(self, group_id: str, kubernetes_version: str) -> list[str]:
+            return []
+
+    def interrupted(run: Any) -> None:
+        raise KeyboardInterrupt
+
+    scenario = Scenario(
+        name="interrupted", story="", steps=(Step("swap", interrupted, lambda cell, context: ["a step"]),)
+    )
+    harness = Harness(HarnessOptions(reports_dir=tmp_path), NoClusters())
+    cell = load_matrix().cell("kserve-v0.14.0--quay-v0.18.0--k8s-1.34")
+    with pytest.raises(KeyboardInterrupt):
+        scenario.run(harness, cell)
+    (saved,) = [json.loads(p.read_text()) for p in tmp_path.rglob("*.json") if p.name != "report.json"]
+    assert (saved["verdict"], saved["reason"]) == ("error", "interrupted (Ctrl-C) at step swap")
+    assert saved["diagnostics"] == []  # none collected while the run is being torn down
