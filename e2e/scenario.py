@@ -119,8 +119,8 @@ class Scenario:
             log.info("%s: step %s ended the cell: %s", run.result.cell_id, run.result.steps[-1], run.result.reason)
         except KeyboardInterrupt:
             # Recorded as what it is before the interrupt goes on (the run stops and cleans up).
-            step = run.result.steps[-1] if run.result.steps else "before its first step"
-            run.result.verdict, run.result.reason = Verdict.ERROR, f"interrupted (Ctrl-C) at step {step}"
+            at = run.result.steps[-1] if run.result.steps else "before its first step"
+            run.result.verdict, run.result.reason = Verdict.ERROR, f"interrupted (Ctrl-C) at step {at}"
             interrupted = True
             raise
         finally:
