@@ -1086,3 +1086,35 @@ def test_factory_shorthands_match_the_harness_call() -> None:
     factory = KindProviderFactory(keep=True, keep_on_failure=True, reuse=True)
     assert factory.options == KindOptions(keep_cluster=True, keep_on_failure=True, reuse_cluster=True)
     assert factory.matrix.kubernetes == load_matrix().kubernetes
+
+
+def test_tools_that_cannot_be_downloaded_are_built_from_their_go_modules(
+    in_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Offline, pytest-kind's download fails: kind (pinned) and kubectl (the local tier's
+    version) come from the build cache instead of ending the cell with FileNotFoundError."""
+    import requests
+
+    from e2e.local import binaries
+
+    built: list[tuple[str, str | None]] = []
+
+    def ensure(component: str, version: str | None = None, *, build: bool = True) -> Path:
+        built.append((component, version))
+        path = in_tmp / "built" / component
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("#!/bin/sh\n")
+        return path
+
+    def offline() -> None:
+        raise requests.ConnectionError("Failed to resolve 'github.com'")
+
+    monkeypatch.setattr(binaries, "ensure", ensure)
+    cluster = make_cluster(StandIn(in_tmp / "kind"), kubectl=in_tmp / "missing" / "kubectl")
+    monkeypatch.setattr(cluster._kind, "ensure_kind", offline)
+    monkeypatch.setattr(cluster._kind, "ensure_kubectl", offline)
+    cluster._ensure_tools()
+    assert built == [("kind", KIND_VERSION), ("kubectl", binaries.KUBERNETES_VERSION)]
+    assert cluster.commands.kind == in_tmp / "built" / "kind"
+    assert Path(cluster._kind.kind_path) == in_tmp / "built" / "kind"
+    assert Path(cluster._kind.kubectl_path) == in_tmp / "built" / "kubectl"

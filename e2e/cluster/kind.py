@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import requests
 import tenacity
 import yaml
 from kubernetes import client as k8s_client
@@ -742,7 +743,7 @@ class KindCluster(ClusterProvider):
         """Create the cluster, or reuse one of the same name when allowed; wait for nodes."""
         for tool in (self.commands.kind, Path(self._kind.kubectl_path)):
             tool.parent.mkdir(parents=True, exist_ok=True)
-        self._kind.ensure_kind()
+        self._ensure_tools()
         existing = parse_kind_clusters(_run(self.commands.get_clusters(), "kind get clusters").stdout)
         if self.name in existing:
             if not self.options.reuse_cluster:
@@ -853,8 +854,33 @@ class KindCluster(ClusterProvider):
 
     # -- access -------------------------------------------------------------------------
 
+    def _ensure_tools(self) -> None:
+        """kind and kubectl as pytest-kind downloads them; where the download fails (no
+        internet), built from their Go modules instead and used from the build cache: kind at
+        the pinned version, kubectl at the local tier's Kubernetes version (logged)."""
+        from e2e.local import binaries
+
+        for tool, download in (("kind", self._kind.ensure_kind), ("kubectl", self._kind.ensure_kubectl)):
+            try:
+                download()
+            except requests.RequestException as exc:
+                version = pin_tool_versions()["KIND_VERSION"] if tool == "kind" else binaries.KUBERNETES_VERSION
+                log.warning(
+                    "%s: the download failed (%s): building %s %s from its Go module",
+                    tool,
+                    type(exc).__name__,
+                    tool,
+                    version,
+                )
+                built = binaries.ensure(tool, version)
+                if tool == "kind":
+                    self._kind.kind_path = built
+                    self.commands = KindCommands(built, self.name, self.kubeconfig)
+                else:
+                    self._kind.kubectl_path = built
+
     def endpoint(self, target: ServiceTarget) -> contextlib.AbstractContextManager[str]:
-        self._kind.ensure_kubectl()
+        self._ensure_tools()
         return port_forward(
             port_forward_argv(Path(self._kind.kubectl_path), target), kubectl_environment(self.kubeconfig)
         )
