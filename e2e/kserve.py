@@ -27,7 +27,7 @@ from e2e.errors import HarnessError
 from e2e.labels import label_selector
 from e2e.manifests import load_yaml_documents
 from e2e.matrix import ControllerProfile, KServeRelease, version_key
-from e2e.rollout import RolloutState, wait_for_rollout
+from e2e.rollout import wait_for_rollout
 from e2e.targets import ServiceTarget
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ def install_kserve(
     runtime_documents: Sequence[dict[str, Any]] = (),
     *,
     controller_runs: bool = True,
-    wait_for_controller: Callable[[], RolloutState] | None = None,
+    wait_for_controller: Callable[[], object] | None = None,
 ) -> Installation:
     """Apply a release: CRDs (Established), RBAC, config, controller; then the runtimes.
 

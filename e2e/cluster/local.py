@@ -383,10 +383,11 @@ class LocalCluster(ClusterProvider):
             what, binary = manager_binary_for(container.image)
         except WorkloadUnavailable as exc:
             stand_in = StandInManager(str(exc)).start()
+            # What it means first: reports shorten long deviations, and the reason is long.
             deviation = (
-                f"{namespace}/{name} container {container.name}: {exc}; played by a stand-in serving synthetic "
-                "controller-runtime metrics: metrics-content and metrics-scrape are stand-in results, and no "
-                "controller reconciles the InferenceServices"
+                f"{namespace}/{name} container {container.name} played by a stand-in serving synthetic "
+                "controller-runtime metrics (metrics-content and metrics-scrape are stand-in results; nothing "
+                f"reconciles the InferenceServices): {exc}"
             )
             if deviation not in self.info.deviations:
                 self.info.deviations.append(deviation)

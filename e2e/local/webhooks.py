@@ -102,8 +102,8 @@ def deviations(routing: WebhookRouting) -> list[str]:
         for service, names in sorted(routing.routed.items())
     ]
     lines += [
-        f"admission webhooks of Service {service} removed ({len(names)}: {', '.join(sorted(names))}): "
-        f"{routing.why_removed[service]}"
+        f"admission webhooks of Service {service} removed ({len(names)}): {routing.why_removed[service]} "
+        f"({', '.join(sorted(names))})"
         for service, names in sorted(routing.removed.items())
     ]
     return lines
