@@ -31,9 +31,9 @@ from release_files import SessionReleaseFiles, session_release_files
 
 from e2e import checks, kserve
 from e2e.apply import Applier
-from e2e.availability import unavailable
+from e2e.availability import in_ci, unavailable
 from e2e.cluster.local import SERVING_CERT_DEVIATION, LocalCluster
-from e2e.errors import WorkloadUnavailable
+from e2e.errors import HarnessError, WorkloadUnavailable
 from e2e.local import binaries, manager
 from e2e.local.manager import ManagerExited, container_env, remap_manager_args
 from e2e.local.played import PlayedContainer, pod_upstream, port_free
@@ -182,10 +182,12 @@ class Installed:
 
 
 def _need(component: str, version: str) -> Path:
-    found = binaries.locate(component, version)
-    if found is None:
-        unavailable(f"{component} {version} binary missing: run `kserve-compat binaries --component {component}`")
-    return found
+    """The binary, built first in CI (as the provider builds a manager on first use); a
+    missing one skips the test elsewhere, and fails it in CI if it cannot be built."""
+    try:
+        return binaries.ensure(component, version, build=in_ci())
+    except HarnessError as exc:
+        unavailable(f"{component} {version}: {exc}")
 
 
 @pytest.fixture(scope="module")
