@@ -217,7 +217,7 @@ class LocalCluster(ClusterProvider):
             if played is None:
                 return None, "no process here plays the pods behind it"
             if isinstance(played.runner, StandInManager):
-                return None, f"only a stand-in plays its manager ({played.runner.reason})"
+                return None, "only a stand-in plays its manager (no manager binary of this release; see its deviation)"
             return played.addresses[number], ""
 
         routing = webhooks.route_admission_webhooks(api, resolve, self.control_plane.ca_file.read_bytes())
