@@ -27,7 +27,7 @@ from e2e.errors import HarnessError
 from e2e.labels import label_selector
 from e2e.manifests import load_yaml_documents
 from e2e.matrix import ControllerProfile, KServeRelease, version_key
-from e2e.rollout import RolloutState, wait_for_rollout
+from e2e.rollout import wait_for_rollout
 from e2e.targets import ServiceTarget
 
 log = logging.getLogger(__name__)
@@ -141,6 +141,22 @@ def admission_webhooks(documents: Sequence[dict[str, Any]]) -> list[dict[str, An
     return [d for d in documents if d.get("kind") in ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration")]
 
 
+def remove_admission_webhooks(api: k8s_client.ApiClient, documents: Sequence[dict[str, Any]]) -> str | None:
+    """Delete the release's admission webhooks, for a cluster where no KServe controller
+    will ever serve them (with ``failurePolicy: Fail`` every InferenceService and
+    ServingRuntime create would be rejected). Returns the deviation to record, or None.
+
+    Neither tier does this: kind runs the controller, and the local provider plays it and
+    points the webhooks at it (``e2e/local/webhooks.py``). Tests that install a release
+    into a bare API server do.
+    """
+    webhooks = admission_webhooks(documents)
+    if not webhooks:
+        return None
+    Applier(api).delete(webhooks)
+    return f"admission webhooks removed after install ({len(webhooks)}): no KServe controller serves them"
+
+
 def install_kserve(
     api: k8s_client.ApiClient,
     release: KServeRelease,
@@ -148,14 +164,15 @@ def install_kserve(
     runtime_documents: Sequence[dict[str, Any]] = (),
     *,
     controller_runs: bool = True,
-    wait_for_controller: Callable[[], RolloutState] | None = None,
+    wait_for_controller: Callable[[], object] | None = None,
 ) -> Installation:
     """Apply a release: CRDs (Established), RBAC, config, controller; then the runtimes.
 
-    ``controller_runs=False`` (local tier: no KServe controller binary) removes the
-    admission webhooks after install, because with ``failurePolicy: Fail`` and nobody
-    serving them, every InferenceService and ServingRuntime create would be rejected.
-    Each such change is recorded as a deviation from a real cluster.
+    ``controller_runs=False`` (the local tier: no kubelet runs pods) skips objects of kinds
+    the cluster does not serve. The admission webhooks stay as shipped in both tiers: the
+    local provider points them at the manager it plays when ``wait_for_controller`` syncs
+    its workloads (before the runtimes, which the webhooks validate). Each change is
+    recorded as a deviation from a real cluster.
     """
     installation = Installation(release)
     applier = Applier(api)
@@ -166,12 +183,6 @@ def install_kserve(
         kinds = sorted({ref.split("/")[0] for ref in installation.applied.skipped})
         installation.deviations.append(f"not applied (the cluster does not serve these kinds): {', '.join(kinds)}")
     configure_raw_deployment(api, release)
-    webhooks = admission_webhooks(kserve_documents)
-    if not controller_runs and webhooks:
-        applier.delete(webhooks)
-        installation.deviations.append(
-            f"admission webhooks removed after install ({len(webhooks)}): no KServe controller serves them"
-        )
     if wait_for_controller is not None:
         wait_for_controller()
     if runtime_documents:

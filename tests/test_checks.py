@@ -282,7 +282,11 @@ def test_metrics_content_fails_without_the_inferenceservice_controller(
     cell = new_cell()
     with running(StandInServer(proxy_like_responder(reader_token, no_access_token, body), server_tls)) as server:
         results = check_metrics_auth(
-            cell, f"{server.url}/metrics", metrics_reader_token=reader_token, no_access_token=no_access_token
+            cell,
+            f"{server.url}/metrics",
+            metrics_reader_token=reader_token,
+            no_access_token=no_access_token,
+            content_wait_s=1,
         )
     content = results[-1]
     assert content.name == "metrics-content" and content.status is CheckStatus.FAIL

@@ -3,7 +3,9 @@
 Per release (v0.12.1 and v0.14.0, through ``tests/release_files.py``) one control plane of
 etcd + kube-apiserver processes is started and the release installed exactly as the local
 tier does it: cert-manager's CRDs, then ``install_kserve(controller_runs=False)`` with the
-release's ServingRuntimes, then the sample InferenceServices. The control plane is
+release's ServingRuntimes, then the sample InferenceServices. Unlike the local tier, no
+manager is played here (``tests/test_local_manager.py`` plays it), so the admission
+webhooks, which nothing would serve, are removed first (``remove_admission_webhooks``). The control plane is
 module-scoped per release (parametrized), so the two releases never share a cluster, just
 as the harness gives each (release x Kubernetes) group a cluster of its own.
 
@@ -83,11 +85,26 @@ def installed(request: pytest.FixtureRequest, files: ReleaseFiles) -> Iterator[I
     assert release.runtimes_file == "kserve-cluster-resources.yaml"
     runtimes = list(load_release_manifest(release, files, release.runtimes_file).documents)
     cert_manager = [d for d in yaml.safe_load_all(files.cert_manager_crds(CERT_MANAGER_VERSION)) if d]
+    removed: list[str] = []
     with real_control_plane() as plane, plane.api_client() as api:
         cert_manager_report = kserve.install_cert_manager(api, cert_manager)
-        installation = kserve.install_kserve(api, release, manifest.documents, runtimes, controller_runs=False)
+        installation = kserve.install_kserve(
+            api,
+            release,
+            manifest.documents,
+            runtimes,
+            controller_runs=False,
+            wait_for_controller=lambda: _without_webhooks(api, manifest, removed),
+        )
+        installation.deviations += removed
         deployed = kserve.deploy_inference_services(api, release, kserve.sample_inference_services())
         yield Installed(api, release, manifest, runtimes, cert_manager_report, installation, deployed)
+
+
+def _without_webhooks(api: k8s_client.ApiClient, manifest: ReleaseManifest, removed: list[str]) -> None:
+    """Where the local tier plays the manager: here nothing will serve the webhooks."""
+    deviation = kserve.remove_admission_webhooks(api, manifest.documents)
+    removed += [deviation] if deviation else []
 
 
 def _data(document: dict[str, Any]) -> dict[str, str]:

@@ -253,7 +253,14 @@ def test_api_server_killed_mid_cell_is_an_error_and_the_run_goes_on(tmp_path: Pa
     healthy = Scenario(
         name="fresh-install",
         story="the next cell of the group",
-        steps=(steps.install_release, steps.swap_proxy_image, steps.check_image_in_use, steps.check_metrics_access),
+        steps=(
+            steps.install_release,
+            steps.swap_proxy_image,
+            # metrics-content wants reconciles: the manager must have InferenceServices to reconcile.
+            steps.deploy_sample_models,
+            steps.check_image_in_use,
+            steps.check_metrics_access,
+        ),
     )
     options = HarnessOptions(
         provider="local",

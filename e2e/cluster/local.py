@@ -4,12 +4,17 @@ etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok run as pr
 so Deployments really roll out (kwok plays the kubelet of one fake node). No container
 runs, so the provider plays the containers the checks talk to:
 
+- every container whose image is a kserve-controller image runs as the real KServe
+  manager binary of that release (``e2e/local/manager.py``), with the container's args and
+  env (ports moved to free loopback ports, ``--leader-elect`` dropped; recorded), and the
+  admission webhooks are pointed at it (``e2e/local/webhooks.py``), so the API server calls
+  the real webhooks and the real controller reconciles the InferenceServices. A release
+  whose manager cannot be built gets a stand-in that marks what it serves;
 - every container whose image is a kube-rbac-proxy image runs as the real
-  kube-rbac-proxy binary of that version, with the container's own args (only the listen
-  and upstream addresses are remapped to free loopback ports; the remap is recorded),
-  authenticated as the pod's ServiceAccount through a TokenRequest token;
-- its upstream, the KServe manager's metrics endpoint, is a stand-in serving Prometheus
-  text the way controller-runtime does;
+  kube-rbac-proxy binary of that version, with the container's own args (the listen
+  address moved to a free loopback port; the upstream only where it names a port of
+  another container of the pod, which then is where that container's process listens);
+- each authenticates as the pod's ServiceAccount through a TokenRequest token;
 - inference is answered by a local KServe model server (see ``inference_endpoint``).
 
 ``sync_workloads`` reads the Deployments back from the API server, so the image patch is
@@ -25,7 +30,6 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +37,33 @@ from kubernetes import client as k8s_client
 
 from e2e.cluster.provider import ClusterInfo, ClusterProvider, ProviderFactory, no_endpoint_change
 from e2e.errors import EnvironmentMissing, HarnessError, WorkloadFailed, WorkloadUnavailable
-from e2e.images import ImageReference
 from e2e.labels import parse_equality_selector, selects
-from e2e.local import binaries, prometheus
+from e2e.local import binaries, prometheus, webhooks
 from e2e.local.controlplane import ControlPlane, resolve_binaries
-from e2e.local.metrics_upstream import MetricsUpstream
+from e2e.local.manager import (
+    METRICS_FLAG,
+    PROBE_FLAG,
+    ManagerExited,
+    ManagerProcess,
+    StandInManager,
+    container_env,
+    flags_of,
+    is_manager_image,
+    manager_binary_for,
+    remap_manager_args,
+    write_serving_pair,
+)
+from e2e.local.played import PlayedContainer, SyncReport, pod_upstream, port_free
 from e2e.local.processes import ProcessExitedEarly, free_loopback_port
-from e2e.local.proxy_runner import ProxyProcess, remap_ports
+from e2e.local.proxy_runner import (
+    UPSTREAM_FLAG,
+    ProxyProcess,
+    flag_value,
+    is_proxy_image,
+    proxy_binary_for,
+    proxy_version_of,
+    remap_ports,
+)
 from e2e.local.service_relay import ServiceRelay
 from e2e.scrape import ScrapeJob
 from e2e.secrets import redact
@@ -48,90 +72,17 @@ from e2e.tokens import kubeconfig_for_service_account
 
 log = logging.getLogger(__name__)
 
-PROXY_REPOSITORY_NAME = "kube-rbac-proxy"
-
 DEVIATIONS = [
-    "no kubelet: kwok marks pods Running on a fake node; the provider runs the proxy container as a process",
-    "the KServe manager's metrics endpoint is a stand-in serving controller-runtime style metrics",
+    "no kubelet: kwok marks pods Running on a fake node; the provider runs the controller pod's manager and "
+    "kube-rbac-proxy containers as processes (each restarts when its own spec changes, not with the whole pod)",
     "inference is answered by a local KServe model server process, not by InferenceService pods",
 ]
-
-
-def proxy_version_of(image: str) -> str | None:
-    """The kube-rbac-proxy version an image runs, or None if it is not a kube-rbac-proxy image.
-
-    gcr.io/kubebuilder, registry.k8s.io/kubebuilder and quay.io/brancz hold the same
-    builds of each tag, so the repository's registry does not matter here. A patched
-    build's tag (``v0.18.0-fix1``) is its own version (see ``binaries.proxy_version_or_tag``).
-    """
-    ref = ImageReference.parse(image)
-    if not is_proxy_image(image) or not ref.tag:
-        return None
-    return binaries.proxy_version_or_tag(ref.tag)
-
-
-def is_proxy_image(image: str) -> bool:
-    """Is ``image`` of a repository named kube-rbac-proxy (whatever its registry and tag)?"""
-    return ImageReference.parse(image).name.rsplit("/", 1)[-1] == PROXY_REPOSITORY_NAME
-
-
-def proxy_binary_for(image: str, given: Mapping[str, Path] | None = None) -> tuple[str, Path]:
-    """(what runs, the binary) for a kube-rbac-proxy image; WorkloadUnavailable with the
-    reason when no binary exists and none can be made.
-
-    ``given`` (``--proxy-binary``) wins; then the per-version variable, the bin dir and the
-    cache (``binaries.locate``); then, for a released version, a build from the Go module
-    proxy or a copy out of the published image (``binaries.ensure_proxy``).
-    """
-    if given and image in given:
-        return f"kube-rbac-proxy from --proxy-binary {given[image]}", given[image]
-    version = proxy_version_of(image)
-    if version is None:
-        raise WorkloadUnavailable(
-            f"{image}: its tag names no kube-rbac-proxy version; give its binary with --proxy-binary PATH"
-        )
-    found = binaries.locate(binaries.PROXY, version)
-    if found is not None:
-        return f"kube-rbac-proxy {version}", found
-    if not binaries.is_release_version(version):
-        raise WorkloadUnavailable(
-            f"{image}: no local binary of this patched build; give it with --proxy-binary PATH or "
-            f"{binaries.env_var(binaries.PROXY, version)}"
-        )
-    ok, reason = binaries.buildable(binaries.PROXY, version)
-    if not ok:
-        raise WorkloadUnavailable(f"{image}: no local kube-rbac-proxy {version} binary ({reason})")
-    try:
-        return f"kube-rbac-proxy {version}", binaries.ensure_proxy(version)
-    except binaries.BuildUnavailable as exc:
-        raise WorkloadUnavailable(f"{image}: no local kube-rbac-proxy {version} binary ({exc})") from None
-
-
-@dataclass
-class PlayedContainer:
-    """A container of a Deployment that this provider runs as a local process."""
-
-    namespace: str
-    deployment: str
-    container: str
-    image: str
-    args: tuple[str, ...]
-    pod_labels: dict[str, str]
-    container_ports: dict[str | int, int]  # port name and number -> the original port
-    proxy: ProxyProcess
-    upstream: MetricsUpstream
-    previous_logs: str = ""
-
-    @property
-    def key(self) -> tuple[str, str, str]:
-        return (self.namespace, self.deployment, self.container)
-
-
-@dataclass
-class SyncReport:
-    started: list[str] = field(default_factory=list)
-    kept: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+SERVING_CERT_DEVIATION = (
+    "webhook serving certificate written by the harness (signed by the local control plane's CA) into the "
+    "manager's TMPDIR, not issued by cert-manager; the webhooks' caBundle set by the harness, not by its cainjector"
+)
+# Re-exported: where tests and the CLI have always found them.
+__all__ = ["LocalCluster", "LocalProviderFactory", "is_proxy_image", "proxy_binary_for", "proxy_version_of"]
 
 
 class LocalCluster(ClusterProvider):
@@ -155,7 +106,7 @@ class LocalCluster(ClusterProvider):
         )
         self._workdir = Path(tempfile.mkdtemp(prefix="kserve-compat-workloads-"))
         self._played: dict[tuple[str, str, str], PlayedContainer] = {}
-        self._ports: dict[tuple[str, str, str], int] = {}
+        self._ports: dict[tuple[str, str, str, str], int] = {}  # (ns, deployment, container, use)
         self._instances = itertools.count(1)
         self._model_server = model_server
         self._prometheus: prometheus.PrometheusProcess | None = None
@@ -174,49 +125,62 @@ class LocalCluster(ClusterProvider):
     @contextlib.contextmanager
     def endpoint(self, target: ServiceTarget) -> Iterator[str]:
         """The address of the process playing the container behind a Service port."""
+        played, port = self._behind(target.namespace, target.name, target.port)
+        if played is None:
+            raise HarnessError(
+                f"service {target.namespace}/{target.name}:{target.port}: no local process plays a container behind it"
+            )
+        self._ensure_pod_alive(played)
+        yield played.addresses[port]
+
+    def _behind(self, namespace: str, service_name: str, service_port: int) -> tuple[PlayedContainer | None, int]:
+        """The played container a Service port reaches, and the container port it targets."""
         core = k8s_client.CoreV1Api(self.api_client())
-        service = core.read_namespaced_service(target.name, target.namespace)
+        service = core.read_namespaced_service(service_name, namespace)
         selector = service.spec.selector or {}
-        port = next((p for p in service.spec.ports or [] if p.port == target.port), None)
+        port = next((p for p in service.spec.ports or [] if p.port == service_port), None)
         if port is None:
-            raise HarnessError(f"service {target.namespace}/{target.name} has no port {target.port}")
+            raise HarnessError(f"service {namespace}/{service_name} has no port {service_port}")
         wanted = port.target_port if port.target_port is not None else port.port
         for played in self._played.values():
-            if played.namespace != target.namespace or not selects(selector, played.pod_labels):
+            if played.namespace != namespace or not selects(selector, played.pod_labels):
                 continue
-            if wanted in played.container_ports:
-                if not played.proxy.alive:
-                    raise self._exited(played)
-                yield played.proxy.address
-                return
-        raise HarnessError(
-            f"service {target.namespace}/{target.name}:{target.port}: no local process plays a container behind it"
-        )
+            number = played.container_ports.get(wanted)
+            if number is None and isinstance(wanted, int):
+                number = wanted
+            if number in played.addresses:
+                return played, number
+        return None, 0
 
     def load_images(self, images: Sequence[str]) -> None:
-        """Make sure a binary exists for every kube-rbac-proxy image (others need nothing)."""
+        """Make sure a binary exists for every kube-rbac-proxy image (others need nothing;
+        a KServe manager is built, or found unavailable, when its Deployment is played)."""
         for image in images:
-            if self._plays(image):
+            if self._plays_proxy(image):
                 proxy_binary_for(image, self.proxy_binaries)
 
-    def _plays(self, image: str) -> bool:
+    def _plays_proxy(self, image: str) -> bool:
         """Is ``image`` a kube-rbac-proxy this provider runs as a process?"""
         return image in self.proxy_binaries or is_proxy_image(image)
 
     def sync_workloads(self) -> list[str]:
-        """Run, restart or stop proxy processes so they match the Deployments as stored."""
+        """Run, restart or stop the played containers so they match the Deployments as
+        stored; then point the admission webhooks at the played managers."""
         api = self.api_client()
         report = SyncReport()
         wanted: set[tuple[str, str, str]] = set()
         for deployment in k8s_client.AppsV1Api(api).list_deployment_for_all_namespaces().items:
-            for container in deployment.spec.template.spec.containers:
-                if not self._plays(container.image):
+            # Managers first: a proxy's upstream may name the manager's port in the pod.
+            containers = sorted(deployment.spec.template.spec.containers, key=lambda c: not is_manager_image(c.image))
+            for container in containers:
+                manager = is_manager_image(container.image)
+                if not manager and not self._plays_proxy(container.image):
                     continue
                 key = (deployment.metadata.namespace, deployment.metadata.name, container.name)
                 wanted.add(key)
                 current = self._played.get(key)
                 args = tuple(container.args or [])
-                if current and current.image == container.image and current.args == args and current.proxy.alive:
+                if current and current.image == container.image and current.args == args and current.runner.alive:
                     report.kept.append("/".join(key))
                     continue
                 previous_logs = ""
@@ -224,25 +188,49 @@ class LocalCluster(ClusterProvider):
                     # Like a kubelet's "previous" log: only a restart of the same container
                     # spec keeps it. A swap is a new pod, whose logs start empty.
                     if current.image == container.image and current.args == args:
-                        previous_logs = current.proxy.logs()
+                        previous_logs = current.runner.logs()
                     self._stop(current)
-                what, binary = proxy_binary_for(container.image, self.proxy_binaries)
-                played = self._start(api, deployment, container, binary, args)
+                if manager:
+                    what, played = self._start_manager(api, deployment, container, args)
+                else:
+                    what, binary = proxy_binary_for(container.image, self.proxy_binaries)
+                    played = self._start_proxy(api, deployment, container, binary, args)
                 played.previous_logs = previous_logs
                 self._played[key] = played
                 report.started.append(f"{'/'.join(key)} as {what}")
-                report.notes += [f"{'/'.join(key)}: {_port_free(note)}" for note in played.proxy.remap_notes]
+                report.notes += [f"{'/'.join(key)}: {port_free(note)}" for note in played.runner.remap_notes]
         for key in set(self._played) - wanted:
             self._stop(self._played.pop(key))
+        self._route_webhooks(api)
         self.last_sync = report
         return report.notes
+
+    def _route_webhooks(self, api: k8s_client.ApiClient) -> None:
+        """Point Service-backed admission webhooks at the played managers (or remove those
+        nothing real serves); recorded once as deviations of the cluster."""
+
+        def resolve(namespace: str, name: str, port: int) -> tuple[str | None, str]:
+            try:
+                played, number = self._behind(namespace, name, port)
+            except k8s_client.ApiException as exc:
+                return None, f"its Service answers {exc.status}"
+            if played is None:
+                return None, "no process here plays the pods behind it"
+            if isinstance(played.runner, StandInManager):
+                return None, "only a stand-in plays its manager (no manager binary of this release; see its deviation)"
+            return played.addresses[number], ""
+
+        routing = webhooks.route_admission_webhooks(api, resolve, self.control_plane.ca_file.read_bytes())
+        for line in webhooks.deviations(routing):
+            if line not in self.info.deviations:
+                self.info.deviations.append(line)
 
     def container_logs(self, namespace: str, pod_selector: str, container: str, previous: bool = False) -> str:
         selector = parse_equality_selector(pod_selector)
         texts = []
         for played in self._played.values():
             if played.namespace == namespace and played.container == container and selects(selector, played.pod_labels):
-                texts.append(played.previous_logs if previous else played.proxy.logs())
+                texts.append(played.previous_logs if previous else played.runner.logs())
         return "\n".join(texts)
 
     def observed_images(self, namespace: str, pod_selector: str, container: str) -> list[str] | None:
@@ -253,7 +241,7 @@ class LocalCluster(ClusterProvider):
             if played.namespace == namespace
             and played.container == container
             and selects(selector, played.pod_labels)
-            and played.proxy.alive
+            and played.runner.alive
         ]
 
     @contextlib.contextmanager
@@ -296,7 +284,7 @@ class LocalCluster(ClusterProvider):
             (directory / "prometheus.log").write_text(redact(self._prometheus.logs()))
         for played in self._played.values():
             name = f"{played.namespace}_{played.deployment}_{played.container}"
-            (directory / f"{name}.log").write_text(redact(played.proxy.logs()))
+            (directory / f"{name}.log").write_text(redact(played.runner.logs()))
             if played.previous_logs:
                 (directory / f"{name}.previous.log").write_text(redact(played.previous_logs))
 
@@ -322,35 +310,49 @@ class LocalCluster(ClusterProvider):
         return super().recover()
 
     def check_alive(self) -> None:
-        """Raise ``WorkloadFailed`` with evidence if a played container has exited."""
+        """Raise with evidence if a played container has exited: ``ManagerExited`` (the
+        cell is an error) for a manager, ``WorkloadFailed`` for a proxy."""
         for played in self._played.values():
-            if not played.proxy.alive:
+            if not played.runner.alive:
                 raise self._exited(played)
 
-    def _start(
-        self, api: k8s_client.ApiClient, deployment: Any, container: Any, binary: Path, args: tuple[str, ...]
-    ) -> PlayedContainer:
-        namespace, name = deployment.metadata.namespace, deployment.metadata.name
-        pod_spec = deployment.spec.template.spec
-        account = pod_spec.service_account_name or "default"
-        workdir = self._workdir / f"{namespace}_{name}_{container.name}"
-        workdir.mkdir(parents=True, exist_ok=True)
-        # The proxy authenticates as the pod's ServiceAccount: the release's own
-        # ClusterRoleBinding decides whether its TokenReviews and SARs are allowed.
-        kubeconfig = kubeconfig_for_service_account(
+    def _ensure_pod_alive(self, played: PlayedContainer) -> None:
+        """Raise as ``check_alive`` does if a container of ``played``'s pod has exited."""
+        for other in self._played.values():
+            if other.pod == played.pod and not other.runner.alive:
+                raise self._exited(other)
+
+    def _port(self, key: tuple[str, str, str], purpose: str) -> int:
+        # The same container keeps its ports across restarts, as a Service keeps its
+        # address: a prober sees the swap as an outage, not as a vanished endpoint.
+        return self._ports.setdefault((*key, purpose), free_loopback_port())
+
+    def _kubeconfig(self, api: k8s_client.ApiClient, deployment: Any, workdir: Path) -> Path:
+        """A kubeconfig with a token of the pod's ServiceAccount: the release's own RBAC
+        decides what the played process may do."""
+        return kubeconfig_for_service_account(
             api,
             server=self.control_plane.server,
             ca=self.control_plane.ca_file,
-            namespace=namespace,
-            service_account=account,
+            namespace=deployment.metadata.namespace,
+            service_account=deployment.spec.template.spec.service_account_name or "default",
             path=workdir / "kubeconfig",
         )
-        upstream = MetricsUpstream().start()
-        # The same container keeps its port across restarts, as a Service keeps its
-        # address: a prober sees the swap as an outage, not as a vanished endpoint.
+
+    def _workdir_of(self, deployment: Any, container: Any) -> Path:
+        workdir = self._workdir / f"{deployment.metadata.namespace}_{deployment.metadata.name}_{container.name}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        return workdir
+
+    def _start_proxy(
+        self, api: k8s_client.ApiClient, deployment: Any, container: Any, binary: Path, args: tuple[str, ...]
+    ) -> PlayedContainer:
+        namespace, name = deployment.metadata.namespace, deployment.metadata.name
+        workdir = self._workdir_of(deployment, container)
+        kubeconfig = self._kubeconfig(api, deployment, workdir)
         key = (namespace, name, container.name)
-        listen_port = self._ports.setdefault(key, free_loopback_port())
-        proxy_args, notes = remap_ports(list(args), listen_port, upstream.url)
+        upstream = pod_upstream(self._played.values(), (namespace, name), flag_value(args, UPSTREAM_FLAG))
+        proxy_args, notes = remap_ports(list(args), self._port(key, "listen"), upstream)
         proxy = ProxyProcess(
             binary,
             proxy_args,
@@ -363,54 +365,83 @@ class LocalCluster(ClusterProvider):
         try:
             proxy.start()
         except ProcessExitedEarly as exc:
-            upstream.stop()
             raise WorkloadFailed(
                 f"{container.name} ({container.image}) exited at start: {exc}",
-                [str(exc), *proxy.process.tail_lines(15)],
+                [str(exc), *proxy.tail_lines(15)],
             ) from None
-        except BaseException:
-            upstream.stop()
-            raise
-        ports: dict[str | int, int] = {}
-        for port in container.ports or []:
-            ports[port.container_port] = port.container_port
-            if port.name:
-                ports[port.name] = port.container_port
-        return PlayedContainer(
-            namespace=namespace,
-            deployment=name,
-            container=container.name,
-            image=container.image,
-            args=args,
-            pod_labels=dict(deployment.spec.template.metadata.labels or {}),
-            container_ports=ports,
-            proxy=proxy,
-            upstream=upstream,
+        played = PlayedContainer.of(deployment, container, args, proxy, "proxy")
+        played.addresses = {port: proxy.address for port in set(played.container_ports.values())}
+        return played
+
+    def _start_manager(
+        self, api: k8s_client.ApiClient, deployment: Any, container: Any, args: tuple[str, ...]
+    ) -> tuple[str, PlayedContainer]:
+        namespace, name = deployment.metadata.namespace, deployment.metadata.name
+        key = (namespace, name, container.name)
+        metrics = (flag_value(args, METRICS_FLAG) or ":8080").rpartition(":")[2]
+        try:
+            what, binary = manager_binary_for(container.image)
+        except WorkloadUnavailable as exc:
+            stand_in = StandInManager(str(exc)).start()
+            # What it means first: reports shorten long deviations, and the reason is long.
+            deviation = (
+                f"{namespace}/{name} container {container.name} played by a stand-in serving synthetic "
+                "controller-runtime metrics (metrics-content and metrics-scrape are stand-in results; nothing "
+                f"reconciles the InferenceServices): {exc}"
+            )
+            if deviation not in self.info.deviations:
+                self.info.deviations.append(deviation)
+            played = PlayedContainer.of(deployment, container, args, stand_in, "stand-in")
+            played.addresses = {int(metrics): stand_in.address}
+            return f"a stand-in ({exc})", played
+        workdir = self._workdir_of(deployment, container)
+        tmpdir = workdir / "tmp"
+        if not (tmpdir / "k8s-webhook-server").exists():
+            write_serving_pair(self.control_plane.pki, tmpdir, f"{name}-webhook-server")
+            if SERVING_CERT_DEVIATION not in self.info.deviations:
+                self.info.deviations.append(SERVING_CERT_DEVIATION)
+        probe = self._port(key, "probe") if PROBE_FLAG in flags_of(binary) else None
+        manager_args, notes, ports = remap_manager_args(
+            args, metrics_port=self._port(key, "metrics"), webhook_port=self._port(key, "webhook"), probe_port=probe
         )
+        account = deployment.spec.template.spec.service_account_name or "default"
+        env, env_notes = container_env(
+            container, namespace=namespace, pod_name=f"{name}-played", service_account=account
+        )
+        manager = ManagerProcess(
+            binary,
+            manager_args,
+            env=env,
+            kubeconfig=self._kubeconfig(api, deployment, workdir),
+            tmpdir=tmpdir,
+            workdir=workdir,
+            metrics_port=self._port(key, "metrics"),
+            webhook_port=self._port(key, "webhook"),
+            name=f"{name}-{container.name}-{next(self._instances)}",
+            notes=[*notes, *env_notes],
+        )
+        try:
+            manager.start()
+        except ProcessExitedEarly as exc:
+            raise ManagerExited(
+                f"{container.name} ({what}) exited with code {exc.returncode} at start",
+                [f"exit code {exc.returncode}", *manager.tail_lines(15)],
+            ) from None
+        played = PlayedContainer.of(deployment, container, args, manager, "manager")
+        played.addresses = {port: f"127.0.0.1:{actual}" for port, actual in ports.items()}
+        return what, played
 
     def _stop(self, played: PlayedContainer) -> None:
         for relay in self._relays.values():  # see ServiceRelay.disconnect
-            relay.disconnect(played.proxy.address)
-        played.proxy.stop()
-        played.upstream.stop()
+            relay.disconnect(played.runner.address)
+        played.runner.stop()
 
     @staticmethod
-    def _exited(played: PlayedContainer) -> WorkloadFailed:
-        lines = played.proxy.process.tail_lines(15)
-        return WorkloadFailed(
-            f"{played.container} ({played.image}) exited with code {played.proxy.exit_code}",
-            [f"exit code {played.proxy.exit_code}", *lines],
-        )
-
-
-def _port_free(remap_note: str) -> str:
-    """``--flag: OLD -> NEW`` with NEW's port dropped, so notes repeat identically per cell."""
-    flag_and_old, _, new = remap_note.partition(" -> ")
-    return (
-        f"{flag_and_old} -> {'the metrics stand-in' if 'upstream' in flag_and_old else 'a loopback port'}"
-        if new
-        else remap_note
-    )
+    def _exited(played: PlayedContainer) -> HarnessError:
+        code = played.runner.exit_code
+        evidence = [f"exit code {code}", *played.runner.tail_lines(15)]
+        message = f"{played.container} ({played.image}) exited with code {code}"
+        return WorkloadFailed(message, evidence) if played.role == "proxy" else ManagerExited(message, evidence)
 
 
 class LocalProviderFactory(ProviderFactory):
@@ -461,5 +492,6 @@ class LocalProviderFactory(ProviderFactory):
         return [
             f"start etcd + kube-apiserver {self.kubernetes_version} + controllers + kwok (one fake node)"
             f" for {group_id}",
-            "play kube-rbac-proxy containers as local processes of the matching version",
+            "play the KServe manager (the release's binary; webhooks pointed at it) and kube-rbac-proxy "
+            "containers as local processes of the matching version",
         ]

@@ -1,5 +1,9 @@
 """A stand-in for the KServe manager's plain-HTTP metrics endpoint (``127.0.0.1:8080``).
 
+The local tier plays the manager with the release's real binary; this stand-in is only the
+labelled fallback for a release whose manager cannot be built (its output then carries
+``kserve_compat_stand_in_info``), and a plain upstream for tests of the proxy alone.
+
 It serves ``/metrics`` in the Prometheus text format with the metric names
 controller-runtime registers for KServe's controllers, from a private registry (so the
 test process's own metrics never leak in), and counts the requests it answered: a
@@ -27,9 +31,23 @@ KSERVE_CONTROLLERS = ("inferenceservice", "trainedmodel", "inferencegraph")
 SENTINEL_METRIC = "controller_runtime_reconcile_total"
 
 
-def kserve_like_registry() -> CollectorRegistry:
-    """A registry holding controller-runtime's reconcile and workqueue metrics."""
+#: What the stand-in adds to its own output when it plays a manager that could not run, so
+#: that a check reading it can say its result is a stand-in's (``e2e.checks.metrics``).
+STAND_IN_METRIC = "kserve_compat_stand_in_info"
+
+
+def kserve_like_registry(stand_in_reason: str = "") -> CollectorRegistry:
+    """A registry holding controller-runtime's reconcile and workqueue metrics (and, with a
+    ``stand_in_reason``, ``kserve_compat_stand_in_info{reason=...} 1``)."""
     registry = CollectorRegistry(auto_describe=True)
+    if stand_in_reason:
+        marker = Gauge(
+            STAND_IN_METRIC,
+            "This endpoint is kserve-compat's stand-in, not KServe's manager",
+            ["reason"],
+            registry=registry,
+        )
+        marker.labels(reason=stand_in_reason).set(1)
     reconciles = Counter(
         "controller_runtime_reconcile",
         "Total number of reconciliations per controller",
@@ -74,8 +92,8 @@ class SeenRequest:
 class MetricsUpstream(StartsAndStops):
     """``/metrics`` on a free 127.0.0.1 port, served from a thread; a context manager."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or kserve_like_registry()
+    def __init__(self, registry: CollectorRegistry | None = None, *, stand_in_reason: str = "") -> None:
+        self.registry = registry or kserve_like_registry(stand_in_reason)
         self._lock = threading.Lock()
         self._seen: list[SeenRequest] = []
         self._server: ThreadingHTTPServer | None = None

@@ -1,9 +1,10 @@
 """Run a real kube-rbac-proxy binary as a process, the way the sidecar runs in the pod.
 
-The proxy gets the container's args verbatim except for the two addresses a process on
+The proxy gets the container's args verbatim except for the addresses a process on
 this machine must change: ``--secure-listen-address`` (a free loopback port instead of
-``0.0.0.0:8443``) and ``--upstream`` (the local metrics server instead of the manager's
-``127.0.0.1:8080``); ``remap_ports`` rewrites them and says what it changed. The proxy
+``0.0.0.0:8443``) and, only where it names a port of another container of the pod (the
+manager's ``127.0.0.1:8080``), ``--upstream`` (where the process playing that container
+listens); ``remap_ports`` rewrites them and says what it changed. The proxy
 authenticates to the API server as a ServiceAccount through ``--kubeconfig`` (in a pod it
 would use the mounted token), so its TokenReviews and SubjectAccessReviews are real.
 """
@@ -14,11 +15,13 @@ import logging
 import os
 import socket
 import ssl
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Self
 
-from e2e.errors import UsageError
+from e2e.errors import UsageError, WorkloadUnavailable
+from e2e.images import ImageReference
+from e2e.local import binaries
 from e2e.local.processes import ManagedProcess, StartsAndStops, free_loopback_port, wait_ready
 from e2e.secrets import redact
 
@@ -26,9 +29,60 @@ log = logging.getLogger(__name__)
 
 LISTEN_FLAG = "secure-listen-address"
 UPSTREAM_FLAG = "upstream"
+PROXY_REPOSITORY_NAME = "kube-rbac-proxy"
 
 
-def _flag_name(arg: str) -> tuple[str, str | None] | None:
+def proxy_version_of(image: str) -> str | None:
+    """The kube-rbac-proxy version an image runs, or None if it is not a kube-rbac-proxy image.
+
+    gcr.io/kubebuilder, registry.k8s.io/kubebuilder and quay.io/brancz hold the same
+    builds of each tag, so the repository's registry does not matter here. A patched
+    build's tag (``v0.18.0-fix1``) is its own version (see ``binaries.proxy_version_or_tag``).
+    """
+    ref = ImageReference.parse(image)
+    if not is_proxy_image(image) or not ref.tag:
+        return None
+    return binaries.proxy_version_or_tag(ref.tag)
+
+
+def is_proxy_image(image: str) -> bool:
+    """Is ``image`` of a repository named kube-rbac-proxy (whatever its registry and tag)?"""
+    return ImageReference.parse(image).name.rsplit("/", 1)[-1] == PROXY_REPOSITORY_NAME
+
+
+def proxy_binary_for(image: str, given: Mapping[str, Path] | None = None) -> tuple[str, Path]:
+    """(what runs, the binary) for a kube-rbac-proxy image; WorkloadUnavailable with the
+    reason when no binary exists and none can be made.
+
+    ``given`` (``--proxy-binary``) wins; then the per-version variable, the bin dir and the
+    cache (``binaries.locate``); then, for a released version, a build from the Go module
+    proxy or a copy out of the published image (``binaries.ensure_proxy``).
+    """
+    if given and image in given:
+        return f"kube-rbac-proxy from --proxy-binary {given[image]}", given[image]
+    version = proxy_version_of(image)
+    if version is None:
+        raise WorkloadUnavailable(
+            f"{image}: its tag names no kube-rbac-proxy version; give its binary with --proxy-binary PATH"
+        )
+    found = binaries.locate(binaries.PROXY, version)
+    if found is not None:
+        return f"kube-rbac-proxy {version}", found
+    if not binaries.is_release_version(version):
+        raise WorkloadUnavailable(
+            f"{image}: no local binary of this patched build; give it with --proxy-binary PATH or "
+            f"{binaries.env_var(binaries.PROXY, version)}"
+        )
+    ok, reason = binaries.buildable(binaries.PROXY, version)
+    if not ok:
+        raise WorkloadUnavailable(f"{image}: no local kube-rbac-proxy {version} binary ({reason})")
+    try:
+        return f"kube-rbac-proxy {version}", binaries.ensure_proxy(version)
+    except binaries.BuildUnavailable as exc:
+        raise WorkloadUnavailable(f"{image}: no local kube-rbac-proxy {version} binary ({exc})") from None
+
+
+def flag_name(arg: str) -> tuple[str, str | None] | None:
     """``("name", value-or-None)`` for ``--name=value`` / ``--name`` / ``-name``; else None."""
     if not arg.startswith("-") or arg in ("-", "--"):
         return None
@@ -40,7 +94,7 @@ def flag_value(args: Sequence[str], flag: str) -> str | None:
     """The last value of ``--flag`` in ``args`` (``--flag=v`` or ``--flag v``), or None."""
     found: str | None = None
     for index, arg in enumerate(args):
-        parsed = _flag_name(arg)
+        parsed = flag_name(arg)
         if parsed is None or parsed[0] != flag:
             continue
         if parsed[1] is not None:
@@ -51,22 +105,25 @@ def flag_value(args: Sequence[str], flag: str) -> str | None:
 
 
 def remap_ports(
-    args: Sequence[str], listen_port: int, upstream_url: str, *, listen_host: str = "127.0.0.1"
+    args: Sequence[str], listen_port: int, upstream_url: str | None, *, listen_host: str = "127.0.0.1"
 ) -> tuple[list[str], list[str]]:
-    """``args`` with ``--secure-listen-address`` and ``--upstream`` pointed at this machine.
+    """``args`` with ``--secure-listen-address`` (and ``--upstream``, unless
+    ``upstream_url`` is None: then it stays as given) pointed at this machine.
 
     Both the ``--flag=value`` and the ``--flag value`` forms are rewritten in place (so
     the arguments keep their order); a flag that is absent is appended. The second list
     says, one line per change, what was remapped: reports show it as a deviation.
     """
-    wanted = {LISTEN_FLAG: f"{listen_host}:{listen_port}", UPSTREAM_FLAG: upstream_url}
+    wanted = {LISTEN_FLAG: f"{listen_host}:{listen_port}"}
+    if upstream_url is not None:
+        wanted[UPSTREAM_FLAG] = upstream_url
     result: list[str] = []
     notes: list[str] = []
     seen: set[str] = set()
     index = 0
     while index < len(args):
         arg = args[index]
-        parsed = _flag_name(arg)
+        parsed = flag_name(arg)
         if parsed is None or parsed[0] not in wanted:
             result.append(arg)
             index += 1
@@ -190,6 +247,10 @@ class ProxyProcess(StartsAndStops):
         """Everything the proxy printed, NOT redacted: search it for leaked tokens, never
         print it (use ``logs_redacted``)."""
         return self.process.output()
+
+    def tail_lines(self, lines: int = 15) -> list[str]:
+        """The last ``lines`` lines of its output, redacted."""
+        return self.process.tail_lines(lines)
 
     def logs_redacted(self) -> str:
         return redact(self.process.output())

@@ -1,0 +1,466 @@
+"""The KServe manager played by the real binary of its release (``e2e/local/manager.py``).
+
+Three layers: the pure pieces (arg remaps, env, the pod's port map, the metrics-content
+rule); one real control plane with kwok on which KServe v0.20.0 is installed exactly as the
+local tier installs it, with its ``manager`` and ``kube-rbac-proxy`` containers played by
+``LocalCluster.sync_workloads`` (the API server then calls the real webhooks, the real
+controller reconciles the samples); and whole cells run as a user runs them (pytest on
+``scenarios/``) for the verdicts: a closed upstream fails, a manager that exits is an error,
+a release whose manager the Go proxy refuses runs on a stand-in that says so.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client as k8s_client
+from real_cluster import real_control_plane
+from release_files import SessionReleaseFiles, session_release_files
+
+from e2e import checks, kserve
+from e2e.apply import Applier
+from e2e.availability import in_ci, unavailable
+from e2e.cluster.local import SERVING_CERT_DEVIATION, LocalCluster
+from e2e.errors import HarnessError, WorkloadUnavailable
+from e2e.local import binaries, manager
+from e2e.local.manager import ManagerExited, container_env, remap_manager_args
+from e2e.local.played import PlayedContainer, pod_upstream, port_free
+from e2e.local.processes import free_loopback_port
+from e2e.manifests import load_release_manifest
+from e2e.matrix import DEFAULT_MATRIX_FILE, load_matrix
+from e2e.results import CellResult, CheckStatus
+from e2e.targets import ServiceTarget
+from e2e.tokens import mint_token
+
+REPO = Path(__file__).resolve().parents[1]
+RELEASE = "v0.20.0"
+SHIPPED_MANAGER_ARGS = ["--metrics-addr=127.0.0.1:8080", "--leader-elect"]
+
+
+# -- the pieces ------------------------------------------------------------------------------
+
+
+def test_kserves_manager_args_get_loopback_ports_and_lose_leader_election() -> None:
+    args, notes, ports = remap_manager_args(SHIPPED_MANAGER_ARGS, metrics_port=1001, webhook_port=1002, probe_port=1003)
+    assert args == [
+        "--metrics-addr=127.0.0.1:1001",
+        "--webhook-port=1002",
+        "--health-probe-addr=127.0.0.1:1003",
+    ]
+    assert ports == {8080: 1001, 9443: 1002, 8081: 1003}
+    assert notes[0] == "--metrics-addr: 127.0.0.1:8080 -> 127.0.0.1:1001"
+    assert notes[1].startswith("--leader-elect: removed")
+    assert "--webhook-port: (absent, default 9443) -> 1002" in notes
+
+
+def test_a_release_without_a_probe_flag_gets_none_and_separate_values_are_rewritten() -> None:
+    args, _, ports = remap_manager_args(
+        ["--metrics-addr", ":9090", "--leader-elect=true", "--webhook-port", "9444", "--zap-log-level=debug"],
+        metrics_port=1,
+        webhook_port=2,
+        probe_port=None,
+    )
+    assert args == ["--metrics-addr=127.0.0.1:1", "--webhook-port=2", "--zap-log-level=debug"]
+    assert ports == {9090: 1, 9444: 2}
+
+
+def test_container_env_plays_values_and_the_downward_api_and_notes_the_rest() -> None:
+    container = k8s_client.V1Container(
+        name="manager",
+        env=[
+            k8s_client.V1EnvVar(
+                name="POD_NAMESPACE",
+                value_from=k8s_client.V1EnvVarSource(
+                    field_ref=k8s_client.V1ObjectFieldSelector(field_path="metadata.namespace")
+                ),
+            ),
+            k8s_client.V1EnvVar(name="SECRET_NAME", value="kserve-webhook-server-cert"),
+            k8s_client.V1EnvVar(
+                name="FROM_SECRET",
+                value_from=k8s_client.V1EnvVarSource(secret_key_ref=k8s_client.V1SecretKeySelector(name="s", key="k")),
+            ),
+        ],
+    )
+    env, notes = container_env(container, namespace="kserve", pod_name="p", service_account="sa")
+    assert env == {"POD_NAMESPACE": "kserve", "SECRET_NAME": "kserve-webhook-server-cert"}
+    assert notes == ["env FROM_SECRET: not set (its valueFrom is not played here)"]
+
+
+def _played(addresses: dict[int, str]) -> PlayedContainer:
+    runner: Any = None  # not started: only the pod's port map matters here
+    return PlayedContainer("kserve", "controller", "manager", "img", (), {}, {}, runner, "manager", addresses)
+
+
+def test_the_upstream_is_remapped_only_where_it_names_a_port_of_the_pod() -> None:
+    pod = [_played({8080: "127.0.0.1:40001"})]
+    assert pod_upstream(pod, ("kserve", "controller"), "http://127.0.0.1:8080/") == "http://127.0.0.1:40001/"
+    assert pod_upstream(pod, ("kserve", "controller"), "http://localhost:8080/metrics") == (
+        "http://127.0.0.1:40001/metrics"
+    )
+    # A port nothing in the pod listens on, another pod, another host: exactly as given.
+    assert pod_upstream(pod, ("kserve", "controller"), "http://127.0.0.1:8081/") is None
+    assert pod_upstream(pod, ("kserve", "other"), "http://127.0.0.1:8080/") is None
+    assert pod_upstream(pod, ("kserve", "controller"), "http://metrics.example:8080/") is None
+    assert port_free("--upstream: http://127.0.0.1:8080/ -> http://127.0.0.1:40001/") == (
+        "--upstream: http://127.0.0.1:8080/ -> http://<the process playing that port>/"
+    )
+
+
+def test_manager_images_are_recognised_by_repository() -> None:
+    assert manager.is_manager_image("kserve/kserve-controller:v0.14.0")
+    assert manager.is_manager_image("registry.example/mirror/kserve-controller:v0.20.0")
+    assert not manager.is_manager_image("kserve/kserve-localmodel-controller:v0.14.0")
+    assert not manager.is_manager_image("quay.io/brancz/kube-rbac-proxy:v0.18.0")
+
+
+def test_a_refused_release_is_unavailable_with_the_proxys_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    answer = "github.com/kserve/kserve@v0.18.0: the Go module proxy does not serve it (reading ...: 403 Forbidden)"
+    monkeypatch.setattr(binaries, "locate", lambda component, version=None: None)
+    monkeypatch.setattr(binaries, "buildable", lambda component, version=None: (False, answer))
+    with pytest.raises(WorkloadUnavailable, match=r"kserve-manager v0\.18\.0 unavailable: .*403 Forbidden"):
+        manager.manager_binary_for("kserve/kserve-controller:v0.18.0")
+
+
+def new_cell() -> CellResult:
+    return CellResult("c", "local", RELEASE, "quay-v0.22.1", "quay.io/brancz/kube-rbac-proxy:v0.22.1", "1.34")
+
+
+RECONCILES = (
+    "# TYPE controller_runtime_reconcile_total counter\n"
+    'controller_runtime_reconcile_total{{controller="inferenceservice",result="success"}} {count}\n'
+)
+
+
+def test_metrics_content_waits_for_the_first_reconciles() -> None:
+    answers = iter([RECONCILES.format(count=0), RECONCILES.format(count=0), RECONCILES.format(count=6)])
+    result = checks.check_metrics_content(
+        new_cell(), RECONCILES.format(count=0), refetch=lambda: next(answers), wait_s=10
+    )
+    assert result.status is CheckStatus.PASS, result.detail
+    assert "total 6" in result.detail
+
+
+def test_metrics_content_fails_when_nothing_was_reconciled() -> None:
+    body = RECONCILES.format(count=0)
+    result = checks.check_metrics_content(new_cell(), body, refetch=lambda: body, wait_s=0.5)
+    assert result.status is CheckStatus.FAIL
+    assert "is 0 (read again for up to 0s): the controller reconciled no InferenceService" in result.detail
+
+
+def test_a_stand_ins_output_is_labelled_in_the_result() -> None:
+    from e2e.local.metrics_upstream import MetricsUpstream
+
+    body = MetricsUpstream(stand_in_reason="kserve-manager v0.18.0 unavailable: 403").body().decode()
+    result = checks.check_metrics_content(new_cell(), body)
+    assert result.status is CheckStatus.PASS
+    assert result.detail.startswith("STAND-IN RESULT, not KServe's manager (kserve-manager v0.18.0 unavailable: 403)")
+    assert result.evidence[0].startswith("served by kserve-compat's stand-in")
+
+
+# -- KServe v0.20.0 on a real control plane, its controller pod played ------------------------
+
+
+@dataclass
+class Installed:
+    cluster: LocalCluster
+    api: k8s_client.ApiClient
+    installation: kserve.Installation
+    sync_notes: list[str]
+    samples: list[str]
+
+
+def _need(component: str, version: str) -> Path:
+    """The binary, built first in CI (as the provider builds a manager on first use); a
+    missing one skips the test elsewhere, and fails it in CI if it cannot be built."""
+    try:
+        return binaries.ensure(component, version, build=in_ci())
+    except HarnessError as exc:
+        unavailable(f"{component} {version}: {exc}")
+
+
+@pytest.fixture(scope="module")
+def installed(release_files: SessionReleaseFiles) -> Iterator[Installed]:
+    _need(binaries.KSERVE_MANAGER, RELEASE)
+    _need(binaries.PROXY, "v0.18.0")
+    release = load_matrix().release(RELEASE)
+    manifest = load_release_manifest(release, release_files)
+    assert release.runtimes_file is not None
+    runtimes = list(load_release_manifest(release, release_files, release.runtimes_file).documents)
+    cert_manager = [d for d in yaml.safe_load_all(release_files.cert_manager_crds("v1.16.1")) if d]
+    with real_control_plane(with_controllers=True) as plane, plane.api_client() as api:
+        cluster = LocalCluster(plane, "manager-test")
+        notes: list[str] = []
+        try:
+            kserve.install_cert_manager(api, cert_manager)
+            installation = kserve.install_kserve(
+                api,
+                release,
+                manifest.documents,
+                runtimes,
+                controller_runs=False,
+                wait_for_controller=lambda: notes.extend(cluster.sync_workloads()),
+            )
+            samples = kserve.deploy_inference_services(api, release, kserve.sample_inference_services())
+            yield Installed(cluster, api, installation, notes, samples)
+            # InferenceServices carry the controller's finalizer: delete them while it runs.
+            custom = k8s_client.CustomObjectsApi(api)
+            for name in samples:
+                custom.delete_namespaced_custom_object(
+                    kserve.ISVC_GROUP, kserve.ISVC_VERSION, kserve.SAMPLES_NAMESPACE, kserve.ISVC_PLURAL, name
+                )
+        finally:
+            cluster.delete()
+
+
+@pytest.mark.needs_binaries
+@pytest.mark.slow
+def test_the_manager_runs_with_the_deployments_args_remapped(installed: Installed) -> None:
+    prefix = "kserve/kserve-controller-manager/manager: "
+    assert prefix + "--metrics-addr: 127.0.0.1:8080 -> a loopback port" in installed.sync_notes
+    assert any(n.startswith(prefix + "--leader-elect: removed") for n in installed.sync_notes)
+    assert (
+        "kserve/kserve-controller-manager/kube-rbac-proxy: --upstream: http://127.0.0.1:8080/ -> "
+        "http://<the process playing that port>/" in installed.sync_notes
+    )
+    assert (
+        installed.cluster.last_sync.started[0]
+        == f"kserve/kserve-controller-manager/manager as kserve-manager {RELEASE}"
+    )
+
+
+@pytest.mark.needs_binaries
+@pytest.mark.slow
+def test_the_webhooks_stay_and_point_at_the_played_manager(installed: Installed) -> None:
+    admission = k8s_client.AdmissionregistrationV1Api(installed.api)
+    configurations = [
+        *admission.list_validating_webhook_configuration().items,
+        *admission.list_mutating_webhook_configuration().items,
+    ]
+    webhooks = [w for c in configurations for w in c.webhooks or []]
+    assert len(webhooks) == 7  # as shipped: none removed
+    ca = base64.b64encode(installed.cluster.control_plane.ca_file.read_bytes()).decode()
+    for webhook in webhooks:
+        assert webhook.client_config.service is None
+        assert webhook.client_config.url.startswith("https://127.0.0.1:"), webhook.client_config.url
+        assert webhook.client_config.ca_bundle == ca
+    deviations = installed.cluster.info.deviations
+    assert SERVING_CERT_DEVIATION in deviations
+    assert any(
+        d.startswith(
+            "admission webhooks of Service kserve/kserve-webhook-server-service (7): clientConfig "
+            "points at the played manager"
+        )
+        for d in deviations
+    )
+    assert not any("removed" in d for d in deviations + installed.installation.deviations)
+
+
+@pytest.mark.needs_binaries
+@pytest.mark.slow
+def test_the_api_server_calls_the_real_webhooks(installed: Installed) -> None:
+    # KServe's validator rejects what the API server alone would accept.
+    (sample, *_) = [d for d in kserve.sample_inference_services() if d["kind"] == "InferenceService"]
+    bad = json.loads(json.dumps(sample))
+    bad["metadata"]["name"] = "1-iris"
+    with pytest.raises(k8s_client.ApiException) as rejected:
+        k8s_client.CustomObjectsApi(installed.api).create_namespaced_custom_object(
+            kserve.ISVC_GROUP, kserve.ISVC_VERSION, kserve.SAMPLES_NAMESPACE, kserve.ISVC_PLURAL, bad
+        )
+    assert "admission webhook" in str(rejected.value.body) and "denied the request" in str(rejected.value.body)
+
+
+@pytest.mark.needs_binaries
+@pytest.mark.slow
+def test_the_samples_are_reconciled_and_ready_from_kserve(installed: Installed) -> None:
+    for name in installed.samples:
+        isvc = kserve.wait_inference_service_ready(installed.api, kserve.SAMPLES_NAMESPACE, name, timeout_s=120)
+        conditions = {c["type"]: c["status"] for c in isvc["status"]["conditions"]}
+        assert conditions["PredictorReady"] == "True"
+    pods = k8s_client.CoreV1Api(installed.api).list_namespaced_pod(kserve.SAMPLES_NAMESPACE).items
+    assert pods and all(p.status.phase == "Running" for p in pods)  # kwok, on its fake node
+    # KServe's pod mutator (/mutate-pods) injected the storage initializer.
+    assert all("storage-initializer" in [c.name for c in p.spec.init_containers or []] for p in pods)
+
+
+@pytest.mark.needs_binaries
+@pytest.mark.slow
+def test_metrics_through_the_proxy_come_from_the_real_manager(installed: Installed) -> None:
+    api = installed.api
+    Applier(api).apply(kserve.load_documents(kserve.MANIFESTS_DIR / "metrics-access.yaml"))
+    profile = load_matrix().release(RELEASE).profile
+    cell = new_cell()
+    with installed.cluster.endpoint(
+        ServiceTarget(profile.namespace, profile.metrics_service, profile.metrics_port)
+    ) as address:
+        results = checks.check_metrics_auth(
+            cell,
+            f"https://{address}/metrics",
+            metrics_reader_token=mint_token(api, "kserve-compat", "metrics-reader"),
+            no_access_token=mint_token(api, "kserve-compat", "no-access"),
+        )
+    assert all(r.status is CheckStatus.PASS for r in results), [(r.name, r.detail) for r in results]
+    content = results[-1]
+    assert "STAND-IN" not in content.detail
+    assert int(content.detail.rsplit("total ", 1)[1].rstrip(")")) > 0
+    # Families only the real manager has: its webhook server and its serving certificate.
+    assert "certwatcher_read_certificate" in content.evidence[1]
+    assert "controller_runtime_webhook_requests" in content.evidence[1]
+
+
+@pytest.mark.needs_binaries
+@pytest.mark.slow
+def test_a_manager_that_exits_is_an_error_with_its_exit_code_and_last_lines(installed: Installed) -> None:
+    cluster = installed.cluster
+    (played,) = [p for p in cluster._played.values() if p.role == "manager"]
+    os.kill(played.runner.process.pid, signal.SIGKILL)  # type: ignore[attr-defined]
+    played.runner.process._popen.wait(timeout=10)  # type: ignore[attr-defined]
+    profile = load_matrix().release(RELEASE).profile
+    with (
+        pytest.raises(ManagerExited, match=r"manager .* exited with code -9") as exited,
+        cluster.endpoint(ServiceTarget(profile.namespace, profile.metrics_service, profile.metrics_port)),
+    ):
+        pass
+    assert exited.value.evidence[0] == "exit code -9"
+    assert any("Starting" in line or "controller" in line for line in exited.value.evidence[1:])
+    cluster.sync_workloads()  # like a kubelet, the next sync starts it again
+    assert f"kserve/kserve-controller-manager/manager as kserve-manager {RELEASE}" in cluster.last_sync.started
+
+
+# -- whole cells ---------------------------------------------------------------------------
+
+
+def run_scenarios(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, dict[str, Any]]:
+    reports = tmp_path / "reports"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "--provider",
+            "local",
+            "--reports-dir",
+            str(reports),
+            "scenarios/test_fresh_install.py",
+            *args,
+        ],
+        cwd=REPO,
+        env={
+            **os.environ,
+            "KSERVE_COMPAT_MANIFEST_DIR": str(session_release_files().offline_directory()),
+            **(env or {}),
+        },
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    output = completed.stdout + completed.stderr
+    results = json.loads((reports / "report.json").read_text()) if (reports / "report.json").exists() else []
+    assert len(results) == 1, output[-3000:]
+    return completed.returncode, output, results[0]
+
+
+def checks_of(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in result["checks"]}
+
+
+@pytest.mark.needs_binaries
+@pytest.mark.slow
+def test_a_proxy_whose_upstream_is_a_closed_port_fails_its_metrics_checks(tmp_path: Path) -> None:
+    """Before the manager was played, every upstream was rewritten to the stand-in, so this
+    cell passed; now the proxy keeps its closed upstream and answers 502."""
+    _need(binaries.KSERVE_MANAGER, RELEASE)
+    _need(binaries.PROXY, "v0.22.1")
+    closed = free_loopback_port()
+    raw = yaml.safe_load(DEFAULT_MATRIX_FILE.read_text())
+    raw["variants"].append(
+        {
+            "name": "closed-upstream",
+            "description": "--upstream at a port nothing listens on",
+            "args_drop": ["--upstream=http://127.0.0.1:8080/"],
+            "args_add": [f"--upstream=http://127.0.0.1:{closed}/"],
+        }
+    )
+    matrix_file = tmp_path / "matrix.yaml"
+    matrix_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    code, output, result = run_scenarios(
+        tmp_path,
+        "--matrix",
+        str(matrix_file),
+        "--kserve",
+        RELEASE,
+        "--proxy",
+        "quay-v0.22.1",
+        "--variant",
+        "closed-upstream",
+        "--cell",
+        f"kserve-{RELEASE}--quay-v0.22.1--k8s-1.34--closed-upstream",
+    )
+    assert result["verdict"] == "fail", output[-3000:]
+    found = checks_of(result)
+    assert found["metrics-authorized"]["status"] == "fail"
+    assert found["metrics-authorized"]["detail"] == "metrics-reader token: expected 200, got 502"
+    assert found["metrics-content"]["status"] == "skipped"
+    # Kept exactly as the Deployment says: no remap note for it.
+    assert not any(f"--upstream: http://127.0.0.1:{closed}/ ->" in note for note in result["notes"])
+    assert code != 0
+
+
+@pytest.mark.needs_binaries
+@pytest.mark.slow
+def test_a_manager_that_exits_at_start_makes_the_cell_an_error(tmp_path: Path) -> None:
+    _need(binaries.PROXY, "v0.18.0")
+    fake = tmp_path / "kserve-manager"
+    fake.write_text(
+        "#!/bin/sh\necho 'setup: unable to get configmap inferenceservice-config'\necho 'giving up'\nexit 3\n"
+    )
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    code, output, result = run_scenarios(
+        tmp_path,
+        "--kserve",
+        RELEASE,
+        "--proxy",
+        "quay-v0.18.0",
+        env={binaries.env_var(binaries.KSERVE_MANAGER, RELEASE): str(fake)},
+    )
+    assert result["verdict"] == "error", output[-3000:]
+    assert "manager (kserve-manager v0.20.0) exited with code 3 at start" in result["reason"]
+    install = checks_of(result)["install"]
+    assert "exit code 3" in install["evidence"] and "giving up" in install["evidence"]
+    assert code != 0
+
+
+@pytest.mark.needs_binaries
+@pytest.mark.slow
+def test_a_release_whose_manager_is_refused_runs_on_a_labelled_stand_in(tmp_path: Path) -> None:
+    """KServe v0.18.0's module is refused by the Go proxy (403): its cell falls back to the
+    stand-in, and every report says which results are a stand-in's."""
+    _need(binaries.PROXY, "v0.22.1")
+    reason = binaries.buildable(binaries.KSERVE_MANAGER, "v0.18.0")
+    if reason[0]:
+        pytest.skip("kserve-manager v0.18.0 exists here: no fallback to show")
+    code, output, result = run_scenarios(tmp_path, "--kserve", "v0.18.0", "--proxy", "quay-v0.22.1")
+    content = checks_of(result)["metrics-content"]
+    assert content["status"] == "pass", output[-3000:]
+    assert content["detail"].startswith("STAND-IN RESULT, not KServe's manager (kserve-manager v0.18.0 unavailable")
+    deviations = " ".join(result["deviations"])
+    assert "metrics-content and metrics-scrape are stand-in results" in deviations
+    assert "admission webhooks of Service kserve/kserve-webhook-server-service removed" in deviations
+    markdown = (tmp_path / "reports" / "report.md").read_text()
+    assert "stand-in results" in markdown and "STAND-IN RESULT" in (tmp_path / "reports" / "junit.xml").read_text()
+    assert code == 0, output[-3000:]
