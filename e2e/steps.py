@@ -33,6 +33,11 @@ def _install(cell: MatrixCell, context: PlanContext) -> list[str]:
         _prometheus(context),
         f"install {cert_manager}",
     ]
+    if context.provider == "local":
+        lines.append(
+            f"the controller's manager container played by KServe {release.version}'s own manager binary "
+            "(the labelled stand-in where the Go proxy refuses the release); its webhooks pointed at it"
+        )
     if context.local_images:
         lines.append(
             f"the controller image of KServe {release.version} built from its cmd/manager and loaded; "
