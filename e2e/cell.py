@@ -183,13 +183,29 @@ class CellRun:
             )
 
     def check_inference(self) -> None:
+        """Each sample, once KServe reports it Ready, answers through its predictor; one
+        KServe never makes Ready fails with KServe's condition messages as evidence."""
         cluster = self._cluster()
         for name, protocol in SAMPLE_MODELS:
             if cluster.serving_unavailable:
                 checks.record_inference_not_checked(self.result, protocol, cluster.serving_unavailable)
                 continue
-            with kserve.inference_endpoint(cluster.provider, kserve.SAMPLES_NAMESPACE, name) as address:
-                checks.check_inference(self.result, f"http://{address}", name, protocol)
+            try:
+                with self._inference_endpoint(name) as address:
+                    checks.check_inference(self.result, f"http://{address}", name, protocol)
+            except kserve.InferenceServiceNotReady as exc:
+                checks.record_inference_not_ready(self.result, protocol, str(exc), exc.evidence)
+            except WorkloadUnavailable as exc:  # e.g. no model server of this release here
+                checks.record_inference_not_checked(self.result, protocol, str(exc))
+
+    def _inference_endpoint(self, name: str) -> contextlib.AbstractContextManager[str]:
+        return kserve.inference_endpoint(
+            self._cluster().provider,
+            kserve.SAMPLES_NAMESPACE,
+            name,
+            timeout_s=self.harness.options.rollout_timeout_s,
+            failure_evidence=kserve.controller_denied(self._cluster().provider, self.cell.release.profile),
+        )
 
     def check_token_leak(self) -> None:
         """Search the proxy's logs (current and previous) for the tokens the checks and the
@@ -218,7 +234,7 @@ class CellRun:
             if cluster.serving_unavailable:
                 self.result.notes.append(f"migration probed metrics only: {cluster.serving_unavailable}")
             for name, protocol in [] if cluster.serving_unavailable else SAMPLE_MODELS:
-                address = stack.enter_context(kserve.inference_endpoint(provider, kserve.SAMPLES_NAMESPACE, name))
+                address = stack.enter_context(self._inference_endpoint(name))
                 models.append(checks.InferenceTarget(f"http://{address}", name, protocol))
             prober = checks.MetricsProber(f"https://{metrics}/metrics", cluster.access.metrics_reader_token, models)
             prober.start()

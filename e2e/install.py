@@ -171,6 +171,7 @@ class Installer:
             wait_for_controller=controller_rollout,
         )
         cluster.deviations += installation.deviations
+        cluster.serving_unavailable = cluster.serving_unavailable or provider.why_nothing_serves()
         cluster.manifest = manifest
         cluster.proxy_image = proxy_image_of(patch)
 

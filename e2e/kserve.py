@@ -28,7 +28,9 @@ from e2e.labels import label_selector
 from e2e.manifests import load_yaml_documents
 from e2e.matrix import ControllerProfile, KServeRelease, version_key
 from e2e.rollout import wait_for_rollout
+from e2e.secrets import redact
 from e2e.targets import ServiceTarget
+from e2e.text import one_line
 
 log = logging.getLogger(__name__)
 
@@ -279,10 +281,15 @@ def wait_inference_service_ready(
     timeout_s: float = 600,
     failure_evidence: Callable[[], list[str] | None] | None = None,
 ) -> dict[str, Any]:
-    """Watch the InferenceService until its ``Ready`` condition is True; fail fast on broken pods."""
+    """Watch the InferenceService until its ``Ready`` condition is True.
+
+    Fails fast when KServe's own condition says RBAC denied it (that does not heal by
+    waiting), or when ``failure_evidence`` finds some; KServe's condition messages are the
+    evidence of a timeout."""
     custom = k8s_client.CustomObjectsApi(api)
     deadline = time.monotonic() + timeout_s
     last_seen = "no status yet"
+    messages: list[str] = []  # KServe's own words on the conditions that are not True
     while time.monotonic() < deadline:
         stream = watch.Watch()
         for event in stream.stream(
@@ -298,27 +305,58 @@ def wait_inference_service_ready(
             conditions = {c.get("type"): c for c in obj.get("status", {}).get("conditions", [])}
             ready = conditions.get("Ready", {})
             last_seen = ", ".join(f"{t}={c.get('status')}" for t, c in sorted(conditions.items())) or last_seen
+            messages = [
+                f"{t}={c.get('status')} ({c.get('reason', 'no reason')}): {c.get('message', 'no message')}"
+                for t, c in sorted(conditions.items())
+                if c.get("status") != "True"
+            ]
             if ready.get("status") == "True":
                 stream.stop()
                 log.info("InferenceService %s/%s is Ready", namespace, name)
                 return dict(obj)
+            denied = [message for message in messages if "forbidden" in message]
+            if denied:
+                stream.stop()
+                raise InferenceServiceNotReady(f"InferenceService {namespace}/{name}: {denied[-1]}", messages)
         evidence = failure_evidence() if failure_evidence else None
         if evidence:
             raise InferenceServiceNotReady(f"InferenceService {namespace}/{name}: {evidence[0]}", evidence)
         log.info("waiting for InferenceService %s/%s to be Ready (last seen: %s)", namespace, name, last_seen)
     raise InferenceServiceNotReady(
-        f"InferenceService {namespace}/{name} not Ready after {timeout_s:.0f}s (last seen: {last_seen})"
+        f"InferenceService {namespace}/{name} not Ready after {timeout_s:.0f}s (last seen: {last_seen})",
+        messages or [f"InferenceService {namespace}/{name}: {last_seen}"],
     )
 
 
-def inference_endpoint(provider: ClusterProvider, namespace: str, name: str) -> contextlib.AbstractContextManager[str]:
-    """``host:port`` that answers the InferenceService's inference protocol.
+def controller_denied(provider: ClusterProvider, profile: ControllerProfile) -> Callable[[], list[str] | None]:
+    """Evidence that RBAC denies the KServe controller (its own log lines saying
+    ``forbidden``), or None: a fail-fast probe for waits that cannot end while it lasts."""
 
-    Where a kubelet runs the model's pods (kind): wait until the InferenceService is Ready,
-    then reach its predictor Service. Without one (the local tier) the provider's own model
-    server stands in (``ClusterProvider.inference_endpoint``).
-    """
-    if not provider.runs_pods:
-        return provider.inference_endpoint(namespace, name)
-    isvc = wait_inference_service_ready(provider.api_client(), namespace, name)
+    def probe() -> list[str] | None:
+        selector = controller_pod_selector_of(provider.api_client(), profile.namespace, profile.deployment)
+        logs = provider.container_logs(profile.namespace, selector, profile.manager_container)
+        denied = [one_line(redact(line))[:400] for line in logs.splitlines() if "forbidden" in line]
+        if not denied:
+            return None
+        return [f"the KServe controller is denied by RBAC ({len(denied)} log lines say forbidden)", *denied[-3:]]
+
+    return probe
+
+
+def inference_endpoint(
+    provider: ClusterProvider,
+    namespace: str,
+    name: str,
+    *,
+    timeout_s: float = 600,
+    failure_evidence: Callable[[], list[str] | None] | None = None,
+) -> contextlib.AbstractContextManager[str]:
+    """``host:port`` that answers the InferenceService's inference protocol: once KServe
+    says it is Ready, its predictor Service (on kind the kubelet's pods behind it; locally
+    the processes that play them). ``InferenceServiceNotReady`` carries KServe's condition
+    messages when it never gets there."""
+    isvc = wait_inference_service_ready(
+        provider.api_client(), namespace, name, timeout_s=timeout_s, failure_evidence=failure_evidence
+    )
+    provider.sync_workloads()  # locally: play the predictor pods KServe created (kind: nothing to do)
     return provider.endpoint(predictor_service(isvc))

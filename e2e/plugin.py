@@ -20,7 +20,6 @@ and register none of them again (pytest would refuse to start).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from collections.abc import Generator, Iterator
@@ -268,25 +267,9 @@ def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
     try:
         install_signal_handlers()  # from the main thread, before clusters start in the background
         run.prepare_first()
-        with _inference_stand_in(run):
-            yield run
+        yield run
     finally:
-        run.close()  # also when the model server fails to start, or on Ctrl-C
-
-
-def _inference_stand_in(run: Harness) -> contextlib.AbstractContextManager[None]:
-    """Locally, one KServe model server for the whole run (see README: honest labels)."""
-    if run.options.provider != "local":
-        return contextlib.nullcontext()
-    from e2e.local.model_server import iris_model_server
-
-    @contextlib.contextmanager
-    def serving() -> Iterator[None]:
-        with iris_model_server() as server:
-            run.factory.model_server = server  # type: ignore[attr-defined]
-            yield
-
-    return serving()
+        run.close()  # also on Ctrl-C
 
 
 @pytest.hookimpl(hookwrapper=True)

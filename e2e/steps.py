@@ -132,7 +132,10 @@ check_metrics_scrape = Step(
 check_inference = Step(
     "check-inference",
     CellRun.check_inference,
-    lambda cell, context: ["v1 + v2 predictions of sklearn-iris ([1, 1])"],
+    lambda cell, context: [
+        "wait for KServe's Ready condition of each sample (fail fast, with its messages, when RBAC denies it)",
+        "v1 + v2 predictions of sklearn-iris ([1, 1]) through its predictor Service",
+    ],
 )
 
 check_token_leak = Step(

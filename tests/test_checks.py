@@ -4,8 +4,8 @@ The HTTPS server here is a stand-in for "an HTTPS endpoint answering X": it answ
 status codes per bearer token so that each check's verdict, detail and evidence can be
 tested. It is not kube-rbac-proxy; the end-to-end run against the real proxy binary is a
 scenario. Likewise the inference server is a stand-in that answers the v1/v2 shapes of KServe's
-own e2e (kserve/kserve test/e2e/predictor/test_sklearn.py); the real KServe model server is
-tested in tests/test_model_server.py.
+own e2e (kserve/kserve test/e2e/predictor/test_sklearn.py); the checks against a release's
+real sklearnserver are in tests/test_sklearnserver.py.
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ import pytest
 
 from e2e import kserve
 from e2e.cluster.provider import ClusterInfo, ClusterProvider
-from e2e.errors import HarnessError
 from e2e.targets import ServiceTarget
 
 CLUSTER = Path(__file__).resolve().parent.parent / "e2e" / "cluster"
@@ -63,18 +62,18 @@ class _Provider(ClusterProvider):
     def delete(self) -> None: ...
 
 
-def test_with_a_kubelet_the_predictor_service_is_reached_once_ready(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("runs_pods", [True, False])
+def test_the_predictor_service_is_reached_once_kserve_says_ready(
+    monkeypatch: pytest.MonkeyPatch, runs_pods: bool
+) -> None:
+    """Both tiers: on kind the kubelet's pods are behind the Service, locally the processes
+    that play them; the harness asks the provider for the Service either way."""
     isvc = {
         "metadata": {"namespace": "samples", "name": "iris"},
         "status": {"address": {"url": "http://iris-predictor.samples.svc.cluster.local"}},
     }
-    monkeypatch.setattr(kserve, "wait_inference_service_ready", lambda api, namespace, name: isvc)
-    provider = _Provider(runs_pods=True)
+    monkeypatch.setattr(kserve, "wait_inference_service_ready", lambda api, namespace, name, **_: isvc)
+    provider = _Provider(runs_pods=runs_pods)
     with kserve.inference_endpoint(provider, "samples", "iris") as address:
         assert address == "127.0.0.1:8080"
     assert provider.reached == [ServiceTarget("samples", "iris-predictor", 80)]
-
-
-def test_without_a_kubelet_the_provider_must_serve_the_model_itself() -> None:
-    with pytest.raises(HarnessError, match="runs no model server of its own"):
-        kserve.inference_endpoint(_Provider(runs_pods=False), "samples", "iris")

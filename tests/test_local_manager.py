@@ -12,35 +12,41 @@ a release whose manager the Go proxy refuses runs on a stand-in that says so.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
+import tenacity
 import yaml
 from kubernetes import client as k8s_client
+from prometheus_client.parser import text_string_to_metric_families
 from real_cluster import real_control_plane
 from release_files import SessionReleaseFiles, session_release_files
 
 from e2e import checks, kserve
 from e2e.apply import Applier
 from e2e.availability import in_ci, unavailable
+from e2e.checks.metrics import RECONCILE_METRIC
 from e2e.cluster.local import SERVING_CERT_DEVIATION, LocalCluster
 from e2e.errors import HarnessError, WorkloadUnavailable
-from e2e.local import binaries, manager
+from e2e.install import SAMPLE_MODELS
+from e2e.local import binaries, manager, sklearnserver
 from e2e.local.manager import ManagerExited, container_env, remap_manager_args
 from e2e.local.played import PlayedContainer, pod_upstream, port_free
 from e2e.local.processes import free_loopback_port
 from e2e.manifests import load_release_manifest
 from e2e.matrix import DEFAULT_MATRIX_FILE, load_matrix
-from e2e.results import CellResult, CheckStatus
+from e2e.results import CellResult, CheckStatus, Verdict
 from e2e.targets import ServiceTarget
 from e2e.tokens import mint_token
 
@@ -192,6 +198,30 @@ def _need(component: str, version: str) -> Path:
 
 @pytest.fixture(scope="module")
 def installed(release_files: SessionReleaseFiles) -> Iterator[Installed]:
+    with _install(release_files, "manager-test") as found:
+        yield found
+
+
+def _without_creating_deployments(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The release's documents with the right to create Deployments taken from its
+    ClusterRoles (reading them stays: the manager's caches and webhooks need that)."""
+    documents = json.loads(json.dumps(documents))
+    for doc in documents:
+        if doc.get("kind") == "ClusterRole":
+            for rule in doc.get("rules") or []:
+                if "deployments" in rule.get("resources", []):
+                    rule["verbs"] = [v for v in rule.get("verbs", []) if v not in ("create", "*")]
+    return documents
+
+
+@contextlib.contextmanager
+def _install(
+    release_files: SessionReleaseFiles,
+    name: str,
+    edit: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] = list,
+) -> Iterator[Installed]:
+    """KServe installed as the local tier installs it (``edit`` may change its documents),
+    the samples applied; the InferenceServices deleted while the manager still runs."""
     _need(binaries.KSERVE_MANAGER, RELEASE)
     _need(binaries.PROXY, "v0.18.0")
     release = load_matrix().release(RELEASE)
@@ -200,14 +230,14 @@ def installed(release_files: SessionReleaseFiles) -> Iterator[Installed]:
     runtimes = list(load_release_manifest(release, release_files, release.runtimes_file).documents)
     cert_manager = [d for d in yaml.safe_load_all(release_files.cert_manager_crds("v1.16.1")) if d]
     with real_control_plane(with_controllers=True) as plane, plane.api_client() as api:
-        cluster = LocalCluster(plane, "manager-test")
+        cluster = LocalCluster(plane, name)
         notes: list[str] = []
         try:
             kserve.install_cert_manager(api, cert_manager)
             installation = kserve.install_kserve(
                 api,
                 release,
-                manifest.documents,
+                edit(list(manifest.documents)),
                 runtimes,
                 controller_runs=False,
                 wait_for_controller=lambda: notes.extend(cluster.sync_workloads()),
@@ -317,6 +347,122 @@ def test_metrics_through_the_proxy_come_from_the_real_manager(installed: Install
     # Families only the real manager has: its webhook server and its serving certificate.
     assert "certwatcher_read_certificate" in content.evidence[1]
     assert "controller_runtime_webhook_requests" in content.evidence[1]
+
+
+@pytest.mark.needs_binaries
+@pytest.mark.slow
+def test_the_reconcile_counter_increases_when_kserve_reconciles_again(installed: Installed) -> None:
+    """Read through the proxy as the checks read it: the real manager's counter moves when
+    an InferenceService changes (a stand-in's would not)."""
+    api = installed.api
+    Applier(api).apply(kserve.load_documents(kserve.MANIFESTS_DIR / "metrics-access.yaml"))
+    token = mint_token(api, "kserve-compat", "metrics-reader")
+    profile = load_matrix().release(RELEASE).profile
+    target = ServiceTarget(profile.namespace, profile.metrics_service, profile.metrics_port)
+
+    def reconciles(address: str) -> float:
+        answer = requests.get(
+            f"https://{address}/metrics", headers={"Authorization": f"Bearer {token}"}, verify=False, timeout=5
+        )
+        answer.raise_for_status()
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(answer.text)
+            for sample in family.samples
+            if sample.name == RECONCILE_METRIC and sample.labels.get("controller") == "inferenceservice"
+        )
+
+    with installed.cluster.endpoint(target) as address:
+        kserve.wait_inference_service_ready(api, kserve.SAMPLES_NAMESPACE, installed.samples[0], timeout_s=120)
+        before = reconciles(address)
+        k8s_client.CustomObjectsApi(api).patch_namespaced_custom_object(
+            kserve.ISVC_GROUP,
+            kserve.ISVC_VERSION,
+            kserve.SAMPLES_NAMESPACE,
+            kserve.ISVC_PLURAL,
+            installed.samples[0],
+            {"metadata": {"annotations": {"kserve-compat/touched": "1"}}},
+        )
+        after = before
+        for attempt in tenacity.Retrying(
+            stop=tenacity.stop_after_delay(60), wait=tenacity.wait_fixed(0.5), reraise=True
+        ):
+            with attempt:
+                after = reconciles(address)
+                assert after > before, f"reconcile_total stayed at {after}"
+    assert before > 0 and after > before
+
+
+@pytest.mark.needs_binaries
+@pytest.mark.slow
+def test_the_predictor_pods_are_played_by_the_releases_sklearnserver(installed: Installed) -> None:
+    """Inference goes where KServe routes it: once the InferenceService is Ready, to its
+    predictor Service, behind which the release's own sklearnserver plays the pod."""
+    _need_sklearnserver()
+    for name, protocol in SAMPLE_MODELS:
+        with kserve.inference_endpoint(installed.cluster, kserve.SAMPLES_NAMESPACE, name, timeout_s=120) as address:
+            result = checks.check_inference(new_cell(), f"http://{address}", name, protocol)
+        assert result.status is CheckStatus.PASS, result.detail
+    played = [p for p in installed.cluster._played.values() if p.role == "model-server"]
+    assert sorted(p.deployment for p in played) == ["sklearn-iris-predictor", "sklearn-iris-v2-predictor"]
+    for server in played:
+        assert server.image == f"kserve/sklearnserver:{RELEASE}"
+        assert server.args == (
+            f"--model_name={server.deployment.removesuffix('-predictor')}",
+            "--model_dir=/mnt/models",
+            "--http_port=8080",
+        )
+    deviations = installed.cluster.info.deviations
+    placed = [d for d in deviations if "storage initializer not run" in d]
+    assert len(placed) == 2 and all(
+        f"played by sklearnserver {RELEASE} (python/ of github.com/kserve/kserve@{RELEASE})" in d
+        and "in place of gs://kfserving-examples/models/sklearn/1.0/model (not fetched)" in d
+        for d in placed
+    ), placed
+    assert not any("local KServe model server" in d for d in deviations)
+
+
+@pytest.mark.needs_binaries
+@pytest.mark.slow
+def test_a_manager_denied_by_rbac_leaves_the_model_not_ready_and_fails_inference_with_kserves_words(
+    release_files: SessionReleaseFiles,
+) -> None:
+    """KServe's own RBAC decides what its manager may do: without the right to create
+    Deployments the real controller cannot make the predictor, says so in the
+    InferenceService's conditions, and the inference check fails at once with those words."""
+    profile = load_matrix().release(RELEASE).profile
+    with _install(release_files, "rbac-test", _without_creating_deployments) as denied:
+        cell = new_cell()
+        with (
+            pytest.raises(kserve.InferenceServiceNotReady) as not_ready,
+            kserve.inference_endpoint(
+                denied.cluster,
+                kserve.SAMPLES_NAMESPACE,
+                "sklearn-iris",
+                timeout_s=120,
+                failure_evidence=kserve.controller_denied(denied.cluster, profile),
+            ),
+        ):
+            pass
+        checks.record_inference_not_ready(cell, "v1", str(not_ready.value), not_ready.value.evidence)
+    forbidden = (
+        'fails to reconcile predictor: deployments.apps is forbidden: User "system:serviceaccount:kserve:'
+        'kserve-controller-manager" cannot create resource "deployments"'
+    )
+    assert f"(ReconcileFailed): {forbidden}" in str(not_ready.value)
+    assert any(line.startswith(f"Ready=False (ReconcileFailed): {forbidden}") for line in not_ready.value.evidence)
+    assert cell.conclude() is Verdict.FAIL
+    assert cell.reason.startswith("inference-v1: InferenceService kserve-compat-samples/sklearn-iris: ")
+    assert not_ready.value.evidence == cell.checks[-1].evidence
+
+
+def _need_sklearnserver() -> None:
+    try:
+        sklearnserver.ensure_env(RELEASE)
+    except sklearnserver.SklearnServerUnavailable as exc:
+        if in_ci():
+            raise
+        unavailable(str(exc))
 
 
 @pytest.mark.needs_binaries

@@ -99,7 +99,7 @@ def test_fresh_install_grid_with_token_leak_findings(tmp_path: Path) -> None:
 
 def test_reports_never_contain_a_token(tmp_path: Path) -> None:
     code, output, _ = run_scenarios(
-        tmp_path, "scenarios/test_fresh_install.py", "--kserve", "v0.15.2", "--proxy", "quay-v0.18.0",
+        tmp_path, "scenarios/test_fresh_install.py", "--kserve", "v0.14.0", "--proxy", "quay-v0.18.0",
         "--junitxml", str(tmp_path / "pytest-junit.xml"),
     )
     assert code == 0, output[-3000:]
@@ -131,11 +131,11 @@ def test_release_shipping_the_retired_image_runs_with_a_served_one(tmp_path: Pat
 
 def test_migration_loses_no_inference_request(tmp_path: Path) -> None:
     code, output, results = run_scenarios(
-        tmp_path, "scenarios/test_migration.py", "--kserve", "v0.16.0", "--proxy", "quay-v0.22.1",
+        tmp_path, "scenarios/test_migration.py", "--kserve", "v0.20.0", "--proxy", "quay-v0.22.1",
     )
     assert code == 0, output[-3000:]
     (result,) = results
-    assert result["cell_id"] == "kserve-v0.16.0--quay-v0.22.1--k8s-1.34--migration"
+    assert result["cell_id"] == "kserve-v0.20.0--quay-v0.22.1--k8s-1.34--migration"
     statuses = checks_of(result)
     assert statuses["migration-inference-lost-requests"] == "pass"
     assert statuses["migration-metrics-outage"] == "pass"

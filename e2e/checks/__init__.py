@@ -24,6 +24,7 @@ from e2e.checks.inference import (
     infer_v2,
     predict_v1,
     record_inference_not_checked,
+    record_inference_not_ready,
 )
 from e2e.checks.metrics import check_metrics_auth, check_metrics_content
 from e2e.checks.migration import InferenceTarget, MetricsProber, check_probe
@@ -46,5 +47,6 @@ __all__ = [
     "infer_v2",
     "predict_v1",
     "record_inference_not_checked",
+    "record_inference_not_ready",
     "token_forms",
 ]

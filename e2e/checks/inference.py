@@ -110,3 +110,13 @@ def check_inference(
 def record_inference_not_checked(cell: CellResult, protocol: Protocol, reason: str) -> CheckResult:
     """``inference-v1`` / ``inference-v2`` could not run here (no model server image): skipped."""
     return cell.add(CheckResult(f"inference-{protocol}", CheckStatus.SKIPPED, reason))
+
+
+def record_inference_not_ready(
+    cell: CellResult, protocol: Protocol, message: str, evidence: Sequence[str]
+) -> CheckResult:
+    """``inference-v1`` / ``inference-v2``: KServe never reported the InferenceService
+    Ready, so nothing could be asked: a failure, with KServe's condition messages."""
+    return cell.add(
+        CheckResult(f"inference-{protocol}", CheckStatus.FAIL, one_line(message), evidence=list(evidence))
+    )

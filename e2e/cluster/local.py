@@ -15,7 +15,9 @@ runs, so the provider plays the containers the checks talk to:
   address moved to a free loopback port; the upstream only where it names a port of
   another container of the pod, which then is where that container's process listens);
 - each authenticates as the pod's ServiceAccount through a TokenRequest token;
-- inference is answered by a local KServe model server (see ``inference_endpoint``).
+- every predictor pod's ``kserve/sklearnserver`` container, once KServe created it, runs as
+  that release's own sklearnserver (``e2e/local/predictor.py``) with the args KServe
+  generated; the model its storage initializer would fetch is placed instead (recorded).
 
 ``sync_workloads`` reads the Deployments back from the API server, so the image patch is
 exercised for real: what runs is what the API server stored.
@@ -29,7 +31,8 @@ import itertools
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +40,8 @@ from kubernetes import client as k8s_client
 
 from e2e.cluster.provider import ClusterInfo, ClusterProvider, ProviderFactory, no_endpoint_change
 from e2e.errors import EnvironmentMissing, HarnessError, WorkloadFailed, WorkloadUnavailable
-from e2e.labels import parse_equality_selector, selects
-from e2e.local import binaries, prometheus, webhooks
+from e2e.labels import label_selector, parse_equality_selector, selects
+from e2e.local import binaries, predictor, prometheus, sklearnserver, webhooks
 from e2e.local.controlplane import ControlPlane, resolve_binaries
 from e2e.local.manager import (
     METRICS_FLAG,
@@ -65,6 +68,7 @@ from e2e.local.proxy_runner import (
     remap_ports,
 )
 from e2e.local.service_relay import ServiceRelay
+from e2e.local.sklearnserver import SklearnServerProcess, SklearnServerUnavailable, is_sklearnserver_image
 from e2e.scrape import ScrapeJob
 from e2e.secrets import redact
 from e2e.targets import ServiceTarget
@@ -74,8 +78,8 @@ log = logging.getLogger(__name__)
 
 DEVIATIONS = [
     "no kubelet: kwok marks pods Running on a fake node; the provider runs the controller pod's manager and "
-    "kube-rbac-proxy containers as processes (each restarts when its own spec changes, not with the whole pod)",
-    "inference is answered by a local KServe model server process, not by InferenceService pods",
+    "kube-rbac-proxy containers and the predictor pods' model servers as processes (each restarts when its own "
+    "spec changes, not with the whole pod)",
 ]
 SERVING_CERT_DEVIATION = (
     "webhook serving certificate written by the harness (signed by the local control plane's CA) into the "
@@ -92,7 +96,6 @@ class LocalCluster(ClusterProvider):
         self,
         control_plane: ControlPlane,
         name: str,
-        model_server: Callable[[], Any | None] = lambda: None,
         proxy_binaries: Mapping[str, Path] | None = None,
     ) -> None:
         self.control_plane = control_plane
@@ -108,7 +111,9 @@ class LocalCluster(ClusterProvider):
         self._played: dict[tuple[str, str, str], PlayedContainer] = {}
         self._ports: dict[tuple[str, str, str, str], int] = {}  # (ns, deployment, container, use)
         self._instances = itertools.count(1)
-        self._model_server = model_server
+        # Pods whose model server cannot run here: (namespace, pod labels, why).
+        self._unplayable: list[tuple[str, dict[str, str], str]] = []
+        self._sync_lock = threading.Lock()
         self._prometheus: prometheus.PrometheusProcess | None = None
         self._relays: dict[ServiceTarget, ServiceRelay] = {}
         self.last_sync = SyncReport()
@@ -124,14 +129,27 @@ class LocalCluster(ClusterProvider):
 
     @contextlib.contextmanager
     def endpoint(self, target: ServiceTarget) -> Iterator[str]:
-        """The address of the process playing the container behind a Service port."""
+        """The address of the process playing the container behind a Service port (a model
+        server started since the last sync is waited for until it accepts)."""
         played, port = self._behind(target.namespace, target.name, target.port)
         if played is None:
-            raise HarnessError(
-                f"service {target.namespace}/{target.name}:{target.port}: no local process plays a container behind it"
-            )
+            raise self._nothing_behind(target)
         self._ensure_pod_alive(played)
+        if isinstance(played.runner, SklearnServerProcess):
+            try:
+                played.runner.wait_ready()
+            except ProcessExitedEarly:
+                raise self._exited(played) from None
         yield played.addresses[port]
+
+    def _nothing_behind(self, target: ServiceTarget) -> HarnessError:
+        selector = k8s_client.CoreV1Api(self.api_client()).read_namespaced_service(target.name, target.namespace)
+        for namespace, labels, why in self._unplayable:
+            if namespace == target.namespace and selects(selector.spec.selector or {}, labels):
+                return WorkloadUnavailable(why)
+        return HarnessError(
+            f"service {target.namespace}/{target.name}:{target.port}: no local process plays a container behind it"
+        )
 
     def _behind(self, namespace: str, service_name: str, service_port: int) -> tuple[PlayedContainer | None, int]:
         """The played container a Service port reaches, and the container port it targets."""
@@ -165,18 +183,27 @@ class LocalCluster(ClusterProvider):
 
     def sync_workloads(self) -> list[str]:
         """Run, restart or stop the played containers so they match the Deployments as
-        stored; then point the admission webhooks at the played managers."""
+        stored; then point the admission webhooks at the played managers. One sync at a
+        time: two would start two processes for one container."""
+        with self._sync_lock:
+            return self._sync_workloads()
+
+    def _sync_workloads(self) -> list[str]:
         api = self.api_client()
         report = SyncReport()
         wanted: set[tuple[str, str, str]] = set()
+        self._unplayable.clear()
         for deployment in k8s_client.AppsV1Api(api).list_deployment_for_all_namespaces().items:
             # Managers first: a proxy's upstream may name the manager's port in the pod.
             containers = sorted(deployment.spec.template.spec.containers, key=lambda c: not is_manager_image(c.image))
             for container in containers:
                 manager = is_manager_image(container.image)
-                if not manager and not self._plays_proxy(container.image):
+                model_server = is_sklearnserver_image(container.image)
+                if not manager and not model_server and not self._plays_proxy(container.image):
                     continue
                 key = (deployment.metadata.namespace, deployment.metadata.name, container.name)
+                if model_server and key not in self._played and not self._has_pods(api, deployment):
+                    continue  # played once the ReplicaSet made a pod (its storage initializer says what to place)
                 wanted.add(key)
                 current = self._played.get(key)
                 args = tuple(container.args or [])
@@ -192,6 +219,15 @@ class LocalCluster(ClusterProvider):
                     self._stop(current)
                 if manager:
                     what, played = self._start_manager(api, deployment, container, args)
+                elif model_server:
+                    try:
+                        what, played = self._start_model_server(api, deployment, container, args)
+                    except SklearnServerUnavailable as exc:
+                        wanted.discard(key)
+                        labels = dict(deployment.spec.template.metadata.labels or {})
+                        self._unplayable.append((deployment.metadata.namespace, labels, str(exc)))
+                        report.notes.append(f"{'/'.join(key)}: not played: {exc}")
+                        continue
                 else:
                     what, binary = proxy_binary_for(container.image, self.proxy_binaries)
                     played = self._start_proxy(api, deployment, container, binary, args)
@@ -244,13 +280,14 @@ class LocalCluster(ClusterProvider):
             and played.runner.alive
         ]
 
-    @contextlib.contextmanager
-    def inference_endpoint(self, namespace: str, name: str) -> Iterator[str]:
-        """A local KServe model server stands in for the predictor pod (no kubelet here)."""
-        server = self._model_server()
-        if server is None:
-            raise WorkloadUnavailable("no local model server was started for this run")
-        yield server.base_url.removeprefix("http://")
+    def why_nothing_serves(self) -> str:
+        stand_ins = [p for p in self._played.values() if p.role == "stand-in"]
+        if not stand_ins:
+            return ""
+        return (
+            f"nothing reconciles the sample InferenceServices: {stand_ins[0].deployment}'s manager is a stand-in "
+            "(see its deviation), so no predictor exists to ask; inference is not checked"
+        )
 
     def start_prometheus(self, jobs: Sequence[ScrapeJob]) -> None:
         """A Prometheus process scraping each Service through a relay that reaches whatever
@@ -373,6 +410,34 @@ class LocalCluster(ClusterProvider):
         played.addresses = {port: proxy.address for port in set(played.container_ports.values())}
         return played
 
+    @staticmethod
+    def _has_pods(api: k8s_client.ApiClient, deployment: Any) -> bool:
+        selector = label_selector(deployment.spec.selector)
+        pods = k8s_client.CoreV1Api(api).list_namespaced_pod(deployment.metadata.namespace, label_selector=selector)
+        return bool(pods.items)
+
+    def _start_model_server(
+        self, api: k8s_client.ApiClient, deployment: Any, container: Any, args: tuple[str, ...]
+    ) -> tuple[str, PlayedContainer]:
+        key = (deployment.metadata.namespace, deployment.metadata.name, container.name)
+        # KServe's servers bind every interface: ports free on all of them, kept per container.
+        http, grpc = (self._ports.setdefault((*key, use), sklearnserver.free_port()) for use in ("http", "grpc"))
+        server, deviation, pod_port = predictor.start_model_server(
+            api,
+            deployment,
+            container,
+            args,
+            workdir=self._workdir_of(deployment, container),
+            http_port=http,
+            grpc_port=grpc,
+            name=f"{deployment.metadata.name}-{container.name}-{next(self._instances)}",
+        )
+        if deviation not in self.info.deviations:
+            self.info.deviations.append(deviation)
+        played = PlayedContainer.of(deployment, container, args, server, "model-server")
+        played.addresses = {pod_port: server.address}
+        return server.env.describe(), played
+
     def _start_manager(
         self, api: k8s_client.ApiClient, deployment: Any, container: Any, args: tuple[str, ...]
     ) -> tuple[str, PlayedContainer]:
@@ -441,7 +506,7 @@ class LocalCluster(ClusterProvider):
         code = played.runner.exit_code
         evidence = [f"exit code {code}", *played.runner.tail_lines(15)]
         message = f"{played.container} ({played.image}) exited with code {code}"
-        return WorkloadFailed(message, evidence) if played.role == "proxy" else ManagerExited(message, evidence)
+        return ManagerExited(message, evidence) if played.role == "manager" else WorkloadFailed(message, evidence)
 
 
 class LocalProviderFactory(ProviderFactory):
@@ -459,7 +524,6 @@ class LocalProviderFactory(ProviderFactory):
         self.keep = keep
         self.proxy_binaries = dict(proxy_binaries or {})
         self.kubernetes_version = kubernetes_version or binaries.KUBERNETES_VERSION
-        self.model_server: Any | None = None
 
     def preflight(self) -> None:
         missing = [
@@ -479,10 +543,7 @@ class LocalProviderFactory(ProviderFactory):
         # control plane we built, whose version the report records.
         control_plane_binaries = resolve_binaries(self.kubernetes_version, with_controllers=True, build=False)
         with ControlPlane(control_plane_binaries, with_controllers=True, keep=self.keep) as control_plane:
-            # The run's model server may still be starting: the cluster asks for it when needed.
-            cluster = LocalCluster(
-                control_plane, group_id, model_server=lambda: self.model_server, proxy_binaries=self.proxy_binaries
-            )
+            cluster = LocalCluster(control_plane, group_id, proxy_binaries=self.proxy_binaries)
             try:
                 yield cluster
             finally:
@@ -494,4 +555,6 @@ class LocalProviderFactory(ProviderFactory):
             f" for {group_id}",
             "play the KServe manager (the release's binary; webhooks pointed at it) and kube-rbac-proxy "
             "containers as local processes of the matching version",
+            "play each predictor pod's model server with the release's own sklearnserver (its python/ tree; "
+            "the iris model placed where the storage initializer would fetch it)",
         ]

@@ -92,18 +92,10 @@ class ClusterProvider(abc.ABC):
         """
         return None
 
-    def inference_endpoint(self, namespace: str, name: str) -> contextlib.AbstractContextManager[str]:
-        """``host:port`` of a model server this provider runs itself in place of a model's pods.
-
-        Only a provider without a kubelet (``runs_pods`` False: the local tier) has one and
-        overrides this. Reach a model through ``e2e.kserve.inference_endpoint``, which goes to
-        the predictor Service where a kubelet runs the pods: a provider knows Services, not
-        InferenceServices.
-        """
-        raise HarnessError(
-            f"{self.info.provider} cluster {self.info.name}: runs no model server of its own for "
-            f"{namespace}/{name}; reach it through e2e.kserve.inference_endpoint"
-        )
+    def why_nothing_serves(self) -> str:
+        """Why no sample model can be served on this cluster once KServe is installed, or
+        "" when one can (locally: a release whose manager is only a stand-in reconciles nothing)."""
+        return ""
 
     def start_prometheus(self, jobs: Sequence[ScrapeJob]) -> None:
         """Start a real Prometheus that scrapes ``jobs`` and stops with this cluster.
