@@ -37,12 +37,13 @@ from e2e import checks, kserve
 from e2e.apply import Applier
 from e2e.availability import in_ci, unavailable
 from e2e.checks.metrics import RECONCILE_METRIC
-from e2e.cluster.local import SERVING_CERT_DEVIATION, LocalCluster
+from e2e.cluster.local import LocalCluster
 from e2e.errors import HarnessError, WorkloadUnavailable
 from e2e.install import SAMPLE_MODELS
 from e2e.local import binaries, manager, sklearnserver
 from e2e.local.manager import ManagerExited, container_env, remap_manager_args
 from e2e.local.played import PlayedContainer, pod_upstream, port_free
+from e2e.local.players import SERVING_CERT_DEVIATION
 from e2e.local.processes import free_loopback_port
 from e2e.manifests import load_release_manifest
 from e2e.matrix import DEFAULT_MATRIX_FILE, load_matrix

@@ -20,14 +20,14 @@ runs, so the provider plays the containers the checks talk to:
   generated; the model its storage initializer would fetch is placed instead (recorded).
 
 ``sync_workloads`` reads the Deployments back from the API server, so the image patch is
-exercised for real: what runs is what the API server stored.
+exercised for real: what runs is what the API server stored. How each container's process
+is started: ``e2e/local/players.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
 import logging
 import shutil
 import tempfile
@@ -41,38 +41,26 @@ from kubernetes import client as k8s_client
 from e2e.cluster.provider import ClusterInfo, ClusterProvider, ProviderFactory, no_endpoint_change
 from e2e.errors import EnvironmentMissing, HarnessError, WorkloadFailed, WorkloadUnavailable
 from e2e.labels import label_selector, parse_equality_selector, selects
-from e2e.local import binaries, predictor, prometheus, sklearnserver, webhooks
+from e2e.local import binaries, prometheus, webhooks
 from e2e.local.controlplane import ControlPlane, resolve_binaries
 from e2e.local.manager import (
-    METRICS_FLAG,
-    PROBE_FLAG,
     ManagerExited,
-    ManagerProcess,
     StandInManager,
-    container_env,
-    flags_of,
     is_manager_image,
-    manager_binary_for,
-    remap_manager_args,
-    write_serving_pair,
 )
-from e2e.local.played import PlayedContainer, SyncReport, pod_upstream, port_free
-from e2e.local.processes import ProcessExitedEarly, free_loopback_port
+from e2e.local.played import PlayedContainer, SyncReport, port_free
+from e2e.local.players import ContainerPlayer
+from e2e.local.processes import ProcessExitedEarly
 from e2e.local.proxy_runner import (
-    UPSTREAM_FLAG,
-    ProxyProcess,
-    flag_value,
     is_proxy_image,
     proxy_binary_for,
     proxy_version_of,
-    remap_ports,
 )
 from e2e.local.service_relay import ServiceRelay
 from e2e.local.sklearnserver import SklearnServerProcess, SklearnServerUnavailable, is_sklearnserver_image
 from e2e.scrape import ScrapeJob
 from e2e.secrets import redact
 from e2e.targets import ServiceTarget
-from e2e.tokens import kubeconfig_for_service_account
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +69,6 @@ DEVIATIONS = [
     "kube-rbac-proxy containers and the predictor pods' model servers as processes (each restarts when its own "
     "spec changes, not with the whole pod)",
 ]
-SERVING_CERT_DEVIATION = (
-    "webhook serving certificate written by the harness (signed by the local control plane's CA) into the "
-    "manager's TMPDIR, not issued by cert-manager; the webhooks' caBundle set by the harness, not by its cainjector"
-)
 # Re-exported: where tests and the CLI have always found them.
 __all__ = ["LocalCluster", "LocalProviderFactory", "is_proxy_image", "proxy_binary_for", "proxy_version_of"]
 
@@ -109,8 +93,7 @@ class LocalCluster(ClusterProvider):
         )
         self._workdir = Path(tempfile.mkdtemp(prefix="kserve-compat-workloads-"))
         self._played: dict[tuple[str, str, str], PlayedContainer] = {}
-        self._ports: dict[tuple[str, str, str, str], int] = {}  # (ns, deployment, container, use)
-        self._instances = itertools.count(1)
+        self._player = ContainerPlayer(control_plane, self._workdir, self.info.deviations)
         # Pods whose model server cannot run here: (namespace, pod labels, why).
         self._unplayable: list[tuple[str, dict[str, str], str]] = []
         self._sync_lock = threading.Lock()
@@ -218,10 +201,10 @@ class LocalCluster(ClusterProvider):
                         previous_logs = current.runner.logs()
                     self._stop(current)
                 if manager:
-                    what, played = self._start_manager(api, deployment, container, args)
+                    what, played = self._player.manager(api, deployment, container, args)
                 elif model_server:
                     try:
-                        what, played = self._start_model_server(api, deployment, container, args)
+                        what, played = self._player.model_server(api, deployment, container, args)
                     except SklearnServerUnavailable as exc:
                         wanted.discard(key)
                         labels = dict(deployment.spec.template.metadata.labels or {})
@@ -230,7 +213,7 @@ class LocalCluster(ClusterProvider):
                         continue
                 else:
                     what, binary = proxy_binary_for(container.image, self.proxy_binaries)
-                    played = self._start_proxy(api, deployment, container, binary, args)
+                    played = self._player.proxy(api, deployment, container, binary, args, self._played.values())
                 played.previous_logs = previous_logs
                 self._played[key] = played
                 report.started.append(f"{'/'.join(key)} as {what}")
@@ -359,142 +342,11 @@ class LocalCluster(ClusterProvider):
             if other.pod == played.pod and not other.runner.alive:
                 raise self._exited(other)
 
-    def _port(self, key: tuple[str, str, str], purpose: str) -> int:
-        # The same container keeps its ports across restarts, as a Service keeps its
-        # address: a prober sees the swap as an outage, not as a vanished endpoint.
-        return self._ports.setdefault((*key, purpose), free_loopback_port())
-
-    def _kubeconfig(self, api: k8s_client.ApiClient, deployment: Any, workdir: Path) -> Path:
-        """A kubeconfig with a token of the pod's ServiceAccount: the release's own RBAC
-        decides what the played process may do."""
-        return kubeconfig_for_service_account(
-            api,
-            server=self.control_plane.server,
-            ca=self.control_plane.ca_file,
-            namespace=deployment.metadata.namespace,
-            service_account=deployment.spec.template.spec.service_account_name or "default",
-            path=workdir / "kubeconfig",
-        )
-
-    def _workdir_of(self, deployment: Any, container: Any) -> Path:
-        workdir = self._workdir / f"{deployment.metadata.namespace}_{deployment.metadata.name}_{container.name}"
-        workdir.mkdir(parents=True, exist_ok=True)
-        return workdir
-
-    def _start_proxy(
-        self, api: k8s_client.ApiClient, deployment: Any, container: Any, binary: Path, args: tuple[str, ...]
-    ) -> PlayedContainer:
-        namespace, name = deployment.metadata.namespace, deployment.metadata.name
-        workdir = self._workdir_of(deployment, container)
-        kubeconfig = self._kubeconfig(api, deployment, workdir)
-        key = (namespace, name, container.name)
-        upstream = pod_upstream(self._played.values(), (namespace, name), flag_value(args, UPSTREAM_FLAG))
-        proxy_args, notes = remap_ports(list(args), self._port(key, "listen"), upstream)
-        proxy = ProxyProcess(
-            binary,
-            proxy_args,
-            kubeconfig=kubeconfig,
-            workdir=workdir,
-            # One log per process, as a container instance has its own log.
-            name=f"{name}-{container.name}-{next(self._instances)}",
-            remap_notes=notes,
-        )
-        try:
-            proxy.start()
-        except ProcessExitedEarly as exc:
-            raise WorkloadFailed(
-                f"{container.name} ({container.image}) exited at start: {exc}",
-                [str(exc), *proxy.tail_lines(15)],
-            ) from None
-        played = PlayedContainer.of(deployment, container, args, proxy, "proxy")
-        played.addresses = {port: proxy.address for port in set(played.container_ports.values())}
-        return played
-
     @staticmethod
     def _has_pods(api: k8s_client.ApiClient, deployment: Any) -> bool:
         selector = label_selector(deployment.spec.selector)
         pods = k8s_client.CoreV1Api(api).list_namespaced_pod(deployment.metadata.namespace, label_selector=selector)
         return bool(pods.items)
-
-    def _start_model_server(
-        self, api: k8s_client.ApiClient, deployment: Any, container: Any, args: tuple[str, ...]
-    ) -> tuple[str, PlayedContainer]:
-        key = (deployment.metadata.namespace, deployment.metadata.name, container.name)
-        # KServe's servers bind every interface: ports free on all of them, kept per container.
-        http, grpc = (self._ports.setdefault((*key, use), sklearnserver.free_port()) for use in ("http", "grpc"))
-        server, deviation, pod_port = predictor.start_model_server(
-            api,
-            deployment,
-            container,
-            args,
-            workdir=self._workdir_of(deployment, container),
-            http_port=http,
-            grpc_port=grpc,
-            name=f"{deployment.metadata.name}-{container.name}-{next(self._instances)}",
-        )
-        if deviation not in self.info.deviations:
-            self.info.deviations.append(deviation)
-        played = PlayedContainer.of(deployment, container, args, server, "model-server")
-        played.addresses = {pod_port: server.address}
-        return server.env.describe(), played
-
-    def _start_manager(
-        self, api: k8s_client.ApiClient, deployment: Any, container: Any, args: tuple[str, ...]
-    ) -> tuple[str, PlayedContainer]:
-        namespace, name = deployment.metadata.namespace, deployment.metadata.name
-        key = (namespace, name, container.name)
-        metrics = (flag_value(args, METRICS_FLAG) or ":8080").rpartition(":")[2]
-        try:
-            what, binary = manager_binary_for(container.image)
-        except WorkloadUnavailable as exc:
-            stand_in = StandInManager(str(exc)).start()
-            # What it means first: reports shorten long deviations, and the reason is long.
-            deviation = (
-                f"{namespace}/{name} container {container.name} played by a stand-in serving synthetic "
-                "controller-runtime metrics (metrics-content and metrics-scrape are stand-in results; nothing "
-                f"reconciles the InferenceServices): {exc}"
-            )
-            if deviation not in self.info.deviations:
-                self.info.deviations.append(deviation)
-            played = PlayedContainer.of(deployment, container, args, stand_in, "stand-in")
-            played.addresses = {int(metrics): stand_in.address}
-            return f"a stand-in ({exc})", played
-        workdir = self._workdir_of(deployment, container)
-        tmpdir = workdir / "tmp"
-        if not (tmpdir / "k8s-webhook-server").exists():
-            write_serving_pair(self.control_plane.pki, tmpdir, f"{name}-webhook-server")
-            if SERVING_CERT_DEVIATION not in self.info.deviations:
-                self.info.deviations.append(SERVING_CERT_DEVIATION)
-        probe = self._port(key, "probe") if PROBE_FLAG in flags_of(binary) else None
-        manager_args, notes, ports = remap_manager_args(
-            args, metrics_port=self._port(key, "metrics"), webhook_port=self._port(key, "webhook"), probe_port=probe
-        )
-        account = deployment.spec.template.spec.service_account_name or "default"
-        env, env_notes = container_env(
-            container, namespace=namespace, pod_name=f"{name}-played", service_account=account
-        )
-        manager = ManagerProcess(
-            binary,
-            manager_args,
-            env=env,
-            kubeconfig=self._kubeconfig(api, deployment, workdir),
-            tmpdir=tmpdir,
-            workdir=workdir,
-            metrics_port=self._port(key, "metrics"),
-            webhook_port=self._port(key, "webhook"),
-            name=f"{name}-{container.name}-{next(self._instances)}",
-            notes=[*notes, *env_notes],
-        )
-        try:
-            manager.start()
-        except ProcessExitedEarly as exc:
-            raise ManagerExited(
-                f"{container.name} ({what}) exited with code {exc.returncode} at start",
-                [f"exit code {exc.returncode}", *manager.tail_lines(15)],
-            ) from None
-        played = PlayedContainer.of(deployment, container, args, manager, "manager")
-        played.addresses = {port: f"127.0.0.1:{actual}" for port, actual in ports.items()}
-        return what, played
 
     def _stop(self, played: PlayedContainer) -> None:
         for relay in self._relays.values():  # see ServiceRelay.disconnect
