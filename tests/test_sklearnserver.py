@@ -18,7 +18,7 @@ import pytest
 from e2e import checks
 from e2e.availability import in_ci, unavailable
 from e2e.checks.inference import IRIS_EXPECTED, IRIS_INPUT, infer_v2, predict_v1
-from e2e.local import sklearnserver
+from e2e.local import binaries, sklearnserver
 from e2e.local.predictor import StorageInitializer, deviation, place_model
 from e2e.results import CellResult, CheckStatus
 
@@ -283,3 +283,20 @@ def test_without_a_placed_model_the_server_starts_empty_and_inference_fails(
         assert "failed to locate model file for model sklearn-iris" in server.logs()
     assert result.status is CheckStatus.FAIL
     assert "404" in result.detail, result.detail
+
+
+def test_a_release_whose_module_is_refused_is_unavailable_with_the_proxys_answer(tmp_path: Path) -> None:
+    """KServe v0.18.0's module answers 403 here: its predictors cannot be played, and the
+    reason (asked once per run) is what the report's skipped inference checks say."""
+    if binaries.module_unavailable_reason(sklearnserver.KSERVE_MODULE, "v0.18.0") is None:
+        pytest.skip("github.com/kserve/kserve@v0.18.0 is served here: no refusal to show")
+    venv = tmp_path / "sklearnserver-v0.18.0"
+    with pytest.raises(sklearnserver.SklearnServerUnavailable) as refused:
+        sklearnserver.ensure_env("v0.18.0", venv_dir=venv)
+    assert "sklearnserver v0.18.0: github.com/kserve/kserve@v0.18.0: the Go module proxy does not serve it" in str(
+        refused.value
+    )
+    with pytest.raises(sklearnserver.SklearnServerUnavailable) as again:
+        sklearnserver.ensure_env("v0.18.0", venv_dir=venv)
+    assert str(again.value) == str(refused.value)
+    assert not venv.exists()

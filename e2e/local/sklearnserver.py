@@ -218,6 +218,20 @@ def ensure_env(release: str, venv_dir: Path | None = None) -> SklearnServerEnv:
     found = _ready(venv, release)
     if found is not None:
         return found
+    if venv in _failed:  # every sync asks again: answer as before, without rebuilding
+        raise SklearnServerUnavailable(_failed[venv])
+    try:
+        return _ensure(release, venv)
+    except SklearnServerUnavailable as exc:
+        _failed[venv] = str(exc)
+        raise
+
+
+#: Builds that failed in this process (venv -> why): a run does not retry them per cell.
+_failed: dict[Path, str] = {}
+
+
+def _ensure(release: str, venv: Path) -> SklearnServerEnv:
     venv.parent.mkdir(parents=True, exist_ok=True)
     with (venv.parent / f".{venv.name}.lock").open("w") as lock:
         log.info("sklearnserver %s: waiting for the build lock", release)
