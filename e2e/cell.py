@@ -292,6 +292,9 @@ class CellRun:
             log.warning("diagnostics for %s incomplete: %s", self.cell.id, exc)
 
     def finish(self) -> CellResult:
+        if self.cluster is not None:  # what the cluster learned during the cell, e.g. how a predictor was played
+            learned = self.cluster.provider.info.deviations + self.cluster.deviations
+            self.result.deviations = list(dict.fromkeys(self.result.deviations + learned))
         self.result.conclude()
         self.result.duration_s = round(time.time() - self.result.started_at, 3)
         report.save_result(self.result, self.harness.options.reports_dir / "cells")

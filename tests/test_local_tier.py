@@ -90,6 +90,10 @@ def test_fresh_install_grid_with_token_leak_findings(tmp_path: Path) -> None:
                      "metrics-authorized", "metrics-content", "metrics-scrape", "inference-v1", "inference-v2",
                      "token-leak"):
             assert statuses.get(name) == "pass", (cell_id, name, statuses)
+        # Every cell says how its predictors were played, the first one too (they start
+        # during its inference check, after its install recorded the cluster's deviations).
+        played = [d for d in result["deviations"] if "storage initializer not run" in d]
+        assert len(played) == 2, (cell_id, result["deviations"])
     leaking = {cell_id for cell_id, r in cells.items() if any(f["kind"] == "token-leak" for f in r["findings"])}
     # v0.18.0 at --v=10 logs the TokenReview bodies; v0.18.2 masks them; --v=0 logs none.
     assert leaking == {"kserve-v0.14.0--quay-v0.18.0--k8s-1.34"}
