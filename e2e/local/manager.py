@@ -42,7 +42,7 @@ from e2e.images import ImageReference
 from e2e.local import binaries
 from e2e.local.metrics_upstream import MetricsUpstream
 from e2e.local.pki import ClusterPki
-from e2e.local.processes import ManagedProcess, StartsAndStops, wait_ready
+from e2e.local.processes import ManagedProcess, OneProcess, StartsAndStops
 from e2e.local.proxy_runner import flag_name
 from e2e.secrets import redact
 
@@ -212,7 +212,7 @@ def write_serving_pair(pki: ClusterPki, tmpdir: Path, name: str) -> Path:
     return pki.ca.cert
 
 
-class ManagerProcess(StartsAndStops):
+class ManagerProcess(OneProcess):
     """A running KServe manager; ready once ``/metrics`` answers 200 and its webhook port
     completes a TLS handshake (readiness that every release has: v0.11 has no probe port)."""
 
@@ -251,37 +251,14 @@ class ManagerProcess(StartsAndStops):
         """``HOST:PORT`` of its plain-HTTP metrics endpoint."""
         return f"127.0.0.1:{self.metrics_port}"
 
-    @property
-    def alive(self) -> bool:
-        return self.process.alive
-
-    @property
-    def exit_code(self) -> int | None:
-        return self.process.exit_code
-
     def start(self) -> Self:
         log.info("starting %s %s", self.process.name, " ".join(redact(a) for a in self.args))
-        self.process.start()
-        try:
-            wait_ready(
-                f"{self.process.name} metrics on {self.address} and webhooks on port {self.webhook_port}",
-                self._probe,
-                watched=[self.process],
-                timeout=self.start_timeout,
-            )
-        except BaseException:
-            self.process.stop()
-            raise
+        self._start_and_wait(
+            f"{self.process.name} metrics on {self.address} and webhooks on port {self.webhook_port}",
+            self._probe,
+            self.start_timeout,
+        )
         return self
-
-    def stop(self) -> int | None:
-        return self.process.stop()
-
-    def logs(self) -> str:
-        return self.process.output()
-
-    def tail_lines(self, lines: int = 15) -> list[str]:
-        return self.process.tail_lines(lines)
 
     def _probe(self) -> tuple[bool, str]:
         try:

@@ -269,6 +269,41 @@ class ManagedProcess(StartsAndStops):
         return f"<ManagedProcess {self.name} pid={self.pid} {state}>"
 
 
+class OneProcess(StartsAndStops):
+    """Something run as one ``ManagedProcess`` (a played container, Prometheus): its state,
+    output and stop come from that process; subclasses set ``process`` and define ``start``."""
+
+    process: ManagedProcess
+
+    @property
+    def alive(self) -> bool:
+        return self.process.alive
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.process.exit_code
+
+    def stop(self) -> int | None:
+        return self.process.stop()
+
+    def logs(self) -> str:
+        """Everything it printed, NOT redacted: search it (e.g. for leaked tokens), never print it."""
+        return self.process.output()
+
+    def tail_lines(self, lines: int = 15) -> list[str]:
+        """The last ``lines`` lines of its output, redacted."""
+        return self.process.tail_lines(lines)
+
+    def _start_and_wait(self, what: str, probe: Callable[[], tuple[bool, str]], timeout: float) -> None:
+        """Start the process and wait until ``probe`` says ready; stopped again if it never is."""
+        self.process.start()
+        try:
+            wait_ready(what, probe, watched=[self.process], timeout=timeout)
+        except BaseException:
+            self.process.stop()
+            raise
+
+
 def _signal_group(pid: int, signum: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signum)  # start_new_session made pid the group id

@@ -21,7 +21,7 @@ import requests
 import yaml
 
 from e2e.errors import EnvironmentMissing
-from e2e.local.processes import ManagedProcess, StartsAndStops, free_loopback_port, wait_ready
+from e2e.local.processes import ManagedProcess, OneProcess, free_loopback_port, wait_ready
 from e2e.scrape import ScrapeJob, prometheus_config, scrape_config
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def _write_secret(path: Path, text: str) -> None:
         handle.write(text)
 
 
-class PrometheusProcess(StartsAndStops):
+class PrometheusProcess(OneProcess):
     """One Prometheus scraping ``jobs`` at ``addresses[job.name]`` (``host:port``).
 
     ``start()`` only forks; ``wait_ready()`` waits for ``/-/ready`` (the check calls it, so
@@ -106,10 +106,6 @@ class PrometheusProcess(StartsAndStops):
     def url(self) -> str:
         return f"http://{self.address}"
 
-    @property
-    def alive(self) -> bool:
-        return self.process.alive
-
     def start(self) -> Self:
         tokens = self.workdir / "tokens"
         tokens.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -136,10 +132,3 @@ class PrometheusProcess(StartsAndStops):
         except requests.RequestException as error:
             return False, f"{type(error).__name__}"
         return response.status_code == 200, f"HTTP {response.status_code} {response.text.strip()[:80]}"
-
-    def stop(self) -> int | None:
-        return self.process.stop()
-
-    def logs(self) -> str:
-        """Prometheus's log (it never sees a token except in the files it reads)."""
-        return self.process.output()

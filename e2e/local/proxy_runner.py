@@ -22,7 +22,7 @@ from typing import Self
 from e2e.errors import UsageError, WorkloadUnavailable
 from e2e.images import ImageReference
 from e2e.local import binaries
-from e2e.local.processes import ManagedProcess, StartsAndStops, free_loopback_port, wait_ready
+from e2e.local.processes import ManagedProcess, OneProcess, free_loopback_port
 from e2e.secrets import redact
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ def remap_ports(
     return result, notes
 
 
-class ProxyProcess(StartsAndStops):
+class ProxyProcess(OneProcess):
     """A running kube-rbac-proxy; a context manager. Start it with ``start()``.
 
     ``args`` are used as given (already remapped) plus ``--kubeconfig``; the proxy's TLS
@@ -212,14 +212,6 @@ class ProxyProcess(StartsAndStops):
     def url(self) -> str:
         return f"https://{self.address}"
 
-    @property
-    def alive(self) -> bool:
-        return self.process.alive
-
-    @property
-    def exit_code(self) -> int | None:
-        return self.process.exit_code
-
     def start(self) -> Self:
         """Start the proxy and wait until its TLS port completes a handshake.
 
@@ -227,30 +219,8 @@ class ProxyProcess(StartsAndStops):
         e.g. on an unknown flag, and ``NotReady`` if it never serves.
         """
         log.info("starting %s %s", self.process.name, " ".join(redact(a) for a in self.args))
-        self.process.start()
-        try:
-            wait_ready(
-                f"{self.process.name} TLS on {self.address}",
-                self._tls_probe,
-                watched=[self.process],
-                timeout=self.start_timeout,
-            )
-        except BaseException:
-            self.process.stop()
-            raise
+        self._start_and_wait(f"{self.process.name} TLS on {self.address}", self._tls_probe, self.start_timeout)
         return self
-
-    def stop(self) -> int | None:
-        return self.process.stop()
-
-    def logs(self) -> str:
-        """Everything the proxy printed, NOT redacted: search it for leaked tokens, never
-        print it (use ``logs_redacted``)."""
-        return self.process.output()
-
-    def tail_lines(self, lines: int = 15) -> list[str]:
-        """The last ``lines`` lines of its output, redacted."""
-        return self.process.tail_lines(lines)
 
     def logs_redacted(self) -> str:
         return redact(self.process.output())

@@ -45,7 +45,7 @@ from e2e.cache import cache_root
 from e2e.errors import ImageReferenceError, WorkloadUnavailable
 from e2e.images import ImageReference
 from e2e.local import binaries
-from e2e.local.processes import ManagedProcess, StartsAndStops, wait_ready
+from e2e.local.processes import ManagedProcess, OneProcess, wait_ready
 from e2e.secrets import redact
 
 log = logging.getLogger(__name__)
@@ -356,7 +356,7 @@ def remap_server_args(
     return out, notes
 
 
-class SklearnServerProcess(StartsAndStops):
+class SklearnServerProcess(OneProcess):
     """``python -m sklearnserver`` of a release with the args KServe generated (remapped);
     ready when its REST port accepts, as the pod's tcpSocket readiness probe asks."""
 
@@ -387,14 +387,6 @@ class SklearnServerProcess(StartsAndStops):
     def address(self) -> str:
         return f"127.0.0.1:{self.http_port}"
 
-    @property
-    def alive(self) -> bool:
-        return self.process.alive
-
-    @property
-    def exit_code(self) -> int | None:
-        return self.process.exit_code
-
     def start(self) -> Self:
         log.info("starting %s %s", self.env.describe(), " ".join(redact(a) for a in self.args))
         self.process.start()
@@ -409,12 +401,3 @@ class SklearnServerProcess(StartsAndStops):
             return True, "accepting"
         last = self.process.tail_lines(1)
         return False, f"port {self.http_port} closed; last log line: {last[-1] if last else '(none)'}"
-
-    def stop(self) -> int | None:
-        return self.process.stop()
-
-    def logs(self) -> str:
-        return self.process.output()
-
-    def tail_lines(self, lines: int = _TAIL_LINES) -> list[str]:
-        return self.process.tail_lines(lines)
