@@ -48,6 +48,7 @@ from kubernetes.client.exceptions import ApiException
 from e2e import diagnostics, scrape
 from e2e.apply import Applier
 from e2e.cache import cache_root
+from e2e.cluster import cgroup_freezer
 from e2e.cluster.provider import ClusterInfo, ClusterProvider, ProviderFactory
 from e2e.errors import EnvironmentMissing, HarnessError, UsageError, WorkloadFailed, WorkloadUnavailable
 from e2e.imageset.offline import LocalImageSet
@@ -846,11 +847,35 @@ class KindCluster(ClusterProvider):
             log.info("keeping kind cluster %s (kubeconfig: %s)", self.name, self.kubeconfig)
             return
         self._deleted = True
-        self._kind.delete()
+        try:
+            self._kind.delete()
+        except subprocess.CalledProcessError:
+            # A node torn down mid-pod-start can keep a frozen cgroup that no kill reaches.
+            thawed = [path for node in self._node_container_ids() for path in cgroup_freezer.thaw(node)]
+            if not thawed:
+                raise
+            log.warning(
+                "kind cluster %s: its node could not be killed: %d cgroup(s) inside it were left frozen "
+                "(cgroup v1 freezer); thawed them, deleting again",
+                self.name,
+                len(thawed),
+            )
+            self._kind.delete()
         # pytest-kind leaves ./.pytest-kind/NAME (kubeconfig of a cluster now gone, its config).
         shutil.rmtree(self.state_dir, ignore_errors=True)
         with contextlib.suppress(OSError):  # only when no other cluster's state is in it
             self.state_dir.parent.rmdir()
+
+    def _node_container_ids(self) -> list[str]:
+        """Full ids of this cluster's node containers (empty when the engine does not answer)."""
+        listed = subprocess.run(
+            ["docker", "ps", "-aq", "--no-trunc", "--filter", f"label=io.x-k8s.kind.cluster={self.name}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        return listed.stdout.split() if listed.returncode == 0 else []
 
     # -- access -------------------------------------------------------------------------
 
