@@ -98,20 +98,26 @@ def is_current(recipe: ImageRecipe) -> bool:
     return all(recorded_recipe(reference) == digest for reference in recipe.references)
 
 
+def add_parent_directories(archive: tarfile.TarFile, name: str, made: set[str]) -> None:
+    """Directory entries (root's, 0755) for the parents of ``name`` not in ``made`` yet:
+    a tar read by ``docker import`` gets its directories before their files."""
+    parts = name.split("/")
+    for depth in range(1, len(parts)):
+        directory = "/".join(parts[:depth])
+        if directory not in made:
+            info = tarfile.TarInfo(directory)
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            archive.addfile(info)
+            made.add(directory)
+
+
 def _tar_stream(content: ImageContent) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
         made: set[str] = set()
         for inner, source in sorted(content.files.items()):
-            parts = inner.strip("/").split("/")
-            for depth in range(1, len(parts)):  # parent directories first
-                directory = "/".join(parts[:depth])
-                if directory not in made:
-                    info = tarfile.TarInfo(directory)
-                    info.type, info.mode = tarfile.DIRTYPE, 0o755
-                    archive.addfile(info)
-                    made.add(directory)
-            name = "/".join(parts)
+            name = inner.strip("/")
+            add_parent_directories(archive, name, made)
             data = source if isinstance(source, bytes) else source.read_bytes()
             info = tarfile.TarInfo(name)
             info.size = len(data)

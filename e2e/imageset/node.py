@@ -57,6 +57,7 @@ from e2e.imageset.docker_image import (
     ImageBuildFailed,
     ImageContent,
     ImageRecipe,
+    add_parent_directories,
     build_image,
     docker,
     file_sha256,
@@ -448,27 +449,16 @@ def _tar_files(files: Mapping[str, tuple[Path | bytes, int]], symlinks: Mapping[
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
         made: set[str] = set()
-
-        def parents(name: str) -> None:
-            parts = name.split("/")
-            for depth in range(1, len(parts)):
-                directory = "/".join(parts[:depth])
-                if directory not in made:
-                    info = tarfile.TarInfo(directory)
-                    info.type, info.mode = tarfile.DIRTYPE, 0o755
-                    archive.addfile(info)
-                    made.add(directory)
-
         for inner, (source, mode) in sorted(files.items()):
             name = inner.strip("/")
-            parents(name)
+            add_parent_directories(archive, name, made)
             data = source if isinstance(source, bytes) else source.read_bytes()
             info = tarfile.TarInfo(name)
             info.size, info.mode = len(data), mode
             archive.addfile(info, io.BytesIO(data))
         for inner, target in sorted((symlinks or {}).items()):
             name = inner.strip("/")
-            parents(name)
+            add_parent_directories(archive, name, made)
             info = tarfile.TarInfo(name)
             info.type, info.linkname, info.mode = tarfile.SYMTYPE, target, 0o777
             archive.addfile(info)
