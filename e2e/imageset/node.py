@@ -43,7 +43,7 @@ import tarfile
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -402,14 +402,16 @@ class Inputs:
         )
 
 
-def base_recipe(suite: str = DEBIAN_SUITE, packages: Sequence[str] = DEBIAN_PACKAGES) -> ImageRecipe:
-    """The base rootfs image: its tag carries the digest of the suite and the package list.
+def base_recipe(
+    suite: str = DEBIAN_SUITE, packages: Sequence[str] = DEBIAN_PACKAGES, repository: str = BASE_IMAGE_REPOSITORY
+) -> ImageRecipe:
+    """A debootstrapped rootfs image: its tag carries the digest of the suite and the package list.
 
     The mirror is left out (any mirror of the suite gives the same packages).
     """
     inputs = {"revision": RECIPE_REVISION, "suite": suite, "packages": sorted(packages), "variant": "minbase"}
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
-    return ImageRecipe((f"{BASE_IMAGE_REPOSITORY}:{suite}-{digest[:12]}",), inputs)
+    return ImageRecipe((f"{repository}:{suite}-{digest[:12]}",), inputs)
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -465,7 +467,7 @@ def _tar_files(files: Mapping[str, tuple[Path | bytes, int]], symlinks: Mapping[
     return buffer.getvalue()
 
 
-def _docker_stream(args: Sequence[str], what: str, stdin_args: Sequence[str]) -> None:
+def docker_stream(args: Sequence[str], what: str, stdin_args: Sequence[str]) -> None:
     """``stdin_args | docker ARGS`` (e.g. ``docker save`` into ``docker exec -i``)."""
     with tempfile.TemporaryFile() as errors_file:
         producer = subprocess.Popen(list(stdin_args), stdout=subprocess.PIPE, stderr=errors_file)
@@ -502,17 +504,17 @@ def _run(args: Sequence[str], what: str, *, timeout: float = 10 * 60, log_file: 
     return result.stdout
 
 
-def _image_id(reference: str) -> str | None:
+def image_id(reference: str) -> str | None:
     result = subprocess.run(
         ["docker", "image", "inspect", "--format", "{{.Id}}", reference], capture_output=True, text=True, check=False
     )
     return result.stdout.strip() if result.returncode == 0 and result.stdout.strip() else None
 
 
-def _drop_replaced(reference: str, previous: str | None) -> None:
+def drop_replaced(reference: str, previous: str | None) -> None:
     """Remove the image ``reference`` named before a rebuild (else each rebuild leaves a
     dangling 1 GB image); one still used by a container stays, with docker's word for it."""
-    if previous is None or previous == _image_id(reference):
+    if previous is None or previous == image_id(reference):
         return
     result = subprocess.run(["docker", "rmi", previous], capture_output=True, text=True, check=False)
     if result.returncode != 0:
@@ -528,35 +530,44 @@ def _require_engine() -> None:
 # ---------------------------------------------------------------------------- stage 1: base
 
 
-def _trim_rootfs(rootfs: Path) -> None:
-    """What kind's base Dockerfile does after installing packages, and apt's leftovers."""
-    systemd = rootfs / "usr/lib/systemd/system"
-    with contextlib.suppress(FileNotFoundError):
-        (systemd / "sysinit.target.wants/systemd-tmpfiles-setup.service").unlink()
-    patterns = [
-        "usr/lib/systemd/system/multi-user.target.wants/*",
-        "etc/systemd/system/*.wants/*",
-        "usr/lib/systemd/system/local-fs.target.wants/*",
-        "usr/lib/systemd/system/sockets.target.wants/*udev*",
-        "usr/lib/systemd/system/sockets.target.wants/*initctl*",
-        "usr/lib/systemd/system/basic.target.wants/*",
-        "var/lib/apt/lists/*",
-        "var/cache/apt/*",
-        "var/cache/debconf/*",
-        "var/log/*",
-        "usr/share/doc/*",
-        "usr/share/man/*",
-        "usr/share/locale/*",
-        "tmp/*",
-        "var/tmp/*",
-        "dev/*",
-    ]
+APT_LEFTOVERS = (
+    "var/lib/apt/lists/*",
+    "var/cache/apt/*",
+    "var/cache/debconf/*",
+    "var/log/*",
+    "usr/share/doc/*",
+    "usr/share/man/*",
+    "usr/share/locale/*",
+    "tmp/*",
+    "var/tmp/*",
+    "dev/*",
+)
+
+
+def remove_from_rootfs(rootfs: Path, patterns: Sequence[str] = APT_LEFTOVERS) -> None:
+    """Delete what ``patterns`` (globs relative to the rootfs) match: apt's leftovers by default."""
     for pattern in patterns:
         for path in rootfs.glob(pattern):
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
             else:
                 path.unlink()
+
+
+def _trim_rootfs(rootfs: Path) -> None:
+    """What kind's base Dockerfile does after installing packages, and apt's leftovers."""
+    systemd = rootfs / "usr/lib/systemd/system"
+    with contextlib.suppress(FileNotFoundError):
+        (systemd / "sysinit.target.wants/systemd-tmpfiles-setup.service").unlink()
+    units = (
+        "usr/lib/systemd/system/multi-user.target.wants/*",
+        "etc/systemd/system/*.wants/*",
+        "usr/lib/systemd/system/local-fs.target.wants/*",
+        "usr/lib/systemd/system/sockets.target.wants/*udev*",
+        "usr/lib/systemd/system/sockets.target.wants/*initctl*",
+        "usr/lib/systemd/system/basic.target.wants/*",
+    )
+    remove_from_rootfs(rootfs, (*units, *APT_LEFTOVERS))
     with (rootfs / "etc/systemd/journald.conf").open("a") as journald:
         journald.write("ReadKMsg=no\n")
     init = rootfs / "usr/sbin/init"
@@ -582,30 +593,47 @@ def _unmount_below(rootfs: Path) -> None:
 
 
 def ensure_base_image(timings: dict[str, float] | None = None) -> str:
-    """The Debian rootfs image (debootstrapped once, then reused while its recipe holds)."""
-    recipe = base_recipe()
+    """The node's Debian rootfs image (debootstrapped once, then reused while its recipe holds)."""
+    # `docker import` cannot set STOPSIGNAL: a metadata-only build on top sets it (and the
+    # label). systemd exits on SIGRTMIN+3, re-executes on SIGTERM; `container=docker` tells
+    # systemd it runs in a container (kind's base Dockerfile sets both).
+    config = 'ENV container=docker\nSTOPSIGNAL SIGRTMIN+3\nENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]\n'
+    return debootstrap_image(base_recipe(), DEBIAN_PACKAGES, _trim_rootfs, config, "the kind node image", timings)
+
+
+def debootstrap_image(
+    recipe: ImageRecipe,
+    packages: Sequence[str],
+    trim: Callable[[Path], None],
+    config: str,
+    used_by: str,
+    timings: dict[str, float] | None = None,
+) -> str:
+    """A Debian rootfs image (``debootstrap --variant=minbase`` with ``packages``, then
+    ``trim``med, ``config`` the Dockerfile lines on top), made once and reused while its
+    recipe holds. ``used_by`` names what needs it, for the errors."""
     if is_current(recipe):
-        log.info("node image: base %s is current", recipe.name)
+        log.info("base image %s is current", recipe.name)
         return recipe.name
     timings = {} if timings is None else timings
     if shutil.which("debootstrap") is None:
         raise EnvironmentMissing(
-            "debootstrap: not found on PATH; the kind node image's rootfs is made with it (apt-get install debootstrap)"
+            f"debootstrap: not found on PATH; {used_by}'s rootfs is made with it (apt-get install debootstrap)"
         )
     if os.geteuid() != 0:
-        raise EnvironmentMissing("debootstrap: needs root to make the kind node image's rootfs (run as root)")
+        raise EnvironmentMissing(f"debootstrap: needs root to make {used_by}'s rootfs (run as root)")
     mirror = configured_debian_mirror()
     work = cache_root() / "images"
     work.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="node-rootfs-", dir=work) as tmp:
+    with tempfile.TemporaryDirectory(prefix="rootfs-", dir=work) as tmp:
         rootfs = Path(tmp) / "rootfs"
-        with _stage(f"debootstrap {DEBIAN_SUITE} from {mirror}", timings):
+        with _stage(f"debootstrap {DEBIAN_SUITE} from {mirror} for {recipe.name}", timings):
             try:
                 _run(
                     [
                         "debootstrap",
                         "--variant=minbase",
-                        "--include=" + ",".join(DEBIAN_PACKAGES),
+                        "--include=" + ",".join(packages),
                         DEBIAN_SUITE,
                         str(rootfs),
                         mirror,
@@ -617,21 +645,14 @@ def ensure_base_image(timings: dict[str, float] | None = None) -> str:
             finally:
                 _unmount_below(rootfs)
         with _stage(f"base image {recipe.name}", timings):
-            _trim_rootfs(rootfs)
+            trim(rootfs)
             imported = f"{recipe.name}-rootfs"
-            _docker_stream(
+            docker_stream(
                 ["import", "--change", f"ENV PATH={PATH_ENV}", "-", imported],
                 f"image {imported}",
                 ["tar", "--numeric-owner", "-C", str(rootfs), "-c", "."],
             )
-    # `docker import` cannot set STOPSIGNAL: a metadata-only build on top sets it (and the
-    # label). systemd exits on SIGRTMIN+3, re-executes on SIGTERM; `container=docker` tells
-    # systemd it runs in a container (kind's base Dockerfile sets both).
-    dockerfile = (
-        f"FROM {imported}\nENV container=docker\nSTOPSIGNAL SIGRTMIN+3\n"
-        f'LABEL {RECIPE_LABEL}="{recipe.digest()}"\n'
-        'ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]\n'
-    )
+    dockerfile = f'FROM {imported}\n{config}LABEL {RECIPE_LABEL}="{recipe.digest()}"\n'
     docker(["build", "--quiet", "-t", recipe.name, "-"], f"image {recipe.name}", input_bytes=dockerfile.encode())
     docker(["rmi", imported], f"image {imported}")
     return recipe.name
@@ -768,9 +789,9 @@ def _build_kube_proxy_image(image: ControlPlaneImage, base: str) -> None:
         }
     )
     log.info("building image %s", image.reference)
-    previous = _image_id(image.reference)
+    previous = image_id(image.reference)
     docker(["build", "--quiet", "-t", image.reference, "-"], f"image {image.reference}", input_bytes=context)
-    _drop_replaced(image.reference, previous)
+    drop_replaced(image.reference, previous)
 
 
 def build_control_plane_images(
@@ -892,7 +913,7 @@ def _assemble_node(inputs: Inputs, kind_dir: Path, timings: dict[str, float]) ->
             )
             _wait_for_containerd(container)
             # kind's own import flags (pkg/build/nodeimage/imageimporter.go): pinned, not unpacked.
-            _docker_stream(
+            docker_stream(
                 ["exec", "-i", container, "ctr", "--namespace=k8s.io", "images", "import",
                  "--label=io.cri-containerd.pinned=pinned", "--all-platforms", "--no-unpack", "--digests", "-"],
                 f"import images into {reference}",
@@ -928,7 +949,7 @@ def _assemble_node(inputs: Inputs, kind_dir: Path, timings: dict[str, float]) ->
             input_bytes=(json.dumps(record, indent=2, sort_keys=True) + "\n").encode(),
         )
         with _stage(f"commit {reference}", timings):
-            previous = _image_id(reference)
+            previous = image_id(reference)
             docker(
                 ["commit",
                  "--change", 'ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]',
@@ -937,7 +958,7 @@ def _assemble_node(inputs: Inputs, kind_dir: Path, timings: dict[str, float]) ->
                  container, reference],
                 f"image {reference}",
             )  # fmt: skip
-            _drop_replaced(reference, previous)
+            drop_replaced(reference, previous)
     finally:
         subprocess.run(["docker", "rm", "-f", "-v", container], capture_output=True, check=False, timeout=120)
 
