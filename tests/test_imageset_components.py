@@ -23,7 +23,7 @@ import yaml
 from e2e import cli
 from e2e.availability import unavailable
 from e2e.errors import EnvironmentMissing
-from e2e.imageset import components
+from e2e.imageset import components, serving
 from e2e.imageset import docker_image as docker_image_module
 from e2e.local import binaries
 from e2e.manifests import ManifestLock, ReleaseFiles
@@ -334,7 +334,15 @@ def test_ensure_images_builds_what_is_missing_and_then_nothing(world: FakeWorld,
         "quay.io/jetstack/cert-manager-cainjector:v1.11.5",
         "kserve/kserve-controller:v0.14.0",
     ]
-    assert {image.status for image in results if image.reference != "kserve/kserve-controller:v0.18.0"} == {"built"}
+    # The fixture's releases have no runtimes file: their serving images cannot be planned.
+    serving_images = [image for image in results if image.component == serving.SKLEARNSERVER]
+    assert [(image.version, image.status) for image in serving_images] == [
+        ("v0.14.0", "unavailable"),
+        ("v0.18.0", "unavailable"),
+    ]
+    assert all("its runtimes cannot be read" in image.detail for image in serving_images)
+    others = [image for image in results if image not in serving_images]
+    assert {image.status for image in others if image.reference != "kserve/kserve-controller:v0.18.0"} == {"built"}
     world.imported.clear()
     world.node_status = "built"
     again = components.ensure_images(["v0.14.0", "v0.18.0"], ["quay-v0.18.0"], ["1.34"], files=manifest_files)
@@ -506,7 +514,10 @@ def test_the_real_image_set_of_a_release_builds_runs_and_is_then_current(
     }
 
     results = by_reference(components.ensure_images(**selection, files=files))
-    assert {r: i.status for r, i in results.items() if i.component != "node"} == {
+    # This manifest directory has no runtimes file: no serving images are planned from it
+    # (tests/test_imageset_serving.py builds those).
+    assert results["(KServe v0.20.0 serving images)"].status == "unavailable"
+    assert {r: i.status for r, i in results.items() if i.component not in ("node", serving.SKLEARNSERVER)} == {
         "quay.io/brancz/kube-rbac-proxy:v0.18.0": "built",
         "quay.io/jetstack/cert-manager-controller:v1.11.5": "built",
         "quay.io/jetstack/cert-manager-webhook:v1.11.5": "built",
@@ -516,7 +527,7 @@ def test_the_real_image_set_of_a_release_builds_runs_and_is_then_current(
     }
     started = time.monotonic()
     again = components.ensure_images(**selection, files=files)
-    assert all(image.status == "built" for image in again)
+    assert all(image.status == "built" for image in again if image.component != serving.SKLEARNSERVER)
     assert time.monotonic() - started < 30
 
     manager = docker_run("kserve/kserve-controller:v0.20.0", "--help")

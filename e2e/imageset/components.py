@@ -58,10 +58,11 @@ import yaml
 
 from e2e.cache import cache_root
 from e2e.errors import EnvironmentMissing, HarnessError, ManifestError, UsageError
+from e2e.imageset import serving
 from e2e.imageset.docker_image import ImageContent, ImageRecipe, build_image, file_sha256, is_current
 from e2e.local import binaries
 from e2e.manifests import ReleaseFiles, ReleaseManifest, load_release_manifest, sha256_hex
-from e2e.matrix import Matrix, load_matrix
+from e2e.matrix import KServeRelease, Matrix, load_matrix
 from e2e.text import one_line
 
 log = logging.getLogger(__name__)
@@ -637,9 +638,11 @@ def _plan(
     # needed: the harness installs a release with its first cell's proxy image in place.
     controllers: dict[str, tuple[str | None, str]] = {}
     localmodels: dict[str, str] = {}  # version -> image, for releases that run that Deployment
+    serving_jobs: list[_Job] = []
     for version in selection.kserve_versions:
         try:
-            manifest = load_release_manifest(matrix.release(version), files)
+            release = matrix.release(version)
+            manifest = load_release_manifest(release, files)
             image = manifest.manager_container().get("image")
             if not image:
                 raise ManifestError(f"{manifest.source}: the manager container has no image")
@@ -649,6 +652,13 @@ def _plan(
                 localmodels[version] = localmodel
         except HarnessError as exc:
             controllers[version] = (None, f"its release manifest cannot be read: {exc}")
+            continue
+        try:
+            serving_jobs += _serving_jobs(release, manifest, files, engine)
+        except HarnessError as exc:
+            detail = f"its runtimes cannot be read: {exc}"
+            serving_jobs.append(_Job(PlannedImage(f"(KServe {version} serving images)", serving.SKLEARNSERVER,
+                                                  version, UNAVAILABLE, detail), None))  # fmt: skip
     proxy_images = dict.fromkeys(matrix.proxy(alias).image for alias in selection.proxy_aliases)
 
     jobs = [_node_job(minor) for minor in selection.k8s_minors]
@@ -670,7 +680,37 @@ def _plan(
         jobs.append(_controller_job(version, reference, reason, engine, with_localmodel=version in localmodels))
         if version in localmodels:
             jobs.append(_localmodel_job(version, localmodels[version], engine))
-    return jobs
+    return jobs + serving_jobs
+
+
+def _serving_jobs(
+    release: KServeRelease, manifest: ReleaseManifest, files: ReleaseFiles, engine: str | None
+) -> list[_Job]:
+    """The release's sklearnserver and storage-initializer images (``serving.py``): one build."""
+    from e2e.install import serving_images  # the install decides what the samples run on
+
+    runtimes = load_release_manifest(release, files, release.runtimes_file).documents if release.runtimes_file else []
+    images = serving_images(runtimes, manifest.documents)
+    pair = serving.serving_images_of(release.version, images)
+    if pair is None:
+        detail = f"KServe {release.version}'s manifests name no sklearnserver and storage-initializer pair ({images})"
+        return [_Job(PlannedImage(f"(KServe {release.version} serving images)", serving.SKLEARNSERVER,
+                                  release.version, UNAVAILABLE, detail), None)]  # fmt: skip
+    status, detail = (MISSING, engine) if engine else serving.status(pair)
+    planned = PlannedImage(
+        pair.sklearnserver,
+        serving.SKLEARNSERVER,
+        release.version,
+        status,
+        detail,
+        also_tagged=(pair.storage_initializer,),
+    )
+
+    def build() -> PlannedImage:
+        serving.build(pair)
+        return replace(planned, status=BUILT, detail="")
+
+    return [_Job(planned, None if status == BUILT else build)]
 
 
 def localmodel_reference(manifest: ReleaseManifest) -> str | None:

@@ -246,6 +246,16 @@ def _ensure(release: str, venv: Path) -> SklearnServerEnv:
             raise SklearnServerUnavailable(f"sklearnserver {release}: {exc}") from None
 
 
+def built_env(release: str) -> SklearnServerEnv | None:
+    """The venv of ``release`` when it is built already (nothing is built or downloaded)."""
+    return _ready(default_venv_dir(release).expanduser(), release)
+
+
+def ready_marker(env: SklearnServerEnv) -> Path:
+    """The file a finished build writes last: what went into the venv (release, lock, Python)."""
+    return env.python.parent.parent / _READY_MARKER
+
+
 def _ready(venv: Path, release: str) -> SklearnServerEnv | None:
     try:
         recorded = json.loads((venv / _READY_MARKER).read_text())
