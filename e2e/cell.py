@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from e2e import checks, diagnostics, kserve, report, scrape
+from e2e import checks, diagnostics, kserve, model_store, report, scrape
 from e2e.availability import in_ci
 from e2e.checks.reconciling import wait_until_reconciling
 from e2e.errors import EnvironmentMissing, HarnessError, WorkloadFailed, WorkloadUnavailable
@@ -119,7 +119,16 @@ class CellRun:
             return
         with timed_check(self.result, "deploy-samples") as check:
             api = cluster.provider.api_client()
-            names = kserve.deploy_inference_services(api, self.cell.release, kserve.sample_inference_services())
+            samples = kserve.sample_inference_services()
+            if cluster.model_store_uri:
+                samples, replaced = model_store.rewrite_storage_uris(samples, cluster.model_store_uri)
+                cluster.deviations.append(
+                    f"samples' storageUri {', '.join(replaced)} rewritten to {cluster.model_store_uri}: "
+                    "an in-cluster model store (python -m http.server in the sklearnserver image built here) "
+                    "serves the iris model trained here with the release's scikit-learn; no internet to fetch "
+                    "the original, KServe's storage initializer downloads this one"
+                )
+            names = kserve.deploy_inference_services(api, self.cell.release, samples)
             cluster.samples_deployed = True
             check.status, check.detail = CheckStatus.PASS, f"applied {', '.join(names)}"
 

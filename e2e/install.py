@@ -11,19 +11,23 @@ group and reported by each of its cells; a Prometheus that cannot start is kept 
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes import client as k8s_client
 
-from e2e import checks, diagnostics, kserve, scrape
+from e2e import checks, diagnostics, kserve, model_store, scrape
 from e2e.apply import Applier
 from e2e.cluster.provider import ClusterProvider, ServiceTarget
 from e2e.errors import HarnessError, NotInOfflineDirectory, WorkloadUnavailable
 from e2e.images import RegistryMirrors
+from e2e.imageset import serving
 from e2e.imageset.offline import images_of, pull_if_not_present
 from e2e.labels import label_selector
+from e2e.local import sklearnserver
 from e2e.manifests import (
     ReleaseFile,
     ReleaseFiles,
@@ -40,6 +44,7 @@ from e2e.tokens import mint_token
 
 METRICS_ACCESS_NAMESPACE = "kserve-compat"
 METRICS_READER, NO_ACCESS, PROMETHEUS = "metrics-reader", "no-access", "prometheus"
+INFERENCESERVICE_CONFIG = "inferenceservice-config"
 SAMPLE_MODELS: tuple[tuple[str, checks.Protocol], ...] = (("sklearn-iris", "v1"), ("sklearn-iris-v2", "v2"))
 
 
@@ -87,6 +92,7 @@ class GroupCluster:
     scrape_jobs: list[scrape.ScrapeJob] = field(default_factory=list)  # what its Prometheus scrapes
     prometheus_error: HarnessError | None = None  # why no Prometheus runs, if none does
     serving_unavailable: str = ""  # why no sample model can serve here, if none can
+    model_store_uri: str = ""  # where the samples fetch their model, when not from their storageUri
 
 
 class Installer:
@@ -144,12 +150,7 @@ class Installer:
             cluster.notes.append(f"installed with {install_cell.proxy.image}; the cell's image is swapped in after")
         runtimes = self._runtime_documents(release)
         if provider.image_set is not None:
-            missing = provider.image_set.missing(serving_images(runtimes))
-            if missing:
-                cluster.serving_unavailable = (
-                    f"the serving images {', '.join(missing)} are not in the local image set: "
-                    "no model server can run, inference is not checked"
-                )
+            self._serve_from_local_images(cluster, release, serving_images(runtimes, documents))
         profile = release.profile
 
         def controller_rollout() -> Any:
@@ -171,6 +172,14 @@ class Installer:
             wait_for_controller=controller_rollout,
         )
         cluster.deviations += installation.deviations
+        if cluster.model_store_uri:
+            wait_for_rollout(
+                api,
+                kserve.SAMPLES_NAMESPACE,
+                model_store.MODEL_STORE,
+                timeout_s=self.rollout_timeout_s,
+                failure_evidence=failure_probe(provider, kserve.SAMPLES_NAMESPACE, model_store.MODEL_STORE),
+            )
         cluster.serving_unavailable = cluster.serving_unavailable or provider.why_nothing_serves()
         cluster.manifest = manifest
         cluster.proxy_image = proxy_image_of(patch)
@@ -217,6 +226,35 @@ class Installer:
                 continue
             return candidate
         raise CellSkipped(f"no proxy image can run here to install {cluster.group.id}: {'; '.join(reasons)[:300]}")
+
+    @staticmethod
+    def _serve_from_local_images(cluster: GroupCluster, release: KServeRelease, images: list[str]) -> None:
+        """Load the release's serving images built here and start the model store the samples
+        fetch from; without them, say why inference is not checked."""
+        image_set = cluster.provider.image_set
+        assert image_set is not None
+        missing = image_set.missing(images)
+        pair = serving.serving_images_of(release.version, images)
+        if missing or pair is None:
+            cluster.serving_unavailable = (
+                f"the serving images {', '.join(missing or images) or '(none named)'} are not in the local "
+                "image set: no model server can run, inference is not checked"
+            )
+            return
+        model_path = serving.iris_model_path(pair.sklearnserver)
+        if model_path is None:
+            cluster.serving_unavailable = (
+                f"{pair.sklearnserver} was not built by this image set (no iris model label): inference is not checked"
+            )
+            return
+        cluster.provider.load_images(list(images))
+        Applier(cluster.provider.api_client()).apply(model_store.model_store_documents(pair.sklearnserver, model_path))
+        cluster.model_store_uri = model_store.model_store_uri(model_path)
+        cluster.deviations.append(
+            f"{', '.join(images)} built here from python/ of {sklearnserver.KSERVE_MODULE}@{release.version} "
+            "(this machine's CPython 3.11 on Debian bookworm, dependencies pinned by the release's lock), "
+            "not the published images"
+        )
 
     @staticmethod
     def _with_local_images(
@@ -349,11 +387,17 @@ def proxy_image_of(patch: dict[str, Any]) -> str:
     return str(patch["spec"]["template"]["spec"]["containers"][0]["image"])
 
 
-def serving_images(runtimes: Sequence[dict[str, Any]]) -> list[str]:
+def serving_images(runtimes: Sequence[dict[str, Any]], documents: Sequence[dict[str, Any]] = ()) -> list[str]:
     """The images the iris samples run on: the sklearn runtime's server and the storage
-    initializer (a ``ClusterStorageContainer`` from v0.12 on; older releases name it in
-    their config map, whose image is then not listed here)."""
+    initializer (a ``ClusterStorageContainer`` from v0.12 on; the ``storageInitializer`` of
+    the release's ``inferenceservice-config`` ConfigMap in ``documents`` for every release)."""
     found: dict[str, None] = {}
+    for doc in documents:
+        if doc.get("kind") == "ConfigMap" and (doc.get("metadata") or {}).get("name") == INFERENCESERVICE_CONFIG:
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                image = json.loads((doc.get("data") or {}).get("storageInitializer") or "{}").get("image")
+                if image:
+                    found[str(image)] = None
     for doc in runtimes:
         spec = doc.get("spec") or {}
         name = str((doc.get("metadata") or {}).get("name", ""))
