@@ -41,7 +41,7 @@ from e2e.errors import HarnessError, WorkloadUnavailable
 from e2e.images import ImageReference
 from e2e.local import binaries
 from e2e.local.metrics_upstream import MetricsUpstream
-from e2e.local.pki import ClusterPki
+from e2e.local.pki import ClusterPki, write_private_file
 from e2e.local.processes import ManagedProcess, OneProcess, StartsAndStops
 from e2e.local.proxy_runner import flag_name
 from e2e.secrets import redact
@@ -210,6 +210,16 @@ def write_serving_pair(pki: ClusterPki, tmpdir: Path, name: str) -> Path:
     shutil.copyfile(pair.key, directory / "tls.key")
     os.chmod(directory / "tls.key", 0o600)
     return pki.ca.cert
+
+
+def write_serving_secret(data: Mapping[str, bytes], tmpdir: Path) -> Path:
+    """A Secret's ``tls.crt`` and ``tls.key`` where controller-runtime reads them under
+    ``tmpdir`` (what the kubelet's Secret volume mount does); returns their directory."""
+    directory = tmpdir / SERVING_CERTS
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "tls.crt").write_bytes(data["tls.crt"])
+    write_private_file(directory / "tls.key", data["tls.key"])
+    return directory
 
 
 class ManagerProcess(OneProcess):
