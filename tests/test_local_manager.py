@@ -224,14 +224,15 @@ def _install(
     release_files: SessionReleaseFiles,
     name: str,
     edit: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] = list,
+    version: str = RELEASE,
 ) -> Iterator[Installed]:
-    """KServe installed as the local tier installs it (``edit`` may change its documents),
-    the samples applied; the InferenceServices deleted while the manager still runs."""
-    _need(binaries.KSERVE_MANAGER, RELEASE)
+    """KServe ``version`` installed as the local tier installs it (``edit`` may change its
+    documents), the samples applied; the InferenceServices deleted while the manager still runs."""
+    _need(binaries.KSERVE_MANAGER, version)
     _need(binaries.PROXY, "v0.18.0")
     _need(certmanager.CONTROLLER, certmanager.VERSION)
     _need(certmanager.CAINJECTOR, certmanager.VERSION)
-    release = load_matrix().release(RELEASE)
+    release = load_matrix().release(version)
     manifest = load_release_manifest(release, release_files)
     assert release.runtimes_file is not None
     runtimes = list(load_release_manifest(release, release_files, release.runtimes_file).documents)
@@ -603,6 +604,68 @@ def test_a_cert_manager_that_exits_at_start_fails_fast_with_its_exit_code_and_la
     assert exited.value.evidence[0] == "exit code 1"
     assert any("unknown flag: --no-such-flag" in line for line in exited.value.evidence[1:]), exited.value.evidence
     assert not broken.controller.alive and not broken.cainjector.alive  # the other one was stopped too
+
+
+def _with_proxy_v0_18_0(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The release's documents with its kube-rbac-proxy image (v0.13.1, which no binary
+    plays here) swapped for v0.18.0, as the installer swaps in a runnable one."""
+    documents = json.loads(json.dumps(documents))
+    for doc in documents:
+        if doc.get("kind") == "Deployment":
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                if "kube-rbac-proxy" in container.get("image", ""):
+                    container["image"] = "quay.io/brancz/kube-rbac-proxy:v0.18.0"
+    return documents
+
+
+@pytest.mark.needs_binaries
+@pytest.mark.slow
+def test_an_older_release_gets_its_certificate_from_cert_manager_and_its_crd_conversion_injected(
+    release_files: SessionReleaseFiles,
+) -> None:
+    """v0.12.1 names its Certificate and Secret as later releases do, and its
+    InferenceService CRD has a conversion webhook annotated for injection: the real
+    cainjector fills that caBundle too (the release ships a bare one the harness drops)."""
+    with _install(release_files, "v0-12-test", _with_proxy_v0_18_0, version="v0.12.1") as old:
+        secret = _serving_secret(old.api)
+        injected = base64.b64encode(secret["ca.crt"]).decode()
+        extensions = k8s_client.ApiextensionsV1Api(old.api)
+        seen: Any = None
+        for attempt in tenacity.Retrying(
+            stop=tenacity.stop_after_delay(60), wait=tenacity.wait_fixed(0.5), reraise=True
+        ):
+            with attempt:
+                crd = extensions.read_custom_resource_definition("inferenceservices.serving.kserve.io")
+                seen = crd.spec.conversion.webhook.client_config.ca_bundle
+                assert seen == injected, "CRD conversion caBundle not injected yet"
+        admission = k8s_client.AdmissionregistrationV1Api(old.api)
+        webhooks = [
+            w
+            for c in [
+                *admission.list_validating_webhook_configuration().items,
+                *admission.list_mutating_webhook_configuration().items,
+            ]
+            for w in c.webhooks or []
+        ]
+        assert len(webhooks) == 7
+        assert all(w.client_config.ca_bundle == injected for w in webhooks)
+        assert all(w.client_config.url.startswith("https://127.0.0.1:") for w in webhooks)
+        assert (
+            "webhook serving certificate issued by cert-manager v1.11.5 (controller and cainjector played as "
+            "processes) into Secret kserve/kserve-webhook-server-cert, written where the Secret volume would mount "
+            "it ($TMPDIR/k8s-webhook-server/serving-certs); Certificate kserve/serving-cert given ipAddresses "
+            "[127.0.0.1] so the API server can verify https://127.0.0.1:<port>" in old.cluster.info.deviations
+        )
+        # The API server verified the played manager's certificate and called its webhooks.
+        (sample, *_) = [d for d in kserve.sample_inference_services() if d["kind"] == "InferenceService"]
+        bad = json.loads(json.dumps(sample))
+        bad["metadata"]["name"] = "1-iris"
+        with pytest.raises(k8s_client.ApiException) as rejected:
+            k8s_client.CustomObjectsApi(old.api).create_namespaced_custom_object(
+                kserve.ISVC_GROUP, kserve.ISVC_VERSION, kserve.SAMPLES_NAMESPACE, kserve.ISVC_PLURAL, bad
+            )
+        assert "denied the request" in str(rejected.value.body)
+        kserve.wait_inference_service_ready(old.api, kserve.SAMPLES_NAMESPACE, old.samples[0], timeout_s=120)
 
 
 # -- whole cells ---------------------------------------------------------------------------

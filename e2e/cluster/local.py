@@ -8,7 +8,9 @@ runs, so the provider plays the containers the checks talk to:
   manager binary of that release (``e2e/local/manager.py``), with the container's args and
   env (ports moved to free loopback ports, ``--leader-elect`` dropped; recorded), and the
   admission webhooks are pointed at it (``e2e/local/webhooks.py``), so the API server calls
-  the real webhooks and the real controller reconciles the InferenceServices. A release
+  the real webhooks and the real controller reconciles the InferenceServices. Its webhook
+  serving pair is the Secret cert-manager v1.11.5 issues from the release's Certificate
+  (controller and cainjector played as processes, ``e2e/local/certmanager.py``). A release
   whose manager cannot be built gets a stand-in that marks what it serves;
 - every container whose image is a kube-rbac-proxy image runs as the real
   kube-rbac-proxy binary of that version, with the container's own args (the listen
@@ -393,9 +395,17 @@ class LocalProviderFactory(ProviderFactory):
         self.kubernetes_version = kubernetes_version or binaries.KUBERNETES_VERSION
 
     def preflight(self) -> None:
+        components = (
+            "etcd",
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "kwok",
+            *binaries.LOCAL_CERT_MANAGER_COMPONENTS,
+        )
         missing = [
             component
-            for component in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+            for component in components
             if binaries.locate(component, self.kubernetes_version if component.startswith("kube-") else None) is None
         ]
         if missing:
@@ -422,6 +432,8 @@ class LocalProviderFactory(ProviderFactory):
             f" for {group_id}",
             "play the KServe manager (the release's binary; webhooks pointed at it) and kube-rbac-proxy "
             "containers as local processes of the matching version",
+            f"play cert-manager {certmanager.VERSION}'s controller and cainjector (they issue the release's "
+            "webhook Certificate, given ipAddresses [127.0.0.1], and inject its CA)",
             "play each predictor pod's model server with the release's own sklearnserver (its python/ tree; "
             "the iris model placed where the storage initializer would fetch it)",
         ]
