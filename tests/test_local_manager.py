@@ -342,9 +342,8 @@ def test_the_webhooks_stay_point_at_the_played_manager_and_carry_the_injected_ca
     assert SERVING_CERT_DEVIATION not in deviations
     assert (
         "webhook serving certificate issued by cert-manager v1.11.5 (controller and cainjector played as processes) "
-        "into Secret kserve/kserve-webhook-server-cert, written where the Secret volume would mount it "
-        "($TMPDIR/k8s-webhook-server/serving-certs); Certificate kserve/serving-cert given ipAddresses [127.0.0.1] "
-        "so the API server can verify https://127.0.0.1:<port>" in deviations
+        "into Secret kserve/kserve-webhook-server-cert; Certificate kserve/serving-cert given ipAddresses "
+        "[127.0.0.1] so the API server can verify https://127.0.0.1:<port>" in deviations
     )
     assert certmanager.AUTH_DEVIATION in deviations
     assert (
@@ -652,9 +651,9 @@ def test_an_older_release_gets_its_certificate_from_cert_manager_and_its_crd_con
         assert all(w.client_config.url.startswith("https://127.0.0.1:") for w in webhooks)
         assert (
             "webhook serving certificate issued by cert-manager v1.11.5 (controller and cainjector played as "
-            "processes) into Secret kserve/kserve-webhook-server-cert, written where the Secret volume would mount "
-            "it ($TMPDIR/k8s-webhook-server/serving-certs); Certificate kserve/serving-cert given ipAddresses "
-            "[127.0.0.1] so the API server can verify https://127.0.0.1:<port>" in old.cluster.info.deviations
+            "processes) into Secret kserve/kserve-webhook-server-cert; Certificate kserve/serving-cert given "
+            "ipAddresses [127.0.0.1] so the API server can verify https://127.0.0.1:<port>"
+            in old.cluster.info.deviations
         )
         # The API server verified the played manager's certificate and called its webhooks.
         (sample, *_) = [d for d in kserve.sample_inference_services() if d["kind"] == "InferenceService"]

@@ -61,9 +61,9 @@ def issued_deviation(namespace: str, certificate: str, secret: str) -> str:
     """What is real about one played manager's serving certificate, and what changed."""
     return (
         f"webhook serving certificate issued by cert-manager {VERSION} (controller and cainjector played as "
-        f"processes) into Secret {namespace}/{secret}, written where the Secret volume would mount it "
-        f"($TMPDIR/k8s-webhook-server/serving-certs); Certificate {namespace}/{certificate} given ipAddresses "
-        f"[{LOOPBACK_IP}] so the API server can verify https://{LOOPBACK_IP}:<port>"
+        f"processes) into Secret {namespace}/{secret}; Certificate "
+        f"{namespace}/{certificate} given ipAddresses [{LOOPBACK_IP}] so the API server can verify "
+        f"https://{LOOPBACK_IP}:<port>"
     )
 
 

@@ -14,8 +14,10 @@ proxy's port remaps):
 It authenticates as the pod's ServiceAccount (``KUBECONFIG`` with a TokenRequest token: the
 release's own RBAC decides; v0.11 ignores ``--kubeconfig``, every release reads the
 variable) and reads its webhook serving pair where controller-runtime looks for it,
-``$TMPDIR/k8s-webhook-server/serving-certs/tls.{crt,key}``. The harness writes that pair
-(signed by the control plane's CA) instead of cert-manager: a deviation of the report.
+``$TMPDIR/k8s-webhook-server/serving-certs/tls.{crt,key}``. There the player writes the
+Secret its Deployment mounts, as cert-manager issued it from the release's Certificate
+(``write_serving_secret``; see ``e2e/local/certmanager.py``), or, where no Certificate names
+that Secret, a pair signed by the control plane's CA (``write_serving_pair``, a deviation).
 
 A release whose module the Go proxy refuses has no binary: ``StandInManager`` then serves
 synthetic controller-runtime metrics in its place, and says so in its own output (the

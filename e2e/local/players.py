@@ -2,7 +2,9 @@
 
 Each played process gets a directory of its own under the cluster's work dir, authenticates
 as the pod's ServiceAccount (a TokenRequest token in its kubeconfig, so the release's own
-RBAC decides), and keeps its ports across restarts, as a Service keeps its address.
+RBAC decides), and keeps its ports across restarts, as a Service keeps its address. A KServe
+manager gets its webhook serving pair from the Secret cert-manager (played here too, started
+for the first manager that needs it) issues from the release's Certificate.
 ``LocalCluster.sync_workloads`` decides what to play; this module knows how.
 """
 
