@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ipaddress
 import json
 import os
 import signal
+import socket
+import ssl
 import stat
 import subprocess
 import sys
@@ -28,6 +31,7 @@ import pytest
 import requests
 import tenacity
 import yaml
+from cryptography import x509
 from kubernetes import client as k8s_client
 from prometheus_client.parser import text_string_to_metric_families
 from real_cluster import real_control_plane
@@ -40,7 +44,7 @@ from e2e.checks.metrics import RECONCILE_METRIC
 from e2e.cluster.local import LocalCluster
 from e2e.errors import HarnessError, WorkloadUnavailable
 from e2e.install import SAMPLE_MODELS
-from e2e.local import binaries, manager, sklearnserver
+from e2e.local import binaries, certmanager, manager, sklearnserver
 from e2e.local.manager import ManagerExited, container_env, remap_manager_args
 from e2e.local.played import PlayedContainer, pod_upstream, port_free
 from e2e.local.players import SERVING_CERT_DEVIATION
@@ -220,12 +224,15 @@ def _install(
     release_files: SessionReleaseFiles,
     name: str,
     edit: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] = list,
+    version: str = RELEASE,
 ) -> Iterator[Installed]:
-    """KServe installed as the local tier installs it (``edit`` may change its documents),
-    the samples applied; the InferenceServices deleted while the manager still runs."""
-    _need(binaries.KSERVE_MANAGER, RELEASE)
+    """KServe ``version`` installed as the local tier installs it (``edit`` may change its
+    documents), the samples applied; the InferenceServices deleted while the manager still runs."""
+    _need(binaries.KSERVE_MANAGER, version)
     _need(binaries.PROXY, "v0.18.0")
-    release = load_matrix().release(RELEASE)
+    _need(certmanager.CONTROLLER, certmanager.VERSION)
+    _need(certmanager.CAINJECTOR, certmanager.VERSION)
+    release = load_matrix().release(version)
     manifest = load_release_manifest(release, release_files)
     assert release.runtimes_file is not None
     runtimes = list(load_release_manifest(release, release_files, release.runtimes_file).documents)
@@ -271,9 +278,50 @@ def test_the_manager_runs_with_the_deployments_args_remapped(installed: Installe
     )
 
 
+def _serving_secret(api: k8s_client.ApiClient) -> dict[str, bytes]:
+    secret = k8s_client.CoreV1Api(api).read_namespaced_secret("kserve-webhook-server-cert", "kserve")
+    return {key: base64.b64decode(value) for key, value in (secret.data or {}).items()}
+
+
 @pytest.mark.needs_binaries
 @pytest.mark.slow
-def test_the_webhooks_stay_and_point_at_the_played_manager(installed: Installed) -> None:
+def test_cert_manager_issues_the_releases_certificate_with_the_loopback_ip(installed: Installed) -> None:
+    """The real cert-manager controller issued KServe's Certificate (given 127.0.0.1 before
+    its first issue) into the Secret it names; the manager serves exactly that pair."""
+    certificate = k8s_client.CustomObjectsApi(installed.api).get_namespaced_custom_object(
+        "cert-manager.io", "v1", "kserve", "certificates", "serving-cert"
+    )
+    assert certificate["spec"]["ipAddresses"] == ["127.0.0.1"]
+    assert certificate["spec"]["dnsNames"] == ["kserve-webhook-server-service.kserve.svc"]  # as shipped
+    ready = {c["type"]: c for c in certificate["status"]["conditions"]}["Ready"]
+    assert ready["status"] == "True" and ready["observedGeneration"] == certificate["metadata"]["generation"]
+    assert certificate["status"]["revision"] == 1  # issued once: the IP was there before the first issue
+    secret = _serving_secret(installed.api)
+    served = x509.load_pem_x509_certificate(secret["tls.crt"])
+    names = served.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
+    assert names.get_values_for_type(x509.DNSName) == ["kserve-webhook-server-service.kserve.svc"]
+    assert secret["ca.crt"] == secret["tls.crt"]  # the selfSigned Issuer: the certificate is its own CA
+    (played,) = [p for p in installed.cluster._played.values() if p.role == "manager"]
+    serving = played.runner.process.env["TMPDIR"]  # type: ignore[attr-defined]
+    directory = Path(serving) / "k8s-webhook-server" / "serving-certs"
+    assert (directory / "tls.crt").read_bytes() == secret["tls.crt"]
+    assert (directory / "tls.key").read_bytes() == secret["tls.key"]
+    assert stat.S_IMODE((directory / "tls.key").stat().st_mode) == 0o600
+    # What the manager presents on its webhook port is that certificate, and it verifies
+    # against the injected CA for 127.0.0.1, as the API server verifies it.
+    context = ssl.create_default_context(cadata=secret["ca.crt"].decode())
+    with (
+        socket.create_connection(("127.0.0.1", played.runner.webhook_port), timeout=5) as raw,  # type: ignore[attr-defined]
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        presented = tls.getpeercert(binary_form=True)
+    assert presented is not None and x509.load_der_x509_certificate(presented) == served
+
+
+@pytest.mark.needs_binaries
+@pytest.mark.slow
+def test_the_webhooks_stay_point_at_the_played_manager_and_carry_the_injected_ca(installed: Installed) -> None:
     admission = k8s_client.AdmissionregistrationV1Api(installed.api)
     configurations = [
         *admission.list_validating_webhook_configuration().items,
@@ -281,21 +329,54 @@ def test_the_webhooks_stay_and_point_at_the_played_manager(installed: Installed)
     ]
     webhooks = [w for c in configurations for w in c.webhooks or []]
     assert len(webhooks) == 7  # as shipped: none removed
-    ca = base64.b64encode(installed.cluster.control_plane.ca_file.read_bytes()).decode()
+    injected = base64.b64encode(_serving_secret(installed.api)["ca.crt"]).decode()
+    local_ca = base64.b64encode(installed.cluster.control_plane.ca_file.read_bytes()).decode()
+    assert injected != local_ca
     for webhook in webhooks:
         assert webhook.client_config.service is None
         assert webhook.client_config.url.startswith("https://127.0.0.1:"), webhook.client_config.url
-        assert webhook.client_config.ca_bundle == ca
+        assert webhook.client_config.ca_bundle == injected
+    cainjector = installed.cluster._player.cert_manager.cainjector.output()  # type: ignore[union-attr]
+    assert "updated object" in cainjector  # its log line per injection
     deviations = installed.cluster.info.deviations
-    assert SERVING_CERT_DEVIATION in deviations
-    assert any(
-        d.startswith(
-            "admission webhooks of Service kserve/kserve-webhook-server-service (7): clientConfig "
-            "points at the played manager"
-        )
-        for d in deviations
+    assert SERVING_CERT_DEVIATION not in deviations
+    assert (
+        "webhook serving certificate issued by cert-manager v1.11.5 (controller and cainjector played as processes) "
+        "into Secret kserve/kserve-webhook-server-cert; Certificate kserve/serving-cert given ipAddresses "
+        "[127.0.0.1] so the API server can verify https://127.0.0.1:<port>" in deviations
+    )
+    assert certmanager.AUTH_DEVIATION in deviations
+    assert (
+        "admission webhooks of Service kserve/kserve-webhook-server-service (7): clientConfig points at the "
+        "played manager (url https://127.0.0.1:<port><path>, caBundle injected by cert-manager's cainjector; "
+        "no Service routing without a kubelet)" in deviations
     )
     assert not any("removed" in d for d in deviations + installed.installation.deviations)
+
+
+@pytest.mark.needs_binaries
+@pytest.mark.slow
+def test_the_cainjector_injects_into_a_webhook_that_has_a_url(installed: Installed) -> None:
+    """Order does not matter: with clientConfig already a URL, a caBundle overwritten by
+    someone else is put back by the real cainjector."""
+    admission = k8s_client.AdmissionregistrationV1Api(installed.api)
+    name = "inferenceservice.serving.kserve.io"
+    configuration = admission.read_validating_webhook_configuration(name)
+    assert configuration.webhooks[0].client_config.url.startswith("https://127.0.0.1:")
+    local_ca = base64.b64encode(installed.cluster.control_plane.ca_file.read_bytes()).decode()
+    configuration.webhooks[0].client_config.ca_bundle = local_ca
+    admission.replace_validating_webhook_configuration(name, configuration)
+    injected = base64.b64encode(_serving_secret(installed.api)["ca.crt"]).decode()
+    seen = local_ca
+    for attempt in tenacity.Retrying(stop=tenacity.stop_after_delay(60), wait=tenacity.wait_fixed(0.5), reraise=True):
+        with attempt:
+            seen = admission.read_validating_webhook_configuration(name).webhooks[0].client_config.ca_bundle
+            assert seen == injected, "caBundle not re-injected yet"
+    assert (
+        admission.read_validating_webhook_configuration(name)
+        .webhooks[0]
+        .client_config.url.startswith("https://127.0.0.1:")
+    )
 
 
 @pytest.mark.needs_binaries
@@ -485,6 +566,107 @@ def test_a_manager_that_exits_is_an_error_with_its_exit_code_and_last_lines(inst
     assert f"kserve/kserve-controller-manager/manager as kserve-manager {RELEASE}" in cluster.last_sync.started
 
 
+@pytest.mark.needs_binaries
+@pytest.mark.slow
+def test_a_cert_manager_that_exits_is_reported_with_its_exit_code_and_last_lines(installed: Installed) -> None:
+    cluster = installed.cluster
+    cert_manager = cluster._player.cert_manager
+    assert cert_manager is not None and cert_manager.alive
+    pid = cert_manager.controller.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    cert_manager.controller._popen.wait(timeout=10)  # type: ignore[union-attr]
+    with pytest.raises(certmanager.CertManagerExited, match=r"cert-manager-controller v1.11.5 exited with code -9"):
+        cluster.check_alive()
+    with pytest.raises(certmanager.CertManagerExited) as exited:
+        cluster.sync_workloads()  # nothing restarts it: every later sync says so
+    assert exited.value.evidence[0] == "exit code -9"
+    assert any("cert-manager" in line for line in exited.value.evidence[1:])
+
+
+@pytest.mark.needs_binaries
+@pytest.mark.slow
+def test_a_cert_manager_that_exits_at_start_fails_fast_with_its_exit_code_and_last_lines(
+    installed: Installed, tmp_path: Path
+) -> None:
+    broken = certmanager.CertManager(
+        _need(certmanager.CONTROLLER, certmanager.VERSION),
+        _need(certmanager.CAINJECTOR, certmanager.VERSION),
+        kubeconfig=installed.cluster.control_plane.kubeconfig,
+        workdir=tmp_path / "cert-manager",
+        extra_controller_args=("--no-such-flag",),
+    )
+    with pytest.raises(
+        certmanager.CertManagerExited, match=r"cert-manager-controller v1.11.5 exited with code 1"
+    ) as exited:
+        broken.start()
+    assert exited.value.evidence[0] == "exit code 1"
+    assert any("unknown flag: --no-such-flag" in line for line in exited.value.evidence[1:]), exited.value.evidence
+    assert not broken.controller.alive and not broken.cainjector.alive  # the other one was stopped too
+
+
+def _with_proxy_v0_18_0(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The release's documents with its kube-rbac-proxy image (v0.13.1, which no binary
+    plays here) swapped for v0.18.0, as the installer swaps in a runnable one."""
+    documents = json.loads(json.dumps(documents))
+    for doc in documents:
+        if doc.get("kind") == "Deployment":
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                if "kube-rbac-proxy" in container.get("image", ""):
+                    container["image"] = "quay.io/brancz/kube-rbac-proxy:v0.18.0"
+    return documents
+
+
+@pytest.mark.needs_binaries
+@pytest.mark.slow
+def test_an_older_release_gets_its_certificate_from_cert_manager_and_its_crd_conversion_injected(
+    release_files: SessionReleaseFiles,
+) -> None:
+    """v0.12.1 names its Certificate and Secret as later releases do, and its
+    InferenceService CRD has a conversion webhook annotated for injection: the real
+    cainjector fills that caBundle too (the release ships a bare one the harness drops)."""
+    with _install(release_files, "v0-12-test", _with_proxy_v0_18_0, version="v0.12.1") as old:
+        secret = _serving_secret(old.api)
+        injected = base64.b64encode(secret["ca.crt"]).decode()
+        extensions = k8s_client.ApiextensionsV1Api(old.api)
+        seen: Any = None
+        for attempt in tenacity.Retrying(
+            stop=tenacity.stop_after_delay(60), wait=tenacity.wait_fixed(0.5), reraise=True
+        ):
+            with attempt:
+                crd = extensions.read_custom_resource_definition("inferenceservices.serving.kserve.io")
+                seen = crd.spec.conversion.webhook.client_config.ca_bundle
+                assert seen == injected, "CRD conversion caBundle not injected yet"
+        admission = k8s_client.AdmissionregistrationV1Api(old.api)
+        webhooks = [
+            w
+            for c in [
+                *admission.list_validating_webhook_configuration().items,
+                *admission.list_mutating_webhook_configuration().items,
+            ]
+            for w in c.webhooks or []
+        ]
+        assert len(webhooks) == 7
+        assert all(w.client_config.ca_bundle == injected for w in webhooks)
+        assert all(w.client_config.url.startswith("https://127.0.0.1:") for w in webhooks)
+        assert (
+            "webhook serving certificate issued by cert-manager v1.11.5 (controller and cainjector played as "
+            "processes) into Secret kserve/kserve-webhook-server-cert; Certificate kserve/serving-cert given "
+            "ipAddresses [127.0.0.1] so the API server can verify https://127.0.0.1:<port>"
+            in old.cluster.info.deviations
+        )
+        # The API server verified the played manager's certificate and called its webhooks.
+        (sample, *_) = [d for d in kserve.sample_inference_services() if d["kind"] == "InferenceService"]
+        bad = json.loads(json.dumps(sample))
+        bad["metadata"]["name"] = "1-iris"
+        with pytest.raises(k8s_client.ApiException) as rejected:
+            k8s_client.CustomObjectsApi(old.api).create_namespaced_custom_object(
+                kserve.ISVC_GROUP, kserve.ISVC_VERSION, kserve.SAMPLES_NAMESPACE, kserve.ISVC_PLURAL, bad
+            )
+        assert "denied the request" in str(rejected.value.body)
+        kserve.wait_inference_service_ready(old.api, kserve.SAMPLES_NAMESPACE, old.samples[0], timeout_s=120)
+
+
 # -- whole cells ---------------------------------------------------------------------------
 
 
@@ -572,6 +754,8 @@ def test_a_proxy_whose_upstream_is_a_closed_port_fails_its_metrics_checks(tmp_pa
 @pytest.mark.slow
 def test_a_manager_that_exits_at_start_makes_the_cell_an_error(tmp_path: Path) -> None:
     _need(binaries.PROXY, "v0.18.0")
+    _need(certmanager.CONTROLLER, certmanager.VERSION)
+    _need(certmanager.CAINJECTOR, certmanager.VERSION)
     fake = tmp_path / "kserve-manager"
     fake.write_text(
         "#!/bin/sh\necho 'setup: unable to get configmap inferenceservice-config'\necho 'giving up'\nexit 3\n"

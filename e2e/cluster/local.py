@@ -8,7 +8,9 @@ runs, so the provider plays the containers the checks talk to:
   manager binary of that release (``e2e/local/manager.py``), with the container's args and
   env (ports moved to free loopback ports, ``--leader-elect`` dropped; recorded), and the
   admission webhooks are pointed at it (``e2e/local/webhooks.py``), so the API server calls
-  the real webhooks and the real controller reconciles the InferenceServices. A release
+  the real webhooks and the real controller reconciles the InferenceServices. Its webhook
+  serving pair is the Secret cert-manager v1.11.5 issues from the release's Certificate
+  (controller and cainjector played as processes, ``e2e/local/certmanager.py``). A release
   whose manager cannot be built gets a stand-in that marks what it serves;
 - every container whose image is a kube-rbac-proxy image runs as the real
   kube-rbac-proxy binary of that version, with the container's own args (the listen
@@ -41,7 +43,7 @@ from kubernetes import client as k8s_client
 from e2e.cluster.provider import ClusterInfo, ClusterProvider, ProviderFactory, no_endpoint_change
 from e2e.errors import EnvironmentMissing, HarnessError, WorkloadFailed, WorkloadUnavailable
 from e2e.labels import label_selector, parse_equality_selector, selects
-from e2e.local import binaries, prometheus, webhooks
+from e2e.local import binaries, certmanager, prometheus, webhooks
 from e2e.local.controlplane import ControlPlane, resolve_binaries
 from e2e.local.manager import (
     ManagerExited,
@@ -239,10 +241,18 @@ class LocalCluster(ClusterProvider):
                 return None, "only a stand-in plays its manager (no manager binary of this release; see its deviation)"
             return played.addresses[number], ""
 
-        routing = webhooks.route_admission_webhooks(api, resolve, self.control_plane.ca_file.read_bytes())
+        issued = self._player.issued
+        routing = webhooks.route_admission_webhooks(
+            api, resolve, self.control_plane.ca_file.read_bytes(), injected=set(issued)
+        )
         for line in webhooks.deviations(routing):
             if line not in self.info.deviations:
                 self.info.deviations.append(line)
+        if issued and self._player.cert_manager is not None:
+            # The API server verifies the played webhooks with what the cainjector injects:
+            # wait for it (rewriting clientConfig to a URL first or after does not matter).
+            for source, ca_pem in issued.items():
+                certmanager.wait_injected(api, source, ca_pem, self._player.cert_manager)
 
     def container_logs(self, namespace: str, pod_selector: str, container: str, previous: bool = False) -> str:
         selector = parse_equality_selector(pod_selector)
@@ -302,6 +312,9 @@ class LocalCluster(ClusterProvider):
         self.control_plane.export_logs(directory / "control-plane")
         if self._prometheus is not None:
             (directory / "prometheus.log").write_text(redact(self._prometheus.logs()))
+        if self._player.cert_manager is not None:
+            for name, text in self._player.cert_manager.logs().items():
+                (directory / f"{name}.log").write_text(redact(text))
         for played in self._played.values():
             name = f"{played.namespace}_{played.deployment}_{played.container}"
             (directory / f"{name}.log").write_text(redact(played.runner.logs()))
@@ -316,6 +329,8 @@ class LocalCluster(ClusterProvider):
         for played in list(self._played.values()):
             self._stop(played)
         self._played.clear()
+        if self._player.cert_manager is not None:
+            self._player.cert_manager.stop()
         shutil.rmtree(self._workdir, ignore_errors=True)
 
     # -- what the local tier adds -------------------------------------------------------
@@ -331,7 +346,9 @@ class LocalCluster(ClusterProvider):
 
     def check_alive(self) -> None:
         """Raise with evidence if a played container has exited: ``ManagerExited`` (the
-        cell is an error) for a manager, ``WorkloadFailed`` for a proxy."""
+        cell is an error) for a manager, ``WorkloadFailed`` for a proxy or cert-manager."""
+        if self._player.cert_manager is not None:
+            self._player.cert_manager.ensure_running()
         for played in self._played.values():
             if not played.runner.alive:
                 raise self._exited(played)
@@ -378,9 +395,17 @@ class LocalProviderFactory(ProviderFactory):
         self.kubernetes_version = kubernetes_version or binaries.KUBERNETES_VERSION
 
     def preflight(self) -> None:
+        components = (
+            "etcd",
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "kwok",
+            *binaries.LOCAL_CERT_MANAGER_COMPONENTS,
+        )
         missing = [
             component
-            for component in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+            for component in components
             if binaries.locate(component, self.kubernetes_version if component.startswith("kube-") else None) is None
         ]
         if missing:
@@ -407,6 +432,8 @@ class LocalProviderFactory(ProviderFactory):
             f" for {group_id}",
             "play the KServe manager (the release's binary; webhooks pointed at it) and kube-rbac-proxy "
             "containers as local processes of the matching version",
+            f"play cert-manager {certmanager.VERSION}'s controller and cainjector (they issue the release's "
+            "webhook Certificate, given ipAddresses [127.0.0.1], and inject its CA)",
             "play each predictor pod's model server with the release's own sklearnserver (its python/ tree; "
             "the iris model placed where the storage initializer would fetch it)",
         ]

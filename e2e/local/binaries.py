@@ -71,8 +71,10 @@ KSERVE_MANAGER = "kserve-manager"
 # `ensure_together` and `ensure_all` compile both in one go build.
 KSERVE_LOCALMODEL = "kserve-localmodel"
 KSERVE_LOCALMODEL_SINCE = (0, 14)
+# cert-manager's commands the local tier plays (its webhook is not needed there).
+LOCAL_CERT_MANAGER_COMPONENTS = ("cert-manager-controller", "cert-manager-cainjector")
 # What the local tier runs: `kserve-compat binaries` builds these by default.
-COMPONENTS: tuple[str, ...] = ("etcd", *KUBERNETES_COMPONENTS, "kwok", PROXY)
+COMPONENTS: tuple[str, ...] = ("etcd", *KUBERNETES_COMPONENTS, "kwok", PROXY, *LOCAL_CERT_MANAGER_COMPONENTS)
 # What the kind tier's images are made of (`kserve-compat images` builds them on demand):
 # the node's Kubernetes commands, kind itself, the node's container runtime and crictl,
 # CoreDNS, cert-manager, helm (renders cert-manager's chart) and the KServe controller.
@@ -90,7 +92,7 @@ IMAGE_COMPONENTS: tuple[str, ...] = (
     KSERVE_MANAGER,
     KSERVE_LOCALMODEL,
 )
-ALL_COMPONENTS: tuple[str, ...] = (*COMPONENTS, *IMAGE_COMPONENTS)
+ALL_COMPONENTS: tuple[str, ...] = tuple(dict.fromkeys((*COMPONENTS, *IMAGE_COMPONENTS)))
 # Components kept once per version side by side (the others have one version in use).
 VERSIONED_COMPONENTS = (PROXY, KSERVE_MANAGER, KSERVE_LOCALMODEL)
 # The proxy versions the matrix exercises; v0.13.1 (what KServe v0.10-v0.13 ship) is listed

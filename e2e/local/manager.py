@@ -14,8 +14,10 @@ proxy's port remaps):
 It authenticates as the pod's ServiceAccount (``KUBECONFIG`` with a TokenRequest token: the
 release's own RBAC decides; v0.11 ignores ``--kubeconfig``, every release reads the
 variable) and reads its webhook serving pair where controller-runtime looks for it,
-``$TMPDIR/k8s-webhook-server/serving-certs/tls.{crt,key}``. The harness writes that pair
-(signed by the control plane's CA) instead of cert-manager: a deviation of the report.
+``$TMPDIR/k8s-webhook-server/serving-certs/tls.{crt,key}``. There the player writes the
+Secret its Deployment mounts, as cert-manager issued it from the release's Certificate
+(``write_serving_secret``; see ``e2e/local/certmanager.py``), or, where no Certificate names
+that Secret, a pair signed by the control plane's CA (``write_serving_pair``, a deviation).
 
 A release whose module the Go proxy refuses has no binary: ``StandInManager`` then serves
 synthetic controller-runtime metrics in its place, and says so in its own output (the
@@ -41,7 +43,7 @@ from e2e.errors import HarnessError, WorkloadUnavailable
 from e2e.images import ImageReference
 from e2e.local import binaries
 from e2e.local.metrics_upstream import MetricsUpstream
-from e2e.local.pki import ClusterPki
+from e2e.local.pki import ClusterPki, write_private_file
 from e2e.local.processes import ManagedProcess, OneProcess, StartsAndStops
 from e2e.local.proxy_runner import flag_name
 from e2e.secrets import redact
@@ -210,6 +212,16 @@ def write_serving_pair(pki: ClusterPki, tmpdir: Path, name: str) -> Path:
     shutil.copyfile(pair.key, directory / "tls.key")
     os.chmod(directory / "tls.key", 0o600)
     return pki.ca.cert
+
+
+def write_serving_secret(data: Mapping[str, bytes], tmpdir: Path) -> Path:
+    """A Secret's ``tls.crt`` and ``tls.key`` where controller-runtime reads them under
+    ``tmpdir`` (what the kubelet's Secret volume mount does); returns their directory."""
+    directory = tmpdir / SERVING_CERTS
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "tls.crt").write_bytes(data["tls.crt"])
+    write_private_file(directory / "tls.key", data["tls.key"])
+    return directory
 
 
 class ManagerProcess(OneProcess):

@@ -2,7 +2,9 @@
 
 Each played process gets a directory of its own under the cluster's work dir, authenticates
 as the pod's ServiceAccount (a TokenRequest token in its kubeconfig, so the release's own
-RBAC decides), and keeps its ports across restarts, as a Service keeps its address.
+RBAC decides), and keeps its ports across restarts, as a Service keeps its address. A KServe
+manager gets its webhook serving pair from the Secret cert-manager (played here too, started
+for the first manager that needs it) issues from the release's Certificate.
 ``LocalCluster.sync_workloads`` decides what to play; this module knows how.
 """
 
@@ -16,11 +18,13 @@ from typing import Any
 from kubernetes import client as k8s_client
 
 from e2e.errors import WorkloadFailed, WorkloadUnavailable
-from e2e.local import predictor, sklearnserver
+from e2e.local import certmanager, predictor, sklearnserver
+from e2e.local.certmanager import CertManager
 from e2e.local.controlplane import ControlPlane
 from e2e.local.manager import (
     METRICS_FLAG,
     PROBE_FLAG,
+    SERVING_CERTS,
     ManagerExited,
     ManagerProcess,
     StandInManager,
@@ -29,6 +33,7 @@ from e2e.local.manager import (
     manager_binary_for,
     remap_manager_args,
     write_serving_pair,
+    write_serving_secret,
 )
 from e2e.local.played import PlayedContainer, pod_upstream
 from e2e.local.processes import ProcessExitedEarly, free_loopback_port
@@ -41,6 +46,18 @@ SERVING_CERT_DEVIATION = (
 )
 
 
+def serving_secret_of(deployment: Any, container: Any) -> str | None:
+    """The Secret a container mounts where controller-runtime reads its webhook serving pair
+    (``.../k8s-webhook-server/serving-certs``), if it mounts one."""
+    volumes = {volume.name: volume for volume in deployment.spec.template.spec.volumes or []}
+    for mount in container.volume_mounts or []:
+        if mount.mount_path.rstrip("/").endswith(str(SERVING_CERTS)):
+            volume = volumes.get(mount.name)
+            if volume is not None and volume.secret is not None:
+                return str(volume.secret.secret_name)
+    return None
+
+
 class ContainerPlayer:
     """Starts played containers of one local cluster; records its deviations in ``deviations``."""
 
@@ -50,6 +67,12 @@ class ContainerPlayer:
         self._deviations = deviations
         self._ports: dict[tuple[str, str, str, str], int] = {}  # (ns, deployment, container, use)
         self._instances = itertools.count(1)
+        #: cert-manager's controller and cainjector, started for the first Certificate a
+        #: played manager needs (None until then).
+        self.cert_manager: CertManager | None = None
+        #: The Certificates (``namespace/name``) cert-manager issued for played managers, with
+        #: their CA: webhook configurations injected from them keep the cainjector's caBundle.
+        self.issued: dict[str, bytes] = {}
 
     def _port(self, key: tuple[str, str, str], purpose: str) -> int:
         # The same container keeps its ports across restarts, as a Service keeps its
@@ -133,6 +156,45 @@ class ContainerPlayer:
         played.addresses = {pod_port: server.address}
         return server.env.describe(), played
 
+    def _deviation(self, line: str) -> None:
+        if line not in self._deviations:
+            self._deviations.append(line)
+
+    def _serving_pair(self, api: k8s_client.ApiClient, deployment: Any, container: Any, tmpdir: Path) -> None:
+        """Write the manager's webhook serving pair where its Secret volume would be mounted:
+        the Secret cert-manager issued from the release's Certificate, or (no Certificate
+        names the mounted Secret) a pair the harness signs with the control plane's CA."""
+        namespace, name = deployment.metadata.namespace, deployment.metadata.name
+        secret = serving_secret_of(deployment, container)
+        certificate = certmanager.certificate_for_secret(api, namespace, secret) if secret else None
+        if secret is None or certificate is None:
+            if not (tmpdir / "k8s-webhook-server").exists():
+                write_serving_pair(self.control_plane.pki, tmpdir, f"{name}-webhook-server")
+            self._deviation(SERVING_CERT_DEVIATION)
+            return
+        certificate_name = certificate["metadata"]["name"]
+        # Before cert-manager first sees it: the first issue already covers the loopback URL.
+        certmanager.add_loopback_ip(api, certificate)
+        cert_manager = self._running_cert_manager()
+        pair = certmanager.wait_issued(api, namespace, certificate_name, cert_manager)
+        write_serving_secret(pair, tmpdir)
+        self.issued[f"{namespace}/{certificate_name}"] = pair["ca.crt"]
+        self._deviation(certmanager.issued_deviation(namespace, certificate_name, secret))
+        self._deviation(certmanager.AUTH_DEVIATION)
+
+    def _running_cert_manager(self) -> CertManager:
+        """cert-manager's processes, started on first use; ``CertManagerExited`` if one died."""
+        if self.cert_manager is None:
+            controller, cainjector = certmanager.binaries_for_version()
+            self.cert_manager = CertManager(
+                controller,
+                cainjector,
+                kubeconfig=self.control_plane.kubeconfig,
+                workdir=self._workdir / "cert-manager",
+            ).start()
+        self.cert_manager.ensure_running()
+        return self.cert_manager
+
     def manager(
         self, api: k8s_client.ApiClient, deployment: Any, container: Any, args: tuple[str, ...]
     ) -> tuple[str, PlayedContainer]:
@@ -158,10 +220,7 @@ class ContainerPlayer:
             return f"a stand-in ({exc})", played
         workdir = self._workdir_of(deployment, container)
         tmpdir = workdir / "tmp"
-        if not (tmpdir / "k8s-webhook-server").exists():
-            write_serving_pair(self.control_plane.pki, tmpdir, f"{name}-webhook-server")
-            if SERVING_CERT_DEVIATION not in self._deviations:
-                self._deviations.append(SERVING_CERT_DEVIATION)
+        self._serving_pair(api, deployment, container, tmpdir)
         probe = self._port(key, "probe") if PROBE_FLAG in flags_of(binary) else None
         manager_args, notes, ports = remap_manager_args(
             args, metrics_port=self._port(key, "metrics"), webhook_port=self._port(key, "webhook"), probe_port=probe
