@@ -27,8 +27,12 @@ from e2e.imageset.docker_image import is_current
 from e2e.install import serving_images
 from e2e.local import binaries, sklearnserver
 
-RELEASE = "v0.14.0"
-PAIR = serving.ServingImages(RELEASE, f"kserve/sklearnserver:{RELEASE}", f"kserve/storage-initializer:{RELEASE}")
+# A poetry.lock release and a uv.lock one (v0.17 on: `kserve_storage`, another entrypoint).
+RELEASES = ("v0.14.0", "v0.20.0")
+
+
+def pair_of(release: str) -> serving.ServingImages:
+    return serving.ServingImages(release, f"kserve/sklearnserver:{release}", f"kserve/storage-initializer:{release}")
 
 
 def test_the_pair_is_found_among_the_images_a_release_names() -> None:
@@ -78,14 +82,15 @@ def test_the_model_store_serves_the_model_directory_and_the_samples_point_at_it(
     assert sample["spec"]["predictor"]["model"]["storageUri"].startswith("gs://")  # the input is left alone
 
 
-@pytest.fixture(scope="module")
-def built_pair() -> serving.ServingImages:
+@pytest.fixture(scope="module", params=RELEASES)
+def built_pair(request: pytest.FixtureRequest) -> serving.ServingImages:
+    pair = pair_of(request.param)
     if reason := binaries.docker_engine_unreachable_reason():
         unavailable(reason)
-    if shutil.which("debootstrap") is None and serving.status(PAIR)[0] != "built":
+    if shutil.which("debootstrap") is None and serving.status(pair)[0] != "built":
         unavailable("debootstrap: not found on PATH (apt-get install debootstrap); the Python base is made with it")
     try:
-        return serving.build(PAIR)
+        return serving.build(pair)
     except binaries.BuildUnavailable as exc:
         unavailable(str(exc))
         raise
@@ -183,12 +188,12 @@ def test_the_storage_initializer_fetches_from_the_model_store_and_sklearnserver_
 
 
 def test_each_image_is_current_only_under_its_own_recipe(built_pair: serving.ServingImages) -> None:
-    env = sklearnserver.built_env(RELEASE)
+    env = sklearnserver.built_env(built_pair.release)
     assert env is not None
     entrypoint = Path(serving.__file__)  # any other file: another recipe
     server, _ = serving.recipes(built_pair, env, entrypoint)
     other_server, other_storage = serving.recipes(
-        serving.ServingImages(RELEASE, built_pair.sklearnserver, "kserve/storage-initializer:v0.0.0-test"),
+        serving.ServingImages(built_pair.release, built_pair.sklearnserver, "kserve/storage-initializer:v0.0.0-test"),
         env,
         entrypoint,
     )

@@ -227,9 +227,11 @@ def _fill(container: str, env: SklearnServerEnv, entrypoint: Path) -> None:
     )
     docker(["exec", container, "sh", "-c", script], "user kserve and permissions")
     path = f"PATH={venv}/bin:{node.PATH_ENV}"
-    for check in (
-        ["python", "-c", "import sklearnserver, joblib, sklearn"],
-        [STORAGE_ENTRYPOINT],  # without arguments: imports, prints its usage, exits 0
+    # The server: its imports. The storage initializer: run without arguments it imports
+    # what it downloads with, then prints its usage (exit 0 up to v0.16, 1 from v0.17).
+    for check, proof in (
+        (["python", "-c", "import sklearnserver, joblib, sklearn"], None),
+        ([STORAGE_ENTRYPOINT], "Usage: initializer-entrypoint"),
     ):
         result = subprocess.run(
             ["docker", "exec", "-u", SERVING_USER, "-e", path, "-w", "/tmp", container, *check],
@@ -238,7 +240,7 @@ def _fill(container: str, env: SklearnServerEnv, entrypoint: Path) -> None:
             check=False,
             timeout=300,
         )
-        if result.returncode != 0:
+        if (proof is None and result.returncode != 0) or (proof is not None and proof not in result.stdout):
             raise ImageBuildFailed(
                 f"serving image of {env.release}: `{' '.join(check)}` as user {SERVING_USER} exited "
                 f"{result.returncode}: {one_line(result.stderr.strip().splitlines()[-1:] or 'no output')}"
