@@ -44,7 +44,7 @@ from e2e.checks.metrics import RECONCILE_METRIC
 from e2e.cluster.local import LocalCluster
 from e2e.errors import HarnessError, WorkloadUnavailable
 from e2e.install import SAMPLE_MODELS
-from e2e.local import binaries, certmanager, manager, sklearnserver
+from e2e.local import binaries, certmanager, manager, players, sklearnserver
 from e2e.local.manager import ManagerExited, container_env, remap_manager_args
 from e2e.local.played import PlayedContainer, pod_upstream, port_free
 from e2e.local.players import SERVING_CERT_DEVIATION
@@ -967,3 +967,27 @@ def test_v016s_real_llmisvc_webhooks_deny_what_kserve_rejects(installed_llmisvc:
     k8s_client.CustomObjectsApi(api).delete_namespaced_custom_object(
         "serving.kserve.io", "v1alpha1", "kserve", "llminferenceserviceconfigs", "compat-empty"
     )
+
+
+@pytest.mark.needs_binaries
+@pytest.mark.slow
+def test_without_an_llmisvc_binary_its_webhooks_are_removed_with_the_reason(
+    release_files: SessionReleaseFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reason = "kserve-llmisvc v0.16.0 unavailable: (as if the Go module proxy refused it)"
+
+    def refused(image: str, component: str) -> tuple[str, Path]:
+        raise WorkloadUnavailable(reason)
+
+    monkeypatch.setattr(players, "controller_binary_for", refused)
+    with _install(release_files, "llmisvc-refused", version=LLM_RELEASE) as found:
+        assert f"kserve/llmisvc-controller-manager/manager: not played: {reason}" in found.sync_notes
+        assert not [p for p in found.cluster._played.values() if p.role == "llmisvc"]
+        admission = k8s_client.AdmissionregistrationV1Api(found.api)
+        names = {c.metadata.name for c in admission.list_validating_webhook_configuration().items}
+        assert not names & set(LLM_CONFIGURATIONS)
+        assert (
+            f"admission webhooks of Service {LLM_SERVICE} removed (2): its controller is not played: {reason} "
+            "(llminferenceservice.kserve-webhook-server.validator, "
+            "llminferenceserviceconfig.kserve-webhook-server.validator)" in found.cluster.info.deviations
+        )

@@ -12,6 +12,10 @@ runs, so the provider plays the containers the checks talk to:
   serving pair is the Secret cert-manager v1.11.5 issues from the release's Certificate
   (controller and cainjector played as processes, ``e2e/local/certmanager.py``). A release
   whose manager cannot be built gets a stand-in that marks what it serves;
+- every container whose image is an llmisvc-controller image (v0.16's LLMInferenceService
+  controller) runs as that release's ``cmd/llmisvc``, played the same way, and its webhooks
+  are pointed at it; one whose binary cannot be had is not played (its webhooks are
+  removed, with the reason);
 - every container whose image is a kube-rbac-proxy image runs as the real
   kube-rbac-proxy binary of that version, with the container's own args (the listen
   address moved to a free loopback port; the upstream only where it names a port of
@@ -69,7 +73,7 @@ from e2e.targets import ServiceTarget
 log = logging.getLogger(__name__)
 
 DEVIATIONS = [
-    "no kubelet: kwok marks pods Running on a fake node; the provider runs the controller pod's manager and "
+    "no kubelet: kwok marks pods Running on a fake node; the provider runs the controller pods' manager and "
     "kube-rbac-proxy containers and the predictor pods' model servers as processes (each restarts when its own "
     "spec changes, not with the whole pod)",
 ]
@@ -460,8 +464,9 @@ class LocalProviderFactory(ProviderFactory):
         return [
             f"start etcd + kube-apiserver {self.kubernetes_version} + controllers + kwok (one fake node)"
             f" for {group_id}",
-            "play the KServe manager (the release's binary; webhooks pointed at it) and kube-rbac-proxy "
-            "containers as local processes of the matching version",
+            "play the KServe manager (the release's binary; webhooks pointed at it), its llmisvc controller where "
+            "the release runs one (cmd/llmisvc; its webhooks too) and kube-rbac-proxy containers as local "
+            "processes of the matching version",
             f"play cert-manager {certmanager.VERSION}'s controller and cainjector (they issue the release's "
             "webhook Certificate, given ipAddresses [127.0.0.1], and inject its CA)",
             "play each predictor pod's model server with the release's own sklearnserver (its python/ tree; "

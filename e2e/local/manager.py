@@ -19,6 +19,11 @@ Secret its Deployment mounts, as cert-manager issued it from the release's Certi
 (``write_serving_secret``; see ``e2e/local/certmanager.py``), or, where no Certificate names
 that Secret, a pair signed by the control plane's CA (``write_serving_pair``, a deviation).
 
+An ``llmisvc-controller`` image (v0.16's LLMInferenceService controller) runs as the
+``kserve-llmisvc`` binary of its tag (the release's ``cmd/llmisvc``) the same way; its
+metrics are HTTPS behind authn/authz, so its readiness is ``/readyz`` on its (remapped)
+health-probe port. ``build_controllers_together`` compiles a release's two in one go build.
+
 A release whose module the Go proxy refuses has no binary: ``StandInManager`` then serves
 synthetic controller-runtime metrics in its place, and says so in its own output (the
 ``kserve_compat_stand_in_info`` metric), so the checks that read it are marked.
