@@ -414,3 +414,19 @@ def test_a_refused_version_is_never_taken_out_of_its_image_unless_asked(
 
     assert cli("--component", "kube-rbac-proxy", "--proxy-versions", "v0.13.1", "--from-image") == 0
     assert "create" in docker_calls(fake_docker)
+
+
+def test_the_llmisvc_recipe_builds_cmd_llmisvc_of_the_release_module() -> None:
+    rec = binaries.recipe(binaries.KSERVE_LLMISVC, "v0.16.0")
+    assert (rec.module, rec.package, rec.style, rec.ldflags) == (
+        "github.com/kserve/kserve",
+        "github.com/kserve/kserve/cmd/llmisvc",
+        "source",
+        (),
+    )
+    assert binaries.recipe(binaries.KSERVE_MANAGER, "v0.16.0").style == rec.style  # one go build can hold both
+    assert binaries.env_var(binaries.KSERVE_LLMISVC, "v0.16.0") == "KSERVE_COMPAT_KSERVE_LLMISVC_V0_16_0"
+    assert binaries.bin_dir_name(binaries.KSERVE_LLMISVC, "v0.16.0") == "kserve-llmisvc-v0.16.0"
+    assert binaries.KSERVE_LLMISVC not in binaries.COMPONENTS  # built on first use, not by default
+    with pytest.raises(UsageError, match=r"^kserve-llmisvc v0\.15\.2: KServe has cmd/llmisvc from v0\.16\.0 on$"):
+        binaries.recipe(binaries.KSERVE_LLMISVC, "v0.15.2")

@@ -44,7 +44,7 @@ from e2e.checks.metrics import RECONCILE_METRIC
 from e2e.cluster.local import LocalCluster
 from e2e.errors import HarnessError, WorkloadUnavailable
 from e2e.install import SAMPLE_MODELS
-from e2e.local import binaries, certmanager, manager, sklearnserver
+from e2e.local import binaries, certmanager, manager, players, sklearnserver
 from e2e.local.manager import ManagerExited, container_env, remap_manager_args
 from e2e.local.played import PlayedContainer, pod_upstream, port_free
 from e2e.local.players import SERVING_CERT_DEVIATION
@@ -142,6 +142,56 @@ def test_a_refused_release_is_unavailable_with_the_proxys_answer(monkeypatch: py
     monkeypatch.setattr(binaries, "buildable", lambda component, version=None: (False, answer))
     with pytest.raises(WorkloadUnavailable, match=r"kserve-manager v0\.18\.0 unavailable: .*403 Forbidden"):
         manager.manager_binary_for("kserve/kserve-controller:v0.18.0")
+
+
+def test_the_llmisvc_controllers_args_get_loopback_ports_and_lose_leader_election() -> None:
+    """v0.16.0's llmisvc-controller-manager: HTTPS metrics on 127.0.0.1:8443, default probe
+    and webhook ports (``:8081`` would bind every interface)."""
+    args, notes, ports = remap_manager_args(
+        ["--metrics-addr=127.0.0.1:8443", "--leader-elect"],
+        metrics_port=1001,
+        webhook_port=1002,
+        probe_port=1003,
+        metrics_default=manager.LLMISVC_METRICS_DEFAULT,
+    )
+    assert args == ["--metrics-addr=127.0.0.1:1001", "--webhook-port=1002", "--health-probe-addr=127.0.0.1:1003"]
+    assert ports == {8443: 1001, 9443: 1002, 8081: 1003}
+    assert notes[0] == "--metrics-addr: 127.0.0.1:8443 -> 127.0.0.1:1001"
+    assert notes[1].startswith("--leader-elect: removed")
+    _, notes, ports = remap_manager_args(
+        [], metrics_port=1, webhook_port=2, probe_port=3, metrics_default=manager.LLMISVC_METRICS_DEFAULT
+    )
+    assert "--metrics-addr: (absent, default :8443) -> 127.0.0.1:1" in notes
+    assert ports[8443] == 1
+
+
+def test_controller_images_map_to_their_binaries() -> None:
+    assert manager.controller_component("kserve/kserve-controller:v0.16.0") == binaries.KSERVE_MANAGER
+    assert manager.controller_component("kserve/llmisvc-controller:v0.16.0") == binaries.KSERVE_LLMISVC
+    assert manager.is_llmisvc_image("registry.example/mirror/llmisvc-controller:v0.16.0")
+    assert not manager.is_llmisvc_image("kserve/kserve-controller:v0.16.0")
+    assert manager.controller_component("kserve/kserve-localmodel-controller:v0.16.0") is None
+
+
+def test_a_release_before_llmisvc_is_unavailable_with_the_reason() -> None:
+    with pytest.raises(WorkloadUnavailable, match=r"KServe has cmd/llmisvc from v0\.16\.0 on"):
+        manager.controller_binary_for("kserve/llmisvc-controller:v0.15.2", binaries.KSERVE_LLMISVC)
+
+
+def test_a_releases_manager_and_llmisvc_are_built_in_one_go_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    together: list[tuple[list[str], str]] = []
+    monkeypatch.setattr(binaries, "locate", lambda component, version=None: None)
+    monkeypatch.setattr(binaries, "buildable", lambda component, version=None: (True, ""))
+    monkeypatch.setattr(binaries, "ensure_together", lambda names, version: together.append((list(names), version)))
+    manager.build_controllers_together(
+        [
+            "kserve/kserve-controller:v0.16.0",
+            "quay.io/brancz/kube-rbac-proxy:v0.18.0",
+            "kserve/llmisvc-controller:v0.16.0",
+            "kserve/kserve-controller:v0.20.0",  # alone: built when played
+        ]
+    )
+    assert together == [([binaries.KSERVE_LLMISVC, binaries.KSERVE_MANAGER], "v0.16.0")]
 
 
 def new_cell() -> CellResult:
@@ -795,3 +845,149 @@ def test_a_release_whose_manager_is_refused_runs_on_a_labelled_stand_in(tmp_path
     markdown = (tmp_path / "reports" / "report.md").read_text()
     assert "stand-in results" in markdown and "STAND-IN RESULT" in (tmp_path / "reports" / "junit.xml").read_text()
     assert code == 0, output[-3000:]
+
+
+# -- KServe v0.16.0: its llmisvc controller played by the release's cmd/llmisvc -------------
+
+LLM_RELEASE = "v0.16.0"
+LLM_SERVICE = "kserve/llmisvc-webhook-server-service"
+LLM_CONFIGURATIONS = ("llminferenceservice.serving.kserve.io", "llminferenceserviceconfig.serving.kserve.io")
+
+
+@pytest.fixture(scope="module")
+def installed_llmisvc(release_files: SessionReleaseFiles) -> Iterator[Installed]:
+    _need(binaries.KSERVE_LLMISVC, LLM_RELEASE)
+    with _install(release_files, "llmisvc-test", version=LLM_RELEASE) as found:
+        yield found
+
+
+def _played_llmisvc(installed: Installed) -> PlayedContainer:
+    (played,) = [p for p in installed.cluster._played.values() if p.role == "llmisvc"]
+    return played
+
+
+@pytest.mark.needs_binaries
+@pytest.mark.slow
+def test_v016s_llmisvc_controller_is_played_by_its_release_binary(installed_llmisvc: Installed) -> None:
+    prefix = "kserve/llmisvc-controller-manager/manager: "
+    notes = installed_llmisvc.sync_notes
+    assert prefix + "--metrics-addr: 127.0.0.1:8443 -> a loopback port" in notes
+    assert prefix + "--webhook-port: (absent, default 9443) -> a loopback port" in notes
+    assert prefix + "--health-probe-addr: (absent, default :8081) -> a loopback port" in notes
+    assert any(n.startswith(prefix + "--leader-elect: removed") for n in notes)
+    assert (
+        f"kserve/llmisvc-controller-manager/manager as kserve-llmisvc {LLM_RELEASE}"
+        in installed_llmisvc.cluster.last_sync.started
+    )
+    played = _played_llmisvc(installed_llmisvc)
+    runner: Any = played.runner
+    assert runner.alive
+    assert runner.binary == binaries.locate(binaries.KSERVE_LLMISVC, LLM_RELEASE)
+    assert runner.process.env["POD_NAMESPACE"] == "kserve"  # from its fieldRef
+    assert not any(a.startswith("--leader-elect") for a in runner.args)
+    assert requests.get(f"http://127.0.0.1:{runner.ready_port}/readyz", timeout=5).status_code == 200
+    # Its own ServiceAccount's token: KServe's RBAC for llmisvc-controller-manager decides.
+    kubeconfig = yaml.safe_load(Path(runner.process.env["KUBECONFIG"]).read_text())
+    token = kubeconfig["users"][0]["user"]["token"]
+    review = k8s_client.AuthenticationV1Api(installed_llmisvc.api).create_token_review(
+        k8s_client.V1TokenReview(spec=k8s_client.V1TokenReviewSpec(token=token))
+    )
+    assert review.status.user.username == "system:serviceaccount:kserve:llmisvc-controller-manager"
+
+
+@pytest.mark.needs_binaries
+@pytest.mark.slow
+def test_v016s_llmisvc_webhooks_are_routed_to_it_with_its_issued_ca(installed_llmisvc: Installed) -> None:
+    api = installed_llmisvc.api
+    admission = k8s_client.AdmissionregistrationV1Api(api)
+    secret = k8s_client.CoreV1Api(api).read_namespaced_secret("llmisvc-webhook-server-cert", "kserve")
+    injected = (secret.data or {})["ca.crt"]
+    runner: Any = _played_llmisvc(installed_llmisvc).runner
+    for name in LLM_CONFIGURATIONS:
+        (webhook,) = admission.read_validating_webhook_configuration(name).webhooks
+        assert webhook.client_config.service is None
+        assert webhook.client_config.url.startswith(f"https://127.0.0.1:{runner.webhook_port}/validate-"), name
+        assert webhook.client_config.ca_bundle == injected, name
+    served = Path(runner.process.env["TMPDIR"]) / "k8s-webhook-server" / "serving-certs" / "tls.crt"
+    assert served.read_bytes() == base64.b64decode((secret.data or {})["tls.crt"])
+    certificate = k8s_client.CustomObjectsApi(api).get_namespaced_custom_object(
+        "cert-manager.io", "v1", "kserve", "certificates", "llmisvc-serving-cert"
+    )
+    assert certificate["spec"]["ipAddresses"] == ["127.0.0.1"]
+    deviations = installed_llmisvc.cluster.info.deviations
+    assert (
+        f"admission webhooks of Service {LLM_SERVICE} (2): clientConfig points at the played manager (url "
+        "https://127.0.0.1:<port><path>, caBundle injected by cert-manager's cainjector; no Service routing "
+        "without a kubelet)" in deviations
+    )
+    assert (
+        "webhook serving certificate issued by cert-manager v1.11.5 (controller and cainjector played as processes) "
+        "into Secret kserve/llmisvc-webhook-server-cert; Certificate kserve/llmisvc-serving-cert given ipAddresses "
+        "[127.0.0.1] so the API server can verify https://127.0.0.1:<port>" in deviations
+    )
+    assert not any("removed" in d for d in deviations + installed_llmisvc.installation.deviations)
+
+
+def _create(api: k8s_client.ApiClient, plural: str, body: dict[str, Any]) -> Any:
+    return k8s_client.CustomObjectsApi(api).create_namespaced_custom_object(
+        "serving.kserve.io", "v1alpha1", "kserve", plural, body
+    )
+
+
+@pytest.mark.needs_binaries
+@pytest.mark.slow
+def test_v016s_real_llmisvc_webhooks_deny_what_kserve_rejects(installed_llmisvc: Installed) -> None:
+    api = installed_llmisvc.api
+    config = {
+        "apiVersion": "serving.kserve.io/v1alpha1",
+        "kind": "LLMInferenceServiceConfig",
+        "metadata": {"name": "compat-recursive", "namespace": "kserve"},
+        "spec": {"baseRefs": [{"name": "kserve-config-llm-template"}]},
+    }
+    with pytest.raises(k8s_client.ApiException) as rejected:
+        _create(api, "llminferenceserviceconfigs", config)
+    body = json.loads(rejected.value.body)["message"]
+    assert 'admission webhook "llminferenceserviceconfig.kserve-webhook-server.validator" denied the request' in body
+    assert "spec.baseRefs is not a permitted field in LLMInferenceServiceConfig" in body
+    service = {
+        "apiVersion": "serving.kserve.io/v1alpha1",
+        "kind": "LLMInferenceService",
+        "metadata": {"name": "compat-data-without-local", "namespace": "kserve"},
+        "spec": {"model": {"uri": "hf://example/model"}, "parallelism": {"data": 2}},
+    }
+    with pytest.raises(k8s_client.ApiException) as rejected:
+        _create(api, "llminferenceservices", service)
+    body = json.loads(rejected.value.body)["message"]
+    assert 'admission webhook "llminferenceservice.kserve-webhook-server.validator" denied the request' in body
+    assert "dataLocal must be set when data is set" in body
+    # What the validator accepts is admitted: the webhook answers, it does not fail closed.
+    del config["spec"]["baseRefs"]
+    config["metadata"]["name"] = "compat-empty"
+    _create(api, "llminferenceserviceconfigs", config)
+    k8s_client.CustomObjectsApi(api).delete_namespaced_custom_object(
+        "serving.kserve.io", "v1alpha1", "kserve", "llminferenceserviceconfigs", "compat-empty"
+    )
+
+
+@pytest.mark.needs_binaries
+@pytest.mark.slow
+def test_without_an_llmisvc_binary_its_webhooks_are_removed_with_the_reason(
+    release_files: SessionReleaseFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reason = "kserve-llmisvc v0.16.0 unavailable: (as if the Go module proxy refused it)"
+
+    def refused(image: str, component: str) -> tuple[str, Path]:
+        raise WorkloadUnavailable(reason)
+
+    monkeypatch.setattr(players, "controller_binary_for", refused)
+    with _install(release_files, "llmisvc-refused", version=LLM_RELEASE) as found:
+        assert f"kserve/llmisvc-controller-manager/manager: not played: {reason}" in found.sync_notes
+        assert not [p for p in found.cluster._played.values() if p.role == "llmisvc"]
+        admission = k8s_client.AdmissionregistrationV1Api(found.api)
+        names = {c.metadata.name for c in admission.list_validating_webhook_configuration().items}
+        assert not names & set(LLM_CONFIGURATIONS)
+        assert (
+            f"admission webhooks of Service {LLM_SERVICE} removed (2): its controller is not played: {reason} "
+            "(llminferenceservice.kserve-webhook-server.validator, "
+            "llminferenceserviceconfig.kserve-webhook-server.validator)" in found.cluster.info.deviations
+        )

@@ -12,6 +12,10 @@ runs, so the provider plays the containers the checks talk to:
   serving pair is the Secret cert-manager v1.11.5 issues from the release's Certificate
   (controller and cainjector played as processes, ``e2e/local/certmanager.py``). A release
   whose manager cannot be built gets a stand-in that marks what it serves;
+- every container whose image is an llmisvc-controller image (v0.16's LLMInferenceService
+  controller) runs as that release's ``cmd/llmisvc``, played the same way, and its webhooks
+  are pointed at it; one whose binary cannot be had is not played (its webhooks are
+  removed, with the reason);
 - every container whose image is a kube-rbac-proxy image runs as the real
   kube-rbac-proxy binary of that version, with the container's own args (the listen
   address moved to a free loopback port; the upstream only where it names a port of
@@ -48,6 +52,8 @@ from e2e.local.controlplane import ControlPlane, resolve_binaries
 from e2e.local.manager import (
     ManagerExited,
     StandInManager,
+    build_controllers_together,
+    is_llmisvc_image,
     is_manager_image,
 )
 from e2e.local.played import PlayedContainer, SyncReport, port_free
@@ -67,7 +73,7 @@ from e2e.targets import ServiceTarget
 log = logging.getLogger(__name__)
 
 DEVIATIONS = [
-    "no kubelet: kwok marks pods Running on a fake node; the provider runs the controller pod's manager and "
+    "no kubelet: kwok marks pods Running on a fake node; the provider runs the controller pods' manager and "
     "kube-rbac-proxy containers and the predictor pods' model servers as processes (each restarts when its own "
     "spec changes, not with the whole pod)",
 ]
@@ -96,7 +102,7 @@ class LocalCluster(ClusterProvider):
         self._workdir = Path(tempfile.mkdtemp(prefix="kserve-compat-workloads-"))
         self._played: dict[tuple[str, str, str], PlayedContainer] = {}
         self._player = ContainerPlayer(control_plane, self._workdir, self.info.deviations)
-        # Pods whose model server cannot run here: (namespace, pod labels, why).
+        # Pods whose model server or controller cannot run here: (namespace, pod labels, why).
         self._unplayable: list[tuple[str, dict[str, str], str]] = []
         self._sync_lock = threading.Lock()
         self._prometheus: prometheus.PrometheusProcess | None = None
@@ -178,13 +184,17 @@ class LocalCluster(ClusterProvider):
         report = SyncReport()
         wanted: set[tuple[str, str, str]] = set()
         self._unplayable.clear()
-        for deployment in k8s_client.AppsV1Api(api).list_deployment_for_all_namespaces().items:
+        deployments = k8s_client.AppsV1Api(api).list_deployment_for_all_namespaces().items
+        # A release's manager and llmisvc controller compile in one go build when both are missing.
+        build_controllers_together(c.image for d in deployments for c in d.spec.template.spec.containers)
+        for deployment in deployments:
             # Managers first: a proxy's upstream may name the manager's port in the pod.
             containers = sorted(deployment.spec.template.spec.containers, key=lambda c: not is_manager_image(c.image))
             for container in containers:
                 manager = is_manager_image(container.image)
+                llmisvc = is_llmisvc_image(container.image)
                 model_server = is_sklearnserver_image(container.image)
-                if not manager and not model_server and not self._plays_proxy(container.image):
+                if not manager and not llmisvc and not model_server and not self._plays_proxy(container.image):
                     continue
                 key = (deployment.metadata.namespace, deployment.metadata.name, container.name)
                 if model_server and key not in self._played and not self._has_pods(api, deployment):
@@ -204,6 +214,15 @@ class LocalCluster(ClusterProvider):
                     self._stop(current)
                 if manager:
                     what, played = self._player.manager(api, deployment, container, args)
+                elif llmisvc:
+                    try:
+                        what, played = self._player.llmisvc(api, deployment, container, args)
+                    except WorkloadUnavailable as exc:
+                        wanted.discard(key)
+                        labels = dict(deployment.spec.template.metadata.labels or {})
+                        self._unplayable.append((deployment.metadata.namespace, labels, str(exc)))
+                        report.notes.append(f"{'/'.join(key)}: not played: {exc}")
+                        continue
                 elif model_server:
                     try:
                         what, played = self._player.model_server(api, deployment, container, args)
@@ -236,7 +255,7 @@ class LocalCluster(ClusterProvider):
             except k8s_client.ApiException as exc:
                 return None, f"its Service answers {exc.status}"
             if played is None:
-                return None, "no process here plays the pods behind it"
+                return None, self._why_not_played(namespace, name)
             if isinstance(played.runner, StandInManager):
                 return None, "only a stand-in plays its manager (no manager binary of this release; see its deviation)"
             return played.addresses[number], ""
@@ -253,6 +272,19 @@ class LocalCluster(ClusterProvider):
             # wait for it (rewriting clientConfig to a URL first or after does not matter).
             for source, ca_pem in issued.items():
                 certmanager.wait_injected(api, source, ca_pem, self._player.cert_manager)
+
+    def _why_not_played(self, namespace: str, service_name: str) -> str:
+        """Why no process plays the pods behind a Service: the recorded reason of an
+        unplayable pod it selects (e.g. no binary of that controller), else the general one."""
+        try:
+            service = k8s_client.CoreV1Api(self.api_client()).read_namespaced_service(service_name, namespace)
+        except k8s_client.ApiException:
+            service = None
+        selector = (service.spec.selector or {}) if service is not None else {}
+        for unplayable_namespace, labels, why in self._unplayable:
+            if selector and unplayable_namespace == namespace and selects(selector, labels):
+                return f"its controller is not played: {why}"
+        return "no process here plays the pods behind it"
 
     def container_logs(self, namespace: str, pod_selector: str, container: str, previous: bool = False) -> str:
         selector = parse_equality_selector(pod_selector)
@@ -375,7 +407,9 @@ class LocalCluster(ClusterProvider):
         code = played.runner.exit_code
         evidence = [f"exit code {code}", *played.runner.tail_lines(15)]
         message = f"{played.container} ({played.image}) exited with code {code}"
-        return ManagerExited(message, evidence) if played.role == "manager" else WorkloadFailed(message, evidence)
+        if played.role in ("manager", "llmisvc"):
+            return ManagerExited(message, evidence)
+        return WorkloadFailed(message, evidence)
 
 
 class LocalProviderFactory(ProviderFactory):
@@ -430,8 +464,9 @@ class LocalProviderFactory(ProviderFactory):
         return [
             f"start etcd + kube-apiserver {self.kubernetes_version} + controllers + kwok (one fake node)"
             f" for {group_id}",
-            "play the KServe manager (the release's binary; webhooks pointed at it) and kube-rbac-proxy "
-            "containers as local processes of the matching version",
+            "play the KServe manager (the release's binary; webhooks pointed at it), its llmisvc controller where "
+            "the release runs one (cmd/llmisvc; its webhooks too) and kube-rbac-proxy containers as local "
+            "processes of the matching version",
             f"play cert-manager {certmanager.VERSION}'s controller and cainjector (they issue the release's "
             "webhook Certificate, given ipAddresses [127.0.0.1], and inject its CA)",
             "play each predictor pod's model server with the release's own sklearnserver (its python/ tree; "

@@ -71,6 +71,11 @@ KSERVE_MANAGER = "kserve-manager"
 # `ensure_together` and `ensure_all` compile both in one go build.
 KSERVE_LOCALMODEL = "kserve-localmodel"
 KSERVE_LOCALMODEL_SINCE = (0, 14)
+# KServe's LLMInferenceService controller (cmd/llmisvc, image kserve/llmisvc-controller), which
+# the v0.16 manifest runs as the Deployment llmisvc-controller-manager; same module and
+# version as the manager, so `ensure_together` compiles both in one go build.
+KSERVE_LLMISVC = "kserve-llmisvc"
+KSERVE_LLMISVC_SINCE = (0, 16)
 # cert-manager's commands the local tier plays (its webhook is not needed there).
 LOCAL_CERT_MANAGER_COMPONENTS = ("cert-manager-controller", "cert-manager-cainjector")
 # What the local tier runs: `kserve-compat binaries` builds these by default.
@@ -92,9 +97,12 @@ IMAGE_COMPONENTS: tuple[str, ...] = (
     KSERVE_MANAGER,
     KSERVE_LOCALMODEL,
 )
-ALL_COMPONENTS: tuple[str, ...] = tuple(dict.fromkeys((*COMPONENTS, *IMAGE_COMPONENTS)))
+# Built on first use by the local tier for a release whose manifest runs them (also by
+# `kserve-compat binaries --component`): the llmisvc controller.
+ON_DEMAND_COMPONENTS: tuple[str, ...] = (KSERVE_LLMISVC,)
+ALL_COMPONENTS: tuple[str, ...] = tuple(dict.fromkeys((*COMPONENTS, *IMAGE_COMPONENTS, *ON_DEMAND_COMPONENTS)))
 # Components kept once per version side by side (the others have one version in use).
-VERSIONED_COMPONENTS = (PROXY, KSERVE_MANAGER, KSERVE_LOCALMODEL)
+VERSIONED_COMPONENTS = (PROXY, KSERVE_MANAGER, KSERVE_LOCALMODEL, KSERVE_LLMISVC)
 # The proxy versions the matrix exercises; v0.13.1 (what KServe v0.10-v0.13 ship) is listed
 # even though the module proxy refuses it: it is taken out of its published image where a
 # Docker engine and the registry answer, and otherwise asking for it gives a clear answer.
@@ -115,6 +123,7 @@ DEFAULT_VERSIONS: dict[str, str] = {
     "helm": "v3.19.0",
     KSERVE_MANAGER: "v0.20.0",
     KSERVE_LOCALMODEL: "v0.20.0",
+    KSERVE_LLMISVC: "v0.20.0",
 }
 
 ETCD_MODULE = "go.etcd.io/etcd/server/v3"
@@ -285,7 +294,7 @@ def recipe(component: str, version: str | None = None) -> Recipe:
             "wrapper",
             (f"-X sigs.k8s.io/kwok/pkg/consts.Version={version}",),
         )
-    if component in IMAGE_COMPONENTS:
+    if component in (*IMAGE_COMPONENTS, *ON_DEMAND_COMPONENTS):
         return _image_component_recipe(component, version)
     # kube-rbac-proxy: main package at the module root up to v0.13.x.
     major, minor = (int(part) for part in version[1:].split(".")[:2])
@@ -324,6 +333,11 @@ def _image_component_recipe(component: str, version: str) -> Recipe:
         if _minor_version(version) < KSERVE_LOCALMODEL_SINCE:
             raise UsageError(f"{component} {version}: KServe has cmd/localmodel from v0.14.0 on")
         return Recipe(component, version, KSERVE_MODULE, f"{KSERVE_MODULE}/cmd/localmodel", "source")
+    if component == KSERVE_LLMISVC:
+        # llmisvc-controller.Dockerfile: `go build -a -o manager ./cmd/llmisvc`, no stamps.
+        if _minor_version(version) < KSERVE_LLMISVC_SINCE:
+            raise UsageError(f"{component} {version}: KServe has cmd/llmisvc from v0.16.0 on")
+        return Recipe(component, version, KSERVE_MODULE, f"{KSERVE_MODULE}/cmd/llmisvc", "source")
     # The KServe controller: the release's cmd/manager, built in its own module copy.
     return Recipe(component, version, KSERVE_MODULE, f"{KSERVE_MODULE}/cmd/manager", "source")
 
@@ -1071,7 +1085,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=ALL_COMPONENTS,
         metavar="NAME",
         help=f"build only these (repeatable; default the local tier's: {', '.join(COMPONENTS)}; "
-        f"also: {', '.join(IMAGE_COMPONENTS)})",
+        f"also: {', '.join((*IMAGE_COMPONENTS, *ON_DEMAND_COMPONENTS))})",
     )
     parser.add_argument(
         "--proxy-versions",

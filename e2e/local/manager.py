@@ -19,6 +19,11 @@ Secret its Deployment mounts, as cert-manager issued it from the release's Certi
 (``write_serving_secret``; see ``e2e/local/certmanager.py``), or, where no Certificate names
 that Secret, a pair signed by the control plane's CA (``write_serving_pair``, a deviation).
 
+An ``llmisvc-controller`` image (v0.16's LLMInferenceService controller) runs as the
+``kserve-llmisvc`` binary of its tag (the release's ``cmd/llmisvc``) the same way; its
+metrics are HTTPS behind authn/authz, so its readiness is ``/readyz`` on its (remapped)
+health-probe port. ``build_controllers_together`` compiles a release's two in one go build.
+
 A release whose module the Go proxy refuses has no binary: ``StandInManager`` then serves
 synthetic controller-runtime metrics in its place, and says so in its own output (the
 ``kserve_compat_stand_in_info`` metric), so the checks that read it are marked.
@@ -33,7 +38,7 @@ import shutil
 import socket
 import ssl
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -51,12 +56,20 @@ from e2e.secrets import redact
 log = logging.getLogger(__name__)
 
 MANAGER_REPOSITORY_NAME = "kserve-controller"
+LLMISVC_REPOSITORY_NAME = "llmisvc-controller"
+#: Image repository name -> the binary component that plays it.
+CONTROLLER_COMPONENTS = {
+    MANAGER_REPOSITORY_NAME: binaries.KSERVE_MANAGER,
+    LLMISVC_REPOSITORY_NAME: binaries.KSERVE_LLMISVC,
+}
 METRICS_FLAG, WEBHOOK_PORT_FLAG, PROBE_FLAG, LEADER_FLAG = (
     "metrics-addr",
     "webhook-port",
     "health-probe-addr",
     "leader-elect",
 )
+#: The llmisvc controller's own ``--metrics-addr`` default (served over HTTPS).
+LLMISVC_METRICS_DEFAULT = ":8443"
 #: controller-runtime's default webhook port (what ``webhook-server`` container ports name).
 DEFAULT_WEBHOOK_PORT = 9443
 #: Where controller-runtime's webhook server reads its pair, under ``os.TempDir()``.
@@ -80,25 +93,69 @@ def is_manager_image(image: str) -> bool:
     return ImageReference.parse(image).path.rsplit("/", 1)[-1] == MANAGER_REPOSITORY_NAME
 
 
+def is_llmisvc_image(image: str) -> bool:
+    """Is ``image`` of a repository named llmisvc-controller (KServe's LLMInferenceService
+    controller, v0.16 on), whatever its registry and tag?"""
+    return ImageReference.parse(image).path.rsplit("/", 1)[-1] == LLMISVC_REPOSITORY_NAME
+
+
+def controller_component(image: str) -> str | None:
+    """The binary component that plays a KServe controller image (``kserve-manager`` or
+    ``kserve-llmisvc``), or None for any other image."""
+    return CONTROLLER_COMPONENTS.get(ImageReference.parse(image).path.rsplit("/", 1)[-1])
+
+
 def manager_binary_for(image: str) -> tuple[str, Path]:
     """(what runs, the binary) for a kserve-controller image; WorkloadUnavailable with the
     reason (e.g. the Go module proxy's answer) when no binary exists and none can be built."""
+    return controller_binary_for(image, binaries.KSERVE_MANAGER)
+
+
+def controller_binary_for(image: str, component: str) -> tuple[str, Path]:
+    """(what runs, the binary) of ``component`` at the image's tag; WorkloadUnavailable with
+    the reason (e.g. the Go module proxy's answer, a release without that command) when no
+    binary exists and none can be built."""
     tag = ImageReference.parse(image).tag
     if not tag:
         raise WorkloadUnavailable(f"{image}: no tag names its KServe release")
     try:
-        found = binaries.locate(binaries.KSERVE_MANAGER, tag)
-    except HarnessError as exc:  # e.g. a tag that is not a version
+        found = binaries.locate(component, tag)
+        if found is not None:
+            return f"{component} {tag}", found
+        ok, reason = binaries.buildable(component, tag)
+    except HarnessError as exc:  # e.g. a tag that is not a version, a release before the command
         raise WorkloadUnavailable(f"{image}: {exc}") from None
-    if found is not None:
-        return f"kserve-manager {tag}", found
-    ok, reason = binaries.buildable(binaries.KSERVE_MANAGER, tag)
     if not ok:
-        raise WorkloadUnavailable(f"kserve-manager {tag} unavailable: {reason}")
+        raise WorkloadUnavailable(f"{component} {tag} unavailable: {reason}")
     try:
-        return f"kserve-manager {tag}", binaries.ensure(binaries.KSERVE_MANAGER, tag)
+        return f"{component} {tag}", binaries.ensure(component, tag)
     except binaries.BuildUnavailable as exc:
-        raise WorkloadUnavailable(f"kserve-manager {tag} unavailable: {exc}") from None
+        raise WorkloadUnavailable(f"{component} {tag} unavailable: {exc}") from None
+
+
+def build_controllers_together(images: Iterable[str]) -> None:
+    """Build the KServe commands that ``images`` need (the manager, the llmisvc controller)
+    in one go build per release when more than one of a release is missing: the second
+    costs a link, not a second compile. Anything that cannot be built is left for
+    ``controller_binary_for`` to report, container by container."""
+    wanted: dict[str, list[str]] = {}
+    for image in images:
+        component = controller_component(image)
+        tag = ImageReference.parse(image).tag
+        if component is None or not tag:
+            continue
+        try:
+            if binaries.locate(component, tag) is None and binaries.buildable(component, tag)[0]:
+                wanted.setdefault(tag, []).append(component)
+        except HarnessError:
+            continue
+    for tag, components in wanted.items():
+        if len(set(components)) < 2:
+            continue
+        try:
+            binaries.ensure_together(sorted(set(components)), tag)
+        except HarnessError as exc:
+            log.warning("building %s %s together failed (%s); each is tried on its own", components, tag, exc)
 
 
 @functools.lru_cache(maxsize=32)
@@ -120,7 +177,12 @@ def flags_of(binary: Path) -> frozenset[str]:
 
 
 def remap_manager_args(
-    args: Sequence[str], *, metrics_port: int, webhook_port: int, probe_port: int | None
+    args: Sequence[str],
+    *,
+    metrics_port: int,
+    webhook_port: int,
+    probe_port: int | None,
+    metrics_default: str = ":8080",
 ) -> tuple[list[str], list[str], dict[int, int]]:
     """The manager's args for a process on this machine, the notes of what changed, and the
     ports the container would listen on -> the ports the process listens on.
@@ -128,13 +190,14 @@ def remap_manager_args(
     ``--flag=value`` and ``--flag value`` are rewritten in place; an absent address flag is
     appended (its default would bind a fixed port on every interface); ``--leader-elect``
     (and ``--leader-elect=BOOL``) is dropped. ``probe_port`` None: the release has no
-    ``--health-probe-addr``.
+    ``--health-probe-addr``. ``metrics_default``: the binary's own default (the llmisvc
+    controller's is ``:8443``).
     """
     wanted: dict[str, str] = {
         METRICS_FLAG: f"127.0.0.1:{metrics_port}",
         WEBHOOK_PORT_FLAG: str(webhook_port),
     }
-    defaults = {METRICS_FLAG: ":8080", WEBHOOK_PORT_FLAG: str(DEFAULT_WEBHOOK_PORT)}
+    defaults = {METRICS_FLAG: metrics_default, WEBHOOK_PORT_FLAG: str(DEFAULT_WEBHOOK_PORT)}
     if probe_port is not None:
         wanted[PROBE_FLAG] = f"127.0.0.1:{probe_port}"
         defaults[PROBE_FLAG] = ":8081"
@@ -226,7 +289,11 @@ def write_serving_secret(data: Mapping[str, bytes], tmpdir: Path) -> Path:
 
 class ManagerProcess(OneProcess):
     """A running KServe manager; ready once ``/metrics`` answers 200 and its webhook port
-    completes a TLS handshake (readiness that every release has: v0.11 has no probe port)."""
+    completes a TLS handshake (readiness that every release has: v0.11 has no probe port).
+
+    With ``ready_port`` (the llmisvc controller, whose metrics are HTTPS behind authn/authz):
+    once ``/readyz`` on that health-probe port answers 200 instead of ``/metrics``.
+    """
 
     def __init__(
         self,
@@ -242,8 +309,10 @@ class ManagerProcess(OneProcess):
         name: str = "kserve-manager",
         start_timeout: float = 60.0,
         notes: Sequence[str] = (),
+        ready_port: int | None = None,
     ) -> None:
         self.binary = binary
+        self.ready_port = ready_port
         self.args = list(args)
         self.metrics_port = metrics_port
         self.webhook_port = webhook_port
@@ -265,20 +334,26 @@ class ManagerProcess(OneProcess):
 
     def start(self) -> Self:
         log.info("starting %s %s", self.process.name, " ".join(redact(a) for a in self.args))
+        ready = (
+            f"readyz on 127.0.0.1:{self.ready_port}" if self.ready_port is not None else f"metrics on {self.address}"
+        )
         self._start_and_wait(
-            f"{self.process.name} metrics on {self.address} and webhooks on port {self.webhook_port}",
+            f"{self.process.name} {ready} and webhooks on port {self.webhook_port}",
             self._probe,
             self.start_timeout,
         )
         return self
 
     def _probe(self) -> tuple[bool, str]:
+        what, url = ("metrics", f"http://{self.address}/metrics")
+        if self.ready_port is not None:
+            what, url = ("readyz", f"http://127.0.0.1:{self.ready_port}/readyz")
         try:
-            response = requests.get(f"http://{self.address}/metrics", timeout=2)
+            response = requests.get(url, timeout=2)
         except requests.RequestException as exc:
-            return False, f"metrics: {type(exc).__name__}"
+            return False, f"{what}: {type(exc).__name__}"
         if response.status_code != 200:
-            return False, f"metrics: HTTP {response.status_code}"
+            return False, f"{what}: HTTP {response.status_code}"
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE  # readiness only; the API server verifies
@@ -287,7 +362,7 @@ class ManagerProcess(OneProcess):
                 socket.create_connection(("127.0.0.1", self.webhook_port), timeout=2) as raw,
                 context.wrap_socket(raw, server_hostname="127.0.0.1"),
             ):
-                return True, "metrics 200, webhook TLS"
+                return True, f"{what} 200, webhook TLS"
         except OSError as exc:
             return False, f"webhooks: {type(exc).__name__}: {exc}"
 

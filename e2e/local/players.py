@@ -18,10 +18,11 @@ from typing import Any
 from kubernetes import client as k8s_client
 
 from e2e.errors import WorkloadFailed, WorkloadUnavailable
-from e2e.local import certmanager, predictor, sklearnserver
+from e2e.local import binaries, certmanager, predictor, sklearnserver
 from e2e.local.certmanager import CertManager
 from e2e.local.controlplane import ControlPlane
 from e2e.local.manager import (
+    LLMISVC_METRICS_DEFAULT,
     METRICS_FLAG,
     PROBE_FLAG,
     SERVING_CERTS,
@@ -29,6 +30,7 @@ from e2e.local.manager import (
     ManagerProcess,
     StandInManager,
     container_env,
+    controller_binary_for,
     flags_of,
     manager_binary_for,
     remap_manager_args,
@@ -201,7 +203,6 @@ class ContainerPlayer:
         """The KServe manager of the image's release, or a labelled stand-in when none can
         be built here."""
         namespace, name = deployment.metadata.namespace, deployment.metadata.name
-        key = (namespace, name, container.name)
         metrics = (flag_value(args, METRICS_FLAG) or ":8080").rpartition(":")[2]
         try:
             what, binary = manager_binary_for(container.image)
@@ -218,12 +219,45 @@ class ContainerPlayer:
             played = PlayedContainer.of(deployment, container, args, stand_in, "stand-in")
             played.addresses = {int(metrics): stand_in.address}
             return f"a stand-in ({exc})", played
+        return what, self._controller(api, deployment, container, args, what, binary, "manager")
+
+    def llmisvc(
+        self, api: k8s_client.ApiClient, deployment: Any, container: Any, args: tuple[str, ...]
+    ) -> tuple[str, PlayedContainer]:
+        """KServe's LLMInferenceService controller (``cmd/llmisvc`` of the image's release),
+        played like the manager. ``WorkloadUnavailable`` (with the reason) when no binary
+        exists and none can be built: then nothing plays it and its webhooks are removed."""
+        what, binary = controller_binary_for(container.image, binaries.KSERVE_LLMISVC)
+        return what, self._controller(
+            api, deployment, container, args, what, binary, "llmisvc", metrics_default=LLMISVC_METRICS_DEFAULT
+        )
+
+    def _controller(
+        self,
+        api: k8s_client.ApiClient,
+        deployment: Any,
+        container: Any,
+        args: tuple[str, ...],
+        what: str,
+        binary: Path,
+        role: str,
+        *,
+        metrics_default: str = ":8080",
+    ) -> PlayedContainer:
+        """A controller-runtime manager binary with the container's args (ports remapped,
+        leader election dropped), env, ServiceAccount token and webhook serving pair."""
+        namespace, name = deployment.metadata.namespace, deployment.metadata.name
+        key = (namespace, name, container.name)
         workdir = self._workdir_of(deployment, container)
         tmpdir = workdir / "tmp"
         self._serving_pair(api, deployment, container, tmpdir)
         probe = self._port(key, "probe") if PROBE_FLAG in flags_of(binary) else None
         manager_args, notes, ports = remap_manager_args(
-            args, metrics_port=self._port(key, "metrics"), webhook_port=self._port(key, "webhook"), probe_port=probe
+            args,
+            metrics_port=self._port(key, "metrics"),
+            webhook_port=self._port(key, "webhook"),
+            probe_port=probe,
+            metrics_default=metrics_default,
         )
         account = deployment.spec.template.spec.service_account_name or "default"
         env, env_notes = container_env(
@@ -240,6 +274,9 @@ class ContainerPlayer:
             webhook_port=self._port(key, "webhook"),
             name=f"{name}-{container.name}-{next(self._instances)}",
             notes=[*notes, *env_notes],
+            # Its metrics are HTTPS behind authn/authz (controller-runtime's filter): its
+            # health probe says when it is ready.
+            ready_port=probe if role == "llmisvc" else None,
         )
         try:
             manager.start()
@@ -248,6 +285,6 @@ class ContainerPlayer:
                 f"{container.name} ({what}) exited with code {exc.returncode} at start",
                 [f"exit code {exc.returncode}", *manager.tail_lines(15)],
             ) from None
-        played = PlayedContainer.of(deployment, container, args, manager, "manager")
+        played = PlayedContainer.of(deployment, container, args, manager, role)
         played.addresses = {port: f"127.0.0.1:{actual}" for port, actual in ports.items()}
-        return what, played
+        return played
