@@ -134,7 +134,7 @@ def test_the_local_config_is_the_sample_servicemonitor_as_a_scrape_config(tmp_pa
         local_prometheus._write_secret(tokens / f"{job.name}.token", job.token)
     process.config_path.write_text(yaml.safe_dump(scrape.prometheus_config(process._configs)))
     config = yaml.safe_load(process.config_path.read_text())
-    assert config["global"] == {"scrape_interval": "1s", "scrape_timeout": "1s"}
+    assert config["global"] == {"scrape_interval": "250ms", "scrape_timeout": "250ms"}
     assert [c["job_name"] for c in config["scrape_configs"]] == [READER_JOB, NO_ACCESS_JOB]
     for entry, job in zip(config["scrape_configs"], jobs, strict=True):
         assert entry["scheme"] == "https" and entry["metrics_path"] == "/metrics"

@@ -115,6 +115,39 @@ def test_a_restarted_process_elsewhere_is_found_again(
         second.server_close()
 
 
+def test_a_process_restarted_on_its_port_is_reached_at_once_after_a_swap_with_nothing_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A swap stops the proxy, the API server then finds no played process (None), and the
+    next proxy listens on the same port: it is reached at once, not after the throttle."""
+    port_holder = echo_server(b"old:")
+    address = address_of(port_holder)
+    current: list[str | None] = [address]
+    with ServiceRelay(lambda: current[0], "swapped") as relay:
+        assert exchange(relay, b"a") == b"old:a"
+        port_holder.shutdown()
+        port_holder.server_close()
+        current[0] = None  # between the two processes
+        monkeypatch.setattr(service_relay, "RESOLVE_EVERY_S", 0.3)
+        time.sleep(0.35)  # past the throttle: the API server is asked, and finds nothing
+        assert exchange(relay, b"b") == b""  # resolve() said nothing plays it: a refusal
+        host, _, port = address.rpartition(":")
+        socketserver.ThreadingTCPServer.allow_reuse_address = True
+        try:
+            restarted = socketserver.ThreadingTCPServer((host, int(port)), _Echo)
+        finally:
+            socketserver.ThreadingTCPServer.allow_reuse_address = False
+        restarted.daemon_threads = True
+        restarted.prefix = b"new:"  # type: ignore[attr-defined]
+        threading.Thread(target=restarted.serve_forever, daemon=True).start()
+        try:
+            # Within the throttle window: the last address is tried again, not forgotten.
+            assert exchange(relay, b"c") == b"new:c"
+        finally:
+            restarted.shutdown()
+            restarted.server_close()
+
+
 def test_the_api_server_is_not_asked_more_than_once_a_second() -> None:
     asked = []
 

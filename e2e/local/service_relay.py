@@ -9,8 +9,9 @@ install. Each accepted connection is forwarded to the address ``resolve()`` retu
 that moment and the bytes are copied unchanged, so TLS stays end to end between the
 client and the proxy. With nothing behind the Service the connection is closed at once,
 as a Service without endpoints refuses it. The last address found is tried first (a
-played container keeps its port across restarts); ``resolve()``, which asks the API
-server, runs again only when that fails, and at most every ``RESOLVE_EVERY_S``.
+played container keeps its port across restarts, so it stays the one tried while a swap
+has nothing behind the Service); ``resolve()``, which asks the API server, runs again only
+when that fails, and at most every ``RESOLVE_EVERY_S``.
 
 ``disconnect(address)`` cuts the connections to a process about to be stopped: a client
 holding an HTTP/2 connection (Prometheus does) would otherwise delay the proxy's graceful
@@ -96,8 +97,9 @@ class ServiceRelay(StartsAndStops):
         address = self._last
         upstream = _connect(address)
         if upstream is None:
-            address = self._resolve()
-            upstream = _connect(address)
+            fresh = self._resolve()
+            if fresh is not None and fresh != address:
+                address, upstream = fresh, _connect(fresh)
         if upstream is None or address is None:
             return  # closing the client is the refusal
         upstream.settimeout(None)
@@ -120,7 +122,10 @@ class ServiceRelay(StartsAndStops):
         except Exception as error:  # a half-updated cluster: refuse this connection, not the relay
             log.debug("relay %s: no address (%s)", self.name, error)
             target = None
-        self._last = target
+        # Nothing found (a swap between two processes) keeps the last address: the next
+        # process takes the same port, and is reached as soon as it listens.
+        if target is not None:
+            self._last = target
         return target
 
 
