@@ -214,19 +214,17 @@ class LocalCluster(ClusterProvider):
                     self._stop(current)
                 if manager:
                     what, played = self._player.manager(api, deployment, container, args)
-                elif llmisvc:
+                elif llmisvc or model_server:
+                    # Either may be impossible here (binary or venv not to be had): the
+                    # container is then not played, and what it serves says why.
+                    play, unavailable = (
+                        (self._player.llmisvc, WorkloadUnavailable)
+                        if llmisvc
+                        else (self._player.model_server, SklearnServerUnavailable)
+                    )
                     try:
-                        what, played = self._player.llmisvc(api, deployment, container, args)
-                    except WorkloadUnavailable as exc:
-                        wanted.discard(key)
-                        labels = dict(deployment.spec.template.metadata.labels or {})
-                        self._unplayable.append((deployment.metadata.namespace, labels, str(exc)))
-                        report.notes.append(f"{'/'.join(key)}: not played: {exc}")
-                        continue
-                elif model_server:
-                    try:
-                        what, played = self._player.model_server(api, deployment, container, args)
-                    except SklearnServerUnavailable as exc:
+                        what, played = play(api, deployment, container, args)
+                    except unavailable as exc:
                         wanted.discard(key)
                         labels = dict(deployment.spec.template.metadata.labels or {})
                         self._unplayable.append((deployment.metadata.namespace, labels, str(exc)))

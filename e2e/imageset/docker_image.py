@@ -80,16 +80,21 @@ def docker(
     return result.stdout.decode(errors="replace")
 
 
-def recorded_recipe(reference: str) -> str | None:
-    """The recipe digest an image carries, or None when there is no such image (or label)."""
+def image_label(reference: str, name: str) -> str | None:
+    """The value of label ``name`` on an image, or None when there is no such image (or label)."""
     result = subprocess.run(
-        ["docker", "image", "inspect", "--format", f'{{{{ index .Config.Labels "{RECIPE_LABEL}" }}}}', reference],
+        ["docker", "image", "inspect", "--format", f'{{{{ index .Config.Labels "{name}" }}}}', reference],
         capture_output=True,
         text=True,
         check=False,
     )
     label = result.stdout.strip()
     return label if result.returncode == 0 and label and label != "<no value>" else None
+
+
+def recorded_recipe(reference: str) -> str | None:
+    """The recipe digest an image carries, or None when there is no such image (or label)."""
+    return image_label(reference, RECIPE_LABEL)
 
 
 def is_current(recipe: ImageRecipe) -> bool:

@@ -31,7 +31,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from e2e.imageset import node
-from e2e.imageset.docker_image import RECIPE_LABEL, ImageBuildFailed, ImageRecipe, docker, file_sha256, is_current
+from e2e.imageset.docker_image import (
+    RECIPE_LABEL,
+    ImageBuildFailed,
+    ImageRecipe,
+    docker,
+    file_sha256,
+    image_label,
+    is_current,
+)
 from e2e.local import binaries, sklearnserver
 from e2e.local.sklearnserver import SklearnServerEnv
 from e2e.text import one_line
@@ -259,11 +267,5 @@ def _commit(container: str, recipe: ImageRecipe, changes: list[str]) -> None:
 
 def iris_model_path(image: str) -> str | None:
     """Where the sklearnserver image built here holds the iris model (its label), or None."""
-    result = subprocess.run(
-        ["docker", "image", "inspect", "--format", f'{{{{ index .Config.Labels "{IRIS_MODEL_LABEL}" }}}}', image],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    label = result.stdout.strip()
-    return label if result.returncode == 0 and label.startswith("/") else None
+    label = image_label(image, IRIS_MODEL_LABEL)
+    return label if label is not None and label.startswith("/") else None
