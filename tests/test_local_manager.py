@@ -396,6 +396,11 @@ def test_the_webhooks_stay_point_at_the_played_manager_and_carry_the_injected_ca
         "[127.0.0.1] so the API server can verify https://127.0.0.1:<port>" in deviations
     )
     assert certmanager.AUTH_DEVIATION in deviations
+    # The install applied v1.16.1's CRDs (the release names it); v1.11.5 plays cert-manager.
+    assert (
+        "cert-manager v1.11.5's controller and cainjector (the newest version built here) stand in for "
+        "cert-manager v1.16.1, whose CRDs the install applied" in deviations
+    )
     assert (
         "admission webhooks of Service kserve/kserve-webhook-server-service (7): clientConfig points at the "
         "played manager (url https://127.0.0.1:<port><path>, caBundle injected by cert-manager's cainjector; "

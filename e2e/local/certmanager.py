@@ -38,7 +38,14 @@ from kubernetes.client.exceptions import ApiException
 
 from e2e.errors import HarnessError, WorkloadFailed, WorkloadUnavailable
 from e2e.local import binaries
-from e2e.local.processes import ManagedProcess, ProcessExitedEarly, StartsAndStops, free_loopback_port, wait_ready
+from e2e.local.processes import (
+    ManagedProcess,
+    ProcessExitedEarly,
+    StartsAndStops,
+    free_loopback_port,
+    stop_together,
+    wait_ready,
+)
 from e2e.secrets import redact
 
 log = logging.getLogger(__name__)
@@ -64,6 +71,20 @@ def issued_deviation(namespace: str, certificate: str, secret: str) -> str:
         f"processes) into Secret {namespace}/{secret}; Certificate "
         f"{namespace}/{certificate} given ipAddresses [{LOOPBACK_IP}] so the API server can verify "
         f"https://{LOOPBACK_IP}:<port>"
+    )
+
+
+def version_deviation(api: k8s_client.ApiClient) -> str | None:
+    """What plays cert-manager when its version is not the one whose CRDs the install applied
+    (the version KServe's quick-install names, or the offline directory's substitute for it):
+    only v1.11.5 is built here, the newest whose module the Go proxy serves."""
+    crd = k8s_client.ApiextensionsV1Api(api).read_custom_resource_definition(f"{PLURAL}.{GROUP}")
+    applied = (crd.metadata.labels or {}).get("app.kubernetes.io/version", "")
+    if applied == VERSION:
+        return None
+    return (
+        f"cert-manager {VERSION}'s controller and cainjector (the newest version built here) stand in for "
+        f"cert-manager {applied or '(version not labelled)'}, whose CRDs the install applied"
     )
 
 
@@ -166,8 +187,11 @@ class CertManager(StartsAndStops):
         )
 
     def stop(self) -> None:
+        stop_together(self.processes)
+
+    def terminate(self) -> None:
         for process in self.processes:
-            process.stop()
+            process.terminate()
 
     def logs(self) -> dict[str, str]:
         """Each process's output by name, NOT redacted (search it, never print it)."""

@@ -183,6 +183,9 @@ class ContainerPlayer:
         self.issued[f"{namespace}/{certificate_name}"] = pair["ca.crt"]
         self._deviation(certmanager.issued_deviation(namespace, certificate_name, secret))
         self._deviation(certmanager.AUTH_DEVIATION)
+        substituted = certmanager.version_deviation(api)
+        if substituted is not None:
+            self._deviation(substituted)
 
     def _running_cert_manager(self) -> CertManager:
         """cert-manager's processes, started on first use; ``CertManagerExited`` if one died."""
