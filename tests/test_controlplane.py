@@ -19,7 +19,7 @@ from kubernetes import watch as k8s_watch
 from e2e.availability import in_ci, unavailable
 from e2e.errors import HarnessError
 from e2e.local.controlplane import ControlPlane, ControlPlaneBinaries, binary_version, resolve_binaries
-from e2e.local.processes import ManagedProcess, ProcessExitedEarly, running_processes, wait_ready
+from e2e.local.processes import ManagedProcess, ProcessExitedEarly, running_processes, stop_together, wait_ready
 
 pytestmark = pytest.mark.needs_binaries
 
@@ -87,6 +87,57 @@ def test_stop_ends_the_whole_process_group(tmp_path: Path) -> None:
     assert _gone(parent_pid)
     wait_ready("the forked child to end", lambda: (_gone(child_pid), "still there"), watched=[], timeout=10)
     assert process not in running_processes()
+
+
+def _waits_for_partner_on_sigterm(tmp_path: Path, me: str, partner: str) -> ManagedProcess:
+    """A process that, on SIGTERM, notes it and exits 0 only once ``partner`` was signalled
+    too (exit 1 after 10 s); it counts the SIGTERMs it got in ``<me>.count``."""
+    script = (
+        "import os, signal, sys, time\n"
+        f"me, partner = {str(tmp_path / me)!r}, {str(tmp_path / partner)!r}\n"
+        "count = 0\n"
+        "def on_term(*_):\n"
+        "    global count\n"
+        "    count += 1\n"
+        "    open(me + '.count', 'w').write(str(count))\n"
+        "    if count > 1: return\n"
+        "    open(me, 'w').close()\n"
+        "    deadline = time.monotonic() + 10\n"
+        "    while not os.path.exists(partner):\n"
+        "        if time.monotonic() > deadline: sys.exit(1)\n"
+        "        time.sleep(0.01)\n"
+        "    time.sleep(0.2)  # a second SIGTERM would land now\n"
+        "    sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, on_term)\n"
+        "print('ready', flush=True)\n"
+        "while True: time.sleep(1)\n"
+    )
+    process = ManagedProcess(me, [sys.executable, "-c", script], log_path=tmp_path / f"{me}.log")
+    process.start()
+    wait_ready(f"{me} to start", lambda: ("ready" in process.output(), process.tail(2)), watched=[process], timeout=30)
+    return process
+
+
+def test_stopping_together_signals_every_process_before_waiting_for_any(tmp_path: Path) -> None:
+    # Each waits for the other's SIGTERM before it exits: stopping one after the other
+    # would leave the first waiting (killed after stop's grace), so both exit 0 only when
+    # every process was signalled before any was waited for.
+    first = _waits_for_partner_on_sigterm(tmp_path, "first", "second")
+    second = _waits_for_partner_on_sigterm(tmp_path, "second", "first")
+    stop_together([first, second])
+    assert (first.exit_code, second.exit_code) == (0, 0)
+    # terminate() then stop() signals once: a second SIGTERM makes Go programs exit at once.
+    assert [(tmp_path / f"{name}.count").read_text() for name in ("first", "second")] == ["1", "1"]
+    assert first not in running_processes() and second not in running_processes()
+
+
+def test_a_process_stopped_alone_is_not_waited_for_by_its_partner(tmp_path: Path) -> None:
+    # The counter-test of the one above: stopped one at a time, the first never sees its
+    # partner signalled and is killed after the grace period.
+    first = _waits_for_partner_on_sigterm(tmp_path, "first", "second")
+    second = _waits_for_partner_on_sigterm(tmp_path, "second", "first")
+    assert first.stop(grace=1) == -signal.SIGKILL
+    assert second.stop() == 0
 
 
 def test_ctrl_c_inside_popen_is_delivered_once_the_process_is_tracked(

@@ -108,6 +108,8 @@ class LocalCluster(ClusterProvider):
         self._prometheus: prometheus.PrometheusProcess | None = None
         self._relays: dict[ServiceTarget, ServiceRelay] = {}
         self.last_sync = SyncReport()
+        self._api: k8s_client.ApiClient | None = None
+        self._api_lock = threading.Lock()
 
     # -- the provider interface -----------------------------------------------------------
 
@@ -116,7 +118,12 @@ class LocalCluster(ClusterProvider):
         return self.control_plane.kubeconfig
 
     def api_client(self) -> k8s_client.ApiClient:
-        return self.control_plane.api_client()
+        # One admin client for the cluster's life (its pool is thread-safe): a new one per
+        # call read the kubeconfig and made a TLS handshake each time, a few per cell.
+        with self._api_lock:
+            if self._api is None:
+                self._api = self.control_plane.api_client()
+            return self._api
 
     @contextlib.contextmanager
     def endpoint(self, target: ServiceTarget) -> Iterator[str]:
@@ -352,6 +359,13 @@ class LocalCluster(ClusterProvider):
                 (directory / f"{name}.previous.log").write_text(redact(played.previous_logs))
 
     def delete(self) -> None:
+        # Every played process is signalled first, so they all shut down together (a
+        # manager or a model server takes up to a second), then each is waited for.
+        for played in self._played.values():
+            played.runner.terminate()
+        if self._player.cert_manager is not None:
+            self._player.cert_manager.terminate()
+        self.control_plane.terminate()
         if self._prometheus is not None:
             self._prometheus.stop()
         for relay in self._relays.values():

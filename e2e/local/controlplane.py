@@ -191,7 +191,11 @@ class ControlPlane(StartsAndStops):
         return self
 
     def stop(self) -> None:
-        """Stop every process (newest first) and remove the temp dir unless ``keep``."""
+        """Stop every process (newest first) and remove the temp dir unless ``keep``.
+
+        All but etcd are signalled at once (the API server alone takes about a second to
+        drain); etcd, started first, is stopped last, once the API server is gone."""
+        self.terminate()
         for name, process in reversed(list(self.processes.items())):
             try:
                 process.stop()
@@ -202,6 +206,12 @@ class ControlPlane(StartsAndStops):
                 log.info("keeping control plane directory %s", self.workdir)
             else:
                 shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def terminate(self) -> None:
+        """Signal every process but etcd (the API server drains against it); ``stop()`` waits."""
+        for name, process in self.processes.items():
+            if name != "etcd":
+                process.terminate()
 
     def restart_apiserver(self) -> None:
         """Stop the API server if it still runs (e.g. after a kill) and start it again on

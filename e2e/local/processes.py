@@ -47,6 +47,11 @@ class StartsAndStops:
     def stop(self) -> object:
         raise NotImplementedError
 
+    def terminate(self) -> None:
+        """Ask it to stop without waiting; ``stop()`` then waits. Stopping several things by
+        terminating them all first lets them shut down together (a controller or an API
+        server takes about a second each to drain)."""
+
     def __enter__(self) -> Self:
         return self.start()
 
@@ -161,6 +166,7 @@ class ManagedProcess(StartsAndStops):
         self.cwd = cwd
         self._popen: subprocess.Popen[bytes] | None = None
         self._stopped = False
+        self._terminated = False  # SIGTERM sent: a second one makes Go programs exit at once
         self.started_at: float | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -187,6 +193,7 @@ class ManagedProcess(StartsAndStops):
             )
             self.started_at = time.monotonic()
             self._stopped = False
+            self._terminated = False
             _REGISTRY.add(self)
         log.info("started %s (pid %d), log %s", self.name, self._popen.pid, self.log_path)
         return self
@@ -212,8 +219,17 @@ class ManagedProcess(StartsAndStops):
         if code is not None:
             raise ProcessExitedEarly(self.name, code, self.tail_lines(40))
 
+    def terminate(self) -> None:
+        """SIGTERM the process group once, without waiting (``stop()`` waits)."""
+        popen = self._popen
+        if popen is None or self._stopped or self._terminated or popen.poll() is not None:
+            return
+        _signal_group(popen.pid, signal.SIGTERM)
+        self._terminated = True
+
     def stop(self, grace: float = 5.0) -> int | None:
-        """SIGTERM the process group, SIGKILL it after ``grace`` seconds; return the exit code."""
+        """SIGTERM the process group (unless ``terminate()`` did), SIGKILL it after ``grace``
+        seconds; return the exit code."""
         popen = self._popen
         if popen is None:
             return None
@@ -221,7 +237,7 @@ class ManagedProcess(StartsAndStops):
             return popen.returncode
         try:
             if popen.poll() is None:
-                _signal_group(popen.pid, signal.SIGTERM)
+                self.terminate()
                 try:
                     popen.wait(timeout=grace)
                 except subprocess.TimeoutExpired:
@@ -286,6 +302,9 @@ class OneProcess(StartsAndStops):
     def stop(self) -> int | None:
         return self.process.stop()
 
+    def terminate(self) -> None:
+        self.process.terminate()
+
     def logs(self) -> str:
         """Everything it printed, NOT redacted: search it (e.g. for leaked tokens), never print it."""
         return self.process.output()
@@ -335,6 +354,14 @@ _REGISTRY = _ProcessRegistry()
 def running_processes() -> list[ManagedProcess]:
     """Every process started through this module and not stopped yet."""
     return _REGISTRY.running()
+
+
+def stop_together(things: Sequence[StartsAndStops]) -> None:
+    """Stop several things at once: terminate each, then wait for each in the given order."""
+    for thing in things:
+        thing.terminate()
+    for thing in things:
+        thing.stop()
 
 
 def stop_all(grace: float = 3.0) -> None:
