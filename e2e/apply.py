@@ -126,13 +126,18 @@ class Applier:
                 reraise=True,
             ):
                 with attempt:
-                    self.dynamic.server_side_apply(
+                    # The answer (the whole object, 700 KB for a CRD) is not read back into
+                    # the dynamic client's objects: nothing uses it.
+                    answer = self.dynamic.server_side_apply(
                         resource,
                         body=doc,
                         namespace=namespace,
                         field_manager=FIELD_MANAGER,
                         force_conflicts=True,
+                        serialize=False,
                     )
+                    answer.drain_conn()  # read to the end: the connection goes back to the pool
+                    answer.release_conn()
         except ApiException as exc:
             raise ApplyError(f"{object_ref(doc)}: apply failed: {exc.status} {api_message(exc)}") from None
 

@@ -24,6 +24,7 @@ from release_files import MIRRORED_KSERVE_VERSIONS, SessionReleaseFiles
 
 from e2e.errors import LockMismatch, ManifestError, NotInOfflineDirectory, UsageError
 from e2e.manifests import (
+    PARSED_CACHE_MIN_BYTES,
     DownloadFailed,
     ManifestLock,
     ReleaseFiles,
@@ -33,8 +34,10 @@ from e2e.manifests import (
     deployment_diff,
     kserve_file,
     load_release_manifest,
+    parsed_cache_dir,
     patched_manifest,
     proxy_patch,
+    yaml_documents,
 )
 from e2e.matrix import Matrix, MatrixCell, load_matrix, version_key
 
@@ -738,3 +741,49 @@ def test_an_unreadable_lock_file_is_named(tmp_path: Path) -> None:
 def test_the_repository_lock_file_is_valid() -> None:
     digests = ManifestLock().digests()
     assert all(len(v) == 64 and int(v, 16) >= 0 for v in digests.values())
+
+
+# -- large YAML texts are parsed once, then read from the cache as JSON ---------------------
+
+
+def _large_yaml(extra: str = "") -> str:
+    """A multi-document text past the size from which parses are cached."""
+    padding = "x" * 100
+    items = "\n".join(f"    key{i}: {padding}" for i in range(PARSED_CACHE_MIN_BYTES // 100))
+    return f"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: big\ndata:\n{items}\n---\n---\n{extra}kind: Other\n"
+
+
+@pytest.fixture
+def parse_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("KSERVE_COMPAT_CACHE", str(tmp_path))
+    return parsed_cache_dir()
+
+
+def test_a_large_text_is_parsed_once_and_then_read_from_its_json(parse_cache: Path) -> None:
+    text = _large_yaml()
+    first = yaml_documents(text)
+    assert first[1] is None and first[2] == {"kind": "Other"}  # empty documents are kept
+    (cached,) = parse_cache.glob("*.json")
+    assert cached.name == hashlib.sha256(text.encode()).hexdigest() + ".json"
+    assert json.loads(cached.read_text()) == first
+    # The second read comes from the JSON file, not from the YAML: plant a marker there.
+    cached.write_text(json.dumps([{"kind": "FromTheCache"}]))
+    assert yaml_documents(text) == [{"kind": "FromTheCache"}]
+    # An unreadable cache file is parsed again from the YAML.
+    cached.write_text("{not json")
+    assert yaml_documents(text) == first
+
+
+def test_what_json_cannot_hold_as_parsed_is_not_cached(parse_cache: Path) -> None:
+    dated, integer_keys = _large_yaml("when: 2024-01-02\n"), _large_yaml("codes: {1: one}\n")
+    assert str(yaml_documents(dated)[2]["when"]) == "2024-01-02"  # a date, not a string
+    assert yaml_documents(integer_keys)[2]["codes"] == {1: "one"}
+    assert not list(parse_cache.glob("*.json"))
+    assert yaml_documents(integer_keys)[2]["codes"] == {1: "one"}  # parsed again, the same
+
+
+def test_small_texts_and_invalid_yaml_are_not_cached(parse_cache: Path, matrix: Matrix) -> None:
+    assert yaml_documents("kind: A\n---\nkind: B\n") == [{"kind": "A"}, {"kind": "B"}]
+    with pytest.raises(ManifestError, match="not valid YAML"):
+        ReleaseManifest.parse(_large_yaml("kind: [unclosed\n"), source="big.yaml", profile=matrix.releases[0].profile)
+    assert not list(parse_cache.glob("*.json"))
