@@ -41,6 +41,7 @@ from e2e import checks, kserve
 from e2e.apply import Applier
 from e2e.availability import in_ci, unavailable
 from e2e.checks.metrics import RECONCILE_METRIC
+from e2e.checks.session import self_signed_session
 from e2e.cluster.local import LocalCluster
 from e2e.errors import HarnessError, WorkloadUnavailable
 from e2e.install import SAMPLE_MODELS
@@ -498,7 +499,8 @@ def test_the_reconcile_counter_increases_when_kserve_reconciles_again(installed:
     target = ServiceTarget(profile.namespace, profile.metrics_service, profile.metrics_port)
 
     def reconciles(address: str) -> float:
-        answer = requests.get(
+        # The checks' session for the proxy's self-signed certificate (no urllib3 warning).
+        answer = self_signed_session().get(
             f"https://{address}/metrics", headers={"Authorization": f"Bearer {token}"}, verify=False, timeout=5
         )
         answer.raise_for_status()

@@ -404,6 +404,10 @@ class ControlPlane(StartsAndStops):
         )
         insecure = _loopback_session()
         insecure.verify = False  # their self-signed serving certs; /healthz only
+        # A process-wide filter, as for the checks' self-signed session: catch_warnings()
+        # swaps global state and races the other threads (one restored the filters while
+        # another was warning, and an InsecureRequestWarning reached the test output).
+        warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
         watched = [*self.processes.values()]
         for name, url in (
             ("kube-controller-manager", f"https://127.0.0.1:{kcm_port}/healthz"),
@@ -454,9 +458,7 @@ def _loopback_session() -> requests.Session:
 def _http_probe(url: str, *, session: requests.Session) -> tuple[bool, str]:
     """(answered 200?, a one-line summary of the answer or the connection error)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
-            response = session.get(url, timeout=3)
+        response = session.get(url, timeout=3)
     except requests.RequestException as error:
         return False, f"{type(error).__name__}: {error}"
     failed = [line for line in response.text.splitlines() if "failed" in line]
