@@ -106,7 +106,7 @@ class Installer:
 
     def release_manifest(self, release: KServeRelease) -> ReleaseManifest:
         try:
-            return load_release_manifest(release, self.files)
+            return load_release_manifest(release, self.files, remember=True)
         except NotInOfflineDirectory as exc:
             raise CellSkipped(str(exc)) from None
 
@@ -309,7 +309,7 @@ class Installer:
         image_set = cluster.provider.image_set
         if image_set is not None:
             version, text = image_set.cert_manager_manifest()
-            documents = load_yaml_documents(text)
+            documents = load_yaml_documents(text, remember=True)
             cluster.provider.load_images(images_of(documents))
             if version != release.cert_manager:
                 cluster.deviations.append(
@@ -328,7 +328,7 @@ class Installer:
                 raise
             text = self.files.text(ReleaseFile("cert-manager", substitute, name))
             cluster.deviations.append(f"cert-manager CRDs {substitute} used instead of {version} (offline directory)")
-        return load_yaml_documents(text)
+        return load_yaml_documents(text, remember=True)
 
     def _newest_offline(self, project: str) -> str | None:
         if self.files.offline_dir is None:
@@ -339,7 +339,7 @@ class Installer:
     def _runtime_documents(self, release: KServeRelease) -> list[dict[str, Any]]:
         if release.runtimes_file is None:
             return []
-        manifest = load_release_manifest(release, self.files, release.runtimes_file)
+        manifest = load_release_manifest(release, self.files, release.runtimes_file, remember=True)
         return list(manifest.documents)
 
 

@@ -93,8 +93,9 @@ YAML_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoade
 
 # Even the C loader spends 0.1-0.5 s of CPU on a 1-3 MB release manifest (the Python
 # constructors do most of the work), once per cluster group, on the thread that prepares the
-# next group while cells run; JSON loads the same documents twenty times faster. So a large
-# text's documents are kept as JSON in the cache, named by the text's SHA-256.
+# next group while cells run; JSON loads the same documents twenty times faster. So an
+# install keeps a large text's documents as JSON in the cache, named by the text's SHA-256;
+# every reader uses them, and only an install writes them (a --plan writes nothing).
 PARSED_CACHE_MIN_BYTES = 64 * 1024
 
 
@@ -102,9 +103,10 @@ def parsed_cache_dir() -> Path:
     return cache_root() / "parsed-yaml"
 
 
-def yaml_documents(text: str) -> list[Any]:
-    """Every document of a multi-document YAML text (``None`` for an empty one), parsed
-    once per distinct large text; raises ``yaml.YAMLError`` on invalid YAML."""
+def yaml_documents(text: str, *, remember: bool = False) -> list[Any]:
+    """Every document of a multi-document YAML text (``None`` for an empty one), read from
+    the cache when a large text was parsed before; ``remember`` keeps a new parse there.
+    Raises ``yaml.YAMLError`` on invalid YAML."""
     if len(text) < PARSED_CACHE_MIN_BYTES:
         return list(yaml.load_all(text, Loader=YAML_LOADER))
     cached = parsed_cache_dir() / f"{sha256_hex(text.encode())}.json"
@@ -113,6 +115,8 @@ def yaml_documents(text: str) -> list[Any]:
     except (OSError, ValueError):  # not there yet, or unreadable: parse the YAML again
         pass
     documents = list(yaml.load_all(text, Loader=YAML_LOADER))
+    if not remember:
+        return documents
     try:
         as_json = json.dumps(documents)
     except (TypeError, ValueError):  # e.g. a YAML timestamp: JSON cannot hold it as parsed
@@ -123,9 +127,9 @@ def yaml_documents(text: str) -> list[Any]:
     return documents
 
 
-def load_yaml_documents(text: str) -> list[dict[str, Any]]:
-    """The non-empty documents of a multi-document YAML text, with the fast loader."""
-    return [document for document in yaml_documents(text) if document]
+def load_yaml_documents(text: str, *, remember: bool = False) -> list[dict[str, Any]]:
+    """The non-empty documents of a multi-document YAML text (see ``yaml_documents``)."""
+    return [document for document in yaml_documents(text, remember=remember) if document]
 
 
 class DownloadFailed(HarnessError):
@@ -648,10 +652,10 @@ class ReleaseManifest:
     origin: str = ""  # where it was read from (ReleaseFiles.origin), when known
 
     @classmethod
-    def parse(cls, text: str, *, source: str, profile: ControllerProfile) -> ReleaseManifest:
+    def parse(cls, text: str, *, source: str, profile: ControllerProfile, remember: bool = False) -> ReleaseManifest:
         documents: list[dict[str, Any]] = []
         try:
-            for index, document in enumerate(yaml_documents(text)):
+            for index, document in enumerate(yaml_documents(text, remember=remember)):
                 if document is None:  # "---" separators with nothing between them
                     continue
                 if not isinstance(document, dict):
@@ -796,10 +800,13 @@ class ReleaseManifest:
         return sorted({use.image for use in self.image_uses()})
 
 
-def load_release_manifest(release: KServeRelease, files: ReleaseFiles, name: str = "kserve.yaml") -> ReleaseManifest:
-    """Fetch and parse one file of a KServe release, read through the release's profile."""
+def load_release_manifest(
+    release: KServeRelease, files: ReleaseFiles, name: str = "kserve.yaml", *, remember: bool = False
+) -> ReleaseManifest:
+    """Fetch and parse one file of a KServe release, read through the release's profile
+    (``remember``: keep the parse in the cache, see ``yaml_documents``)."""
     ref = kserve_file(release.version, name)
-    manifest = ReleaseManifest.parse(files.text(ref), source=ref.label, profile=release.profile)
+    manifest = ReleaseManifest.parse(files.text(ref), source=ref.label, profile=release.profile, remember=remember)
     return replace(manifest, origin=files.origin(ref) or "")
 
 

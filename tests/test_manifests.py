@@ -762,6 +762,8 @@ def parse_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_a_large_text_is_parsed_once_and_then_read_from_its_json(parse_cache: Path) -> None:
     text = _large_yaml()
     first = yaml_documents(text)
+    assert not parse_cache.exists()  # only a parse asked to be remembered is written
+    assert yaml_documents(text, remember=True) == first
     assert first[1] is None and first[2] == {"kind": "Other"}  # empty documents are kept
     (cached,) = parse_cache.glob("*.json")
     assert cached.name == hashlib.sha256(text.encode()).hexdigest() + ".json"
@@ -776,14 +778,16 @@ def test_a_large_text_is_parsed_once_and_then_read_from_its_json(parse_cache: Pa
 
 def test_what_json_cannot_hold_as_parsed_is_not_cached(parse_cache: Path) -> None:
     dated, integer_keys = _large_yaml("when: 2024-01-02\n"), _large_yaml("codes: {1: one}\n")
-    assert str(yaml_documents(dated)[2]["when"]) == "2024-01-02"  # a date, not a string
-    assert yaml_documents(integer_keys)[2]["codes"] == {1: "one"}
+    assert str(yaml_documents(dated, remember=True)[2]["when"]) == "2024-01-02"  # a date, not a string
+    assert yaml_documents(integer_keys, remember=True)[2]["codes"] == {1: "one"}
     assert not list(parse_cache.glob("*.json"))
-    assert yaml_documents(integer_keys)[2]["codes"] == {1: "one"}  # parsed again, the same
+    assert yaml_documents(integer_keys, remember=True)[2]["codes"] == {1: "one"}  # parsed again, the same
 
 
 def test_small_texts_and_invalid_yaml_are_not_cached(parse_cache: Path, matrix: Matrix) -> None:
-    assert yaml_documents("kind: A\n---\nkind: B\n") == [{"kind": "A"}, {"kind": "B"}]
+    assert yaml_documents("kind: A\n---\nkind: B\n", remember=True) == [{"kind": "A"}, {"kind": "B"}]
     with pytest.raises(ManifestError, match="not valid YAML"):
-        ReleaseManifest.parse(_large_yaml("kind: [unclosed\n"), source="big.yaml", profile=matrix.releases[0].profile)
+        ReleaseManifest.parse(
+            _large_yaml("kind: [unclosed\n"), source="big.yaml", profile=matrix.releases[0].profile, remember=True
+        )
     assert not list(parse_cache.glob("*.json"))
