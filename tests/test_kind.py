@@ -664,13 +664,49 @@ def test_reuse_exports_the_kubeconfig_and_keeps_the_cluster(kind_bin: StandIn, n
         (KindOptions(keep_on_failure=True), True, False),
     ],
 )
-def test_keep_options(kind_bin: StandIn, options: KindOptions, failed: bool, deleted: bool) -> None:
+def test_keep_options(
+    kind_bin: StandIn, options: KindOptions, failed: bool, deleted: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kind_tier, "LATE_NODE_WINDOW_S", 0.0)  # never created: nothing in flight here
     kind_bin.rules([{"prefix": ["delete", "cluster"]}])
     cluster = make_cluster(kind_bin, options)
     if failed:
         cluster.mark_failed()
     cluster.delete()
     assert any(call[:1] == ["delete"] for call in kind_bin.calls()) is deleted
+
+
+def test_a_node_container_appearing_after_an_unfinished_creation_is_deleted_too(
+    kind_bin: StandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ctrl-C killed the `docker run` of `kind create`, but the engine finished creating the
+    # node container after the first delete: the delete looks again and deletes it.
+    kind_bin.rules([{"prefix": ["delete", "cluster"]}])
+    monkeypatch.setattr(kind_tier, "LATE_NODE_WINDOW_S", 1.0)
+    listings = iter([["late-node-id"]])
+    monkeypatch.setattr(KindCluster, "_node_container_ids", lambda self: next(listings, []))
+    cluster = make_cluster(kind_bin)  # never started to the end: its creation did not finish
+    cluster.delete()
+    assert [call[:2] for call in kind_bin.calls()] == [["delete", "cluster"], ["delete", "cluster"]]
+
+
+def test_a_created_cluster_is_deleted_once_without_looking_for_late_nodes(
+    kind_bin: StandIn, no_node_wait: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kind_bin.rules(
+        [
+            {"prefix": ["get", "clusters"], "stderr": recorded("kind-get-clusters-none.stderr")},
+            {"prefix": ["create", "cluster"], "effect": "kubeconfig"},
+            {"prefix": ["delete", "cluster"]},
+        ]
+    )
+    looked: list[str] = []
+    monkeypatch.setattr(KindCluster, "_node_container_ids", lambda self: looked.append(self.name) or ["x"])
+    cluster = make_cluster(kind_bin)
+    cluster.start()
+    cluster.delete()
+    assert looked == []
+    assert [call[:2] for call in kind_bin.calls()].count(["delete", "cluster"]) == 1
 
 
 def test_export_logs_runs_kind_export_logs(kind_bin: StandIn, in_tmp: Path) -> None:

@@ -34,6 +34,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,9 @@ PINNED_TOOL_VERSIONS: Mapping[str, str] = {"KIND_VERSION": KIND_VERSION, "KUBECT
 CLUSTER_NAME_PREFIX = "kcompat-"
 PROMETHEUS_MANIFEST = Path(__file__).resolve().parents[2] / "manifests" / "prometheus.yaml"
 CLUSTER_NAME_MAX = 40  # node containers are NAME-control-plane: keep hostnames well under 63
+# How long a delete after an unfinished creation watches for a node container the engine was
+# still creating (the `docker run` it answers was killed by the same Ctrl-C).
+LATE_NODE_WINDOW_S = 5.0
 
 DOCKER_MISSING_HINT = "the kind tier needs one — run `nox -s local` for the dockerless tier"
 
@@ -729,6 +733,7 @@ class KindCluster(ClusterProvider):
         self.reused = False
         self.failed = False
         self._deleted = False
+        self._created = False  # `kind create` returned: no node container can still be in flight
 
     @property
     def kubeconfig(self) -> Path:
@@ -770,6 +775,7 @@ class KindCluster(ClusterProvider):
                 f"kind create cluster {self.name} (image {self.node_image}) exited {exc.returncode}; "
                 "see its output above"
             ) from None
+        self._created = True
         self._wait_nodes_ready()
 
     def _wait_nodes_ready(self) -> None:
@@ -861,10 +867,24 @@ class KindCluster(ClusterProvider):
                 len(thawed),
             )
             self._kind.delete()
+        if not self._created:
+            self._delete_late_nodes()
         # pytest-kind leaves ./.pytest-kind/NAME (kubeconfig of a cluster now gone, its config).
         shutil.rmtree(self.state_dir, ignore_errors=True)
         with contextlib.suppress(OSError):  # only when no other cluster's state is in it
             self.state_dir.parent.rmdir()
+
+    def _delete_late_nodes(self) -> None:
+        """After a creation that did not finish (Ctrl-C, a failure): Ctrl-C kills the
+        `docker run` that `kind create` started, but the engine still completes a request it
+        already had, so a node container can appear after the delete (seen once in CI). Look
+        for one for a few seconds and delete it too."""
+        deadline = time.monotonic() + LATE_NODE_WINDOW_S
+        while time.monotonic() < deadline:
+            if self._node_container_ids():
+                log.warning("kind cluster %s: a node container appeared after the delete; deleting it", self.name)
+                self._kind.delete()
+            time.sleep(0.25)
 
     def _node_container_ids(self) -> list[str]:
         """Full ids of this cluster's node containers (empty when the engine does not answer)."""
