@@ -61,6 +61,7 @@ def _cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: _Kind, froze
     tools = ToolPaths(kind=tmp_path / "kind", kubectl=tmp_path / "kubectl", downloaded=False)
     cluster = KindCluster(cluster_name("kserve-v0.14.1--k8s-1.34"), "node:v1", "1.34", KindOptions(), tools)
     monkeypatch.setattr(cluster, "_kind", kind)
+    monkeypatch.setattr(cluster, "_created", True)  # a running cluster: its node froze mid-pod-start
     monkeypatch.setattr(cluster, "_node_container_ids", lambda: [CONTAINER])
     monkeypatch.setattr(cgroup_freezer, "thaw", lambda container: frozen if container == CONTAINER else [])
     return cluster

@@ -878,12 +878,13 @@ class KindCluster(ClusterProvider):
         """After a creation that did not finish (Ctrl-C, a failure): Ctrl-C kills the
         `docker run` that `kind create` started, but the engine still completes a request it
         already had, so a node container can appear after the delete (seen once in CI). Look
-        for one for a few seconds and delete it too."""
+        for one for a few seconds and delete it too (once: the request in flight makes one)."""
         deadline = time.monotonic() + LATE_NODE_WINDOW_S
         while time.monotonic() < deadline:
             if self._node_container_ids():
                 log.warning("kind cluster %s: a node container appeared after the delete; deleting it", self.name)
                 self._kind.delete()
+                return
             time.sleep(0.25)
 
     def _node_container_ids(self) -> list[str]:
