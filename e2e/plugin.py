@@ -37,6 +37,7 @@ from e2e.results import CellResult, Verdict
 from e2e.run import Harness, HarnessOptions, make_factory
 from e2e.scenario import Scenario, ordered_runs
 from e2e.secrets import redact
+from e2e.unverified_tls import ignore_insecure_request_warnings
 
 log = logging.getLogger("kserve-compat")
 
@@ -134,6 +135,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_CELLS] = cells
     config.stash[_MATRIX] = matrix
     config.stash[_DESELECTED] = {}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # Here, not in pytest_configure: pytest runs that hook, collection and each test inside
+    # catch_warnings() and drops what they add to the filters (see e2e.unverified_tls).
+    ignore_insecure_request_warnings()
 
 
 def _local_images(config: pytest.Config) -> bool:

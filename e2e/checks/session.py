@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import logging
 import ssl
-import warnings
 from typing import Any
 
 import requests
 import tenacity
-import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.util.ssl_ import create_urllib3_context
 
 from e2e.text import one_line
+from e2e.unverified_tls import ignore_insecure_request_warnings
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +39,7 @@ class _SelfSignedTLSAdapter(HTTPAdapter):
 def self_signed_session() -> requests.Session:
     """A session for the proxy's self-signed certificate (still pass verify=False per
     request: with trust_env, REQUESTS_CA_BUNDLE would override a session-level False)."""
-    # A process-wide filter, not catch_warnings(): that one swaps global state and races
-    # with other threads (e.g. the harness preparing the next cluster in the background).
-    warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
+    ignore_insecure_request_warnings()
     session = requests.Session()
     session.mount("https://", _SelfSignedTLSAdapter())
     return session

@@ -20,14 +20,12 @@ import shutil
 import subprocess
 import tempfile
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
 import requests
-import urllib3
 import yaml
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
@@ -35,6 +33,7 @@ from kubernetes import config as k8s_config
 from e2e.errors import EnvironmentMissing, HarnessError
 from e2e.local.pki import ClusterPki, create_cluster_pki, write_private_file
 from e2e.local.processes import ManagedProcess, StartsAndStops, free_loopback_port, wait_ready
+from e2e.unverified_tls import ignore_insecure_request_warnings
 
 log = logging.getLogger(__name__)
 
@@ -404,10 +403,7 @@ class ControlPlane(StartsAndStops):
         )
         insecure = _loopback_session()
         insecure.verify = False  # their self-signed serving certs; /healthz only
-        # A process-wide filter, as for the checks' self-signed session: catch_warnings()
-        # swaps global state and races the other threads (one restored the filters while
-        # another was warning, and an InsecureRequestWarning reached the test output).
-        warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
+        ignore_insecure_request_warnings()
         watched = [*self.processes.values()]
         for name, url in (
             ("kube-controller-manager", f"https://127.0.0.1:{kcm_port}/healthz"),
