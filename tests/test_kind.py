@@ -14,6 +14,7 @@ import contextlib
 import http.client
 import http.server
 import json
+import logging
 import os
 import re
 import shutil
@@ -667,7 +668,7 @@ def test_reuse_exports_the_kubeconfig_and_keeps_the_cluster(kind_bin: StandIn, n
 def test_keep_options(
     kind_bin: StandIn, options: KindOptions, failed: bool, deleted: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(kind_tier, "LATE_NODE_WINDOW_S", 0.0)  # never created: nothing in flight here
+    monkeypatch.setattr(kind_tier, "LATE_NODE_QUIET_S", 0.0)  # never created: nothing in flight here
     kind_bin.rules([{"prefix": ["delete", "cluster"]}])
     cluster = make_cluster(kind_bin, options)
     if failed:
@@ -676,18 +677,59 @@ def test_keep_options(
     assert any(call[:1] == ["delete"] for call in kind_bin.calls()) is deleted
 
 
+@pytest.fixture
+def late_node_listing(monkeypatch: pytest.MonkeyPatch) -> Callable[[list[list[str]]], None]:
+    """Stand-in listings of the cluster's node containers, one per look (then none), and a
+    short quiet window."""
+    monkeypatch.setattr(kind_tier, "LATE_NODE_QUIET_S", 0.5)
+    monkeypatch.setattr(kind_tier, "LATE_NODE_RECHECK_S", 0.01)
+    monkeypatch.setattr(KindCluster, "_describe_containers", staticmethod(lambda ids: " ".join(ids)))
+
+    def listed(listings: list[list[str]]) -> None:
+        looks = iter(listings)
+        monkeypatch.setattr(KindCluster, "_node_container_ids", lambda self: next(looks, []))
+
+    return listed
+
+
 def test_a_node_container_appearing_after_an_unfinished_creation_is_deleted_too(
-    kind_bin: StandIn, monkeypatch: pytest.MonkeyPatch
+    kind_bin: StandIn, late_node_listing: Callable[[list[list[str]]], None]
 ) -> None:
     # Ctrl-C killed the `docker run` of `kind create`, but the engine finished creating the
     # node container after the first delete: the delete looks again and deletes it.
     kind_bin.rules([{"prefix": ["delete", "cluster"]}])
-    monkeypatch.setattr(kind_tier, "LATE_NODE_WINDOW_S", 1.0)
-    listings = iter([["late-node-id"]])
-    monkeypatch.setattr(KindCluster, "_node_container_ids", lambda self: next(listings, []))
+    late_node_listing([["late-node-id"]])
     cluster = make_cluster(kind_bin)  # never started to the end: its creation did not finish
     cluster.delete()
-    assert [call[:2] for call in kind_bin.calls()] == [["delete", "cluster"], ["delete", "cluster"]]
+    assert [call[:2] for call in kind_bin.calls()] == [["delete", "cluster"]] * 2
+
+
+def test_a_node_container_seen_again_after_the_second_delete_is_deleted_again(
+    kind_bin: StandIn, late_node_listing: Callable[[list[list[str]]], None]
+) -> None:
+    # Seen in CI: one was still listed after the delete that followed the first.
+    kind_bin.rules([{"prefix": ["delete", "cluster"]}])
+    late_node_listing([["late-node-id"], [], ["late-node-id"]])
+    cluster = make_cluster(kind_bin)
+    cluster.delete()
+    assert [call[:2] for call in kind_bin.calls()] == [["delete", "cluster"]] * 3
+
+
+def test_a_node_container_that_never_goes_ends_the_watch_with_the_command_to_remove_it(
+    kind_bin: StandIn,
+    late_node_listing: Callable[[list[list[str]]], None],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    kind_bin.rules([{"prefix": ["delete", "cluster"]}])
+    late_node_listing([["0123456789abcdef"]] * 10_000)
+    monkeypatch.setattr(kind_tier, "LATE_NODE_LIMIT_S", 0.2)
+    cluster = make_cluster(kind_bin)
+    with caplog.at_level(logging.ERROR, logger=kind_tier.log.name):
+        cluster.delete()
+    assert "still there after" in caplog.text
+    assert "docker rm -f 0123456789ab" in caplog.text
+    assert 2 <= [call[:2] for call in kind_bin.calls()].count(["delete", "cluster"]) < 100
 
 
 def test_a_created_cluster_is_deleted_once_without_looking_for_late_nodes(

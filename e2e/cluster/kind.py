@@ -72,9 +72,12 @@ PINNED_TOOL_VERSIONS: Mapping[str, str] = {"KIND_VERSION": KIND_VERSION, "KUBECT
 CLUSTER_NAME_PREFIX = "kcompat-"
 PROMETHEUS_MANIFEST = Path(__file__).resolve().parents[2] / "manifests" / "prometheus.yaml"
 CLUSTER_NAME_MAX = 40  # node containers are NAME-control-plane: keep hostnames well under 63
-# How long a delete after an unfinished creation watches for a node container the engine was
-# still creating (the `docker run` it answers was killed by the same Ctrl-C).
-LATE_NODE_WINDOW_S = 5.0
+# After a creation that did not finish, the delete watches for node containers the engine was
+# still creating (the `docker run` it answers was killed by the same Ctrl-C): until none has
+# been seen for LATE_NODE_QUIET_S, and LATE_NODE_LIMIT_S at most.
+LATE_NODE_QUIET_S = 5.0
+LATE_NODE_LIMIT_S = 60.0
+LATE_NODE_RECHECK_S = 0.25
 
 DOCKER_MISSING_HINT = "the kind tier needs one — run `nox -s local` for the dockerless tier"
 
@@ -877,15 +880,49 @@ class KindCluster(ClusterProvider):
     def _delete_late_nodes(self) -> None:
         """After a creation that did not finish (Ctrl-C, a failure): Ctrl-C kills the
         `docker run` that `kind create` started, but the engine still completes a request it
-        already had, so a node container can appear after the delete (seen once in CI). Look
-        for one for a few seconds and delete it too (once: the request in flight makes one)."""
-        deadline = time.monotonic() + LATE_NODE_WINDOW_S
-        while time.monotonic() < deadline:
-            if self._node_container_ids():
-                log.warning("kind cluster %s: a node container appeared after the delete; deleting it", self.name)
-                self._kind.delete()
+        already had, so a node container can appear after the delete. Seen in CI once right
+        after the delete, and once more after the delete that followed: so look until none
+        has been seen for a while, deleting each one that shows."""
+        started = time.monotonic()
+        quiet_since = started
+        while time.monotonic() - quiet_since < LATE_NODE_QUIET_S:
+            late = self._node_container_ids()
+            if not late:
+                time.sleep(LATE_NODE_RECHECK_S)
+                continue
+            ids = " ".join(container_id[:12] for container_id in late)
+            if time.monotonic() - started > LATE_NODE_LIMIT_S:
+                log.error(
+                    "kind cluster %s: node container(s) %s still there after %.0f s of deleting; "
+                    "remove them with: docker rm -f %s",
+                    self.name,
+                    ids,
+                    LATE_NODE_LIMIT_S,
+                    ids,
+                )
                 return
-            time.sleep(0.25)
+            log.warning(
+                "kind cluster %s: node container(s) appeared after the delete (%s); deleting again",
+                self.name,
+                self._describe_containers(late),
+            )
+            self._kind.delete()
+            quiet_since = time.monotonic()
+            time.sleep(LATE_NODE_RECHECK_S)
+
+    @staticmethod
+    def _describe_containers(container_ids: list[str]) -> str:
+        """``id state`` of each container (evidence of how it came to be), or the ids alone."""
+        listed = subprocess.run(
+            ["docker", "inspect", "--format", "{{.Id}} {{.State.Status}}", *container_ids],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        lines = [line.split(maxsplit=1) for line in listed.stdout.splitlines() if line.strip()]
+        described = [f"{parts[0][:12]} {parts[1] if len(parts) > 1 else ''}".strip() for parts in lines]
+        return ", ".join(described) or " ".join(container_id[:12] for container_id in container_ids)
 
     def _node_container_ids(self) -> list[str]:
         """Full ids of this cluster's node containers (empty when the engine does not answer)."""
