@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
 from kubernetes import client as k8s_client
 from real_cluster import real_control_plane
 from release_files import SessionReleaseFiles, start_session
 
 from e2e.local.controlplane import ControlPlane
+
+# Property tests on a busy 2-core machine: a shared CI runner may pause this process for
+# seconds, which says nothing about the code. So: no per-example deadline, no "input
+# generation is slow" health check, a fixed example budget (the same work on every run) and
+# no example database (nothing carried between runs or written into the checkout). A failure
+# still prints its falsifying example and the @reproduce_failure line to replay it.
+settings.register_profile(
+    "steady",
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    max_examples=100,
+    database=None,
+    print_blob=True,
+)
+# More examples, to hunt for bugs on purpose: HYPOTHESIS_PROFILE=explore nox -s tests -- -k round_trip
+settings.register_profile("explore", parent=settings.get_profile("steady"), max_examples=2000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "steady"))
 
 
 @pytest.fixture(scope="session", autouse=True)
