@@ -36,6 +36,16 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def flakes(session: nox.Session) -> None:
+    """Flake hunt: the suite several times (optionally beside stress-ng), failures tallied per test.
+
+    `-- [--rounds N] [--load [STRESS_NG_ARGS]] [--out DIR] [pytest args]`; see tests/flake_hunt.py."""
+    _install(session, "test")
+    session.run("kserve-compat", "binaries", external=False)
+    session.run("python", "tests/flake_hunt.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     """ruff, mypy (strict) and the GitHub workflow's validation."""
     _install(session, "test", "lint")
