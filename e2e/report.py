@@ -114,51 +114,60 @@ def save_result(result: CellResult, directory: Path | str) -> Path:
 
 
 def load_results(paths: Iterable[Path | str]) -> list[CellResult]:
-    """Read result files and directories (their ``*.json``) into one list.
+    """Read result files and directories (every result JSON below them) into one list.
 
     A file holds one cell (as ``save_result`` writes it) or a list of cells (``report.json``).
-    The same cell id on the same provider is one cell: a later one replaces an earlier one
-    only when it started later, so the order of CI shards does not matter.
+    Directories are read recursively, since CI lays each group's results out as
+    ``reports/<group>/``; JSON below them that is not a result (e.g. ``kind export logs``'
+    ``inspect.json``) is passed over. The same cell id on the same provider is one cell: a
+    later one replaces an earlier one only when it started later, so the order of CI shards
+    does not matter.
     """
     merged: dict[tuple[str, str], CellResult] = {}
-    for file in _result_files(paths):
-        for result in _read_result_file(file):
+    for file, named in _result_files(paths):
+        for result in _read_result_file(file, named=named):
             key = (result.provider, result.cell_id)
             kept = merged.get(key)
             if kept is None or result.started_at > kept.started_at:
                 merged[key] = result
+    if not merged:
+        names = ", ".join(str(p) for p in paths) or "(no paths)"
+        raise UsageError(f"{names}: no result JSON files found (expected <cell id>.json from an e2e run)")
     return sorted(merged.values(), key=_result_sort_key)
 
 
-def _result_files(paths: Iterable[Path | str]) -> list[Path]:
-    files: list[Path] = []
-    given = [Path(p) for p in paths]
-    for path in given:
+def _result_files(paths: Iterable[Path | str]) -> list[tuple[Path, bool]]:
+    """(file, named by the user) for each given file and each ``*.json`` below a given directory."""
+    files: list[tuple[Path, bool]] = []
+    for path in (Path(p) for p in paths):
         if path.is_dir():
-            files.extend(sorted(p for p in path.glob("*.json") if p.is_file()))
+            found = (p for p in path.rglob("*.json") if p.is_file() and not p.name.startswith("."))
+            files.extend((p, False) for p in sorted(found))
         elif path.is_file():
-            files.append(path)
+            files.append((path, True))
         else:
             raise UsageError(f"{path}: no such file or directory (expected result JSON files or a directory of them)")
-    if not files:
-        names = ", ".join(str(p) for p in given) or "(no paths)"
-        raise UsageError(f"{names}: no result JSON files found (expected <cell id>.json from an e2e run)")
     return files
 
 
-def _read_result_file(path: Path) -> list[CellResult]:
+def _read_result_file(path: Path, named: bool = True) -> list[CellResult]:
+    """The results in ``path``; valid JSON found in a directory that is no result gives none."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        # Results are written atomically, so a broken JSON file is worth stopping for.
         where = f" line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else ""
         raise UsageError(f"result file {path}{where}: not valid JSON") from None
     except OSError as exc:
         raise UsageError(f"result file {path}: cannot be read ({exc.strerror})") from None
     items = raw if isinstance(raw, list) else [raw]
+    looks_like_results = all(isinstance(item, dict) and "cell_id" in item for item in items)
+    if not looks_like_results:
+        if not named:
+            return []
+        raise UsageError(f"result file {path}: expected a cell result object (with cell_id) or a list of them")
     results = []
     for item in items:
-        if not isinstance(item, dict) or "cell_id" not in item:
-            raise UsageError(f"result file {path}: expected a cell result object (with cell_id) or a list of them")
         try:
             results.append(CellResult.from_dict(item))
         except (TypeError, ValueError, KeyError) as exc:

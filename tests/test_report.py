@@ -178,11 +178,40 @@ def test_malformed_json_is_a_one_line_usage_error_naming_the_file(tmp_path: Path
     assert str(broken) in str(raised.value) and "\n" not in str(raised.value)
 
 
-def test_json_that_is_not_a_cell_result_is_a_usage_error(tmp_path: Path) -> None:
+def test_a_named_json_file_that_is_not_a_cell_result_is_a_usage_error(tmp_path: Path) -> None:
     (tmp_path / "other.json").write_text('{"include": []}')
 
     with pytest.raises(UsageError, match=r"other\.json: expected a cell result"):
+        report.load_results([tmp_path / "other.json"])
+
+
+def test_other_json_in_a_results_directory_is_passed_over(tmp_path: Path, sample: list[CellResult]) -> None:
+    # kind's exported logs hold JSON of their own (a node's inspect.json) beside the results.
+    report.save_result(sample[0], tmp_path)
+    (tmp_path / "diagnostics" / "kind" / "node").mkdir(parents=True)
+    (tmp_path / "diagnostics" / "kind" / "node" / "inspect.json").write_text('[{"Id": "abc"}]')
+    (tmp_path / "other.json").write_text('{"include": []}')
+
+    assert [r.cell_id for r in report.load_results([tmp_path])] == [sample[0].cell_id]
+
+
+def test_a_directory_with_only_other_json_has_no_results(tmp_path: Path) -> None:
+    (tmp_path / "other.json").write_text('{"include": []}')
+
+    with pytest.raises(UsageError, match="no result JSON files found"):
         report.load_results([tmp_path])
+
+
+def test_results_are_read_from_every_group_folder_below_the_directory(
+    tmp_path: Path, sample: list[CellResult]
+) -> None:
+    # The CI summary job's layout: each group's artifact holds reports/<group>/..., merged.
+    for index, result in enumerate(sample):
+        report.save_result(result, tmp_path / "reports" / f"group-{index % 2}")
+
+    loaded = report.load_results([tmp_path / "reports"])
+
+    assert sorted((r.provider, r.cell_id) for r in loaded) == sorted({(r.provider, r.cell_id) for r in sample})
 
 
 def test_missing_path_and_empty_directory_are_usage_errors(tmp_path: Path) -> None:
