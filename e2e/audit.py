@@ -7,8 +7,10 @@ such as ServingRuntime ``spec.containers``), and flags each image: on a retired 
 (with its replacement), unpinned (no tag or ``latest``), pinned by digest. ``--probe``
 asks the registry whether each image can be pulled.
 
-Exit codes, in the spirit of pluto: 0 clean, 2 usage error, 3 an image is on a retired
-registry, 4 an image is unavailable or not a valid reference (4 wins over 3).
+Exit codes, in the spirit of pluto (the highest-ranked finding wins; see ``EXIT_CODES``):
+0 clean, 2 usage error, 3 an image is on a retired registry, 4 an image is unavailable
+(gone, denied) or not a valid reference, 6 an image could not be checked (its registry did
+not answer: DNS, connection, timeout). "Could not check" is never counted as "gone".
 """
 
 from __future__ import annotations
@@ -26,11 +28,20 @@ import yaml
 from e2e.errors import ImageReferenceError, UsageError
 from e2e.images import ImageReference, RegistryMirrors, Retirement, retirement
 from e2e.manifests import YAML_LOADER
-from e2e.registry import ImageAvailability, RegistryProbe
+from e2e.registry import ImageAvailability, RegistryProbe, Status
 
 EXIT_CLEAN = 0
 EXIT_RETIRED = 3
 EXIT_UNAVAILABLE = 4
+EXIT_UNCHECKED = 6  # the same code in preflight
+# For --help. Of several findings the first in this order sets the code: 4, then 6, then 3.
+EXIT_CODES = (
+    (EXIT_CLEAN, "clean"),
+    (2, "usage error (a path that does not exist, no manifests, bad options)"),
+    (EXIT_RETIRED, "an image is on a retired registry (and nothing below)"),
+    (EXIT_UNAVAILABLE, "an image is unavailable (missing, denied) or not a valid reference (wins over 6 and 3)"),
+    (EXIT_UNCHECKED, "an image could not be checked, its registry did not answer (--probe; wins over 3)"),
+)
 
 CONTAINER_LISTS = ("containers", "initContainers", "ephemeralContainers")
 MANIFEST_SUFFIXES = (".yaml", ".yml")
@@ -90,7 +101,14 @@ class AuditedImage:
 
     @property
     def unavailable(self) -> bool:
-        return self.invalid is not None or (self.availability is not None and not self.availability.available)
+        """Known not to be pullable; an unanswered probe is ``unchecked``, not this."""
+        if self.invalid is not None:
+            return True
+        return self.availability is not None and self.availability.status in (Status.MISSING, Status.DENIED)
+
+    @property
+    def unchecked(self) -> bool:
+        return self.availability is not None and self.availability.status is Status.UNREACHABLE
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -132,9 +150,15 @@ class AuditReport:
         return [image for image in self.images if image.unavailable]
 
     @property
+    def unchecked(self) -> list[AuditedImage]:
+        return [image for image in self.images if image.unchecked]
+
+    @property
     def exit_code(self) -> int:
         if self.unavailable:
             return EXIT_UNAVAILABLE
+        if self.unchecked:
+            return EXIT_UNCHECKED
         if self.retired:
             return EXIT_RETIRED
         return EXIT_CLEAN
@@ -150,6 +174,8 @@ class AuditReport:
             counts.append(f"{invalid} not a valid reference")
         if self.probed:
             counts.append(f"{sum(image.unavailable for image in self.images) - invalid} unavailable")
+            if self.unchecked:
+                counts.append(f"{len(self.unchecked)} could not be checked")
         noun = "file" if self.sources == 1 else "files"
         return f"{len(self.images)} images in {self.sources} {noun}: " + ", ".join(counts)
 
@@ -327,6 +353,14 @@ def _availability_cell(image: AuditedImage) -> str:
     return text
 
 
+def _registry_cell(image: AuditedImage, probed: bool) -> str:
+    if image.retirement:
+        return "retired"
+    if not probed:
+        return "not probed"
+    return "unreachable" if image.unchecked else "answered"
+
+
 def _where(image: AuditedImage) -> str:
     first = image.uses[0].describe()
     return first if len(image.uses) == 1 else f"{first} (+{len(image.uses) - 1} more)"
@@ -336,7 +370,7 @@ def _rows(report: AuditReport) -> tuple[list[str], list[list[str]]]:
     header = ["IMAGE", "PIN", "REGISTRY"] + (["AVAILABILITY"] if report.probed else []) + ["WHERE"]
     rows = []
     for image in report.images:
-        row = [image.image, image.pin, "retired" if image.retirement else "ok"]
+        row = [image.image, image.pin, _registry_cell(image, report.probed)]
         if report.probed:
             row.append(_availability_cell(image))
         rows.append([*row, _where(image)])
@@ -350,6 +384,9 @@ def _notes(report: AuditReport) -> list[str]:
             notes.append(image.invalid)
         elif image.availability is not None:
             notes.append(f"{image.image}: {image.availability.describe()}")
+    for image in report.unchecked:
+        if image.availability is not None:
+            notes.append(f"{image.image}: could not be checked, {image.availability.describe()}")
     return notes
 
 

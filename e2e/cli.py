@@ -58,8 +58,18 @@ def build_parser(
         command_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         command_parser.set_defaults(_module=module_name)
         if name == command:
-            load(module_name).add_arguments(command_parser)
+            module = load(module_name)
+            module.add_arguments(command_parser)
+            command_parser.epilog = exit_codes_epilog(getattr(module, "EXIT_CODES", ()))
+            command_parser.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
+
+
+def exit_codes_epilog(codes: Sequence[tuple[int, str]]) -> str | None:
+    """The ``exit codes:`` section of a command's --help, from its module's ``EXIT_CODES``."""
+    if not codes:
+        return None
+    return "exit codes:\n" + "\n".join(f"  {code}  {meaning}" for code, meaning in sorted(codes))
 
 
 def _load(module_name: str) -> CommandModule:

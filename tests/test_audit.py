@@ -19,6 +19,7 @@ from e2e.audit import (
     EXIT_CLEAN,
     EXIT_RETIRED,
     EXIT_UNAVAILABLE,
+    EXIT_UNCHECKED,
     AuditReport,
     audit,
     image_uses,
@@ -314,3 +315,42 @@ def test_probe_missing_image_exits_4_even_with_a_retired_one(registry: RunningRe
     assert "missing" in result.stdout
     assert "available sha256:" in result.stdout
     assert f"via {registry.host}/kubebuilder/kube-rbac-proxy:v0.13.1" in result.stdout
+
+
+def test_probe_of_a_registry_that_does_not_answer_is_could_not_check_not_gone() -> None:
+    # A closed loopback port: the connection is refused, as when offline or the registry is down.
+    result = kserve_compat(
+        "audit", "-", "--probe", "--timeout", "2",
+        "--registry-mirror", "quay.io/brancz=127.0.0.1:1/brancz",
+        stdin=_deployment(QUAY_PROXY),
+    )
+    assert result.returncode == EXIT_UNCHECKED, result.stdout + result.stderr
+    assert "could not be checked" in result.stdout
+    assert "unavailable" not in result.stdout.split("findings:")[1].split("\n\n")[0]
+    header, row = result.stdout.splitlines()[:2]
+    assert header.split()[:4] == ["IMAGE", "PIN", "REGISTRY", "AVAILABILITY"]
+    assert row.split()[2:4] == ["unreachable", "unreachable"]
+
+
+def test_a_gone_image_outranks_one_that_could_not_be_checked(registry: RunningRegistry) -> None:
+    result = kserve_compat(
+        "audit", "-", "--probe", "--timeout", "2",
+        "--registry-mirror", "quay.io/brancz=127.0.0.1:1/brancz",
+        stdin=_deployment(QUAY_PROXY, f"{registry.host}/brancz/kube-rbac-proxy:v0.0.1"),
+    )
+    assert result.returncode == EXIT_UNAVAILABLE, result.stderr
+    assert "1 unavailable, 1 could not be checked" in result.stdout
+
+
+def test_without_probe_the_registry_column_says_not_probed() -> None:
+    result = kserve_compat("audit", "-", stdin=_deployment(QUAY_PROXY))
+    assert result.returncode == EXIT_CLEAN, result.stderr
+    assert result.stdout.splitlines()[1].split()[2:4] == ["not", "probed"]
+
+
+def test_help_lists_the_exit_codes() -> None:
+    result = kserve_compat("audit", "--help")
+    assert result.returncode == 0
+    codes = result.stdout.split("exit codes:")[1]
+    for code in (EXIT_CLEAN, 2, EXIT_RETIRED, EXIT_UNAVAILABLE, EXIT_UNCHECKED):
+        assert f"  {code}  " in codes

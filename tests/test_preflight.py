@@ -252,6 +252,22 @@ def test_target_missing_from_the_registry_is_no_go_4(
     assert "missing (404: no such repository, tag or digest)" in out
 
 
+def test_a_registry_that_does_not_answer_is_could_not_check_6_not_gone(
+    releases: Releases, kubeconfig: str, mirrors: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    releases.install("v0.14.0")
+    # quay.io's mirror is a closed loopback port (connection refused, as offline); the rest answer.
+    silent = [m if not m.startswith("quay.io/") else "quay.io/brancz=127.0.0.1:1/brancz" for m in mirrors]
+    code, document = preflight_json(capsys, "--kubeconfig", kubeconfig, "--target-proxy", "quay-v0.18.2",
+                                    "--timeout", "2", *silent)
+    assert (code, document["exit_code"]) == (6, 6)
+    unchecked = check(document, "image-availability-unchecked")
+    assert unchecked["status"] == "fail"
+    assert "quay.io/brancz/kube-rbac-proxy:v0.18.2 (target)" in unchecked["detail"]
+    assert "could not be checked" in unchecked["detail"]
+    assert not any(c["name"] == "image-availability" and c["status"] == "fail" for c in document["checks"])
+
+
 def test_missing_proxy_rbac_is_no_go_5(
     api: k8s_client.ApiClient, releases: Releases, kubeconfig: str, mirrors: list[str],
     capsys: pytest.CaptureFixture[str],

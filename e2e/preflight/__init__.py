@@ -20,11 +20,12 @@ Against the current kubeconfig context, and read-only unless ``--check-metrics``
    ClusterRole and a ClusterRoleBinding that are deleted afterwards, also on failure,
    Ctrl-C or SIGTERM. This is the only mode that writes to the cluster, and it says so.
 
-Exit codes (the highest applicable one wins, as 4 wins over 3 in ``audit``):
+Exit codes (``model.EXIT_CODES``; of several, ``model.EXIT_RANK`` decides: 5, 4, 6, 3):
 0 go; 2 usage error (unreachable cluster, unknown context, no KServe in the namespace);
 3 an image in use (or the target) is on a retired registry; 4 an image is unavailable or
 not a valid reference; 5 the swap would be rejected, the proxy's ServiceAccount lacks the
-RBAC it needs, or the ``--check-metrics`` check failed.
+RBAC it needs, or the ``--check-metrics`` check failed; 6 an image could not be checked
+(its registry did not answer), as in ``audit``.
 
 One module per concern: ``model`` (the go/no-go report), ``cluster`` (connecting and
 reading), ``rbac`` (the proxy's SubjectAccessReviews), ``swap`` (the dry-run patch),
@@ -35,6 +36,7 @@ reading), ``rbac`` (the proxy's SubjectAccessReviews), ``swap`` (the dry-run pat
 from e2e.preflight.cluster import Connection, connect
 from e2e.preflight.command import add_arguments, run
 from e2e.preflight.model import (
+    EXIT_CODES,
     EXIT_GO,
     EXIT_REJECTED,
     EXIT_USAGE,
@@ -47,6 +49,7 @@ from e2e.preflight.render import RENDERERS, render_json, render_markdown, render
 from e2e.preflight.runner import Options, preflight
 
 __all__ = [
+    "EXIT_CODES",
     "EXIT_GO",
     "EXIT_REJECTED",
     "EXIT_USAGE",

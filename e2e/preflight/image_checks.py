@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from e2e.audit import EXIT_RETIRED, EXIT_UNAVAILABLE
+from e2e.audit import EXIT_RETIRED, EXIT_UNAVAILABLE, EXIT_UNCHECKED
 from e2e.preflight.model import (
     Check,
     PreflightReport,
@@ -58,6 +58,18 @@ def image_checks(report: PreflightReport, probed: bool) -> list[Check]:
                 evidence=evidence,
             )
         )
-    else:
+    unchecked = [image for image in relevant if image.unchecked]
+    if unchecked:
+        checks.append(
+            Check(
+                "image-availability-unchecked",
+                Status.FAIL,
+                "; ".join(f"{image.image} ({report.role(image)})" for image in unchecked)
+                + " could not be checked: the registry did not answer",
+                EXIT_UNCHECKED,
+                evidence=[f"{i.image}: {i.availability.describe()}" for i in unchecked if i.availability],
+            )
+        )
+    elif not unavailable:
         checks.append(Check("image-availability", Status.OK, f"all {len(relevant)} images can be pulled"))
     return checks

@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from e2e.audit import EXIT_CLEAN, AuditedImage, AuditReport
+from e2e.audit import EXIT_CLEAN, EXIT_RETIRED, EXIT_UNAVAILABLE, EXIT_UNCHECKED, AuditedImage, AuditReport
 from e2e.errors import UsageError
 from e2e.matrix import (
     KServeRelease,
@@ -19,6 +19,18 @@ EXIT_USAGE = UsageError.exit_code
 #: The swap would be rejected (dry run refused, no proxy container), the proxy's
 #: ServiceAccount lacks RBAC, or ``--check-metrics`` failed.
 EXIT_REJECTED = 5
+#: Of several failed checks, the first code in this order is the run's (6, "could not
+#: check an image", ranks below what is known to be broken and above a retired registry).
+EXIT_RANK = (EXIT_USAGE, EXIT_REJECTED, EXIT_UNAVAILABLE, EXIT_UNCHECKED, EXIT_RETIRED)
+#: For --help.
+EXIT_CODES = (
+    (EXIT_GO, "go"),
+    (EXIT_USAGE, "usage error (unreachable cluster, unknown context, no KServe in the namespace)"),
+    (EXIT_RETIRED, "an image in use (or the target) is on a retired registry (and nothing below)"),
+    (EXIT_UNAVAILABLE, "an image is unavailable or not a valid reference (wins over 6 and 3)"),
+    (EXIT_REJECTED, "the swap would be rejected, the proxy lacks RBAC, or --check-metrics failed (wins over 4)"),
+    (EXIT_UNCHECKED, "an image could not be checked, its registry did not answer (wins over 3)"),
+)
 
 FIELD_MANAGER = "kserve-compat-preflight"
 #: Label on every object ``--check-metrics`` creates, so a leftover can be found by hand.
@@ -114,7 +126,8 @@ class PreflightReport:
 
     @property
     def exit_code(self) -> int:
-        return max((check.exit_code for check in self.failed), default=EXIT_GO)
+        codes = {check.exit_code for check in self.failed}
+        return next((code for code in EXIT_RANK if code in codes), max(codes, default=EXIT_GO))
 
     @property
     def verdict(self) -> str:
