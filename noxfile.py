@@ -86,6 +86,13 @@ def report(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def build(session: nox.Session) -> None:
+    """Build the wheel users install (`pip install dist/kserve_compat-*.whl`) into dist/."""
+    session.install("build")
+    session.run("python", "-m", "build", "--wheel", "--outdir", "dist", ".")
+
+
+@nox.session(python=PYTHON)
 def binaries(session: nox.Session) -> None:
     """Build (or locate) etcd, the Kubernetes control plane, kwok and kube-rbac-proxy versions."""
     _install(session)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Protocol, cast
 
+from e2e import __version__
 from e2e.errors import HarnessError
 from e2e.secrets import install_log_redaction
 
@@ -23,6 +25,9 @@ class CommandModule(Protocol):
 
     def run(self, args: argparse.Namespace) -> int: ...
 
+
+# As a shell reports a command killed by SIGPIPE (128 + 13).
+EXIT_BROKEN_PIPE = 141
 
 # subcommand -> (module that owns it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -52,6 +57,7 @@ def build_parser(
     load = loader or _load
     parser = _Parser(prog="kserve-compat", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, (module_name, help_text) in COMMANDS.items():
         command_parser = sub.add_parser(name, help=help_text, description=help_text)
@@ -88,7 +94,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     install_log_redaction()
     try:
-        return _load(args._module).run(args)
+        code = _load(args._module).run(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # `kserve-compat matrix | head -1`: the reader has gone; say nothing more.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except HarnessError as exc:
         if debug:
             raise

@@ -1,7 +1,7 @@
 """The install plan of a cluster group: the scrapers, cert-manager, the KServe release.
 
 Once per group, on the group's fresh cluster: the metrics scrapers of
-``manifests/metrics-access.yaml`` with their tokens and a real Prometheus scraping the
+``e2e/data/manifests/metrics-access.yaml`` with their tokens and a real Prometheus scraping the
 metrics Service with two of them (see ``e2e/scrape.py``), then cert-manager (the whole
 install on kind, its CRDs locally), the KServe release (CRDs first, raw deployment mode,
 the controller rolled out with a proxy image this provider can run) and the runtimes. An install error is kept on the

@@ -21,6 +21,7 @@ from kubernetes import client as k8s_client
 from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
 
+from e2e import data
 from e2e.apply import Applier, ApplyError, ApplyReport
 from e2e.cluster.provider import ClusterProvider
 from e2e.errors import HarnessError
@@ -34,7 +35,7 @@ from e2e.text import one_line
 
 log = logging.getLogger(__name__)
 
-MANIFESTS_DIR = Path(__file__).resolve().parent.parent / "manifests"
+MANIFESTS_DIR = data.MANIFESTS_DIR
 SAMPLES_NAMESPACE = "kserve-compat-samples"
 ISVC_GROUP, ISVC_VERSION, ISVC_PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 

@@ -16,7 +16,7 @@ Four parts, in the order a run uses them:
    proxy. A version the proxy refuses is ``NotInModule`` (a ``NotInOfflineDirectory``: the
    cell is skipped with the proxy's answer). ``ReleaseFiles.origin`` says where each file
    was read from.
-2. **Pinning** (``ManifestLock``). ``scenarios/release-manifests.lock.json`` maps
+2. **Pinning** (``ManifestLock``). ``e2e/data/release-manifests.lock.json`` maps
    ``<project>/<version>/<file>`` to a sha256. The repository pins the files of the
    matrix's default releases whose upstream bytes are known; a file without a pin is
    pinned by its first download. Every read (offline directory, cache, download) is
@@ -54,6 +54,7 @@ import tenacity
 import yaml
 
 from e2e.cache import cache_root
+from e2e.data import LOCK_FILE
 from e2e.errors import (
     EnvironmentMissing,
     HarnessError,
@@ -68,7 +69,7 @@ from e2e.matrix import ControllerProfile, KServeRelease, MatrixCell, version_key
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LOCK_FILE = Path(__file__).resolve().parent.parent / "scenarios" / "release-manifests.lock.json"
+DEFAULT_LOCK_FILE = LOCK_FILE
 
 # Where each project publishes its release assets: ``<base>/<version>/<file>``.
 RELEASE_URLS: Mapping[str, str] = {

@@ -1,6 +1,6 @@
 """The compatibility matrix: releases, proxy images, Kubernetes versions, cells and groups.
 
-Reads ``scenarios/matrix.yaml`` (documented in README.md) into typed records, expands the
+Reads ``e2e/data/matrix.yaml`` (documented in README.md) into typed records, expands the
 selection the user asked for into ``MatrixCell``s, groups cells that can share a cluster,
 and renders a GitHub Actions matrix. Knows nothing of clusters.
 
@@ -23,12 +23,13 @@ from typing import Any, TypeVar
 
 import yaml
 
+from e2e.data import MATRIX_FILE
 from e2e.errors import ImageReferenceError, UsageError
 from e2e.images import ImageReference, retirement
 
 _T = TypeVar("_T")
 
-DEFAULT_MATRIX_FILE = Path(__file__).resolve().parent.parent / "scenarios" / "matrix.yaml"
+DEFAULT_MATRIX_FILE = MATRIX_FILE
 
 _VERSION = re.compile(r"^v(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.-]+))?$")
 # What KServe tags its releases: v0.14.1, v0.15.0-rc1.

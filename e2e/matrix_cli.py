@@ -9,7 +9,7 @@ from e2e.matrix import Selection, github_actions_matrix_json, group_cells, load_
 
 def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
     """The cell-selection options, shared by every command that runs or plans cells."""
-    parser.add_argument("--matrix", metavar="FILE", help="matrix file (default: scenarios/matrix.yaml)")
+    parser.add_argument("--matrix", metavar="FILE", help="matrix file (default: e2e/data/matrix.yaml)")
     parser.add_argument(
         "--kserve", metavar="V[,V]", help="KServe release tags, e.g. v0.14.0,v0.15.0 (any release of a listed line)"
     )

@@ -50,7 +50,7 @@ _DESELECTED = pytest.StashKey[dict[tuple[str, str], list[str]]]()  # (scenario, 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("kserve-compat", "kserve-compat harness")
     group.addoption("--provider", choices=("kind", "local"), default="local", help="cluster provider (default local)")
-    group.addoption("--matrix", metavar="FILE", default=None, help="matrix file (default scenarios/matrix.yaml)")
+    group.addoption("--matrix", metavar="FILE", default=None, help="matrix file (default e2e/data/matrix.yaml)")
     group.addoption("--kserve", metavar="V[,V]", default=None, help="KServe release tags, e.g. v0.14.0,v0.15.0")
     group.addoption("--proxy", metavar="ALIAS[,ALIAS]", default=None, help="proxy image aliases, e.g. quay-v0.18.0")
     group.addoption("--k8s", metavar="V[,V]", default=None, help="Kubernetes versions, e.g. 1.33")

@@ -110,7 +110,7 @@ IN_CLUSTER_TOKENS_DIR = "/etc/prometheus/tokens"
 def in_cluster_documents(
     template: Sequence[dict[str, Any]], jobs: Sequence[ScrapeJob], image: str
 ) -> list[dict[str, Any]]:
-    """``manifests/prometheus.yaml`` made concrete for ``jobs``: the image's exact tag, the
+    """``e2e/data/manifests/prometheus.yaml`` made concrete for ``jobs``: the image's exact tag, the
     jobs' Service DNS names, and a Secret with each job's token (the tokens the harness
     minted, so that the leak check knows what Prometheus sends)."""
     documents = copy.deepcopy(list(template))

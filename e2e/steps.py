@@ -29,7 +29,7 @@ def _install(cell: MatrixCell, context: PlanContext) -> list[str]:
         cert_manager = f"cert-manager {release.cert_manager}, until its webhook answers"
     lines = [
         f"KServe {release.version} on the cluster of its group (the group's first cell installs, the others reuse)",
-        "manifests/metrics-access.yaml; tokens for kserve-compat/metrics-reader, no-access and prometheus",
+        "e2e/data/manifests/metrics-access.yaml; tokens for kserve-compat/metrics-reader, no-access and prometheus",
         _prometheus(context),
         f"install {cert_manager}",
     ]
@@ -55,7 +55,7 @@ def _prometheus(context: PlanContext) -> str:
         where = "a local prometheus process (Debian's package) scraping the metrics Service through a loopback relay"
     else:
         where = (
-            "a Deployment (manifests/prometheus.yaml) of the same Prometheus binary, packed into "
+            "a Deployment (e2e/data/manifests/prometheus.yaml) of the same Prometheus binary, packed into "
             "kserve-compat.local/prometheus and loaded with kind load; tokens from a Secret the harness writes"
         )
     return f"start the group's Prometheus, stopped with its cluster: {where}"

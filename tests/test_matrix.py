@@ -1,6 +1,6 @@
 """The matrix file and its expansion: releases, proxy images, cells, groups, selection, CI JSON.
 
-Checks the real ``scenarios/matrix.yaml`` against the releases' own files, then the selection rules, and
+Checks the real ``e2e/data/matrix.yaml`` against the releases' own files, then the selection rules, and
 every way a malformed matrix file or an unknown name must end: one ``UsageError`` line
 that names the input. Bad matrix files are written to ``tmp_path``.
 """

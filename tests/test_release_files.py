@@ -4,7 +4,7 @@ The tests read release manifests only through the harness's resolver
 (``tests/release_files.py``). Without a source for a file they skip locally and fail with
 ``CI=true``, in one line naming ``KSERVE_COMPAT_MANIFEST_DIR``; the last test proves it on a
 real ``git clone`` with no ``../shared`` beside it. The pins of
-``scenarios/release-manifests.lock.json`` are checked against the real files and enforced.
+``e2e/data/release-manifests.lock.json`` are checked against the real files and enforced.
 """
 
 from __future__ import annotations

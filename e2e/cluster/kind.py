@@ -51,6 +51,7 @@ from e2e.apply import Applier
 from e2e.cache import cache_root
 from e2e.cluster import cgroup_freezer
 from e2e.cluster.provider import ClusterInfo, ClusterProvider, ProviderFactory
+from e2e.data import MANIFESTS_DIR
 from e2e.errors import EnvironmentMissing, HarnessError, UsageError, WorkloadFailed, WorkloadUnavailable
 from e2e.imageset.offline import LocalImageSet
 from e2e.matrix import Matrix, load_matrix
@@ -70,7 +71,7 @@ KUBECTL_VERSION = "v1.34.8"
 PINNED_TOOL_VERSIONS: Mapping[str, str] = {"KIND_VERSION": KIND_VERSION, "KUBECTL_VERSION": KUBECTL_VERSION}
 
 CLUSTER_NAME_PREFIX = "kcompat-"
-PROMETHEUS_MANIFEST = Path(__file__).resolve().parents[2] / "manifests" / "prometheus.yaml"
+PROMETHEUS_MANIFEST = MANIFESTS_DIR / "prometheus.yaml"
 CLUSTER_NAME_MAX = 40  # node containers are NAME-control-plane: keep hostnames well under 63
 # After a creation that did not finish, the delete watches for node containers the engine was
 # still creating (the `docker run` it answers was killed by the same Ctrl-C): until none has
@@ -1033,7 +1034,7 @@ class KindCluster(ClusterProvider):
             archive.unlink(missing_ok=True)
 
     def start_prometheus(self, jobs: Sequence[ScrapeJob]) -> None:
-        """The local tier's Prometheus as a Deployment (``manifests/prometheus.yaml``): its
+        """The local tier's Prometheus as a Deployment (``e2e/data/manifests/prometheus.yaml``): its
         image built from the same binary and loaded (never pulled); ready by the check."""
         from e2e.imageset.prometheus import build_prometheus_image
 

@@ -101,7 +101,7 @@ class ClusterProvider(abc.ABC):
         """Start a real Prometheus that scrapes ``jobs`` and stops with this cluster.
 
         Raises ``WorkloadUnavailable`` where the provider runs none (kind, so far: see
-        ``manifests/prometheus.yaml``, untested) and ``EnvironmentMissing`` without a binary.
+        ``e2e/data/manifests/prometheus.yaml``, untested) and ``EnvironmentMissing`` without a binary.
         """
         raise WorkloadUnavailable(f"{self.info.provider} tier: no Prometheus is started yet")
 

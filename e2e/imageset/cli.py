@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MINOR",
         help="Kubernetes version of a node image, e.g. 1.34 (repeatable; default: every one of the matrix)",
     )
-    parser.add_argument("--matrix", metavar="FILE", help="matrix file (default scenarios/matrix.yaml)")
+    parser.add_argument("--matrix", metavar="FILE", help="matrix file (default e2e/data/matrix.yaml)")
     parser.add_argument(
         "--manifest-dir",
         metavar="DIR",

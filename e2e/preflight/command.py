@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--target-proxy", metavar="ALIAS", help="the proxy image you plan to run, by matrix alias (e.g. quay-v0.18.0)"
     )
     parser.add_argument(
-        "--matrix", metavar="FILE", help="matrix file for --target-proxy (default: scenarios/matrix.yaml)"
+        "--matrix", metavar="FILE", help="matrix file for --target-proxy (default: e2e/data/matrix.yaml)"
     )
     parser.add_argument(
         "--registry-mirror",

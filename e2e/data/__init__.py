@@ -1,0 +1,15 @@
+"""The harness's data files, shipped inside the package so an installed tool finds them.
+
+``matrix.yaml`` (releases, proxy images, Kubernetes versions; README "The matrix file"),
+``release-manifests.lock.json`` (the pinned sha256 of each release file) and
+``manifests/`` (the sample InferenceServices, the metrics reader's RBAC, Prometheus).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DATA_DIR = Path(__file__).resolve().parent
+MATRIX_FILE = DATA_DIR / "matrix.yaml"
+LOCK_FILE = DATA_DIR / "release-manifests.lock.json"
+MANIFESTS_DIR = DATA_DIR / "manifests"
