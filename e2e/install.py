@@ -25,7 +25,7 @@ from e2e.cluster.provider import ClusterProvider, ServiceTarget
 from e2e.errors import HarnessError, NotInOfflineDirectory, WorkloadUnavailable
 from e2e.images import RegistryMirrors
 from e2e.imageset import serving
-from e2e.imageset.offline import images_of, pull_if_not_present
+from e2e.imageset.offline import images_of
 from e2e.labels import label_selector
 from e2e.local import sklearnserver
 from e2e.manifests import (
@@ -260,8 +260,8 @@ class Installer:
     def _with_local_images(
         cluster: GroupCluster, release: KServeRelease, documents: list[dict[str, Any]]
     ) -> list[dict[str, Any]]:
-        """The controller's images built here and loaded; its ``Always`` pull policy made
-        ``IfNotPresent`` (no registry answers), recorded as a deviation."""
+        """The controller's images built here, put into the nodes' mirrors; the kubelet pulls
+        them with the release's own pull policy."""
         profile = release.profile
         controller = [
             doc
@@ -289,12 +289,6 @@ class Installer:
             cluster.notes.append(
                 f"not in the local image set, so their pods cannot start: {', '.join(missing)} "
                 "(the install waits for the controller only)"
-            )
-        documents, changed = pull_if_not_present(documents)
-        if changed:
-            cluster.deviations.append(
-                f"imagePullPolicy Always made IfNotPresent for {', '.join(changed)} "
-                "(loaded from the local image set; no registry here)"
             )
         return documents
 

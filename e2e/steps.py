@@ -40,8 +40,8 @@ def _install(cell: MatrixCell, context: PlanContext) -> list[str]:
         )
     if context.local_images:
         lines.append(
-            f"the controller image of KServe {release.version} built from its cmd/manager and loaded; "
-            "imagePullPolicy Always -> IfNotPresent (a deviation)"
+            f"the controller image of KServe {release.version} built from its cmd/manager, pushed into the "
+            "nodes' docker.io mirror; the kubelet pulls it with the release's own pull policy"
         )
     return [
         *lines,
@@ -56,7 +56,7 @@ def _prometheus(context: PlanContext) -> str:
     else:
         where = (
             "a Deployment (e2e/data/manifests/prometheus.yaml) of the same Prometheus binary, packed into "
-            "kserve-compat.local/prometheus and loaded with kind load; tokens from a Secret the harness writes"
+            "kserve-compat.local/prometheus and pulled from the run's mirror; tokens from a Secret the harness writes"
         )
     return f"start the group's Prometheus, stopped with its cluster: {where}"
 

@@ -31,7 +31,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import tenacity
 import yaml
 
 from e2e.availability import unavailable
@@ -45,12 +44,11 @@ from e2e.cluster.kind import (
     KindOptions,
     KindProviderFactory,
     ToolPaths,
+    cluster_config,
     cluster_config_yaml,
     cluster_name,
     docker_preflight,
-    is_image_index,
     kubectl_environment,
-    needs_single_platform_archive,
     node_platform,
     parse_forwarding_port,
     parse_kind_clusters,
@@ -201,25 +199,14 @@ def test_node_platform_maps_machine_names_to_docker_platforms() -> None:
 def test_kind_and_docker_command_lines() -> None:
     commands = KindCommands(Path("/bin/kind"), "kcompat-v0-14-1-k8s-1-34", Path("/s/kubeconfig"))
     assert commands.get_clusters() == ["/bin/kind", "get", "clusters"]
-    assert commands.load_docker_image("quay.io/brancz/kube-rbac-proxy:v0.18.0") == [
-        "/bin/kind", "load", "docker-image", "--name", "kcompat-v0-14-1-k8s-1-34",
-        "quay.io/brancz/kube-rbac-proxy:v0.18.0",
-    ]  # fmt: skip
-    assert commands.load_image_archive(Path("/s/p.tar")) == [
-        "/bin/kind", "load", "image-archive", "--name", "kcompat-v0-14-1-k8s-1-34", "/s/p.tar",
-    ]  # fmt: skip
     assert commands.export_logs(Path("/r/logs")) == [
         "/bin/kind", "export", "logs", "/r/logs", "--name", "kcompat-v0-14-1-k8s-1-34",
     ]  # fmt: skip
     assert commands.export_kubeconfig() == [
         "/bin/kind", "export", "kubeconfig", "--name", "kcompat-v0-14-1-k8s-1-34", "--kubeconfig", "/s/kubeconfig",
     ]  # fmt: skip
-    docker = DockerCommands()
-    assert docker.pull("quay.io/x:1", "linux/arm64") == [
-        "docker", "pull", "--quiet", "--platform", "linux/arm64", "quay.io/x:1",
-    ]  # fmt: skip
-    assert docker.save("quay.io/x:1", "linux/amd64", Path("/t/x.tar")) == [
-        "docker", "save", "--platform", "linux/amd64", "-o", "/t/x.tar", "quay.io/x:1",
+    assert DockerCommands().image_inspect_id("quay.io/x:1") == [
+        "docker", "image", "inspect", "--format", "{{.Id}}", "quay.io/x:1",
     ]  # fmt: skip
 
 
@@ -243,31 +230,6 @@ def test_kind_get_clusters_parsing() -> None:
         "kind",
     ]
     assert parse_kind_clusters(recorded("kind-get-clusters-none.stdout")) == []
-
-
-@pytest.mark.parametrize(
-    ("sample", "fallback"),
-    [
-        ("kind-load-multiarch.stderr", True),
-        ("kind-load-multiarch-rpc.stderr", True),
-        ("kind-load-not-present.stderr", False),
-        ("kind-load-no-cluster.stderr", False),
-    ],
-)
-def test_multi_platform_fallback_decision(sample: str, fallback: bool) -> None:
-    assert needs_single_platform_archive(recorded(sample)) is fallback
-
-
-@pytest.mark.parametrize(
-    ("sample", "index"),
-    [
-        ("docker-image-inspect-containerd-index.json", True),
-        ("docker-image-inspect-containerd-single.json", False),
-        ("docker-image-inspect-classic.json", False),
-    ],
-)
-def test_image_index_detection_from_docker_image_inspect(sample: str, index: bool) -> None:
-    assert is_image_index(recorded(sample)) is index
 
 
 def test_forwarding_line_parsing() -> None:
@@ -624,7 +586,14 @@ def test_create_passes_the_config_and_node_image_through_pytest_kind(kind_bin: S
             "--config", str(cluster.config_file),
         ]
     ]  # fmt: skip
-    assert yaml.safe_load(cluster.config_file.read_text())["nodes"] == [{"role": "control-plane", "image": NODE_IMAGE}]
+    config = yaml.safe_load(cluster.config_file.read_text())
+    certs = cluster.mirrors.certs_dir
+    assert config["nodes"] == [
+        {"role": "control-plane", "image": NODE_IMAGE,
+         "extraMounts": [{"hostPath": str(certs), "containerPath": "/etc/containerd/certs.d", "readOnly": True}]}
+    ]  # fmt: skip
+    # Before any mirror runs, every registry host goes to a closed port (no fallback to the internet).
+    assert (certs / "_default" / "hosts.toml").read_text().endswith('server = "http://127.0.0.1:1"\n')
     assert cluster.kubeconfig.read_text()  # written by "kind"; its content is never logged
     cluster.delete()
     assert kind_bin.calls()[-1] == ["delete", "cluster", f"--name={name}", f"--kubeconfig={cluster.kubeconfig}"]
@@ -806,72 +775,84 @@ def test_other_create_failures_keep_their_own_message(
     )
 
 
-# -- loading images ----------------------------------------------------------------------
+# -- images: into the nodes' mirrors, pulled by the kubelet -------------------------------
 
 
-def _docker_rules(inspect_sample: str) -> list[dict[str, Any]]:
-    return [
-        {"prefix": ["pull"], "stdout": "quay.io/brancz/kube-rbac-proxy:v0.18.0\n"},
-        {"prefix": ["image", "inspect"], "stdout": recorded(inspect_sample)},
-        {"prefix": ["save"], "effect": "save"},
-    ]
+class FakeMirror:
+    """A mirror that records pushes; ``held`` is the config digest it serves (None: nothing)."""
+
+    def __init__(self, host: str, remote: str | None, held: str | None) -> None:
+        self.host, self.remote, self.held = host, remote, held
+        self.pushed: list[tuple[str, str]] = []
+
+    def config_digest(self, name: str) -> str | None:
+        return self.held
+
+    def push(self, image: str, name: str, docker: str = "docker") -> None:
+        self.pushed.append((image, name))
 
 
-def test_load_falls_back_to_a_single_platform_archive_on_the_multi_arch_error(
-    kind_bin: StandIn, docker_bin: StandIn
+def _with_mirrors(cluster: KindCluster, monkeypatch: pytest.MonkeyPatch, remote: str | None,
+                  held: str | None) -> dict[str, FakeMirror]:
+    made: dict[str, FakeMirror] = {}
+
+    def mirror(host: str) -> FakeMirror:
+        return made.setdefault(host, FakeMirror(host, remote, held))
+
+    monkeypatch.setattr(cluster.mirrors, "mirror", mirror)
+    return made
+
+
+LOCAL_ID = "sha256:" + "1" * 64
+
+
+def test_a_pull_through_mirror_is_left_to_the_kubelet(
+    kind_bin: StandIn, docker_bin: StandIn, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    image = "quay.io/brancz/kube-rbac-proxy:v0.18.0"
-    docker_bin.rules(_docker_rules("docker-image-inspect-classic.json"))
-    kind_bin.rules(
-        [
-            {"prefix": ["load", "docker-image"], "stderr": recorded("kind-load-multiarch.stderr"), "rc": 1},
-            {"prefix": ["load", "image-archive"]},
-        ]
-    )
     cluster = make_cluster(kind_bin, KindOptions(docker=str(docker_bin.path)))
-    cluster.load_images([image])
-    node = node_platform()
-    archive = cluster.state_dir / "images" / "quay.io_brancz_kube-rbac-proxy_v0.18.0.tar"
-    assert docker_bin.calls() == [
-        ["pull", "--quiet", "--platform", node, image],
-        ["image", "inspect", image],
-        ["save", "--platform", node, "-o", str(archive), image],
-    ]
-    assert kind_bin.calls() == [
-        ["load", "docker-image", "--name", cluster.name, image],
-        ["load", "image-archive", "--name", cluster.name, str(archive)],
-    ]
-    assert not archive.exists()  # removed once loaded
-
-
-def test_load_goes_straight_to_the_archive_for_an_image_index(kind_bin: StandIn, docker_bin: StandIn) -> None:
-    docker_bin.rules(_docker_rules("docker-image-inspect-containerd-index.json"))
-    kind_bin.rules([{"prefix": ["load", "image-archive"]}])
-    cluster = make_cluster(kind_bin, KindOptions(docker=str(docker_bin.path)))
+    mirrors = _with_mirrors(cluster, monkeypatch, remote="https://quay.io", held=None)
     cluster.load_images(["quay.io/brancz/kube-rbac-proxy:v0.18.0"])
-    assert [call[:2] for call in kind_bin.calls()] == [["load", "image-archive"]]
+    assert mirrors["quay.io"].pushed == []
+    assert docker_bin.calls() == [] and kind_bin.calls() == []  # no docker pull, no kind load
 
 
-def test_load_of_a_single_platform_image_uses_kind_load_docker_image(kind_bin: StandIn, docker_bin: StandIn) -> None:
-    docker_bin.rules(_docker_rules("docker-image-inspect-containerd-single.json"))
-    kind_bin.rules([{"prefix": ["load", "docker-image"]}])
+@pytest.mark.parametrize(("held", "pushed"), [(None, True), ("sha256:" + "2" * 64, True), (LOCAL_ID, False)])
+def test_an_image_of_the_local_engine_goes_into_its_hosts_mirror_when_missing_or_changed(
+    kind_bin: StandIn, docker_bin: StandIn, monkeypatch: pytest.MonkeyPatch, held: str | None, pushed: bool
+) -> None:
+    docker_bin.rules([{"prefix": ["image", "inspect"], "stdout": LOCAL_ID + "\n"}])
     cluster = make_cluster(kind_bin, KindOptions(docker=str(docker_bin.path)))
-    cluster.load_images(["kserve-compat/kube-rbac-proxy:dev"])
-    assert [call[:2] for call in kind_bin.calls()] == [["load", "docker-image"]]
-    assert not any(call[:1] == ["save"] for call in docker_bin.calls())
+    mirrors = _with_mirrors(cluster, monkeypatch, remote=None, held=held)
+    cluster.load_images(["kserve-compat.local/prometheus:v2.42.0"])
+    expected = [("kserve-compat.local/prometheus:v2.42.0", "prometheus:v2.42.0")] if pushed else []
+    assert mirrors["kserve-compat.local"].pushed == expected
+    assert kind_bin.calls() == []
 
 
-def test_other_load_failures_are_one_line_errors(kind_bin: StandIn, docker_bin: StandIn) -> None:
-    docker_bin.rules(_docker_rules("docker-image-inspect-classic.json"))
-    kind_bin.rules([{"prefix": ["load", "docker-image"], "stderr": recorded("kind-load-no-cluster.stderr"), "rc": 1}])
+def test_docker_hub_images_go_to_the_docker_io_mirror_under_their_full_path(
+    kind_bin: StandIn, docker_bin: StandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docker_bin.rules([{"prefix": ["image", "inspect"], "stdout": LOCAL_ID + "\n"}])
     cluster = make_cluster(kind_bin, KindOptions(docker=str(docker_bin.path)))
-    with pytest.raises(HarnessError) as caught:
-        cluster.load_images(["quay.io/brancz/kube-rbac-proxy:v0.18.0"])
-    assert str(caught.value) == (
-        "kind load docker-image quay.io/brancz/kube-rbac-proxy:v0.18.0: "
-        'no nodes found for cluster "kcompat-v0-14-1-k8s-1-34"'
-    )
-    assert not any(call[:1] == ["save"] for call in docker_bin.calls())
+    mirrors = _with_mirrors(cluster, monkeypatch, remote=None, held=None)
+    cluster.load_images(["kserve/kserve-controller:v0.14.0", "busybox"])
+    assert mirrors["docker.io"].pushed == [
+        ("kserve/kserve-controller:v0.14.0", "kserve/kserve-controller:v0.14.0"),
+        ("busybox", "library/busybox:latest"),
+    ]
+
+
+def test_the_kind_config_mounts_the_mirrors_where_containerd_reads_them(tmp_path: Path) -> None:
+    certs = tmp_path / "certs.d"
+    ours = cluster_config("kserve-compat/kind-node:v1.34.4", {"disableDefaultCNI": True}, certs)
+    (node,) = ours["nodes"]
+    assert node["extraMounts"] == [
+        {"hostPath": str(certs), "containerPath": "/etc/containerd/certs.d", "readOnly": True}
+    ]
+    assert "containerdConfigPatches" not in ours  # our node image reads certs.d already
+    published = cluster_config("kindest/node:v1.34.0", None, certs, patch_containerd=True)
+    (patch,) = published["containerdConfigPatches"]
+    assert 'config_path = "/etc/containerd/certs.d"' in patch
 
 
 # -- logs through the API ----------------------------------------------------------------
@@ -981,7 +962,8 @@ def test_plan_names_the_cluster_node_image_and_steps_without_running_anything(
     text = "\n".join(steps)
     assert f"create kind cluster kcompat-v0-14-1-k8s-1-34: one control-plane node, node image {node_image}" in text
     assert f"kind {os.environ['KIND_VERSION']}" in text
-    assert "kind load docker-image" in text
+    assert "kind load" not in text
+    assert "the kubelet pulls every image through registry mirrors" in text
     assert steps[-1] == "delete kind cluster kcompat-v0-14-1-k8s-1-34 at the end"
 
     kept = KindProviderFactory(matrix, KindOptions(keep_cluster=True, reuse_cluster=True)).plan(
@@ -1141,23 +1123,6 @@ def test_factory_creates_yields_and_deletes_unless_a_cell_failed(
     create = next(call for call in kind_bin.calls() if call[:2] == ["create", "cluster"])
     assert f"--image={load_matrix().k8s('1.34').node_image}" in create
     assert any(call[:1] == ["delete"] for call in kind_bin.calls()) is not fail
-
-
-def test_an_image_no_registry_serves_is_left_to_the_kubelet(
-    kind_bin: StandIn, docker_bin: StandIn, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    # The retired gcr.io image: the kubelet's own ErrImagePull is the cell's evidence.
-    monkeypatch.setattr(tenacity.nap, "time", SimpleNamespace(sleep=lambda _s: None))
-    image = "gcr.io/kubebuilder/kube-rbac-proxy:v0.13.1"
-    docker_bin.rules(
-        [{"prefix": ["pull"], "stderr": 'Error response from daemon: Head "https://gcr.io/v2/": denied\n', "rc": 1}]
-    )
-    cluster = make_cluster(kind_bin, KindOptions(docker=str(docker_bin.path)))
-    with caplog.at_level("WARNING", logger="e2e.cluster.kind"):
-        cluster.load_images([image])
-    assert [call[0] for call in docker_bin.calls()] == ["pull", "pull", "pull"]
-    assert kind_bin.calls() == []
-    assert f"not pre-loading {image}" in caplog.text
 
 
 def test_factory_shorthands_match_the_harness_call() -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import platform
@@ -50,10 +49,11 @@ from e2e import diagnostics, scrape
 from e2e.apply import Applier
 from e2e.cache import cache_root
 from e2e.cluster import cgroup_freezer
+from e2e.cluster.mirrors import NODE_CERTS_DIR, MirrorMode, NodeMirrors, upstream_name
 from e2e.cluster.provider import ClusterInfo, ClusterProvider, ProviderFactory
 from e2e.data import MANIFESTS_DIR
 from e2e.errors import EnvironmentMissing, HarnessError, UsageError, WorkloadFailed, WorkloadUnavailable
-from e2e.imageset.offline import LocalImageSet
+from e2e.imageset.offline import LocalImageSet, image_present
 from e2e.matrix import Matrix, load_matrix
 from e2e.rollout import wait_for_rollout
 from e2e.targets import ServiceTarget
@@ -63,8 +63,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# kind v0.32.0 supports node images for Kubernetes 1.33-1.36, and node images published for
-# it need it for `kind load` (its containerd upgrade). kubectl 1.34 talks to 1.33-1.35
+# kind v0.32.0 supports node images for Kubernetes 1.33-1.36 (node images published for it
+# need its containerd handling). kubectl 1.34 talks to 1.33-1.35
 # servers (kubectl's +-1 minor skew policy); 1.34.8 is the patch of kind v0.32.0's image.
 KIND_VERSION = "v0.32.0"
 KUBECTL_VERSION = "v1.34.8"
@@ -91,16 +91,6 @@ PRIVILEGED_CAPS_HINT = (
     "repository: it registers a runtime that drops CAP_SYS_RESOURCE"
 )
 
-# `kind load docker-image` streams `docker save` into `ctr images import --all-platforms`.
-# Under Docker's containerd image store, `docker save` writes an index naming every platform
-# but blobs for the pulled one only, so ctr stops at a foreign manifest (kind#3795, #4255).
-_MISSING_PLATFORM_CONTENT = re.compile(r"content digest sha256:[0-9a-f]{64}: not found")
-_IMAGE_INDEX_MEDIA_TYPES = frozenset(
-    {
-        "application/vnd.oci.image.index.v1+json",
-        "application/vnd.docker.distribution.manifest.list.v2+json",
-    }
-)
 # kubectl prints one line per listener; the IPv4 one is what the harness dials.
 _FORWARDING_FROM = re.compile(r"^Forwarding from 127\.0\.0\.1:(\d+) -> (\d+)\s*$")
 # What kubectl prints once the pod it forwards to is gone (it may or may not exit).
@@ -148,21 +138,39 @@ def cluster_name(group_id: str) -> str:
     return name
 
 
-def cluster_config(node_image: str, networking: Mapping[str, Any] | None = None) -> dict[str, Any]:
+# Published node images read no certs.d directory until told to (ours do: see imageset/node.py).
+CONTAINERD_CERTS_PATCH = f"""[plugins."io.containerd.grpc.v1.cri".registry]
+  config_path = "{NODE_CERTS_DIR}"
+"""
+
+
+def cluster_config(
+    node_image: str,
+    networking: Mapping[str, Any] | None = None,
+    certs_dir: Path | None = None,
+    patch_containerd: bool = False,
+) -> dict[str, Any]:
     """The kind cluster config: one control-plane node running ``node_image``; ``networking``
-    is what a node image built here needs (its own CNI instead of kind's kindnetd)."""
-    config: dict[str, Any] = {
-        "kind": "Cluster",
-        "apiVersion": "kind.x-k8s.io/v1alpha4",
-        "nodes": [{"role": "control-plane", "image": node_image}],
-    }
+    is what a node image built here needs (its own CNI instead of kind's kindnetd);
+    ``certs_dir`` (the run's registry mirrors) is mounted where containerd reads it."""
+    node: dict[str, Any] = {"role": "control-plane", "image": node_image}
+    if certs_dir is not None:
+        node["extraMounts"] = [{"hostPath": str(certs_dir), "containerPath": NODE_CERTS_DIR, "readOnly": True}]
+    config: dict[str, Any] = {"kind": "Cluster", "apiVersion": "kind.x-k8s.io/v1alpha4", "nodes": [node]}
     if networking:
         config["networking"] = dict(networking)
+    if certs_dir is not None and patch_containerd:
+        config["containerdConfigPatches"] = [CONTAINERD_CERTS_PATCH]
     return config
 
 
-def cluster_config_yaml(node_image: str, networking: Mapping[str, Any] | None = None) -> str:
-    return yaml.safe_dump(cluster_config(node_image, networking), sort_keys=False)
+def cluster_config_yaml(
+    node_image: str,
+    networking: Mapping[str, Any] | None = None,
+    certs_dir: Path | None = None,
+    patch_containerd: bool = False,
+) -> str:
+    return yaml.safe_dump(cluster_config(node_image, networking, certs_dir, patch_containerd), sort_keys=False)
 
 
 def node_platform(machine: str | None = None) -> str:
@@ -182,38 +190,12 @@ def parse_forwarding_port(line: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def needs_single_platform_archive(kind_load_output: str) -> bool:
-    """Whether a failed ``kind load docker-image`` is the multi-platform import failure."""
-    return bool(_MISSING_PLATFORM_CONTENT.search(kind_load_output))
-
-
-def is_image_index(docker_image_inspect: str) -> bool:
-    """Whether ``docker image inspect`` shows an image index (containerd image store).
-
-    The classic store has no ``Descriptor``; the containerd store records the pulled target,
-    which for a multi-arch tag is the index: `kind load docker-image` would fail on it.
-    """
-    try:
-        records = json.loads(docker_image_inspect)
-    except json.JSONDecodeError:
-        return False
-    if not isinstance(records, list) or not records or not isinstance(records[0], dict):
-        return False
-    descriptor = records[0].get("Descriptor") or {}
-    return isinstance(descriptor, dict) and descriptor.get("mediaType") in _IMAGE_INDEX_MEDIA_TYPES
-
-
 def docker_error_line(stderr: str) -> str:
     """The last non-empty line of a command's error output, for one-line messages."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     if not lines:
         return "no error output"
     return lines[-1].removeprefix("ERROR: ").removeprefix("Error response from daemon: ")
-
-
-def archive_name(image: str) -> str:
-    """A file name for ``docker save`` of ``image``."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", image).strip("_") + ".tar"
 
 
 @dataclass(frozen=True)
@@ -230,12 +212,6 @@ class KindCommands:
     def export_kubeconfig(self) -> list[str]:
         return [str(self.kind), "export", "kubeconfig", "--name", self.name, "--kubeconfig", str(self.kubeconfig)]
 
-    def load_docker_image(self, image: str) -> list[str]:
-        return [str(self.kind), "load", "docker-image", "--name", self.name, image]
-
-    def load_image_archive(self, archive: Path) -> list[str]:
-        return [str(self.kind), "load", "image-archive", "--name", self.name, str(archive)]
-
     def export_logs(self, directory: Path) -> list[str]:
         return [str(self.kind), "export", "logs", str(directory), "--name", self.name]
 
@@ -247,14 +223,8 @@ class DockerCommands:
     def info(self) -> list[str]:
         return [self.docker, "info", "--format", "{{.ServerVersion}}"]
 
-    def pull(self, image: str, platform_: str) -> list[str]:
-        return [self.docker, "pull", "--quiet", "--platform", platform_, image]
-
-    def image_inspect(self, image: str) -> list[str]:
-        return [self.docker, "image", "inspect", image]
-
-    def save(self, image: str, platform_: str, archive: Path) -> list[str]:
-        return [self.docker, "save", "--platform", platform_, "-o", str(archive), image]
+    def image_inspect_id(self, image: str) -> list[str]:
+        return [self.docker, "image", "inspect", "--format", "{{.Id}}", image]
 
     def node_states(self, cluster: str) -> list[str]:
         """Name, state and status of a kind cluster's node containers (kind labels them)."""
@@ -733,6 +703,14 @@ class KindCluster(ClusterProvider):
         self.docker = DockerCommands(options.docker)
         self.info = ClusterInfo(provider="kind", name=name, kubernetes_version=kubernetes_version)
         self.image_set = image_set
+        # The kubelet pulls every image through these (see mirrors.py): offline they hold what
+        # the run pushed from the local image set, online they cache the real registries.
+        self.mirrors = NodeMirrors(
+            self.state_dir.resolve() / "certs.d",
+            self.state_dir.resolve() / "mirrors",
+            MirrorMode.offline() if image_set is not None else MirrorMode.online(),
+            self._gateway,
+        )
         self._prometheus_started = False
         self.reused = False
         self.failed = False
@@ -768,7 +746,12 @@ class KindCluster(ClusterProvider):
             _run(self.commands.export_kubeconfig(), f"kind export kubeconfig {self.name}")
         else:
             networking = self.image_set.cluster_networking() if self.image_set else None
-            self.config_file.write_text(cluster_config_yaml(self.node_image, networking))
+            self.mirrors.prepare()
+            self.config_file.write_text(
+                cluster_config_yaml(
+                    self.node_image, networking, self.mirrors.certs_dir, patch_containerd=self.image_set is None
+                )
+            )
             log.info("creating kind cluster %s with node image %s", self.name, self.node_image)
         try:
             self._kind.create(config_file=self.config_file if not self.reused else None)
@@ -781,6 +764,19 @@ class KindCluster(ClusterProvider):
             ) from None
         self._created = True
         self._wait_nodes_ready()
+
+    def _gateway(self) -> str:
+        """The node's gateway on the kind network: the one address of this host it reaches."""
+        node = f"{self.name}-control-plane"
+        listing = _run(
+            [self.options.docker, "inspect", "--format", "{{range .NetworkSettings.Networks}}{{.Gateway}} {{end}}",
+             node],
+            f"docker inspect {node}",
+        ).stdout.split()
+        ipv4 = [address for address in listing if address.count(".") == 3]
+        if not ipv4:
+            raise HarnessError(f"kind node {node}: no IPv4 gateway on its network (docker inspect: {listing})")
+        return ipv4[0]
 
     def _wait_nodes_ready(self) -> None:
         core = k8s_client.CoreV1Api(self.api_client())
@@ -857,6 +853,7 @@ class KindCluster(ClusterProvider):
             log.info("keeping kind cluster %s (kubeconfig: %s)", self.name, self.kubeconfig)
             return
         self._deleted = True
+        self.mirrors.stop()
         try:
             self._kind.delete()
         except subprocess.CalledProcessError:
@@ -970,76 +967,42 @@ class KindCluster(ClusterProvider):
         )
 
     def load_images(self, images: Sequence[str]) -> None:
-        """Pre-load images onto the node; one no registry serves is left to the kubelet.
+        """Make the images pullable from the nodes' mirrors; the kubelet pulls them itself.
 
-        An image that cannot be pulled (e.g. from the deleted gcr.io/kubebuilder) is not an
-        error here: the kubelet then fails to pull it too, and the rollout reports that as
-        the cell's evidence, exactly as a user of that release would see it.
+        A pull-through mirror (online) fetches on the kubelet's request: nothing to do. Into
+        any other mirror an image goes from the local Docker engine (again when the local
+        build changed): with the local image set, a retired image is left out, so the
+        kubelet's pull fails for real (NotFound), and any other missing one is
+        WorkloadUnavailable; without it, an image the engine lacks is left to that pull.
         """
-        if self.image_set is not None:
-            self._load_local(images)
-            return
-        node = node_platform()
         for image in images:
-            try:
-                self._pull(image, node)
-            except HarnessError as exc:
-                log.warning("not pre-loading %s (%s): the kubelet will try to pull it itself", image, exc)
+            host, name = upstream_name(image)
+            mirror = self.mirrors.mirror(host)
+            if mirror.remote is not None:
                 continue
-            inspect = _run(self.docker.image_inspect(image), f"docker image inspect {image}").stdout
-            if is_image_index(inspect):
-                log.info("%s is an image index in Docker's store: loading a %s archive", image, node)
-                self._load_archive(image, node)
+            if self.image_set is not None:
+                if not self.image_set.check_loadable(image):
+                    continue
+            elif not image_present(image, self.options.docker):
+                log.info("%s: not in the local Docker engine; the kubelet's pull from the mirror will tell", image)
                 continue
-            result = subprocess.run(self.commands.load_docker_image(image), capture_output=True, text=True, check=False)
-            if result.returncode == 0:
+            local_id = _run(self.docker.image_inspect_id(image), f"docker image inspect {image}").stdout.strip()
+            if mirror.config_digest(name) == local_id:
+                log.info("%s: already in the mirror of %s", image, host)
                 continue
-            output = result.stderr + result.stdout
-            if not needs_single_platform_archive(output):
-                raise HarnessError(f"kind load docker-image {image}: {docker_error_line(output)}")
-            log.info(
-                "kind load docker-image %s hit the multi-platform import failure: loading a %s archive", image, node
-            )
-            self._load_archive(image, node)
+            mirror.push(image, name, self.options.docker)
 
-    def _load_local(self, images: Sequence[str]) -> None:
-        """``kind load`` images of the local set; never pull. A retired image is left to the
-        kubelet (its pull fails for real); any other missing one is WorkloadUnavailable."""
-        assert self.image_set is not None
-        for image in images:
-            if not self.image_set.check_loadable(image):
-                continue
-            self._kind_load(image)
-
-    def _pull(self, image: str, node: str) -> None:
-        retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(3),
-            wait=tenacity.wait_exponential(multiplier=2, min=2, max=20),
-            retry=tenacity.retry_if_exception_type(HarnessError),
-            before_sleep=lambda s: log.info(
-                "retrying docker pull %s (last: %s)", image, s.outcome.exception() if s.outcome else None
-            ),
-            reraise=True,
-        )
-        retrying(_run, self.docker.pull(image, node), f"docker pull {image}")
-
-    def _load_archive(self, image: str, node: str) -> None:
-        archive_dir = self.state_dir / "images"
-        archive_dir.mkdir(parents=True, exist_ok=True)
-        archive = archive_dir / archive_name(image)
-        try:
-            _run(self.docker.save(image, node, archive), f"docker save {image}")
-            _run(self.commands.load_image_archive(archive), f"kind load image-archive {image}")
-        finally:
-            archive.unlink(missing_ok=True)
+    def pull_evidence(self) -> list[str]:
+        """The mirrors' state and last log lines, for a failed pull."""
+        return self.mirrors.evidence()
 
     def start_prometheus(self, jobs: Sequence[ScrapeJob]) -> None:
         """The local tier's Prometheus as a Deployment (``e2e/data/manifests/prometheus.yaml``): its
-        image built from the same binary and loaded (never pulled); ready by the check."""
+        image built from the same binary, pulled from the run's mirror; ready by the check."""
         from e2e.imageset.prometheus import build_prometheus_image
 
         image = build_prometheus_image()
-        self._kind_load(image)
+        self.load_images([image])
         template = [d for d in yaml.safe_load_all(PROMETHEUS_MANIFEST.read_text()) if d]
         Applier(self.api_client()).apply(scrape.in_cluster_documents(template, jobs, image))
         self._prometheus_started = True
@@ -1064,11 +1027,6 @@ class KindCluster(ClusterProvider):
         except HarnessError as exc:
             raise WorkloadFailed(f"prometheus did not become ready: {exc}", getattr(exc, "evidence", [])) from None
         return self.endpoint(ServiceTarget(namespace, name, scrape.IN_CLUSTER_PORT))
-
-    def _kind_load(self, image: str) -> None:
-        result = subprocess.run(self.commands.load_docker_image(image), capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise HarnessError(f"kind load docker-image {image}: {docker_error_line(result.stderr + result.stdout)}")
 
     def sync_workloads(self) -> list[str]:
         """Nothing to do: the kubelet runs what the Deployments say."""
@@ -1188,11 +1146,15 @@ class KindProviderFactory(ProviderFactory):
         steps += [
             f"wait for the node to be Ready (up to {self.options.node_ready_timeout:.0f}s)",
             (
-                "load images of the local set with `kind load docker-image` (a retired one is left to the "
-                "kubelet, whose pull fails for real; any other missing one skips the cell, with the reason)"
-                if self.options.local_images
-                else f"load images: docker pull --platform {node_platform()}, then `kind load docker-image` "
-                "(single-platform `docker save` + `kind load image-archive` for image indexes)"
+                "the kubelet pulls every image through registry mirrors the run starts (one per registry "
+                "host, Debian's docker-registry on loopback, reached from the nodes through the kind "
+                "network's gateway; containerd's certs.d mounted into the node): "
+                + (
+                    "offline, each holds what the run pushed from the local image set; a retired image is "
+                    "never pushed, so its pull fails with the registry's 404 (NotFound), as in production"
+                    if self.options.local_images
+                    else "pull-through caches of the real registries, kept in the harness's cache"
+                )
             ),
             "reach Services with `kubectl port-forward svc/NAME :PORT`",
             "on failure: `kind export logs` into the cell's diagnostics",

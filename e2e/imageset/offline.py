@@ -14,7 +14,6 @@ unpullable): the kubelet tries to pull it and fails for real, which is that cell
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import subprocess
@@ -125,23 +124,6 @@ def images_of(documents: Sequence[dict[str, Any]]) -> list[str]:
             if container.get("image"):
                 found[str(container["image"])] = None
     return list(found)
-
-
-def pull_if_not_present(documents: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
-    """``imagePullPolicy: Always`` → ``IfNotPresent`` (a loaded image would be pulled again,
-    and nothing answers here). Returns the new documents and the images changed."""
-    changed: dict[str, None] = {}
-    result = []
-    for doc in documents:
-        containers = _containers(doc)
-        if any(c.get("imagePullPolicy") == "Always" for c in containers):
-            doc = copy.deepcopy(doc)
-            for container in _containers(doc):
-                if container.get("imagePullPolicy") == "Always":
-                    container["imagePullPolicy"] = "IfNotPresent"
-                    changed[str(container.get("image", ""))] = None
-        result.append(doc)
-    return result, list(changed)
 
 
 def _containers(doc: dict[str, Any]) -> list[dict[str, Any]]:

@@ -40,10 +40,10 @@ RESOLVE_EVERY_S = 1.0
 
 
 class ServiceRelay(StartsAndStops):
-    """Listens on a free loopback port; forwards each connection to ``resolve()``'s
+    """Listens on a free port of ``host`` (loopback by default); forwards each connection to ``resolve()``'s
     ``host:port`` (None: nothing plays the Service now)."""
 
-    def __init__(self, resolve: Callable[[], str | None], name: str = "service") -> None:
+    def __init__(self, resolve: Callable[[], str | None], name: str = "service", host: str = "127.0.0.1") -> None:
         self.resolve = resolve
         self.name = name
         self._connections: dict[socket.socket, tuple[socket.socket, str]] = {}  # client -> (upstream, address)
@@ -56,7 +56,8 @@ class ServiceRelay(StartsAndStops):
             def handle(self) -> None:
                 relay._forward(self.request)
 
-        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler, bind_and_activate=True)
+        # ``host``: loopback for local clients; a registry mirror listens on the kind network's gateway.
+        self._server = socketserver.ThreadingTCPServer((host, 0), Handler, bind_and_activate=True)
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
 

@@ -1,0 +1,180 @@
+"""Registry mirrors of the kind nodes (e2e/cluster/mirrors.py), run for real.
+
+Each test starts Debian's docker-registry as the harness does, on loopback, with the relay the
+nodes would reach on the kind network's gateway (here also loopback, so no Docker is needed
+except for the push test). The pull-through test stands a second local registry in for the
+internet, so nothing leaves this machine.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from registry_server import registry_binary as find_registry_binary
+from registry_server import run_registry
+
+from e2e.availability import unavailable
+from e2e.cluster.mirrors import (
+    CLOSED_PORT,
+    SINGLE_MANIFEST_TYPES,
+    MirrorMode,
+    NodeMirrors,
+    hosts_toml,
+    upstream_name,
+)
+
+QUAY_PROXY = "brancz/kube-rbac-proxy"
+
+
+@pytest.fixture(autouse=True)
+def registry_installed() -> None:
+    if find_registry_binary() is None:
+        unavailable("docker-registry not installed (apt-get install docker-registry)")
+
+
+@pytest.fixture
+def offline(tmp_path: Path) -> Iterator[NodeMirrors]:
+    mirrors = NodeMirrors(tmp_path / "certs.d", tmp_path / "work", MirrorMode.offline(), lambda: "127.0.0.1",
+                          storage_root=tmp_path / "storage")
+    mirrors.prepare()
+    try:
+        yield mirrors
+    finally:
+        mirrors.stop()
+
+
+def manifest(url: str, name: str) -> requests.Response:
+    path, tag = name.rsplit(":", 1)
+    return requests.get(f"{url}/v2/{path}/manifests/{tag}", headers={"Accept": SINGLE_MANIFEST_TYPES}, timeout=10)
+
+
+def test_upstream_names_are_what_containerd_asks_the_hosts_mirror_for() -> None:
+    assert upstream_name("kserve/kserve-controller:v0.14.0") == ("docker.io", "kserve/kserve-controller:v0.14.0")
+    assert upstream_name("busybox") == ("docker.io", "library/busybox:latest")
+    assert upstream_name("quay.io/brancz/kube-rbac-proxy:v0.18.0") == ("quay.io", f"{QUAY_PROXY}:v0.18.0")
+    assert upstream_name("gcr.io/kubebuilder/kube-rbac-proxy:v0.13.1") == (
+        "gcr.io", "kubebuilder/kube-rbac-proxy:v0.13.1")
+    digest = "sha256:" + "a" * 64
+    assert upstream_name(f"registry.k8s.io/pause@{digest}") == ("registry.k8s.io", f"pause@{digest}")
+
+
+def test_offline_mirrors_cache_nothing_online_ones_cache_their_registry() -> None:
+    assert MirrorMode.offline().remote("quay.io") is None
+    online = MirrorMode.online({"quay.io": "http://127.0.0.1:5999"})
+    assert online.remote("quay.io") == "http://127.0.0.1:5999"
+    assert online.remote("docker.io") == "https://registry-1.docker.io"
+    assert online.remote("ghcr.io") == "https://ghcr.io"
+    assert online.remote("kserve-compat.local") is None  # the harness's own images exist only here
+
+
+def test_every_host_goes_to_a_closed_port_until_its_mirror_runs(offline: NodeMirrors) -> None:
+    assert (offline.certs_dir / "_default" / "hosts.toml").read_text() == hosts_toml(CLOSED_PORT)
+    assert [p.name for p in offline.certs_dir.iterdir()] == ["_default"]
+
+
+def test_a_mirror_serves_what_was_pushed_and_404_for_the_rest_through_the_nodes_address(
+    offline: NodeMirrors,
+) -> None:
+    from registry_server import push_image
+
+    quay = offline.mirror("quay.io")
+    assert (offline.certs_dir / "quay.io" / "hosts.toml").read_text() == hosts_toml(quay.node_url)
+    assert quay.node_url != quay.local_url  # the nodes reach the relay, not the registry itself
+    push_image(quay.local_url, QUAY_PROXY, "v0.22.1")
+    assert (quay.config_digest(f"{QUAY_PROXY}:v0.22.1") or "").startswith("sha256:")
+    assert quay.config_digest(f"{QUAY_PROXY}:v0.13.1") is None
+    assert manifest(quay.node_url, f"{QUAY_PROXY}:v0.22.1").status_code == 200
+    # An image nobody pushed: the 404 that the kubelet reports as "NotFound ... not found".
+    gone = offline.mirror("gcr.io")
+    answer = manifest(gone.node_url, "kubebuilder/kube-rbac-proxy:v0.13.1")
+    assert answer.status_code == 404
+    assert answer.json()["errors"][0]["code"] in ("MANIFEST_UNKNOWN", "NAME_UNKNOWN")
+    assert offline.mirror("quay.io") is quay  # one mirror per host
+    assert offline.describe() == [
+        f"gcr.io -> {gone.node_url} (pushed here)",
+        f"quay.io -> {quay.node_url} (pushed here)",
+    ]
+
+
+def test_stopped_mirrors_leave_no_process_and_no_listener(offline: NodeMirrors) -> None:
+    quay = offline.mirror("quay.io")
+    host, port = quay.node_url.removeprefix("http://").split(":")
+    offline.stop()
+    assert not quay.alive
+    with pytest.raises(OSError), socket.create_connection((host, int(port)), timeout=2):
+        pass
+
+
+def test_a_pull_through_mirror_keeps_what_it_fetched_for_the_next_run(tmp_path: Path) -> None:
+    from registry_server import push_image
+
+    binary = find_registry_binary()
+    assert binary is not None
+    storage = tmp_path / "storage"
+    name = f"{QUAY_PROXY}:v0.22.1"
+
+    def run(index: int, upstream: str) -> tuple[int, int]:
+        """(manifest status, layer status) through run ``index``'s mirror of quay.io."""
+        mirrors = NodeMirrors(tmp_path / f"certs{index}", tmp_path / f"work{index}",
+                              MirrorMode.online({"quay.io": upstream}), lambda: "127.0.0.1", storage_root=storage)
+        mirrors.prepare()
+        try:
+            quay = mirrors.mirror("quay.io")
+            assert quay.remote == upstream
+            answer = manifest(quay.node_url, name)
+            if answer.status_code != 200:
+                return answer.status_code, 0
+            layer = answer.json()["layers"][0]["digest"]
+            return 200, requests.get(f"{quay.node_url}/v2/{QUAY_PROXY}/blobs/{layer}", timeout=10).status_code
+        finally:
+            mirrors.stop()
+
+    with run_registry(binary, tmp_path / "internet") as internet:
+        digest = push_image(internet.url, QUAY_PROXY, "v0.22.1")
+        assert run(1, internet.url) == (200, 200)
+        # The image leaves the "internet"; the next run's mirror serves what the first fetched.
+        gone = requests.delete(f"{internet.url}/v2/{QUAY_PROXY}/manifests/{digest}", timeout=10)
+        assert gone.status_code == 202
+        assert manifest(internet.url, name).status_code == 404
+        assert run(2, internet.url) == (200, 200)
+    # A fresh storage has nothing to fall back on: the registry's own answer.
+    storage = tmp_path / "fresh"
+    with run_registry(binary, tmp_path / "internet2") as empty:
+        assert run(3, empty.url)[0] == 404
+
+
+def test_docker_push_from_the_local_engine_keeps_the_image_id(offline: NodeMirrors, tmp_path: Path) -> None:
+    from e2e.cluster.kind import docker_preflight
+    from e2e.errors import HarnessError
+
+    try:
+        docker_preflight()
+    except HarnessError as exc:
+        unavailable(str(exc))
+    image = "kserve-compat.local/mirror-test:v1"
+    # A one-file image made here (docker import of a tar): nothing is pulled.
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        info = tarfile.TarInfo("hello.txt")
+        data = tmp_path.name.encode()  # unique per run, so the push is never a no-op
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    subprocess.run(["docker", "import", "-", image], input=archive.getvalue(), check=True, capture_output=True)
+    try:
+        image_id = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", image], check=True,
+                                  capture_output=True, text=True).stdout.strip()
+        own = offline.mirror("kserve-compat.local")
+        own.push(image, "mirror-test:v1")
+        assert own.config_digest("mirror-test:v1") == image_id
+        listed = subprocess.run(["docker", "image", "ls", "--format", "{{.Repository}}"], check=True,
+                                capture_output=True, text=True).stdout
+        assert "127.0.0.1:" not in listed  # the push's temporary tag is gone
+    finally:
+        subprocess.run(["docker", "rmi", "-f", image], capture_output=True, check=False)
