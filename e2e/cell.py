@@ -265,6 +265,13 @@ class CellRun:
     def fail_with(self, exc: BaseException) -> None:
         """Turn a failed step into the cell's verdict, with its evidence."""
         evidence: list[str] = list(getattr(exc, "evidence", []) or [])
+        broken_registry = self.cluster.provider.registry_problem() if self.cluster is not None else []
+        if isinstance(exc, ImageUnavailable) and broken_registry:
+            # Not the image's fault: a registry mirror of the run died under the pull.
+            self.result.verdict = Verdict.ERROR
+            self.result.reason = f"{broken_registry[0]}; the pull failed with: {str(exc).splitlines()[0]}"
+            self.result.notes += broken_registry[:12]
+            return
         if isinstance(exc, ImageUnavailable):
             self.result.verdict = Verdict.IMAGE_UNAVAILABLE
         elif isinstance(exc, (CellSkipped, WorkloadUnavailable)):

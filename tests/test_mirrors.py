@@ -178,3 +178,38 @@ def test_docker_push_from_the_local_engine_keeps_the_image_id(offline: NodeMirro
         assert "127.0.0.1:" not in listed  # the push's temporary tag is gone
     finally:
         subprocess.run(["docker", "rmi", "-f", image], capture_output=True, check=False)
+
+
+def test_a_mirror_that_died_is_named_with_its_last_lines(offline: NodeMirrors) -> None:
+    quay = offline.mirror("quay.io")
+    assert offline.broken() == []
+    quay.process.stop()
+    broken = offline.broken()
+    assert broken[0].startswith(f"mirror of quay.io ({quay.node_url}): exited with")
+    assert any("listening on 127.0.0.1" in line for line in broken[1:]), broken
+
+
+def test_a_pull_that_failed_because_a_mirror_died_is_an_error_not_image_unavailable() -> None:
+    from types import SimpleNamespace
+
+    from e2e.cell import CellRun
+    from e2e.matrix import load_matrix
+    from e2e.results import Verdict
+    from e2e.rollout import ImageUnavailable
+    from e2e.scenario import load_scenarios
+
+    cell = load_matrix().cell("kserve-v0.14.0--quay-v0.22.1--k8s-1.34")
+    scenario = next(s for s in load_scenarios() if s.name == "fresh-install")
+    harness = SimpleNamespace(options=SimpleNamespace(provider="kind"))
+    pull = ImageUnavailable("quay.io/brancz/kube-rbac-proxy:v0.22.1: ErrImagePull: connection refused")
+
+    died = ["mirror of quay.io (http://gw:1): exited with -9", "last line"]
+    for problem, verdict in ([], Verdict.IMAGE_UNAVAILABLE), (died, Verdict.ERROR):
+        run = CellRun(harness, cell, scenario)  # type: ignore[arg-type]
+        provider = SimpleNamespace(registry_problem=lambda p=problem: p)
+        run.cluster = SimpleNamespace(provider=provider)  # type: ignore[assignment]
+        run.fail_with(pull)
+        assert run.result.verdict is verdict
+        if problem:
+            assert run.result.reason.startswith("mirror of quay.io (http://gw:1): exited with -9; the pull failed")
+            assert "last line" in run.result.notes

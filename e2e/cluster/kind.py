@@ -992,9 +992,8 @@ class KindCluster(ClusterProvider):
                 continue
             mirror.push(image, name, self.options.docker)
 
-    def pull_evidence(self) -> list[str]:
-        """The mirrors' state and last log lines, for a failed pull."""
-        return self.mirrors.evidence()
+    def registry_problem(self) -> list[str]:
+        return self.mirrors.broken()
 
     def start_prometheus(self, jobs: Sequence[ScrapeJob]) -> None:
         """The local tier's Prometheus as a Deployment (``e2e/data/manifests/prometheus.yaml``): its

@@ -246,8 +246,9 @@ class NodeMirrors:
         for mirror in mirrors:
             mirror.stop()
 
-    def evidence(self) -> list[str]:
-        return [line for mirror in self.mirrors.values() for line in mirror.evidence()]
+    def broken(self) -> list[str]:
+        """The state and last log lines of every mirror that is no longer running."""
+        return [line for mirror in list(self.mirrors.values()) if not mirror.alive for line in mirror.evidence()]
 
     def describe(self) -> list[str]:
         return [

@@ -69,7 +69,13 @@ class ClusterProvider(abc.ABC):
 
     @abc.abstractmethod
     def load_images(self, images: Sequence[str]) -> None:
-        """Make images available to the nodes (kind: ``kind load``; local: binaries exist)."""
+        """Make images available to the nodes (kind: into the run's registry mirrors, which
+        the kubelet pulls from; local: binaries exist)."""
+
+    def registry_problem(self) -> list[str]:
+        """Evidence that a registry the nodes pull from is broken (a mirror of the run that
+        died), empty when none is: a pull failure is then the image's, not the harness's."""
+        return []
 
     @abc.abstractmethod
     def sync_workloads(self) -> list[str]:
