@@ -241,16 +241,29 @@ class Selection:
     @classmethod
     def from_options(
         cls,
-        kserve: str | None = None,
-        proxy: str | None = None,
-        k8s: str | None = None,
+        kserve: str | Iterable[str] | None = None,
+        proxy: str | Iterable[str] | None = None,
+        k8s: str | Iterable[str] | None = None,
         cells: Iterable[str] = (),
-        variants: str | None = None,
+        variants: str | Iterable[str] | None = None,
         all_releases: bool = False,
         proxy_images: Iterable[str] = (),
         proxy_binary: str | None = None,
     ) -> Selection:
-        """The selection of command-line values; malformed ones are one-line UsageErrors."""
+        """The selection of command-line values; malformed ones are one-line UsageErrors.
+
+        Every list takes repeats and commas alike (``--kserve a --kserve b,c``). ``--cell``
+        names exact cells, so it cannot be combined with the options it would override.
+        """
+        cell_ids = tuple(c for cell in cells for c in _split(cell))
+        if cell_ids:
+            overridden = [name for name, value in (("--kserve", kserve), ("--proxy", proxy), ("--k8s", k8s))
+                          if _split(value)]
+            if overridden:
+                raise UsageError(
+                    f"--cell {cell_ids[0]}: names exact cells, so {', '.join(overridden)} would be ignored; "
+                    "expected --cell alone or the selection options alone"
+                )
         kserve_versions = _split(kserve)
         for version in kserve_versions:
             check_release_tag(version)
@@ -270,7 +283,7 @@ class Selection:
             kserve=kserve_versions,
             proxy=_split(proxy),
             k8s=_split(k8s),
-            cells=tuple(c for cell in cells for c in _split(cell)),
+            cells=cell_ids,
             variants=_split(variants),
             all_releases=all_releases,
             proxy_images=images,
@@ -284,10 +297,13 @@ class Selection:
         return {self.proxy_images[0]: Path(self.proxy_binary)}
 
 
-def _split(value: str | None) -> tuple[str, ...]:
+def _split(value: str | Iterable[str] | None) -> tuple[str, ...]:
+    """``"a,b"`` or ``["a", "b,c"]`` (repeated options) as one tuple, in order, once each."""
     if not value:
         return ()
-    return tuple(part.strip() for part in value.split(",") if part.strip())
+    values = [value] if isinstance(value, str) else list(value)
+    parts = (part.strip() for item in values for part in item.split(","))
+    return tuple(dict.fromkeys(part for part in parts if part))
 
 
 @dataclass(frozen=True)

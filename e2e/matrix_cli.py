@@ -11,15 +11,24 @@ def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
     """The cell-selection options, shared by every command that runs or plans cells."""
     parser.add_argument("--matrix", metavar="FILE", help="matrix file (default: e2e/data/matrix.yaml)")
     parser.add_argument(
-        "--kserve", metavar="V[,V]", help="KServe release tags, e.g. v0.14.0,v0.15.0 (any release of a listed line)"
+        "--kserve", action="append", metavar="V[,V]",
+        help="KServe release tags, e.g. v0.14.0,v0.15.0 (any release of a listed line; repeatable)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--proxy", action="append", metavar="ALIAS[,ALIAS]", help="proxy image aliases, e.g. quay-v0.18.0 (repeatable)"
     )
-    parser.add_argument("--proxy", metavar="ALIAS[,ALIAS]", help="proxy image aliases, e.g. quay-v0.18.0")
     parser.add_argument(
         "--proxy-image", action="append", default=[], metavar="REF", help="an ad-hoc proxy image, e.g. a patched build"
     )
-    parser.add_argument("--k8s", metavar="V[,V]", help="Kubernetes versions, e.g. 1.33")
-    parser.add_argument("--cell", action="append", default=[], metavar="ID[,ID]", help="exact cell ids")
-    parser.add_argument("--variant", metavar="NAME[,NAME]", help="extra variant cells, e.g. drop-logtostderr")
+    parser.add_argument("--k8s", action="append", metavar="V[,V]", help="Kubernetes versions, e.g. 1.33 (repeatable)")
+    parser.add_argument(
+        "--cell", action="append", default=[], metavar="ID[,ID]",
+        help="exact cell ids (repeatable; not with --kserve, --proxy or --k8s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--variant", action="append", metavar="NAME[,NAME]",
+        help="extra variant cells, e.g. drop-logtostderr (repeatable)",
+    )  # fmt: skip
     parser.add_argument(
         "--all-releases", action="store_true", help="every release in the matrix file, not only latest patches"
     )

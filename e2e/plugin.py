@@ -51,11 +51,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("kserve-compat", "kserve-compat harness")
     group.addoption("--provider", choices=("kind", "local"), default="local", help="cluster provider (default local)")
     group.addoption("--matrix", metavar="FILE", default=None, help="matrix file (default e2e/data/matrix.yaml)")
-    group.addoption("--kserve", metavar="V[,V]", default=None, help="KServe release tags, e.g. v0.14.0,v0.15.0")
-    group.addoption("--proxy", metavar="ALIAS[,ALIAS]", default=None, help="proxy image aliases, e.g. quay-v0.18.0")
-    group.addoption("--k8s", metavar="V[,V]", default=None, help="Kubernetes versions, e.g. 1.33")
-    group.addoption("--cell", action="append", default=[], metavar="ID[,ID]", help="exact cell ids")
-    group.addoption("--variant", metavar="NAME[,NAME]", default=None, help="extra variant cells")
+    group.addoption("--kserve", action="append", metavar="V[,V]", help="KServe release tags, e.g. v0.14.0 (repeatable)")
+    group.addoption("--proxy", action="append", metavar="ALIAS[,ALIAS]", help="proxy image aliases (repeatable)")
+    group.addoption("--k8s", action="append", metavar="V[,V]", help="Kubernetes versions, e.g. 1.33 (repeatable)")
+    group.addoption("--cell", action="append", default=[], metavar="ID[,ID]",
+                    help="exact cell ids (repeatable; not with --kserve, --proxy or --k8s)")
+    group.addoption("--variant", action="append", metavar="NAME[,NAME]", help="extra variant cells (repeatable)")
     group.addoption("--all-releases", action="store_true", help="every release of the matrix, not only latest patches")
     group.addoption(
         "--proxy-image", action="append", default=[], metavar="REF", help="an ad-hoc proxy image, e.g. a patched build"

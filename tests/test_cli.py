@@ -177,7 +177,7 @@ def test_only_the_chosen_command_module_is_loaded() -> None:
     parser = cli.build_parser("matrix", loader=loader)
     assert loaded == ["e2e.matrix_cli"]
     args = parser.parse_args(["matrix", "--github", "--k8s", "1.33"])
-    assert args.github and args.k8s == "1.33" and args._module == "e2e.matrix_cli"
+    assert args.github and args.k8s == ["1.33"] and args._module == "e2e.matrix_cli"
     # no command: nothing loaded at all
     loaded.clear()
     cli.build_parser(None, loader=loader)

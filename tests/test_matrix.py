@@ -620,3 +620,18 @@ def test_variant_args_as_a_string_are_not_split_into_characters(tmp_path: Path, 
         assert "http2-disable" in str(exc) and "\n" not in str(exc)
         return
     assert loaded.variant("http2-disable").args_add == ("--http2-disable",)
+
+
+def test_list_options_take_repeats_and_commas_alike() -> None:
+    repeated = Selection.from_options(kserve=["v0.14.0", "v0.15.0,v0.20.0"], proxy=["quay-v0.22.1"], k8s=["1.34"])
+    commas = Selection.from_options(kserve="v0.14.0,v0.15.0,v0.20.0", proxy="quay-v0.22.1", k8s="1.34")
+    assert repeated == commas
+    assert repeated.kserve == ("v0.14.0", "v0.15.0", "v0.20.0")
+    assert Selection.from_options(kserve=["v0.14.0", "v0.14.0"]).kserve == ("v0.14.0",)
+
+
+@pytest.mark.parametrize("option", ["kserve", "proxy", "k8s"])
+def test_cell_with_a_selection_option_it_would_override_is_refused(option: str) -> None:
+    with pytest.raises(UsageError, match=rf"--cell kserve-v0.14.0--quay-v0.22.1--k8s-1.34: names exact cells, "
+                                         rf"so --{option} would be ignored"):
+        Selection.from_options(cells=["kserve-v0.14.0--quay-v0.22.1--k8s-1.34"], **{option: "x"})
