@@ -248,8 +248,9 @@ def _owner(node: yaml.MappingNode, outer: _Owner) -> _Owner:
     return _Owner(kind, _scalar(_get(metadata, "namespace")), _scalar(_get(metadata, "name")))
 
 
-def image_uses(source: str, text: str) -> Iterator[tuple[str, ImageUse]]:
-    """(image, where) for every container image in a multi-document YAML text."""
+def image_uses(source: str, text: str, objects: list[str] | None = None) -> Iterator[tuple[str, ImageUse]]:
+    """(image, where) for every container image in a multi-document YAML text; ``objects``
+    collects the kind of each Kubernetes object (apiVersion and kind) the text holds."""
     try:
         documents = list(yaml.compose_all(text, Loader=YAML_LOADER))
     except yaml.MarkedYAMLError as exc:
@@ -260,6 +261,10 @@ def image_uses(source: str, text: str) -> Iterator[tuple[str, ImageUse]]:
     except yaml.YAMLError as exc:
         raise UsageError(f"manifest {source}: not valid YAML ({' '.join(str(exc).split())})") from None
     for document in documents:
+        if objects is not None and isinstance(document, yaml.MappingNode) and _scalar(_get(document, "apiVersion")):
+            kind = _scalar(_get(document, "kind"))
+            if kind:
+                objects.append(kind)
         # CRDs are most of a release manifest's bytes and are schemas, never workloads.
         if document is not None and not _is_crd(document):
             yield from _walk(source, document, "", _Owner(), set())
@@ -320,10 +325,17 @@ def _containers(source: str, node: yaml.SequenceNode, path: str, owner: _Owner) 
 def audit(sources: Iterable[tuple[str, str]], probe: RegistryProbe | None = None) -> AuditReport:
     images: dict[str, AuditedImage] = {}
     count = 0
+    names: list[str] = []
+    objects: list[str] = []
     for source, text in sources:
         count += 1
-        for image, use in image_uses(source, text):
+        names.append(source)
+        for image, use in image_uses(source, text, objects):
             images.setdefault(image, AuditedImage(image)).uses.append(use)
+    if not objects:
+        shown = ", ".join(names[:3]) + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
+        raise UsageError(f"{shown or 'the input'}: no Kubernetes objects (apiVersion and kind) found; "
+                         "expected manifests, or Helm/Kustomize output on stdin")
     for audited in images.values():
         try:
             audited.reference = ImageReference.parse(audited.image)

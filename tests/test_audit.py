@@ -354,3 +354,21 @@ def test_help_lists_the_exit_codes() -> None:
     codes = result.stdout.split("exit codes:")[1]
     for code in (EXIT_CLEAN, 2, EXIT_RETIRED, EXIT_UNAVAILABLE, EXIT_UNCHECKED):
         assert f"  {code}  " in codes
+
+
+@pytest.mark.parametrize(("text", "what"), [("", "empty"), ("foo: bar\nlist: [1, 2]\n", "YAML, not Kubernetes")])
+def test_input_without_kubernetes_objects_is_a_usage_error(tmp_path: Path, text: str, what: str) -> None:
+    source = tmp_path / "input.yaml"
+    source.write_text(text)
+    result = kserve_compat("audit", str(source))
+    assert result.returncode == 2, (what, result.stdout)
+    assert result.stderr.strip() == (
+        f"kserve-compat audit: {source}: no Kubernetes objects (apiVersion and kind) found; "
+        "expected manifests, or Helm/Kustomize output on stdin"
+    )
+
+
+def test_objects_without_containers_are_clean_not_an_error() -> None:
+    result = kserve_compat("audit", "-", stdin="apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n")
+    assert result.returncode == EXIT_CLEAN, result.stderr
+    assert "no container images found" in result.stdout
