@@ -336,12 +336,13 @@ class Matrix:
         base = next((r for r in siblings if r.latest_patch), max(siblings, key=lambda r: version_key(r.version)))
         return replace(base, version=version, latest_patch=False, derived_from=base.version)
 
-    def proxy(self, alias_or_image: str) -> ProxyImage:
+    def proxy(self, alias_or_image: str, option: str = "--proxy") -> ProxyImage:
+        """The entry of an alias or image; ``option`` names the user's option in the error."""
         for proxy in self.proxies:
             if alias_or_image in (proxy.alias, proxy.image):
                 return proxy
         known = ", ".join(p.alias for p in self.proxies)
-        raise UsageError(f"--proxy {alias_or_image}: unknown proxy image alias; expected one of {known}")
+        raise UsageError(f"{option} {alias_or_image}: unknown proxy image alias; expected one of {known}")
 
     def proxy_for_image(self, image: str) -> ProxyImage:
         """The matrix entry for an image reference, or an ad-hoc one if the matrix lacks it."""

@@ -199,3 +199,9 @@ def test_a_broken_sibling_command_does_not_break_matrix(
     # the control: the broken command itself does fail
     with pytest.raises(ModuleNotFoundError):
         cli.main(["report", "reports/"])
+
+
+def test_an_unknown_target_proxy_is_named_by_its_own_option(capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["preflight", "--target-proxy", "nope", "--kubeconfig", "/dev/null"])
+    assert code == 2
+    assert capsys.readouterr().err.startswith("kserve-compat preflight: --target-proxy nope: unknown proxy image alias")

@@ -60,7 +60,8 @@ def resolve_target(options: Options, matrix: Matrix) -> tuple[str | None, str]:
     if options.target_image and options.target_proxy:
         raise UsageError("--target-image and --target-proxy: expected one of them, not both")
     if options.target_proxy:
-        return matrix.proxy(options.target_proxy).image, f"--target-proxy {options.target_proxy}"
+        proxy = matrix.proxy(options.target_proxy, option="--target-proxy")
+        return proxy.image, f"--target-proxy {options.target_proxy}"
     if options.target_image:
         ImageReference.parse(options.target_image)  # a bad reference is a usage error, not a finding
         return options.target_image, "--target-image"
