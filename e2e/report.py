@@ -191,10 +191,16 @@ def _redacted(value: Any) -> Any:
     return value
 
 
+REPORT_FILE_MODE = 0o644
+
+
 def _write_atomic(target: Path, text: str) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     # Write beside the target, then rename: a reader sees the old file or the new one.
     descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    # mkstemp makes the file 0600; reports are for the user's group and CI viewers too (they
+    # hold no token: everything written here is redacted).
+    os.fchmod(descriptor, REPORT_FILE_MODE)
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             handle.write(text)
@@ -606,6 +612,9 @@ table { border-collapse: collapse; margin: 0.5rem 0 1rem; }
 th, td { border: 1px solid #d0d7de; padding: 0.3rem 0.6rem; text-align: center; }
 th:first-child, td:first-child { text-align: left; }
 td.pass { background: #dafbe1; } td.fail, td.image-unavailable { background: #ffebe9; }
+td.image-unavailable.expected { background: #ddf4ff; color: #0a3069; }
+td a { color: inherit; text-decoration: none; display: block; }
+details { margin: 0.3rem 0; } details table { margin: 0.3rem 0 0.3rem 1rem; } .check-fail { color: #cf222e; }
 td.error { background: #fff8c5; } td.skipped, td.not-run { background: #f6f8fa; }
 td.leak { outline: 3px solid #cf222e; outline-offset: -3px; }
 code, pre { font-family: ui-monospace, monospace; background: #f6f8fa; }
@@ -655,9 +664,18 @@ def _html_group(group: _Group, matrix: Matrix | None) -> list[str]:
         cells = []
         for alias in columns:
             result = by_cell.get((release, alias))
-            css = "not-run" if result is None else result.verdict.value + (" leak" if result.findings else "")
-            tip = "not run" if result is None else f"{result.cell_id}: {result.verdict.value}"
-            cells.append(f'<td class="{css}" title="{_h(tip)}">{_h(cell_symbol(result))}</td>')
+            if result is None:
+                cells.append(f'<td class="not-run" title="not run">{_h(cell_symbol(result))}</td>')
+                continue
+            # An expected verdict (a retired image) looks apart from a failure; each cell links
+            # to its checks and evidence below.
+            expected = " expected" if expected_unavailable(result, matrix) else ""
+            css = result.verdict.value + expected + (" leak" if result.findings else "")
+            tip = f"{result.cell_id}: {result.verdict.value}" + (" (expected: retired registry)" if expected else "")
+            cells.append(
+                f'<td class="{css}" title="{_h(tip)}"><a href="#{_h(_cell_anchor(result))}">'
+                f"{_h(cell_symbol(result))}</a></td>"
+            )
         out.append(f"<tr><td>{_h(release)}</td>" + "".join(cells) + "</tr>")
     out.append("</table>")
     deviations = _unique(d for r in group.results for d in r.deviations)
@@ -681,6 +699,8 @@ def _html_group(group: _Group, matrix: Matrix | None) -> list[str]:
                 + "</li>"
             )
         out.append("</ul>")
+    out.append("<h3>Cells</h3>")
+    out += [_html_cell_details(result, matrix) for result in group.results]
     findings = [(r, f) for r in group.results for f in r.findings]
     if findings:
         out.append("<h3>Security findings</h3><ul>")
@@ -694,6 +714,36 @@ def _html_group(group: _Group, matrix: Matrix | None) -> list[str]:
             )
         out.append("</ul>")
     return out
+
+
+def _cell_anchor(result: CellResult) -> str:
+    return f"cell-{result.provider}-{result.cell_id}"
+
+
+def _html_cell_details(result: CellResult, matrix: Matrix | None) -> str:
+    """One cell's checks (status, detail, evidence) and where its diagnostics are, folded."""
+    expected = " (expected: retired registry)" if expected_unavailable(result, matrix) else ""
+    summary = (
+        f"<summary><code>{_h(result.cell_id)}</code> {_h(VERDICT_SYMBOLS[result.verdict])} "
+        f"{_h(result.verdict.value + expected)}" + (f" — {_h(one_line(result.reason))}" if result.reason else "")
+        + "</summary>"
+    )
+    rows = []
+    for check in result.checks:
+        css = "" if check.passed or check.status.value == "skipped" else ' class="check-fail"'
+        evidence = f"<pre>{_h(chr(10).join(check.evidence))}</pre>" if check.evidence else ""
+        rows.append(
+            f"<tr><td><code>{_h(check.name)}</code></td><td{css}>{_h(check.status.value)}</td>"
+            f'<td style="text-align:left">{_h(one_line(check.detail))}{evidence}</td></tr>'
+        )
+    table = "<table><tr><th>check</th><th>status</th><th>detail</th></tr>" + "".join(rows) + "</table>" if rows else ""
+    diagnostics = (
+        f"<p>Diagnostics (<code>diagnostics/{_h(result.cell_id)}/</code>):</p>"
+        f"<pre>{_h(chr(10).join(result.diagnostics))}</pre>"
+        if result.diagnostics
+        else ""
+    )
+    return f'<details id="{_h(_cell_anchor(result))}">{summary}{table}{diagnostics}</details>'
 
 
 def _html_recommendations(results: Sequence[CellResult], matrix: Matrix | None) -> list[str]:

@@ -10,6 +10,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -455,7 +456,12 @@ def test_html_is_self_contained_balanced_and_escapes_markup(sample: list[CellRes
     checker.close()
     assert checker.mismatches == [] and checker.open == []
     assert "script" not in checker.tags and "link" not in checker.tags
-    assert not [value for name, value in checker.attributes if name in ("src", "href")]
+    assert not [value for name, value in checker.attributes if name == "src"]
+    # Links stay inside the page: each grid cell points at its own details.
+    links = [value for name, value in checker.attributes if name == "href"]
+    ids = {value for name, value in checker.attributes if name == "id"}
+    assert links and all(link.startswith("#") and link[1:] in ids for link in links)
+    assert len(links) == len(sample)
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     text = "".join(checker.text)
     assert "<script>alert(1)</script>" in text  # shown to the reader as text
@@ -676,3 +682,23 @@ def test_cli_bad_matrix_file_is_one_line_exit_2(tmp_path: Path) -> None:
     done = _cli(str(results), "--matrix", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "out"))
 
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "none.yaml" in done.stderr
+
+
+def test_report_files_are_readable_by_the_users_group(tmp_path: Path, sample: list[CellResult]) -> None:
+    paths = report.write_reports(sample, tmp_path)
+    saved = report.save_result(sample[0], tmp_path / "one")
+    for path in [*paths.values(), saved]:
+        assert path.stat().st_mode & 0o777 == 0o644, path.name
+
+
+def test_html_sets_an_expected_verdict_apart_from_a_failure(sample: list[CellResult], matrix: Matrix) -> None:
+    page = report.html_report(sample, matrix)
+    retired = re.search(r'<td class="([^"]*)" title="kserve-v0\.12\.1--gcr-v0\.13\.1--k8s-1\.34[^"]*">', page)
+    failed = re.search(r'<td class="([^"]*)" title="kserve-v0\.14\.1--quay-v0\.22\.1--k8s-1\.34[^"]*">', page)
+    assert retired and failed
+    assert retired.group(1).split() == ["image-unavailable", "expected"]
+    assert failed.group(1).split() == ["fail"]
+    css_rule = re.search(r"td\.image-unavailable\.expected \{ background: (#[0-9a-f]+)", page)
+    assert css_rule and css_rule.group(1) != "#ffebe9"  # not the failure's red
+    details = page.split('id="cell-kind-kserve-v0.14.1--quay-v0.22.1--k8s-1.34"')[1].split("</details>")[0]
+    assert "metrics-no-token" in details and "expected 401, got 500" in details
