@@ -45,6 +45,7 @@ _CELLS = pytest.StashKey[list[MatrixCell]]()
 _MATRIX = pytest.StashKey[Matrix]()
 _HARNESS = pytest.StashKey[Harness]()
 _DESELECTED = pytest.StashKey[dict[tuple[str, str], list[str]]]()  # (scenario, reason) -> cell ids
+_PLANNED = pytest.StashKey[bool]()  # --plan printed the plan: nothing is to run
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -233,7 +234,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
         runs = [(scenario, cell) for item in items if (scenario := scenario_of(item)) and (cell := _cell_of(item))]
         print("\n" + render_plan(_harness_options(config), runs))
-        pytest.exit("plan printed; nothing was touched", returncode=0)
+        # Nothing runs: every scenario test is deselected, so the run ends "N deselected",
+        # exit 0, without pytest.exit's "!!! Exit" banner.
+        config.stash[_PLANNED] = True
+        config.hook.pytest_deselected(items=list(session.items))
+        session.items.clear()
 
 
 def _harness_options(config: pytest.Config) -> HarnessOptions:
@@ -328,6 +333,9 @@ def failure_message(result: CellResult, expected: Verdict) -> str:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Write the grid (JSON, Markdown, HTML, JUnit) and the GitHub step summary."""
+    if session.config.stash.get(_PLANNED, False) and exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+        session.exitstatus = pytest.ExitCode.OK  # --plan: the plan was the whole job
+        return
     run = session.config.stash.get(_HARNESS, None)
     if run is None or not run.results:
         return

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -381,6 +382,9 @@ def test_pytest_plan_prints_the_plan_and_exits_0(tmp_path: Path) -> None:
     assert "   run fresh-install on kserve-v0.14.0--quay-v0.18.0--k8s-1." in done.stdout
     assert "kserve-compat: migration not run for kserve-v0.14.0--quay-v0.18.0--k8s-1." in done.stdout
     assert list((tmp_path / "home").iterdir()) == []
+    # It ends like a run that had nothing to do, not with pytest.exit's banner.
+    assert "!!!" not in done.stdout + done.stderr and "Exit:" not in done.stdout + done.stderr
+    assert re.search(r"=+ \d+ deselected in [\d.]+s =+\s*$", done.stdout), done.stdout[-300:]
 
 
 def test_kind_without_docker_stops_with_one_line_pointing_to_local(
