@@ -36,6 +36,13 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """The documentation site (docs/, mkdocs.yml) into site/, strictly: a broken link or page fails."""
+    session.install("mkdocs>=1.6")
+    session.run("mkdocs", "build", "--strict", "--clean")
+
+
+@nox.session(python=PYTHON)
 def flakes(session: nox.Session) -> None:
     """Flake hunt: the suite several times (optionally beside stress-ng), failures tallied per test.
 

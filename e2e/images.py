@@ -261,7 +261,7 @@ class RetiredRegistry:
 RETIRED_REGISTRIES: tuple[RetiredRegistry, ...] = (
     RetiredRegistry(
         prefix="gcr.io/kubebuilder",
-        retired="deleted in March 2025: pulls fail",
+        retired="deletion announced for 2025-03-18; pulls fail since about 2026-03-06 (NotFound)",
         replacements=(
             Replacement("registry.k8s.io/kubebuilder", "frozen"),
             Replacement("quay.io/brancz", "maintained", repositories=("kube-rbac-proxy",)),

@@ -78,7 +78,7 @@ REPORT_FILES: dict[str, str] = {
 
 # Used only when no matrix describes a release: the names every KServe release v0.10-v0.20
 # uses for its controller (checked against each release's install/<version>/kserve.yaml by
-# tests/test_manifests.py), and the registry path that was deleted in March 2025.
+# tests/test_manifests.py), and the registry path whose pulls fail since about 2026-03-06.
 _FALLBACK_NAMESPACE = "kserve"
 _FALLBACK_DEPLOYMENT = "kserve-controller-manager"
 _FALLBACK_PROXY_CONTAINER = "kube-rbac-proxy"

@@ -292,7 +292,7 @@ def test_a_proxy_that_exits_fails_the_cell_with_its_exit_code_and_output(tmp_pat
     and the cell fails with the exit code and the proxy's own words as evidence."""
     matrix = tmp_path / "matrix.yaml"
     matrix.write_text(
-        (REPO / "scenarios" / "matrix.yaml").read_text()
+        (REPO / "e2e" / "data" / "matrix.yaml").read_text()
         + "  - name: unknown-flag\n    description: a flag no kube-rbac-proxy knows\n"
         + '    args_add: ["--no-such-flag=1"]\n'
     )

@@ -156,12 +156,12 @@ def _yaml_after(text: str, marker: str) -> Any:
 
 
 def test_readme_and_kind_manifest_show_the_config_the_local_tier_runs() -> None:
-    """The README's copyable scrape config and the kind manifest's ConfigMap are the local
+    """The docs' copyable scrape config and the kind manifest's ConfigMap are the local
     configuration with the Service's DNS name and in-pod token files."""
     expected = scrape.in_cluster_config(TARGET)
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "prometheus.md").read_text()
     assert _yaml_after(readme, "<!-- scrape-config -->") == expected
-    documents = list(yaml.safe_load_all((REPO / "manifests" / "prometheus.yaml").read_text()))
+    documents = list(yaml.safe_load_all((REPO / "e2e" / "data" / "manifests" / "prometheus.yaml").read_text()))
     (config_map,) = [d for d in documents if d["kind"] == "ConfigMap"]
     # The harness's Prometheus reads the tokens it minted from a Secret (the leak check knows them).
     assert yaml.safe_load(config_map["data"]["prometheus.yml"]) == scrape.in_cluster_config(

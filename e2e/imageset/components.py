@@ -442,7 +442,7 @@ def _proxy_job(version: str, engine: str | None) -> _Job:
 
 def _retired_proxy(image: str, version: str) -> _Job:
     detail = (
-        "retired registry path (gcr.io/kubebuilder was deleted in March 2025): never built here, "
+        "retired registry path (gcr.io/kubebuilder: pulls fail since about 2026-03-06): never built here, "
         "so the kubelet's real pull error decides its verdict"
     )
     return _Job(PlannedImage(image, PROXY, version, UNAVAILABLE, detail), None)
