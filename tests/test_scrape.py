@@ -185,7 +185,7 @@ def test_readme_and_kind_manifest_show_the_config_the_local_tier_runs() -> None:
     assert {"name": "scrape-tokens", "mountPath": scrape.IN_CLUSTER_TOKENS_DIR, "readOnly": True} in mounts
     kinds = {(d["kind"], d["metadata"]["name"]) for d in documents}
     assert ("Deployment", "prometheus") in kinds
-    access = list(yaml.safe_load_all((REPO / "manifests" / "metrics-access.yaml").read_text()))
+    access = list(yaml.safe_load_all((REPO / "e2e" / "data" / "manifests" / "metrics-access.yaml").read_text()))
     (binding,) = [d for d in access if d["kind"] == "ClusterRoleBinding"]
     assert {"kind": "ServiceAccount", "name": "prometheus", "namespace": "kserve-compat"} in binding["subjects"]
 
