@@ -213,3 +213,53 @@ def test_a_pull_that_failed_because_a_mirror_died_is_an_error_not_image_unavaila
         if problem:
             assert run.result.reason.startswith("mirror of quay.io (http://gw:1): exited with -9; the pull failed")
             assert "last line" in run.result.notes
+
+
+def test_images_push_seeds_a_users_registry_under_upstream_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`kserve-compat images push --to REGISTRY`: what is built goes in, under the path
+    containerd asks a host's mirror for; what is not built is named and fails the command."""
+    from e2e import cli
+    from e2e.cluster.kind import docker_preflight
+    from e2e.errors import HarnessError
+    from e2e.imageset import components
+
+    try:
+        docker_preflight()
+    except HarnessError as exc:
+        unavailable(str(exc))
+    image = "quay.io/kserve-compat-test/push-me:v1"
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        info = tarfile.TarInfo("hello.txt")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"hello"))
+    subprocess.run(["docker", "import", "-", image], input=archive.getvalue(), check=True, capture_output=True)
+    planned = [
+        components.PlannedImage(image, "kube-rbac-proxy", "v1", components.BUILT),
+        components.PlannedImage("kserve-compat/kind-node:v1.34.4", "node", "v1.34.4", components.BUILT),
+        components.PlannedImage("quay.io/brancz/kube-rbac-proxy:v0.13.1", "kube-rbac-proxy", "v0.13.1",
+                                components.UNAVAILABLE, "the Go module proxy refuses v0.13.1"),
+    ]
+    monkeypatch.setattr(components, "required_images", lambda **_: planned)
+    binary = find_registry_binary()
+    assert binary is not None
+    try:
+        with run_registry(binary, tmp_path / "site") as site:
+            code = cli.main(["images", "push", "--to", site.host, "--kserve", "v0.14.0"])
+            out = capsys.readouterr().out
+            assert code == 1, out  # one image of the set is not built
+            assert f"{image} -> {site.host}/kserve-compat-test/push-me:v1" in out
+            assert "not pushed: quay.io/brancz/kube-rbac-proxy:v0.13.1 (unavailable: the Go module proxy" in out
+            assert "kind-node" not in out.split("not pushed")[0]  # kind's node image is not for the kubelet
+            assert manifest(site.url, "kserve-compat-test/push-me:v1").status_code == 200
+    finally:
+        subprocess.run(["docker", "rmi", "-f", image], capture_output=True, check=False)
+
+
+def test_images_push_without_a_registry_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from e2e import cli
+
+    assert cli.main(["images", "push", "--kserve", "v0.14.0"]) == 2
+    assert "images push: expected --to REGISTRY" in capsys.readouterr().err

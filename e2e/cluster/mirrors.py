@@ -158,13 +158,8 @@ class RegistryMirror(OneProcess):
 
     def push(self, image: str, name: str, docker: str = "docker") -> None:
         """Copy ``image`` from the local Docker engine into the mirror as ``name``."""
-        local = f"127.0.0.1:{self.port}/{name}"
-        _docker([docker, "tag", image, local], f"docker tag {image}")
-        try:
-            log.info("pushing %s into the mirror of %s (from the local Docker engine)", image, self.host)
-            _docker([docker, "push", local], f"docker push {image} to the mirror of {self.host}", PUSH_TIMEOUT_S)
-        finally:
-            subprocess.run([docker, "rmi", local], capture_output=True, check=False)
+        log.info("pushing %s into the mirror of %s (from the local Docker engine)", image, self.host)
+        push_from_engine(image, f"127.0.0.1:{self.port}/{name}", docker)
 
     def evidence(self) -> list[str]:
         """Why the mirror may have failed a pull: alive or not, and its last log lines."""
@@ -255,6 +250,22 @@ class NodeMirrors:
             f"{host} -> {mirror.node_url} ({'pull-through ' + mirror.remote if mirror.remote else 'pushed here'})"
             for host, mirror in sorted(self.mirrors.items())
         ]
+
+
+def push_from_engine(image: str, target: str, docker: str = "docker") -> None:
+    """``docker push`` of the local ``image`` as ``target`` (a temporary tag, removed after)."""
+    _docker([docker, "tag", image, target], f"docker tag {image} {target}")
+    try:
+        _docker([docker, "push", target], f"docker push {target}", PUSH_TIMEOUT_S)
+    finally:
+        subprocess.run([docker, "rmi", target], capture_output=True, check=False)
+
+
+def registry_name(image: str, registry: str) -> str:
+    """Where ``image`` goes in a user's registry that mirrors every upstream host: its path
+    there is the upstream path (``quay.io/brancz/x:v1`` -> ``REGISTRY/brancz/x:v1``), which is
+    what containerd asks a ``server`` of certs.d/<host>/hosts.toml for."""
+    return f"{registry.rstrip('/')}/{upstream_name(image)[1]}"
 
 
 def _split(name: str) -> tuple[str, str]:

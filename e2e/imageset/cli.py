@@ -1,9 +1,11 @@
-"""``kserve-compat images list|build``: the kind tier's image set, without a registry.
+"""``kserve-compat images list|build|push``: the kind tier's image set, without a registry.
 
 ``list`` prints every image the selection needs as built / missing / unavailable with the
 reason; ``build`` builds what is missing (node images first, then the components) and exits
-1 when an image that could be built was not. The selection defaults to the matrix's default
-selection (latest patch of each KServe line, every proxy image, every Kubernetes version).
+1 when an image that could be built was not; ``push --to REGISTRY`` copies what is built into
+a registry (an air-gapped site's mirror), each image under its upstream path. The selection
+defaults to the matrix's default selection (latest patch of each KServe line, every proxy
+image, every Kubernetes version).
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ from __future__ import annotations
 import argparse
 import time
 
+from e2e.errors import UsageError
 from e2e.imageset import components
 from e2e.manifests import ReleaseFiles
 from e2e.matrix import check_release_tag, load_matrix
 
-ACTIONS = ("list", "build")
+ACTIONS = ("list", "build", "push")
 
 
 def _values(values: list[str] | None) -> list[str]:
@@ -24,7 +27,15 @@ def _values(values: list[str] | None) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=ACTIONS, help="list: what exists and why not; build: build what is missing")
+    parser.add_argument(
+        "action", choices=ACTIONS,
+        help="list: what exists and why not; build: build what is missing; push: copy what is built into --to",
+    )  # fmt: skip
+    parser.add_argument(
+        "--to", metavar="REGISTRY",
+        help="push: the registry (host[:port][/path]) to seed, e.g. an air-gapped site's mirror; each image "
+        "keeps its upstream path (quay.io/brancz/x -> REGISTRY/brancz/x)",
+    )  # fmt: skip
     parser.add_argument(
         "--kserve",
         action="append",
@@ -72,7 +83,33 @@ def _print(images: list[components.PlannedImage]) -> None:
         print(line.rstrip())
 
 
+def _push(images: list[components.PlannedImage], registry: str) -> int:
+    """Copy every built image of the set into ``registry``; exit 1 when one is not built."""
+    from e2e.cluster.mirrors import push_from_engine, registry_name
+
+    pushed, not_built = 0, []
+    for image in images:
+        if image.component == "node":
+            continue  # kind's own image: kind runs it, the kubelet never pulls it
+        if image.status != components.BUILT:
+            not_built.append(f"{image.reference} ({image.status}{': ' + image.detail if image.detail else ''})")
+            continue
+        for reference in (image.reference, *image.also_tagged):
+            target = registry_name(reference, registry)
+            push_from_engine(reference, target)
+            print(f"{reference} -> {target}")
+            pushed += 1
+    for line in not_built:
+        print(f"not pushed: {line}")
+    print(f"images: {pushed} pushed to {registry}, {len(not_built)} not built")
+    return 1 if not_built else 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.action == "push" and not args.to:
+        raise UsageError("images push: expected --to REGISTRY (host[:port][/path]) to push the image set into")
+    if args.action != "push" and args.to:
+        raise UsageError(f"images {args.action} --to {args.to}: --to goes with push only")
     kserve = _values(args.kserve)
     for version in kserve:
         check_release_tag(version)
@@ -82,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "list":
         _print(components.required_images(**selection, matrix=matrix, files=files))
         return 0
+    if args.action == "push":
+        return _push(components.required_images(**selection, matrix=matrix, files=files), args.to)
     started = time.monotonic()
     results = components.ensure_images(**selection, matrix=matrix, files=files)
     _print(results)
