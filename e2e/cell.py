@@ -22,7 +22,7 @@ from e2e.install import SAMPLE_MODELS, CellSkipped, GroupCluster, failure_probe,
 from e2e.manifests import proxy_patch
 from e2e.matrix import Matrix, MatrixCell
 from e2e.results import CellResult, CheckStatus, Verdict, timed_check
-from e2e.rollout import ImageUnavailable, RolloutFailed, wait_for_rollout
+from e2e.rollout import ImageUnavailable, RolloutFailed, registry_unreached, wait_for_rollout
 from e2e.targets import ServiceTarget
 
 if TYPE_CHECKING:
@@ -272,6 +272,12 @@ class CellRun:
             self.result.reason = f"{broken_registry[0]}; the pull failed with: {str(exc).splitlines()[0]}"
             self.result.notes += broken_registry[:12]
             return
+        if isinstance(exc, ImageUnavailable) and registry_unreached("\n".join([str(exc), *evidence])):
+            # The registry never answered: whether the image exists is unknown, not "no".
+            self.result.verdict = Verdict.ERROR
+            self.result.reason = f"the registry could not be reached, so the image is not known to be gone: {exc}"
+            self._add_evidence(evidence)
+            return
         if isinstance(exc, ImageUnavailable):
             self.result.verdict = Verdict.IMAGE_UNAVAILABLE
         elif isinstance(exc, (CellSkipped, WorkloadUnavailable)):
@@ -282,6 +288,9 @@ class CellRun:
             self.result.verdict = Verdict.ERROR
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         self.result.reason = message if isinstance(exc, HarnessError) else f"{type(exc).__name__}: {message}"
+        self._add_evidence(evidence)
+
+    def _add_evidence(self, evidence: list[str]) -> None:
         if evidence:
             failing = self.result.failing_check
             if failing is not None:

@@ -9,6 +9,7 @@ caller's ``failure_evidence`` probe (pod reasons, messages, log tails) and stop 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,18 @@ from e2e.errors import HarnessError
 log = logging.getLogger(__name__)
 
 IMAGE_PULL_REASONS = frozenset({"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull"})
+# A pull that never reached a registry's answer (the network, a registry or a mirror down):
+# the image may well exist, so it is not "unavailable". A registry's own answers (404
+# NotFound, 401/403 denied) do not match.
+_REGISTRY_UNREACHED = re.compile(
+    r"connection refused|no such host|i/o timeout|connection reset|network is unreachable|TLS handshake timeout",
+    re.IGNORECASE,
+)
+
+
+def registry_unreached(text: str) -> bool:
+    """Whether a pull error says the registry was never reached (see ``_REGISTRY_UNREACHED``)."""
+    return bool(_REGISTRY_UNREACHED.search(text))
 
 
 class RolloutFailed(HarnessError):

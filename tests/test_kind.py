@@ -1161,3 +1161,23 @@ def test_tools_that_cannot_be_downloaded_are_built_from_their_go_modules(
     assert cluster.commands.kind == in_tmp / "built" / "kind"
     assert Path(cluster._kind.kind_path) == in_tmp / "built" / "kind"
     assert Path(cluster._kind.kubectl_path) == in_tmp / "built" / "kubectl"
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_the_mirrors_stop_with_the_run_even_when_the_cluster_is_kept(
+    kind_bin: StandIn, monkeypatch: pytest.MonkeyPatch, keep: bool
+) -> None:
+    kind_bin.rules([{"prefix": ["delete", "cluster"]}])
+    cluster = make_cluster(kind_bin, KindOptions(keep_cluster=keep))
+    stopped: list[bool] = []
+
+    def stop() -> None:
+        stopped.append(True)
+        raise HarnessError("mirror of quay.io: would not stop")  # the cluster is still handled
+
+    monkeypatch.setattr(cluster.mirrors, "stop", stop)
+    with pytest.raises(HarnessError, match="would not stop"):
+        cluster.delete()
+    assert stopped == [True]
+    deleted = [call for call in kind_bin.calls() if call[:2] == ["delete", "cluster"]]
+    assert bool(deleted) is not keep

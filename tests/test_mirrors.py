@@ -79,6 +79,12 @@ def test_every_host_goes_to_a_closed_port_until_its_mirror_runs(offline: NodeMir
     assert [p.name for p in offline.certs_dir.iterdir()] == ["_default"]
 
 
+def test_online_a_host_without_a_mirror_is_pulled_from_directly(tmp_path: Path) -> None:
+    online = NodeMirrors(tmp_path / "certs.d", tmp_path / "work", MirrorMode.online(), lambda: "127.0.0.1")
+    online.prepare()
+    assert list(online.certs_dir.iterdir()) == []  # no _default: containerd's own behaviour
+
+
 def test_a_mirror_serves_what_was_pushed_and_404_for_the_rest_through_the_nodes_address(
     offline: NodeMirrors,
 ) -> None:
@@ -203,16 +209,28 @@ def test_a_pull_that_failed_because_a_mirror_died_is_an_error_not_image_unavaila
     harness = SimpleNamespace(options=SimpleNamespace(provider="kind"))
     pull = ImageUnavailable("quay.io/brancz/kube-rbac-proxy:v0.22.1: ErrImagePull: connection refused")
 
+    not_found = ImageUnavailable(
+        "gcr.io/kubebuilder/kube-rbac-proxy:v0.13.1: ErrImagePull",
+        ['rpc error: code = NotFound desc = failed to pull and unpack image "gcr.io/kubebuilder/kube-rbac-proxy:'
+         'v0.13.1": failed to resolve reference: not found'],
+    )
     died = ["mirror of quay.io (http://gw:1): exited with -9", "last line"]
-    for problem, verdict in ([], Verdict.IMAGE_UNAVAILABLE), (died, Verdict.ERROR):
+    cases = [
+        (pull, [], Verdict.ERROR),  # connection refused: the registry never answered
+        (not_found, [], Verdict.IMAGE_UNAVAILABLE),  # the registry's own 404
+        (not_found, died, Verdict.ERROR),  # a mirror of the run died: not the image's fault
+    ]
+    for error, problem, verdict in cases:
         run = CellRun(harness, cell, scenario)  # type: ignore[arg-type]
         provider = SimpleNamespace(registry_problem=lambda p=problem: p)
         run.cluster = SimpleNamespace(provider=provider)  # type: ignore[assignment]
-        run.fail_with(pull)
-        assert run.result.verdict is verdict
+        run.fail_with(error)
+        assert run.result.verdict is verdict, (error, problem)
         if problem:
             assert run.result.reason.startswith("mirror of quay.io (http://gw:1): exited with -9; the pull failed")
             assert "last line" in run.result.notes
+        elif verdict is Verdict.ERROR:
+            assert run.result.reason.startswith("the registry could not be reached, so the image is not known")
 
 
 def test_images_push_seeds_a_users_registry_under_upstream_paths(

@@ -5,8 +5,8 @@ downloads the pinned ``kind``/``kubectl`` binaries and creates, reuses and delet
 cluster. This module adds what the harness needs around it: pinned tool versions, the
 node image from the matrix, a cluster config built in code, port-forwards that wait for
 kubectl's "Forwarding from" line and keep one local address while kubectl is restarted
-under it (a pod replaced by a rollout ends a Service port-forward), image loading that
-survives Docker's containerd image store, and one-line errors when Docker is missing.
+under it (a pod replaced by a rollout ends a Service port-forward), registry mirrors the
+kubelet pulls every image through (``mirrors.py``), and one-line errors when Docker is missing.
 
 Trap (pytest-kind reads its tool versions at import time): ``pytest_kind.cluster`` copies
 ``KIND_VERSION``/``KUBECTL_VERSION`` from the environment into module globals when it is
@@ -49,7 +49,7 @@ from e2e import diagnostics, scrape
 from e2e.apply import Applier
 from e2e.cache import cache_root
 from e2e.cluster import cgroup_freezer
-from e2e.cluster.mirrors import NODE_CERTS_DIR, MirrorMode, NodeMirrors, upstream_name
+from e2e.cluster.mirrors import NODE_CERTS_DIR, MirrorMode, NodeMirrors, registry_binary, upstream_name
 from e2e.cluster.provider import ClusterInfo, ClusterProvider, ProviderFactory
 from e2e.data import MANIFESTS_DIR
 from e2e.errors import EnvironmentMissing, HarnessError, UsageError, WorkloadFailed, WorkloadUnavailable
@@ -764,6 +764,8 @@ class KindCluster(ClusterProvider):
             ) from None
         self._created = True
         self._wait_nodes_ready()
+        if self.image_set is None:
+            self.mirrors.start_known_hosts()
 
     def _gateway(self) -> str:
         """The node's gateway on the kind network: the one address of this host it reaches."""
@@ -849,11 +851,18 @@ class KindCluster(ClusterProvider):
     def delete(self) -> None:
         if self._deleted:
             return
-        if self.keeps_cluster():
-            log.info("keeping kind cluster %s (kubeconfig: %s)", self.name, self.kubeconfig)
-            return
-        self._deleted = True
-        self.mirrors.stop()
+        try:
+            # The mirrors are the run's processes: they stop with it, even when the cluster is
+            # kept (a kept cluster pulls nothing new once the run has ended).
+            self.mirrors.stop()
+        finally:
+            if self.keeps_cluster():
+                log.info("keeping kind cluster %s (kubeconfig: %s)", self.name, self.kubeconfig)
+            else:
+                self._deleted = True
+                self._delete_cluster()
+
+    def _delete_cluster(self) -> None:
         try:
             self._kind.delete()
         except subprocess.CalledProcessError:
@@ -1071,6 +1080,7 @@ class KindProviderFactory(ProviderFactory):
 
     def preflight(self) -> None:
         docker_preflight(self.options.docker)
+        registry_binary()  # every node pulls through the run's mirrors: no mirror, no cluster
         if not self.options.local_images:
             resolve_tools(self.options.kind_bin, self.options.kubectl_bin)
 

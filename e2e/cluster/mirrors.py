@@ -56,6 +56,9 @@ UPSTREAM_URLS = {DOCKER_HUB: "https://registry-1.docker.io"}
 SINGLE_MANIFEST_TYPES = ", ".join(
     ("application/vnd.docker.distribution.manifest.v2+json", "application/vnd.oci.image.manifest.v1+json")
 )
+# Online, a pull-through mirror for each of these starts with the cluster (KServe, cert-manager,
+# kube-rbac-proxy and Kubernetes images come from them); other hosts are pulled from directly.
+KNOWN_HOSTS = ("docker.io", "quay.io", "gcr.io", "registry.k8s.io", "ghcr.io")
 # Registries that exist only here: the harness's own images (Prometheus, the model store).
 OWN_HOSTS = frozenset({"kserve-compat.local"})
 READY_TIMEOUT_S = 30.0
@@ -107,10 +110,11 @@ class RegistryMirror(OneProcess):
         self.storage = storage
         self.port = free_loopback_port()
         self.config_file = workdir / f"{_slug(host)}.yml"
+        self.gateway = gateway
         self.process = ManagedProcess(
             f"mirror {host}", [registry_binary(), "serve", self.config_file], log_path=workdir / f"{_slug(host)}.log"
         )
-        self.relay = ServiceRelay(lambda: f"127.0.0.1:{self.port}", name=f"mirror-{host}", host=gateway)
+        self.relay: ServiceRelay | None = None  # bound at start, so a failed start leaks no socket
 
     @property
     def local_url(self) -> str:
@@ -120,6 +124,8 @@ class RegistryMirror(OneProcess):
     @property
     def node_url(self) -> str:
         """Where the nodes pull from: ``http://GATEWAY:PORT``."""
+        if self.relay is None:
+            raise HarnessError(f"mirror of {self.host}: not started")
         return f"http://{self.relay.address}"
 
     def start(self) -> Self:
@@ -135,13 +141,24 @@ class RegistryMirror(OneProcess):
             return answer.status_code == 200, f"GET /v2/ answered {answer.status_code}"
 
         self._start_and_wait(f"registry mirror of {self.host}", probe, READY_TIMEOUT_S)
-        self.relay.start()
+        try:
+            self.relay = ServiceRelay(lambda: f"127.0.0.1:{self.port}", name=f"mirror-{self.host}", host=self.gateway)
+            self.relay.start()
+        except BaseException as exc:
+            self.process.stop()
+            if isinstance(exc, OSError):
+                raise HarnessError(
+                    f"mirror of {self.host}: cannot listen on {self.gateway}, the kind network's gateway ({exc}); "
+                    "the nodes reach this host only there (rootless or remote Docker engines are not supported)"
+                ) from None
+            raise
         how = f"pull-through cache of {self.remote}" if self.remote else "holds what the run pushed"
         log.info("mirror of %s at %s for the nodes (%s; storage %s)", self.host, self.node_url, how, self.storage)
         return self
 
     def stop(self) -> int | None:
-        self.relay.stop()
+        if self.relay is not None:
+            self.relay.stop()
         return self.process.stop()
 
     def config_digest(self, name: str) -> str | None:
@@ -164,7 +181,8 @@ class RegistryMirror(OneProcess):
     def evidence(self) -> list[str]:
         """Why the mirror may have failed a pull: alive or not, and its last log lines."""
         state = "running" if self.alive else f"exited with {self.exit_code}"
-        return [f"mirror of {self.host} ({self.node_url}): {state}", *self.tail_lines(10)]
+        where = self.node_url if self.relay is not None else f"127.0.0.1:{self.port}"
+        return [f"mirror of {self.host} ({where}): {state}", *self.tail_lines(10)]
 
 
 @dataclass(frozen=True)
@@ -214,11 +232,19 @@ class NodeMirrors:
         self._lock = threading.Lock()
 
     def prepare(self) -> None:
-        """The certs.d directory the nodes mount: every host to the closed port, for now."""
+        """The certs.d directory the nodes mount. Offline, every host without a mirror goes to
+        the closed port; online such a host is pulled from directly, as without a mirror."""
         self.certs_dir.mkdir(parents=True, exist_ok=True)
-        default = self.certs_dir / "_default"
-        default.mkdir(exist_ok=True)
-        (default / "hosts.toml").write_text(hosts_toml(CLOSED_PORT))
+        if self.mode.name == "offline":
+            default = self.certs_dir / "_default"
+            default.mkdir(exist_ok=True)
+            _write(default / "hosts.toml", hosts_toml(CLOSED_PORT))
+
+    def start_known_hosts(self) -> None:
+        """Online: a pull-through mirror for each registry KServe's installs pull from, before
+        the first pull (the harness does not list every image of every manifest)."""
+        for host in KNOWN_HOSTS:
+            self.mirror(host)
 
     def mirror(self, host: str) -> RegistryMirror:
         with self._lock:
@@ -231,15 +257,22 @@ class NodeMirrors:
                 host, self.storage_root / _slug(host), self.workdir, self.gateway, self.mode.remote(host)
             ).start()
             self.mirrors[host] = started
-            (self.certs_dir / host).mkdir(exist_ok=True)
-            (self.certs_dir / host / "hosts.toml").write_text(hosts_toml(started.node_url))
+            (self.certs_dir / host).mkdir(parents=True, exist_ok=True)
+            _write(self.certs_dir / host / "hosts.toml", hosts_toml(started.node_url))
             return started
 
     def stop(self) -> None:
+        """Stop every mirror, each even when another one's stop failed."""
         with self._lock:
             mirrors, self.mirrors = list(self.mirrors.values()), {}
+        failures = []
         for mirror in mirrors:
-            mirror.stop()
+            try:
+                mirror.stop()
+            except Exception as exc:  # the others must still stop
+                failures.append(f"mirror of {mirror.host}: {exc}")
+        if failures:
+            raise HarnessError("; ".join(failures))
 
     def broken(self) -> list[str]:
         """The state and last log lines of every mirror that is no longer running."""
@@ -266,6 +299,13 @@ def registry_name(image: str, registry: str) -> str:
     there is the upstream path (``quay.io/brancz/x:v1`` -> ``REGISTRY/brancz/x:v1``), which is
     what containerd asks a ``server`` of certs.d/<host>/hosts.toml for."""
     return f"{registry.rstrip('/')}/{upstream_name(image)[1]}"
+
+
+def _write(path: Path, text: str) -> None:
+    """Replace ``path`` at once: containerd may read it while it is written."""
+    partial = path.with_name(f".{path.name}.part")
+    partial.write_text(text)
+    partial.replace(path)
 
 
 def _split(name: str) -> tuple[str, str]:

@@ -284,8 +284,8 @@ def registry_hosts_toml() -> str:
     to the registry itself after the mirror failed).
     """
     return (
-        "# kserve-compat: this node pulls from no registry. Images are loaded (`kind load`);\n"
-        "# a pull of anything else fails at once with connection refused, without DNS or traffic.\n"
+        "# kserve-compat: a registry without a mirror of the run (certs.d/<host>, mounted by the\n"
+        "# harness) fails at once with connection refused, without DNS or traffic.\n"
         f'server = "{REGISTRY_BLACKHOLE}"\n'
     )
 

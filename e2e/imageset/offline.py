@@ -4,9 +4,10 @@
 images ``kserve-compat images build`` made from source (a run builds no image itself:
 a missing one is named with the command that builds it): the node image of the Kubernetes
 version really built, kind and kubectl from their Go modules, every image a cell needs
-loaded with ``kind load`` and none pulled. What differs from a cluster made from the
-published images is said in every report (``deviations``): the node's Kubernetes patch,
-the cert-manager version, the controller's pull policy, checks that cannot run.
+pushed into the run's registry mirrors and pulled from there by the kubelet, nothing from
+the internet. What differs from a cluster made from the published images is said in every
+report (``deviations``): the node's Kubernetes patch, the cert-manager version, the serving
+images, checks that cannot run.
 
 An image of a retired registry is never built (``gcr.io/kubebuilder`` must stay
 unpullable): the kubelet tries to pull it and fails for real, which is that cell's evidence.

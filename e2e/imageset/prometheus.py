@@ -3,7 +3,8 @@
 The local tier runs Debian's ``prometheus`` package (see ``e2e/local/prometheus.py``); the
 kind tier runs that very binary, packed with the shared libraries it links (``ldd``) into
 an image tagged ``kserve-compat.local/prometheus:<version>``. The ``.local`` registry name
-answers nowhere, so the image is never pulled: it is loaded with ``kind load``.
+answers nowhere else: the run pushes the image into its own mirror of that host, from which
+the kubelet pulls it.
 """
 
 from __future__ import annotations
