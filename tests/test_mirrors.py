@@ -50,6 +50,24 @@ def offline(tmp_path: Path) -> Iterator[NodeMirrors]:
         mirrors.stop()
 
 
+def import_one_file_image(image: str, content: bytes) -> None:
+    """An image made here (``docker import`` of a one-file tar), so nothing is pulled; skips
+    (fails in CI) without a Docker engine."""
+    from e2e.cluster.kind import docker_preflight
+    from e2e.errors import HarnessError
+
+    try:
+        docker_preflight()
+    except HarnessError as exc:
+        unavailable(str(exc))
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        info = tarfile.TarInfo("hello.txt")
+        info.size = len(content)
+        tar.addfile(info, io.BytesIO(content))
+    subprocess.run(["docker", "import", "-", image], input=archive.getvalue(), check=True, capture_output=True)
+
+
 def manifest(url: str, name: str) -> requests.Response:
     path, tag = name.rsplit(":", 1)
     return requests.get(f"{url}/v2/{path}/manifests/{tag}", headers={"Accept": SINGLE_MANIFEST_TYPES}, timeout=10)
@@ -157,22 +175,8 @@ def test_a_pull_through_mirror_keeps_what_it_fetched_for_the_next_run(tmp_path: 
 
 
 def test_docker_push_from_the_local_engine_keeps_the_image_id(offline: NodeMirrors, tmp_path: Path) -> None:
-    from e2e.cluster.kind import docker_preflight
-    from e2e.errors import HarnessError
-
-    try:
-        docker_preflight()
-    except HarnessError as exc:
-        unavailable(str(exc))
     image = "kserve-compat.local/mirror-test:v1"
-    # A one-file image made here (docker import of a tar): nothing is pulled.
-    archive = io.BytesIO()
-    with tarfile.open(fileobj=archive, mode="w") as tar:
-        info = tarfile.TarInfo("hello.txt")
-        data = tmp_path.name.encode()  # unique per run, so the push is never a no-op
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    subprocess.run(["docker", "import", "-", image], input=archive.getvalue(), check=True, capture_output=True)
+    import_one_file_image(image, tmp_path.name.encode())  # unique per run: the push is never a no-op
     try:
         image_id = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", image], check=True,
                                   capture_output=True, text=True).stdout.strip()
@@ -239,21 +243,10 @@ def test_images_push_seeds_a_users_registry_under_upstream_paths(
     """`kserve-compat images push --to REGISTRY`: what is built goes in, under the path
     containerd asks a host's mirror for; what is not built is named and fails the command."""
     from e2e import cli
-    from e2e.cluster.kind import docker_preflight
-    from e2e.errors import HarnessError
     from e2e.imageset import components
 
-    try:
-        docker_preflight()
-    except HarnessError as exc:
-        unavailable(str(exc))
     image = "quay.io/kserve-compat-test/push-me:v1"
-    archive = io.BytesIO()
-    with tarfile.open(fileobj=archive, mode="w") as tar:
-        info = tarfile.TarInfo("hello.txt")
-        info.size = 5
-        tar.addfile(info, io.BytesIO(b"hello"))
-    subprocess.run(["docker", "import", "-", image], input=archive.getvalue(), check=True, capture_output=True)
+    import_one_file_image(image, b"hello")
     planned = [
         components.PlannedImage(image, "kube-rbac-proxy", "v1", components.BUILT),
         components.PlannedImage("kserve-compat/kind-node:v1.34.4", "node", "v1.34.4", components.BUILT),
