@@ -152,7 +152,7 @@ def test_kube_rbac_proxy_on_gcr_has_a_frozen_and_a_maintained_replacement() -> N
         ("registry.k8s.io/kubebuilder/kube-rbac-proxy:v0.13.1", "frozen"),
         ("quay.io/brancz/kube-rbac-proxy:v0.13.1", "maintained"),
     )
-    assert "March 2025" in found.describe()
+    assert "pulls fail since about 2026-03-06" in found.describe()
     assert replacement("gcr.io/kubebuilder/kube-rbac-proxy:v0.13.1") == (
         "registry.k8s.io/kubebuilder/kube-rbac-proxy:v0.13.1"
     )
