@@ -36,6 +36,7 @@ DEFAULT_SELECTIONS: tuple[tuple[str, ...], ...] = (
     ("tests", "-m", "kind_faults"),
 )
 LOAD_PGID_VARIABLE = "FLAKES_LOAD_PGID"
+_running_round: subprocess.Popen[bytes] | None = None
 # Lines of a failure's output kept in the tally: enough for the assertion and its context.
 FAILURE_LINES = 40
 
@@ -137,7 +138,18 @@ def run_round(selection: tuple[str, ...], number: int, out: Path) -> Round:
                f"--junitxml={junit}"]
     print(f"flakes: round {number}: {shlex.join(command[1:])}", flush=True)
     started = time.monotonic()
-    code = subprocess.call(command)
+    global _running_round
+    _running_round = subprocess.Popen(command)
+    try:
+        code = _running_round.wait()
+    finally:
+        if _running_round.poll() is None:  # interrupted: the round ends with the hunt
+            _running_round.terminate()
+            try:
+                _running_round.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                _running_round.kill()
+        _running_round = None
     return Round(selection, number, code, time.monotonic() - started, junit)
 
 
@@ -201,7 +213,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0 if hunt.ok else 1
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # unwinds like Ctrl-C, so the load is stopped too
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # a cancelled CI job sends SIGTERM
     try:
         sys.exit(main())
     except KeyboardInterrupt:

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,32 @@ def test_the_load_runs_beside_the_hunt_and_stops_with_it(tmp_path: Path) -> None
     # ...and none of it is left once the hunt has ended.
     with pytest.raises(ProcessLookupError):
         os.killpg(int(match.group(1)), 0)
+
+
+def test_a_terminated_hunt_stops_its_load(tmp_path: Path) -> None:
+    if shutil.which("stress-ng") is None:
+        from e2e.availability import unavailable
+
+        unavailable("stress-ng is not installed (Debian: apt-get install stress-ng)")
+    (tmp_path / "test_small.py").write_text(
+        "import os, pathlib, time\n"
+        "def test_slow():\n"
+        "    pathlib.Path('round.pid').write_text(str(os.getpid()))\n"
+        "    time.sleep(60)\n")
+    hunt = subprocess.Popen([sys.executable, str(HUNT), "--rounds", "1", "--load", "--cpu 1", "test_small.py"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    assert hunt.stdout is not None
+    line = hunt.stdout.readline()  # "flakes: load: process group N: ..."
+    match = re.search(r"load: process group (\d+)", line)
+    assert match, line
+    round_pid = tmp_path / "round.pid"
+    for _ in range(300):  # the round's test has started (bounded: 30 s)
+        if round_pid.exists() and round_pid.read_text():
+            break
+        time.sleep(0.1)
+    hunt.terminate()  # SIGTERM, as a cancelled CI job sends
+    assert hunt.wait(timeout=60) == 130
+    with pytest.raises(ProcessLookupError):
+        os.killpg(int(match.group(1)), 0)  # the load is gone
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(round_pid.read_text()), 0)  # and so is the round
