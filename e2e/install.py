@@ -146,6 +146,8 @@ class Installer:
         documents = list(first.documents)
         if provider.image_set is not None:
             documents = self._with_local_images(cluster, release, documents)
+        elif provider.runs_pods:
+            provider.load_images(images_of(documents))  # their hosts' pull-through mirrors
         if install_cell.proxy.image != cell.proxy.image:
             cluster.notes.append(f"installed with {install_cell.proxy.image}; the cell's image is swapped in after")
         runtimes = self._runtime_documents(release)
@@ -322,7 +324,10 @@ class Installer:
                 raise
             text = self.files.text(ReleaseFile("cert-manager", substitute, name))
             cluster.deviations.append(f"cert-manager CRDs {substitute} used instead of {version} (offline directory)")
-        return load_yaml_documents(text, remember=True)
+        documents = load_yaml_documents(text, remember=True)
+        if not local:
+            cluster.provider.load_images(images_of(documents))  # their hosts' pull-through mirrors
+        return documents
 
     def _newest_offline(self, project: str) -> str | None:
         if self.files.offline_dir is None:

@@ -764,8 +764,6 @@ class KindCluster(ClusterProvider):
             ) from None
         self._created = True
         self._wait_nodes_ready()
-        if self.image_set is None:
-            self.mirrors.start_known_hosts()
 
     def _gateway(self) -> str:
         """The node's gateway on the kind network: the one address of this host it reaches."""

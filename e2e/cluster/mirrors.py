@@ -56,9 +56,6 @@ UPSTREAM_URLS = {DOCKER_HUB: "https://registry-1.docker.io"}
 SINGLE_MANIFEST_TYPES = ", ".join(
     ("application/vnd.docker.distribution.manifest.v2+json", "application/vnd.oci.image.manifest.v1+json")
 )
-# Online, a pull-through mirror for each of these starts with the cluster (KServe, cert-manager,
-# kube-rbac-proxy and Kubernetes images come from them); other hosts are pulled from directly.
-KNOWN_HOSTS = ("docker.io", "quay.io", "gcr.io", "registry.k8s.io", "ghcr.io")
 # Registries that exist only here: the harness's own images (Prometheus, the model store).
 OWN_HOSTS = frozenset({"kserve-compat.local"})
 READY_TIMEOUT_S = 30.0
@@ -239,12 +236,6 @@ class NodeMirrors:
             default = self.certs_dir / "_default"
             default.mkdir(exist_ok=True)
             _write(default / "hosts.toml", hosts_toml(CLOSED_PORT))
-
-    def start_known_hosts(self) -> None:
-        """Online: a pull-through mirror for each registry KServe's installs pull from, before
-        the first pull (the harness does not list every image of every manifest)."""
-        for host in KNOWN_HOSTS:
-            self.mirror(host)
 
     def mirror(self, host: str) -> RegistryMirror:
         with self._lock:
