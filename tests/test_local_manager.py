@@ -784,18 +784,9 @@ def test_a_proxy_whose_upstream_is_a_closed_port_fails_its_metrics_checks(tmp_pa
     )
     matrix_file = tmp_path / "matrix.yaml"
     matrix_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    # The cell id names release, proxy and variant (--cell with --kserve or --proxy is refused).
     code, output, result = run_scenarios(
-        tmp_path,
-        "--matrix",
-        str(matrix_file),
-        "--kserve",
-        RELEASE,
-        "--proxy",
-        "quay-v0.22.1",
-        "--variant",
-        "closed-upstream",
-        "--cell",
-        f"kserve-{RELEASE}--quay-v0.22.1--k8s-1.34--closed-upstream",
+        tmp_path, "--matrix", str(matrix_file), "--cell", f"kserve-{RELEASE}--quay-v0.22.1--k8s-1.34--closed-upstream"
     )
     assert result["verdict"] == "fail", output[-3000:]
     found = checks_of(result)
