@@ -37,6 +37,15 @@ def test_skipped():
 '''
 
 
+@pytest.fixture
+def stress_ng() -> None:
+    """The load the hunt runs beside: skipped without it locally, failed in CI."""
+    if shutil.which("stress-ng") is None:
+        from e2e.availability import unavailable
+
+        unavailable("stress-ng is not installed (Debian: apt-get install stress-ng)")
+
+
 def hunt(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(HUNT), *args], cwd=tmp_path, capture_output=True, text=True,
                           timeout=300, check=False)
@@ -76,11 +85,8 @@ def test_bad_rounds_is_a_usage_error(tmp_path: Path) -> None:
     assert "--rounds 0: expected a whole number of at least 1" in result.stderr
 
 
+@pytest.mark.usefixtures("stress_ng")
 def test_the_load_runs_beside_the_hunt_and_stops_with_it(tmp_path: Path) -> None:
-    if shutil.which("stress-ng") is None:
-        from e2e.availability import unavailable
-
-        unavailable("stress-ng is not installed (Debian: apt-get install stress-ng)")
     # The round runs while the load does: its process group is alive.
     (tmp_path / "test_small.py").write_text(
         "import os\n"
@@ -95,11 +101,8 @@ def test_the_load_runs_beside_the_hunt_and_stops_with_it(tmp_path: Path) -> None
         os.killpg(int(match.group(1)), 0)
 
 
+@pytest.mark.usefixtures("stress_ng")
 def test_a_terminated_hunt_stops_its_load(tmp_path: Path) -> None:
-    if shutil.which("stress-ng") is None:
-        from e2e.availability import unavailable
-
-        unavailable("stress-ng is not installed (Debian: apt-get install stress-ng)")
     (tmp_path / "test_small.py").write_text(
         "import os, pathlib, time\n"
         "def test_slow():\n"
