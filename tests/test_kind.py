@@ -765,14 +765,55 @@ def test_other_create_failures_keep_their_own_message(
     kind_bin: StandIn, docker_bin: StandIn, no_node_wait: None, docker_run: dict[str, Any]
 ) -> None:
     kind_bin.rules(_failing_create_rules())
-    docker_bin.rules([docker_run])
+    node = "kcompat-v0-14-1-k8s-1-34-control-plane"
+    # docker events' lines as the engine prints them (a node removed by somebody mid-create).
+    history = "".join(
+        f"{line}\n"
+        for line in (f"create {node} <no value>", f"exec_start: true {node} <no value>", f"start {node} <no value>",
+                     f"kill {node} <no value>", f"die {node} 137", f"destroy {node} <no value>")
+    )
+    docker_bin.rules([docker_run, {"prefix": ["events"], "stdout": history}])
     cluster = make_cluster(kind_bin, KindOptions(docker=str(docker_bin.path)))
     with pytest.raises(HarnessError) as caught:
         cluster.start()
     assert not isinstance(caught.value, EnvironmentMissing)
     assert str(caught.value) == (
-        f"kind create cluster {cluster.name} (image {NODE_IMAGE}) exited 1; see its output above"
+        f"kind create cluster {cluster.name} (image {NODE_IMAGE}) exited 1; see its output above; "
+        f"its node containers meanwhile: create {node}, start {node}, kill {node}, die {node} 137, destroy {node}"
     )
+    events = next(call for call in docker_bin.calls() if call[0] == "events")
+    assert events[events.index("--filter") + 3] == f"label=io.x-k8s.kind.cluster={cluster.name}"
+
+
+@pytest.mark.needs_docker
+def test_node_events_are_the_engines_history_of_that_clusters_containers_only(tmp_path: Path) -> None:
+    """Against the real engine: a node container that could not start and was removed, beside a
+    container of another cluster that must not show."""
+    docker_preflight()
+    image = f"kserve-compat/events-test:{os.getpid()}"
+    empty = tmp_path / "empty.tar"
+    subprocess.run(["tar", "-cf", str(empty), "-T", "/dev/null"], check=True)
+    subprocess.run(["docker", "import", str(empty), image], capture_output=True, check=True, timeout=60)
+    name, other = f"kcompat-events-{os.getpid()}", f"kcompat-other-{os.getpid()}"
+    since = time.time()
+    try:
+        for cluster in (name, other):
+            subprocess.run(
+                ["docker", "run", "-d", "--name", f"{cluster}-control-plane", "--label",
+                 f"io.x-k8s.kind.cluster={cluster}", "--entrypoint", "/absent", image],
+                capture_output=True, check=False, timeout=60,
+            )  # fmt: skip
+    finally:
+        for cluster in (name, other):
+            subprocess.run(["docker", "rm", "-f", f"{cluster}-control-plane"], capture_output=True, timeout=60)
+        subprocess.run(["docker", "rmi", "-f", image], capture_output=True, check=False, timeout=60)
+    listed = subprocess.run(
+        DockerCommands().node_events(name, since, time.time()), capture_output=True, text=True, timeout=30, check=True
+    )
+    assert listed.stdout.splitlines() == [
+        f"create {name}-control-plane <no value>",
+        f"destroy {name}-control-plane <no value>",
+    ]
 
 
 # -- images: into the nodes' mirrors, pulled by the kubelet -------------------------------

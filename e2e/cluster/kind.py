@@ -233,6 +233,15 @@ class DockerCommands:
             "--format", "{{.Names}}\t{{.State}}\t{{.Status}}",
         ]  # fmt: skip
 
+    def node_events(self, cluster: str, since: float, until: float) -> list[str]:
+        """What the engine did to a kind cluster's node containers between two times: the
+        evidence of a node that vanished or died mid-create (who removed it, its exit code)."""
+        return [
+            self.docker, "events", "--since", f"{since:.3f}", "--until", f"{until:.3f}",
+            "--filter", "type=container", "--filter", f"label=io.x-k8s.kind.cluster={cluster}",
+            "--format", "{{.Action}} {{.Actor.Attributes.name}} {{.Actor.Attributes.exitCode}}",
+        ]  # fmt: skip
+
     def run_privileged(self, image: str) -> list[str]:
         """A privileged container of a local image that exits at once (never pulls)."""
         return [self.docker, "run", "--rm", "--pull", "never", "--privileged", "--entrypoint", "true", image]
@@ -753,6 +762,7 @@ class KindCluster(ClusterProvider):
                 )
             )
             log.info("creating kind cluster %s with node image %s", self.name, self.node_image)
+        create_started = time.time()
         try:
             self._kind.create(config_file=self.config_file if not self.reused else None)
         except subprocess.CalledProcessError as exc:
@@ -760,7 +770,7 @@ class KindCluster(ClusterProvider):
                 raise EnvironmentMissing(f"kind create cluster {self.name}: {PRIVILEGED_CAPS_HINT}") from None
             raise HarnessError(
                 f"kind create cluster {self.name} (image {self.node_image}) exited {exc.returncode}; "
-                "see its output above"
+                f"see its output above; its node containers meanwhile: {self._node_history(create_started)}"
             ) from None
         self._created = True
         self._wait_nodes_ready()
@@ -914,6 +924,26 @@ class KindCluster(ClusterProvider):
             self._kind.delete()
             quiet_since = time.monotonic()
             time.sleep(LATE_NODE_RECHECK_S)
+
+    def _node_history(self, since: float) -> str:
+        """The engine's events for this cluster's node containers since ``since`` (create,
+        start, die with its exit code, destroy), in order; kind removes the nodes of a failed
+        create, so these events are what is left to tell how a node ended."""
+        try:
+            listed = subprocess.run(
+                self.docker.node_events(self.name, since, time.time()),
+                capture_output=True, text=True, timeout=30, check=False,
+            )  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"(docker events did not answer: {exc})"
+        events = [
+            " ".join(line.replace("<no value>", "").split())  # only "die" has an exit code
+            for line in listed.stdout.splitlines()
+            if line.strip()
+        ]
+        # exec_* events are kind's own commands inside the node: not how a node ends.
+        shown = [event for event in events if not event.startswith("exec_")]
+        return ", ".join(shown) or f"(no event; docker events: {docker_error_line(listed.stderr)})"
 
     @staticmethod
     def _describe_containers(container_ids: list[str]) -> str:
