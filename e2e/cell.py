@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from e2e import checks, diagnostics, kserve, model_store, report, scrape
+from e2e import checks, diagnostics, kserve, model_store, report, scrape, support
 from e2e.availability import in_ci
 from e2e.checks.reconciling import wait_until_reconciling
 from e2e.errors import EnvironmentMissing, HarnessError, WorkloadFailed, WorkloadUnavailable
@@ -54,6 +54,8 @@ class CellRun:
             variant=cell.variant.name if cell.variant else "",
             scenario=scenario.name,
         )
+        window = support.verdict(cell)
+        self.result.support, self.result.support_reason = window.support.value, window.reason
         if scenario.name == "migration":
             # Its own grid: the report groups cells by variant.
             self.result.variant = "+".join(filter(None, [self.result.variant, "migration"]))
@@ -71,6 +73,7 @@ class CellRun:
             self.harness.installer.install(self.cluster, self.cell)
             check.status, check.detail = CheckStatus.PASS, f"KServe {self.cell.release.version} installed"
         self.result.deviations = list(dict.fromkeys(self.cluster.provider.info.deviations + self.cluster.deviations))
+        self.result.kubernetes_server = self.cluster.provider.server_version()
         self.result.notes += self.cluster.notes
 
     def swap_proxy_image(self, image: str | None = None) -> None:

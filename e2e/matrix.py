@@ -82,6 +82,8 @@ class KServeRelease:
     latest_patch: bool = False
     # The matrix entry whose defaults an unlisted release takes ("" for a listed one).
     derived_from: str = ""
+    # "Kubernetes 1.x is the minimally required version" of the line's install guide, if known.
+    kubernetes_minimum: str | None = None
 
     @property
     def line(self) -> str:
@@ -174,8 +176,16 @@ def adhoc_proxy_image(reference: str, option: str = "--proxy-image") -> ProxyIma
 
 @dataclass(frozen=True)
 class KubernetesVersion:
-    version: str  # "1.34"
-    node_image: str
+    """A Kubernetes minor of the matrix and the patch the harness builds of it."""
+
+    version: str  # "1.34": the minor, as cell ids and --k8s name it
+    build: str  # "v1.34.4": control plane and node image built from the k8s.io/kubernetes module
+    node_image: str | None = None  # a published kind node image (a run with internet), when one is known
+    default: bool = False  # selected when --k8s is not given
+
+
+# `--k8s all`: every minor of the matrix, not only the default ones.
+ALL_KUBERNETES = "all"
 
 
 @dataclass(frozen=True)
@@ -378,12 +388,23 @@ class Matrix:
         return [extended.proxy_for_image(reference) for reference in references]
 
     def k8s(self, version: str) -> KubernetesVersion:
-        wanted = version.removeprefix("v")
+        """The minor of ``1.34``, ``v1.34`` or a patch of it (``1.34.8``, ``v1.34.4``)."""
+        match = re.fullmatch(r"v?(\d+)\.(\d+)(?:\.\d+)?", version.strip())
+        wanted = f"{match.group(1)}.{match.group(2)}" if match else version
         for kube in self.kubernetes:
             if kube.version == wanted:
                 return kube
         known = ", ".join(k.version for k in self.kubernetes)
-        raise UsageError(f"--k8s {version}: unknown Kubernetes version; expected one of {known}")
+        raise UsageError(f"--k8s {version}: unknown Kubernetes version; expected one of {known} or {ALL_KUBERNETES}")
+
+    def kubernetes_selected(self, wanted: Sequence[str]) -> list[KubernetesVersion]:
+        """The minors of ``--k8s`` values: the default ones when none is given, every one for
+        ``all``."""
+        if not wanted:
+            return [k for k in self.kubernetes if k.default] or list(self.kubernetes)
+        if ALL_KUBERNETES in wanted:
+            return list(self.kubernetes)
+        return list({kube.version: kube for kube in map(self.k8s, wanted)}.values())
 
     def variant(self, name: str) -> Variant:
         for variant in self.variants:
@@ -449,7 +470,7 @@ class Matrix:
             if not proxies:
                 proxies = list(self.proxies)
             proxies = list({p.alias: p for p in proxies}.values())
-            kubes = [self.k8s(k) for k in selection.k8s] if selection.k8s else list(self.kubernetes)
+            kubes = self.kubernetes_selected(selection.k8s)
             variants: list[Variant | None] = [None]
             variants += [self.variant(v) for v in selection.variants]
             cells = [
@@ -523,13 +544,7 @@ def load_matrix(path: Path | str | None = None) -> Matrix:
     profiles = {name: reader.profile(name, body) for name, body in reader.mapping(raw, "profiles").items()}
     releases = tuple(reader.release(item, profiles) for item in reader.sequence(raw, "releases"))
     proxies = tuple(reader.proxy(item) for item in reader.sequence(raw, "proxy_images"))
-    kubes = tuple(
-        KubernetesVersion(
-            version=reader.kubernetes_version(item),
-            node_image=str(reader.field(item, "node_image", "kubernetes")),
-        )
-        for item in reader.sequence(raw, "kubernetes")
-    )
+    kubes = tuple(reader.kubernetes(item) for item in reader.sequence(raw, "kubernetes"))
     variants = tuple(reader.variant(item) for item in raw.get("variants") or ())
     reader.unique("releases", [r.version for r in releases])
     reader.unique("proxy_images", [p.alias for p in proxies])
@@ -580,12 +595,23 @@ class _Reader:
         values["metrics_port"] = int(values["metrics_port"])
         return ControllerProfile(name=name, **values)
 
-    def kubernetes_version(self, item: dict[str, Any]) -> str:
+    def kubernetes(self, item: dict[str, Any]) -> KubernetesVersion:
         value = self.field(item, "version", "kubernetes")
         if not isinstance(value, str):
             # YAML reads 1.30 as the number 1.3: insist on a string.
             raise self.fail(f'kubernetes version {value}: quote it, e.g. "1.30"')
-        return value
+        if not re.fullmatch(r"\d+\.\d+", value):
+            raise self.fail(f'kubernetes version {value!r}: expected a minor, e.g. "1.34"')
+        build = str(self.field(item, "build", f"kubernetes {value}"))
+        if not re.fullmatch(rf"v{re.escape(value)}\.\d+", build):
+            raise self.fail(f"kubernetes {value} build {build!r}: expected a patch of {value}, e.g. v{value}.0")
+        node_image = item.get("node_image")
+        return KubernetesVersion(
+            version=value,
+            build=build,
+            node_image=str(node_image) if node_image else None,
+            default=bool(item.get("default", False)),
+        )
 
     def release(self, item: dict[str, Any], profiles: dict[str, ControllerProfile]) -> KServeRelease:
         version = str(self.field(item, "version", "releases"))
@@ -606,7 +632,15 @@ class _Reader:
             cert_manager=str(self.field(item, "cert_manager", "releases")),
             profile=profiles[profile_name],
             latest_patch=bool(item.get("latest_patch", False)),
+            kubernetes_minimum=self.minimum(version, item.get("kubernetes_minimum")),
         )
+
+    def minimum(self, version: str, value: Any) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str) or not re.fullmatch(r"\d+\.\d+", value):
+            raise self.fail(f'release {version} kubernetes_minimum {value!r}: expected a quoted minor, e.g. "1.28"')
+        return value
 
     def proxy(self, item: dict[str, Any]) -> ProxyImage:
         status = str(item.get("status", "served"))

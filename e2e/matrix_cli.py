@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from e2e import support
+from e2e.data import SUPPORT_FILE
 from e2e.matrix import Selection, github_actions_matrix_json, group_cells, load_matrix
 
 
@@ -20,7 +22,10 @@ def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--proxy-image", action="append", default=[], metavar="REF", help="an ad-hoc proxy image, e.g. a patched build"
     )
-    parser.add_argument("--k8s", action="append", metavar="V[,V]", help="Kubernetes versions, e.g. 1.33 (repeatable)")
+    parser.add_argument(
+        "--k8s", action="append", metavar="V[,V]",
+        help="Kubernetes minors, e.g. 1.35, or all (repeatable; default: the matrix's default minors)",
+    )  # fmt: skip
     parser.add_argument(
         "--cell", action="append", default=[], metavar="ID[,ID]",
         help="exact cell ids (repeatable; not with --kserve, --proxy or --k8s)",
@@ -51,6 +56,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--github", action="store_true", help="print a GitHub Actions matrix (JSON include list, one entry per cluster)"
     )
+    parser.add_argument(
+        "--refresh-support", action="store_true",
+        help="read the selected releases' go.mod through the Go module proxy and rewrite "
+        "e2e/data/kubernetes-support.json (needs Go)",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,9 +69,20 @@ def run(args: argparse.Namespace) -> int:
     if args.github:
         print(github_actions_matrix_json(cells))
         return 0
+    if args.refresh_support:
+        versions = list(dict.fromkeys(cell.release.version for cell in cells))
+        document = support.refresh(versions)
+        for version in versions:
+            entry = document["releases"][version]
+            print(f"{version}  " + (f"client-go {entry['client_go']}" if "client_go" in entry else
+                                    f"unavailable: {entry['unavailable']}"))  # fmt: skip
+        print(f"wrote {SUPPORT_FILE}")
+        return 0
     for group in group_cells(cells):
         derived = f"; defaults of {group.release.derived_from}" if group.release.derived_from else ""
-        print(f"{group.id}  (cert-manager {group.release.cert_manager}{derived})")
+        window = support.verdict(group.cells[0])
+        print(f"{group.id}  (cert-manager {group.release.cert_manager}{derived}; {window.support.value}: "
+              f"{window.window})")  # fmt: skip
         for cell in group.cells:
             print(f"  {cell.id}  {cell.proxy.image}  [{cell.proxy.status}]")
     print(f"{len(cells)} cells in {len(group_cells(cells))} cluster groups")

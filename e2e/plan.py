@@ -14,6 +14,7 @@ import json
 import re
 from collections.abc import Sequence
 
+from e2e import support
 from e2e.cluster.provider import ProviderFactory
 from e2e.errors import HarnessError
 from e2e.images import RegistryMirrors
@@ -87,6 +88,8 @@ def render_plan(
     for number, group in enumerate(groups, 1):
         lines.append("")
         lines.append(f"{number}. cluster group {group.id}")
+        window = support.verdict(group.cells[0])
+        lines.append(f"   Kubernetes {group.kubernetes.version}: {window.support.value} ({window.reason})")
         lines += [f"   cluster: {step}" for step in factory.plan(group.id, group.kubernetes.version)]
         for scenario, cell in runs:
             if cell.group_key != (group.release.version, group.kubernetes.version):

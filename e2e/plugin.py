@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from e2e import report
-from e2e.errors import HarnessError, UsageError
+from e2e.errors import HarnessError
 from e2e.local.processes import install_signal_handlers
 from e2e.manifests import ENV_MANIFESTS_FROM_MODULE, ReleaseFiles, kserve_file, manifests_from_module_requested
 from e2e.matrix import Matrix, MatrixCell, Selection, load_matrix
@@ -114,8 +114,6 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         matrix = load_matrix(config.getoption("matrix"))
         cells = matrix.select(_selection(config))
-        if (config.getoption("provider") == "local" or _local_images(config)) and not config.getoption("k8s"):
-            cells = _local_kubernetes_cells(cells)
         if config.getoption("manifests_from_module"):
             # The run reads its settings from the environment (ReleaseFiles.from_environment).
             os.environ[ENV_MANIFESTS_FROM_MODULE] = "1"
@@ -149,18 +147,6 @@ def _local_images(config: pytest.Config) -> bool:
     from e2e.imageset.offline import local_images_requested
 
     return config.getoption("provider") == "kind" and local_images_requested(bool(config.getoption("local_images")))
-
-
-def _local_kubernetes_cells(cells: list[MatrixCell]) -> list[MatrixCell]:
-    """The local tier (and kind on the local image set) runs the Kubernetes it built: keep
-    the cells of that version."""
-    from e2e.local.binaries import KUBERNETES_VERSION
-
-    built = ".".join(KUBERNETES_VERSION.removeprefix("v").split(".")[:2])
-    matching = [cell for cell in cells if cell.kubernetes.version == built]
-    if cells and not matching:
-        raise UsageError(f"local tier: the control plane is Kubernetes {built}; the matrix has no such version")
-    return matching
 
 
 def scenario_of(item: pytest.Item | Any) -> Scenario | None:

@@ -41,6 +41,7 @@ from e2e.images import ImageReference
 from e2e.matrix import Matrix, version_key
 from e2e.results import CellResult, Verdict
 from e2e.secrets import REDACTED, redact
+from e2e.support import Support
 from e2e.text import one_line
 
 VERDICT_SYMBOLS: dict[Verdict, str] = {
@@ -62,6 +63,9 @@ NOT_RUN = "—"
 # Security findings get their own marker so a cell can read "compatible, but leaks".
 TOKEN_LEAK = "token-leak"
 SECURITY_MARKERS: dict[str, str] = {TOKEN_LEAK: "🔓"}
+# A release row whose Kubernetes minor is outside the release's window (e2e/support.py).
+OUTSIDE_SUPPORT = Support.OUTSIDE.value
+OUTSIDE_SUPPORT_MARKER = "⚑"
 OTHER_FINDING_MARKER = "🛡️"
 SECURITY_MEANINGS: dict[str, str] = {
     "🔓": "a bearer token leaked into the proxy's logs (security finding; independent of compatibility)",
@@ -249,8 +253,16 @@ class _Group:
 
     @property
     def title(self) -> str:
-        title = f"{self.provider} · Kubernetes {self.kubernetes_version}"
+        # The API servers' own versions: the patch that really ran (v1.35.4), not only the minor.
+        ran = _unique(r.kubernetes_server for r in self.results if r.kubernetes_server.startswith("v"))
+        title = f"{self.provider} · Kubernetes {self.kubernetes_version}" + (f" ({', '.join(ran)})" if ran else "")
         return f"{title} · variant {self.variant}" if self.variant else title
+
+    def outside_support(self, release: str) -> CellResult | None:
+        """A result of ``release`` marked outside its Kubernetes support window, if any."""
+        return next(
+            (r for r in self.results if r.kserve_version == release and r.support == OUTSIDE_SUPPORT), None
+        )
 
     @property
     def slug(self) -> str:
@@ -404,8 +416,15 @@ def _markdown_group(group: _Group, matrix: Matrix | None) -> list[str]:
     lines.append("| --- |" + " :---: |" * len(columns))
     for release in _rows(group.results):
         cells = [cell_symbol(by_cell.get((release, alias))) for alias in columns]
-        lines.append(f"| {_md_text(release)} | " + " | ".join(cells) + " |")
+        mark = f" {OUTSIDE_SUPPORT_MARKER}" if group.outside_support(release) else ""
+        lines.append(f"| {_md_text(release)}{mark} | " + " | ".join(cells) + " |")
     lines.append("")
+    outside = [r for r in map(group.outside_support, _rows(group.results)) if r is not None]
+    if outside:
+        lines.append(f"{OUTSIDE_SUPPORT_MARKER} {OUTSIDE_SUPPORT}: the verdict stands; the release was not built for "
+                     "this Kubernetes minor:")  # fmt: skip
+        lines += [f"- {_md_text(r.support_reason)}" for r in outside]
+        lines.append("")
     deviations = _unique(d for r in group.results for d in r.deviations)
     if deviations:
         lines += ["Cluster deviations: " + "; ".join(_md_text(d) for d in deviations), ""]
@@ -613,6 +632,7 @@ th, td { border: 1px solid #d0d7de; padding: 0.3rem 0.6rem; text-align: center; 
 th:first-child, td:first-child { text-align: left; }
 td.pass { background: #dafbe1; } td.fail, td.image-unavailable { background: #ffebe9; }
 td.image-unavailable.expected { background: #ddf4ff; color: #0a3069; }
+td.outside-support small { color: #9a6700; }
 td a { color: inherit; text-decoration: none; display: block; }
 details { margin: 0.3rem 0; } details table { margin: 0.3rem 0 0.3rem 1rem; } .check-fail { color: #cf222e; }
 td.error { background: #fff8c5; } td.skipped, td.not-run { background: #f6f8fa; }
@@ -676,8 +696,22 @@ def _html_group(group: _Group, matrix: Matrix | None) -> list[str]:
                 f'<td class="{css}" title="{_h(tip)}"><a href="#{_h(_cell_anchor(result))}">'
                 f"{_h(cell_symbol(result))}</a></td>"
             )
-        out.append(f"<tr><td>{_h(release)}</td>" + "".join(cells) + "</tr>")
+        outside = group.outside_support(release)
+        label = (
+            f'<td class="outside-support" title="{_h(outside.support_reason)}">{_h(release)} '
+            f"<small>{_h(OUTSIDE_SUPPORT)}</small></td>"
+            if outside
+            else f"<td>{_h(release)}</td>"
+        )
+        out.append(f"<tr>{label}" + "".join(cells) + "</tr>")
     out.append("</table>")
+    outside_results = [r for r in map(group.outside_support, _rows(group.results)) if r is not None]
+    if outside_results:
+        out.append(
+            f"<p>{_h(OUTSIDE_SUPPORT)} (the verdict stands; the release was not built for this Kubernetes minor): "
+            + "; ".join(_h(r.support_reason) for r in outside_results)
+            + "</p>"
+        )
     deviations = _unique(d for r in group.results for d in r.deviations)
     if deviations:
         out.append("<p>Cluster deviations: " + "; ".join(_h(d) for d in deviations) + "</p>")

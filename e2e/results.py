@@ -83,6 +83,11 @@ class CellResult:
     diagnostics: list[str] = field(default_factory=list)  # summary lines of the collected diagnostics
     duration_s: float = 0.0
     started_at: float = field(default_factory=time.time)
+    # The release's Kubernetes window (e2e/support.py): "inside support", "outside support" or
+    # "support unknown", and why. An outside cell's verdict stands; the report marks it.
+    support: str = ""
+    support_reason: str = ""
+    kubernetes_server: str = ""  # the API server's own version (e.g. v1.35.4): what really ran
 
     def __post_init__(self) -> None:
         self.reason = redact(self.reason)

@@ -54,7 +54,11 @@ def make_factory(options: HarnessOptions, matrix: Matrix | None = None) -> Provi
     if options.provider == "local":
         from e2e.cluster.local import LocalProviderFactory
 
-        return LocalProviderFactory(keep=options.keep_cluster, proxy_binaries=options.selection.proxy_binaries())
+        return LocalProviderFactory(
+            matrix or load_matrix(options.matrix_file),
+            keep=options.keep_cluster,
+            proxy_binaries=options.selection.proxy_binaries(),
+        )
     if options.provider == "kind":
         from e2e.cluster.kind import KindOptions, KindProviderFactory
 

@@ -390,7 +390,7 @@ def run_cli(argv: list[str]) -> int:
         (["images", "list", "--kserve", "0.14"], "--kserve 0.14: expected a KServe release tag"),
         (["images", "list", "--kserve", "v9.1.0"], "--kserve v9.1.0: no defaults for the v9.1 line"),
         (["images", "build", "--proxy", "gcr-v9"], "--proxy gcr-v9: unknown proxy image alias; expected one of"),
-        (["images", "list", "--k8s", "1.99"], "--k8s 1.99: unknown Kubernetes version; expected one of 1.33, 1.34"),
+        (["images", "list", "--k8s", "1.99"], "--k8s 1.99: unknown Kubernetes version; expected one of 1.32, 1.33"),
         (["images", "frobnicate"], "argument action: invalid choice: 'frobnicate'"),
     ],
 )

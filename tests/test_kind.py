@@ -175,9 +175,10 @@ def test_cluster_names_are_valid_unique_and_deterministic_for_every_group() -> N
     assert cluster_name(long_id) != cluster_name(long_id + "x")
 
 
-@pytest.mark.parametrize("version", [k.version for k in load_matrix().kubernetes])
+@pytest.mark.parametrize("version", [k.version for k in load_matrix().kubernetes if k.node_image])
 def test_cluster_config_runs_one_control_plane_on_the_matrix_node_image(version: str) -> None:
     node_image = load_matrix().k8s(version).node_image
+    assert node_image is not None
     config = yaml.safe_load(cluster_config_yaml(node_image))
     assert config == {
         "kind": "Cluster",

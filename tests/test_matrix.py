@@ -147,11 +147,29 @@ def test_proxy_tag_is_read_from_the_reference(matrix: Matrix) -> None:
     assert (other.alias, other.status, other.tag) == ("adhoc-quay-brancz-v0.99.0", "served", "v0.99.0")
 
 
-def test_at_least_two_kubernetes_versions_with_matching_node_images(matrix: Matrix) -> None:
-    assert len(matrix.kubernetes) >= 2
+def test_every_minor_from_1_32_to_1_37_with_the_patch_built_of_it(matrix: Matrix) -> None:
+    assert [k.version for k in matrix.kubernetes] == ["1.32", "1.33", "1.34", "1.35", "1.36", "1.37"]
+    assert [k.build for k in matrix.kubernetes] == ["v1.32.13", "v1.33.13", "v1.34.4", "v1.35.4", "v1.36.3", "v1.37.2"]
     for kube in matrix.kubernetes:
         assert re.fullmatch(r"1\.\d+", kube.version), kube.version
-        assert kube.node_image.startswith(f"kindest/node:v{kube.version}."), kube.node_image
+        assert kube.build.startswith(f"v{kube.version}.")
+        if kube.node_image is not None:  # a published one, where pinned
+            assert kube.node_image.startswith(f"kindest/node:v{kube.version}."), kube.node_image
+    assert [k.version for k in matrix.kubernetes if k.default] == ["1.34"]
+
+
+def test_k8s_all_selects_every_minor_and_no_k8s_the_default_ones(matrix: Matrix) -> None:
+    every = matrix.select(Selection.from_options(kserve="v0.13.1", proxy="quay-v0.22.1", k8s="all"))
+    assert [c.kubernetes.version for c in every] == [k.version for k in matrix.kubernetes]
+    default = matrix.select(Selection.from_options(kserve="v0.13.1", proxy="quay-v0.22.1"))
+    assert [c.kubernetes.version for c in default] == ["1.34"]
+    patch = matrix.select(Selection.from_options(kserve="v0.13.1", proxy="quay-v0.22.1", k8s="v1.35.4,1.35"))
+    assert [c.kubernetes.version for c in patch] == ["1.35"]
+    with pytest.raises(UsageError) as excinfo:
+        matrix.select(Selection.from_options(k8s="1.99"))
+    assert str(excinfo.value) == (
+        "--k8s 1.99: unknown Kubernetes version; expected one of 1.32, 1.33, 1.34, 1.35, 1.36, 1.37 or all"
+    )
 
 
 def test_variants_are_data(matrix: Matrix) -> None:
@@ -179,7 +197,7 @@ def test_version_key_orders_pre_releases_first() -> None:
 def test_default_selection_is_latest_patches_times_every_proxy_and_kubernetes(matrix: Matrix) -> None:
     cells = matrix.select(Selection())
     latest = [r for r in matrix.releases if r.latest_patch]
-    assert len(cells) == len(latest) * len(matrix.proxies) * len(matrix.kubernetes)
+    assert len(cells) == len(latest) * len(matrix.proxies) * len([k for k in matrix.kubernetes if k.default])
     assert {c.release.version for c in cells} == {r.version for r in latest}
     assert "v0.14.0" not in {c.release.version for c in cells}  # not a latest patch
     assert all(c.variant is None for c in cells)
@@ -202,7 +220,7 @@ def test_kserve_selection_takes_any_release_of_the_file(matrix: Matrix) -> None:
 def test_proxy_selection_by_alias_or_image(matrix: Matrix) -> None:
     cells = matrix.select(Selection.from_options(kserve="v0.14.1", proxy="quay-v0.18.0,k8s-v0.13.1"))
     assert {c.proxy.alias for c in cells} == {"quay-v0.18.0", "k8s-v0.13.1"}
-    assert len(cells) == 2 * len(matrix.kubernetes)
+    assert len(cells) == 2  # the default minor
     by_image = matrix.select(Selection.from_options(kserve="v0.14.1", proxy=QUAY_PROXY))
     assert {c.proxy.alias for c in by_image} == {"quay-v0.18.0"}
 
@@ -232,7 +250,7 @@ def test_cell_selection_is_exact_and_duplicates_collapse(matrix: Matrix) -> None
     assert [c.id for c in cells] == [wanted[1], wanted[0]]  # sorted by release
     assert cells[0].variant is not None and cells[0].variant.name == "quiet"
     dup = matrix.select(Selection.from_options(kserve="v0.14.0,v0.14.0", proxy="quay-v0.18.0,quay-v0.18.0"))
-    assert len(dup) == len({c.id for c in dup}) == len(matrix.kubernetes)
+    assert len(dup) == len({c.id for c in dup}) == 1
 
 
 def test_cell_id_format(matrix: Matrix) -> None:
@@ -244,7 +262,7 @@ def test_cell_id_format(matrix: Matrix) -> None:
 
 
 def test_every_cell_id_round_trips(matrix: Matrix) -> None:
-    cells = matrix.select(Selection(all_releases=True, variants=tuple(v.name for v in matrix.variants)))
+    cells = matrix.select(Selection(all_releases=True, k8s=("all",), variants=tuple(v.name for v in matrix.variants)))
     assert len(cells) == len(matrix.all_cells()) * (1 + len(matrix.variants))
     for cell in cells:
         match = CELL_ID.match(cell.id)
@@ -275,9 +293,9 @@ def test_order_is_stable_and_grouped_by_cluster(matrix: Matrix) -> None:
 
 
 def test_groups_share_release_and_kubernetes(matrix: Matrix) -> None:
-    cells = matrix.select(Selection.from_options(kserve="v0.13.1,v0.14.1", variants="quiet"))
+    cells = matrix.select(Selection.from_options(kserve="v0.13.1,v0.14.1", variants="quiet", k8s="1.33,1.34"))
     groups = group_cells(cells)
-    assert len(groups) == 2 * len(matrix.kubernetes)
+    assert len(groups) == 2 * 2
     assert [cell for group in groups for cell in group.cells] == cells  # a partition, in order
     for group in groups:
         assert group.id == f"kserve-{group.release.version}--k8s-{group.kubernetes.version}"
@@ -531,8 +549,10 @@ def _broken(raw: dict[str, Any], change: str) -> dict[str, Any]:
         del data["profiles"]["default"]["metrics_service"]
     elif change == "proxy without image":
         del data["proxy_images"][0]["image"]
-    elif change == "kubernetes without node_image":
-        del data["kubernetes"][0]["node_image"]
+    elif change == "kubernetes without build":
+        del data["kubernetes"][0]["build"]
+    elif change == "kubernetes build of another minor":
+        data["kubernetes"][0]["build"] = "v1.31.4"
     elif change == "variant without name":
         del data["variants"][0]["name"]
     elif change == "variant security_context not a mapping":
@@ -564,12 +584,13 @@ def _broken(raw: dict[str, Any], change: str) -> dict[str, Any]:
         ("release with an unknown profile", ["v0.10.1", "legacy"]),
         ("profile without a field", ["default", "metrics_service"]),
         ("proxy without image", ["'proxy_images'", "'image'"]),
-        ("kubernetes without node_image", ["'kubernetes'", "'node_image'"]),
+        ("kubernetes without build", ["'kubernetes 1.32'", "'build'"]),
+        ("kubernetes build of another minor", ["kubernetes 1.32", "v1.31.4", "a patch of 1.32"]),
         ("variant without name", ["'variants'", "'name'"]),
         ("variant security_context not a mapping", ["drop-logtostderr", "security_context"]),
         ("duplicate release", ["'releases'", "v0.11.2", "twice"]),
         ("duplicate proxy", ["'proxy_images'", "quay-v0.13.1", "twice"]),
-        ("duplicate kubernetes", ["'kubernetes'", "1.33", "twice"]),
+        ("duplicate kubernetes", ["'kubernetes'", "1.32", "twice"]),
         ("duplicate variant", ["'variants'", "drop-logtostderr", "twice"]),
         ("bad status", ["gcr-v0.13.1", "status"]),
     ],

@@ -1116,16 +1116,31 @@ class KindProviderFactory(ProviderFactory):
         """A cluster of the local image set: node image and tools built here (when missing)."""
         image_set = LocalImageSet(self.options.docker)
         node = image_set.node_image(kubernetes_version)
-        built = image_set.tools()
+        built = image_set.tools(node.kubernetes_version)
         kind_bin, kubectl_bin = self.options.kind_bin or built.kind, self.options.kubectl_bin or built.kubectl
         tools = ToolPaths(kind=kind_bin, kubectl=kubectl_bin, downloaded=False)
         kind = KindCluster(
             cluster_name(group_id), node.reference, node.kubernetes_version, self.options, tools, image_set
         )
-        published = self.matrix.k8s(kubernetes_version).node_image.split("@", 1)[0]
+        published = self.matrix.k8s(kubernetes_version).node_image
         kind.info.deviations.append(
             f"node image {node.reference} built here from source (Kubernetes {node.kubernetes_version}), "
-            f"not the published {published}"
+            + (f"not the published {published.split('@', 1)[0]}" if published else "no published one is pinned")
+        )
+        return kind
+
+    def _online_cluster(self, group_id: str, kubernetes_version: str) -> KindCluster:
+        """A cluster of the matrix's published node image; a minor without one boots the node
+        image built here (its absence says how to build it), the rest pulled by the kubelet."""
+        kube = self.matrix.k8s(kubernetes_version)
+        tools = resolve_tools(self.options.kind_bin, self.options.kubectl_bin)
+        if kube.node_image:
+            return KindCluster(cluster_name(group_id), kube.node_image, kubernetes_version, self.options, tools)
+        node = LocalImageSet(self.options.docker).node_image(kubernetes_version)
+        kind = KindCluster(cluster_name(group_id), node.reference, node.kubernetes_version, self.options, tools)
+        kind.info.deviations.append(
+            f"node image {node.reference} built here from source (Kubernetes {node.kubernetes_version}): "
+            f"the matrix pins no published kind node image for Kubernetes {kube.version}"
         )
         return kind
 
@@ -1135,9 +1150,7 @@ class KindProviderFactory(ProviderFactory):
         if self.options.local_images:
             kind = self._local_cluster(group_id, kubernetes_version)
         else:
-            node_image = self.matrix.k8s(kubernetes_version).node_image
-            tools = resolve_tools(self.options.kind_bin, self.options.kubectl_bin)
-            kind = KindCluster(cluster_name(group_id), node_image, kubernetes_version, self.options, tools)
+            kind = self._online_cluster(group_id, kubernetes_version)
         try:
             kind.start()
             yield kind
@@ -1148,31 +1161,40 @@ class KindProviderFactory(ProviderFactory):
             kind.delete()
 
     def plan(self, group_id: str, kubernetes_version: str) -> list[str]:
-        node_image = self.matrix.k8s(kubernetes_version).node_image
+        from e2e.imageset import node as node_images
+        from e2e.local import binaries
+
+        kube = self.matrix.k8s(kubernetes_version)
         name = cluster_name(group_id)
         versions = pin_tool_versions()
-        pinned = (
-            ""
-            if "@sha256:" in node_image
-            else " (not pinned by digest: kind supports only the images built for its release)"
-        )
+        built_image = f"{node_images.NODE_IMAGE_REPOSITORY}:{kube.build}"
         if self.options.local_images:
-            from e2e.imageset import node as node_images
-            from e2e.local import binaries
-
-            built = node_images.node_kubernetes_version(kubernetes_version)
             steps = [
                 f"local image set (--local-images): kind {binaries.DEFAULT_VERSIONS['kind']} and kubectl "
-                f"{binaries.KUBERNETES_VERSION} built from their Go modules; nothing is pulled",
-                f"node image {node_images.NODE_IMAGE_REPOSITORY}:{built} built from source when missing "
-                f"(Kubernetes {built}, in place of {node_image.split('@', 1)[0]}: a deviation in the report)",
+                f"{kube.build} built from their Go modules; nothing is pulled",
+                f"node image {built_image} built from source when missing (Kubernetes {kube.build}, in place of "
+                + (f"{kube.node_image.split('@', 1)[0]}" if kube.node_image else "a published one (none is pinned)")
+                + ": a deviation in the report)",
             ]
-            node_image, pinned = f"{node_images.NODE_IMAGE_REPOSITORY}:{built}", ""
+            node_image, pinned = built_image, ""
         else:
             steps = [
                 f"kind {versions['KIND_VERSION']}, kubectl {versions['KUBECTL_VERSION']} (pytest-kind; amd64 "
                 f"downloads cached in {tool_cache_dir()})"
             ]
+            if kube.node_image:
+                node_image = kube.node_image
+                pinned = (
+                    ""
+                    if "@sha256:" in node_image
+                    else " (not pinned by digest: kind supports only the images built for its release)"
+                )
+            else:
+                steps.append(
+                    f"no published kind node image is pinned for Kubernetes {kube.version}: boot {built_image}, "
+                    f"built here from source (`nox -s images -- build --k8s {kube.version}`; a deviation in the report)"
+                )
+                node_image, pinned = built_image, ""
         create = f"create kind cluster {name}: one control-plane node, node image {node_image}{pinned}"
         if self.options.reuse_cluster:
             steps.append(

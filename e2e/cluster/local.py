@@ -66,6 +66,7 @@ from e2e.local.proxy_runner import (
 )
 from e2e.local.service_relay import ServiceRelay
 from e2e.local.sklearnserver import SklearnServerProcess, SklearnServerUnavailable, is_sklearnserver_image
+from e2e.matrix import Matrix, load_matrix
 from e2e.scrape import ScrapeJob
 from e2e.secrets import redact
 from e2e.targets import ServiceTarget
@@ -431,28 +432,36 @@ class LocalProviderFactory(ProviderFactory):
 
     def __init__(
         self,
+        matrix: Matrix | None = None,
         *,
         keep: bool = False,
         kubernetes_version: str | None = None,
         proxy_binaries: Mapping[str, Path] | None = None,
     ) -> None:
+        """``kubernetes_version`` (a patch, e.g. v1.35.4) runs every group on that control
+        plane; without it each group runs the patch the matrix builds of its minor."""
+        self.matrix = matrix if matrix is not None else load_matrix()
         self.keep = keep
         self.proxy_binaries = dict(proxy_binaries or {})
-        self.kubernetes_version = kubernetes_version or binaries.KUBERNETES_VERSION
+        self.kubernetes_version = kubernetes_version
+
+    def build_of(self, kubernetes_minor: str) -> str:
+        """The control plane version a group of ``kubernetes_minor`` runs."""
+        return self.kubernetes_version or self.matrix.k8s(kubernetes_minor).build
 
     def preflight(self) -> None:
         components = (
-            "etcd",
             "kube-apiserver",
             "kube-controller-manager",
             "kube-scheduler",
             "kwok",
             *binaries.LOCAL_CERT_MANAGER_COMPONENTS,
         )
+        version = self.kubernetes_version or binaries.KUBERNETES_VERSION
         missing = [
             component
-            for component in components
-            if binaries.locate(component, self.kubernetes_version if component.startswith("kube-") else None) is None
+            for component in ("etcd", *components)
+            if binaries.locate(component, version if component.startswith("kube-") else None) is None
         ]
         if missing:
             raise EnvironmentMissing(
@@ -462,9 +471,9 @@ class LocalProviderFactory(ProviderFactory):
 
     @contextlib.contextmanager
     def cluster(self, group_id: str, kubernetes_version: str) -> Iterator[LocalCluster]:
-        # The matrix's Kubernetes version names kind node images; locally we run the
-        # control plane we built, whose version the report records.
-        control_plane_binaries = resolve_binaries(self.kubernetes_version, with_controllers=True, build=False)
+        # Another minor than the default one is built on first use (its control plane, and the
+        # kubeadm that names its etcd): logged by the build, minutes once, cached after.
+        control_plane_binaries = resolve_binaries(self.build_of(kubernetes_version), with_controllers=True)
         with ControlPlane(control_plane_binaries, with_controllers=True, keep=self.keep) as control_plane:
             cluster = LocalCluster(control_plane, group_id, proxy_binaries=self.proxy_binaries)
             try:
@@ -474,7 +483,7 @@ class LocalProviderFactory(ProviderFactory):
 
     def plan(self, group_id: str, kubernetes_version: str) -> list[str]:
         return [
-            f"start etcd + kube-apiserver {self.kubernetes_version} + controllers + kwok (one fake node)"
+            f"start etcd + kube-apiserver {self.build_of(kubernetes_version)} + controllers + kwok (one fake node)"
             f" for {group_id}",
             "play the KServe manager (the release's binary; webhooks pointed at it), its llmisvc controller where "
             "the release runs one (cmd/llmisvc; its webhooks too) and kube-rbac-proxy containers as local "

@@ -59,6 +59,16 @@ class ClusterProvider(abc.ABC):
         """A fresh API client for this cluster, built from the kubeconfig."""
         return k8s_config.new_client_from_config(config_file=str(self.kubeconfig))
 
+    def server_version(self) -> str:
+        """The API server's own version (``v1.35.4``): what the report says really ran."""
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            return str(k8s_client.VersionApi(self.api_client()).get_code().git_version)
+        except (ApiException, HTTPError, OSError) as exc:
+            return f"unknown ({type(exc).__name__})"
+
     @abc.abstractmethod
     def endpoint(self, target: ServiceTarget) -> contextlib.AbstractContextManager[str]:
         """A context manager yielding ``host:port`` on this machine that reaches ``target``.

@@ -2,6 +2,7 @@
 
 ``matrix.yaml`` (releases, proxy images, Kubernetes versions; README "The matrix file"),
 ``release-manifests.lock.json`` (the pinned sha256 of each release file) and
+``kubernetes-support.json`` (each release's client-go, read from its go.mod: e2e/support.py),
 ``manifests/`` (the sample InferenceServices, the metrics reader's RBAC, Prometheus).
 """
 
@@ -12,4 +13,5 @@ from pathlib import Path
 DATA_DIR = Path(__file__).resolve().parent
 MATRIX_FILE = DATA_DIR / "matrix.yaml"
 LOCK_FILE = DATA_DIR / "release-manifests.lock.json"
+SUPPORT_FILE = DATA_DIR / "kubernetes-support.json"
 MANIFESTS_DIR = DATA_DIR / "manifests"

@@ -64,7 +64,8 @@ from e2e.imageset.docker_image import (
     is_current,
     recorded_recipe,
 )
-from e2e.local import binaries
+from e2e.local import binaries, kubeadm
+from e2e.local.kubeadm import binary_version_for_image
 from e2e.text import one_line
 
 log = logging.getLogger(__name__)
@@ -74,8 +75,13 @@ BASE_IMAGE_REPOSITORY = "kserve-compat/node-base"
 # Bumped when the way the image is assembled changes in a way its inputs do not show.
 RECIPE_REVISION = 1
 
-# The Kubernetes minors we build node images for, and the patch whose binaries we build.
-NODE_KUBERNETES_VERSIONS: dict[str, str] = {"1.34": binaries.KUBERNETES_VERSION}
+
+def node_kubernetes_versions() -> dict[str, str]:
+    """The Kubernetes minors we build node images for, and the patch whose binaries we build:
+    the matrix's ``kubernetes`` entries (minor -> ``build``)."""
+    from e2e.matrix import load_matrix
+
+    return {kube.version: kube.build for kube in load_matrix().kubernetes}
 
 DEBIAN_SUITE = "bookworm"
 DEBIAN_DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -198,19 +204,21 @@ def node_kubernetes_version(kubernetes_minor: str) -> str:
     """
     match = re.fullmatch(r"v?(\d+)\.(\d+)(?:\.\d+)?", kubernetes_minor.strip())
     minor = f"{match.group(1)}.{match.group(2)}" if match else None
-    if minor not in NODE_KUBERNETES_VERSIONS:
+    versions = node_kubernetes_versions()
+    if minor not in versions:
         raise UsageError(
             f"Kubernetes {kubernetes_minor!r}: no kind node image is built for it here; "
-            f"expected one of {', '.join(sorted(NODE_KUBERNETES_VERSIONS))}"
+            f"expected one of {', '.join(versions)}"
         )
-    return NODE_KUBERNETES_VERSIONS[minor]
+    return versions[minor]
 
 
 def _check_version(kubernetes_version: str) -> str:
-    if kubernetes_version not in NODE_KUBERNETES_VERSIONS.values():
+    versions = node_kubernetes_versions().values()
+    if kubernetes_version not in versions:
         raise UsageError(
             f"Kubernetes {kubernetes_version!r}: no kind node image is built for it here; "
-            f"expected one of {', '.join(sorted(NODE_KUBERNETES_VERSIONS.values()))}"
+            f"expected one of {', '.join(versions)}"
         )
     return kubernetes_version
 
@@ -350,14 +358,8 @@ def cri_base_spec(oci_spec: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def kubeadm_images(lines: Sequence[str]) -> dict[str, str]:
-    """``kubeadm config images list`` output -> {short name: reference}."""
-    images: dict[str, str] = {}
-    for line in lines:
-        reference = line.strip()
-        if not reference:
-            continue
-        name = reference.rsplit("/", 1)[-1].split(":", 1)[0]
-        images[name] = reference
+    """``kubeadm config images list`` output -> {short name: reference}, all of them expected."""
+    images = kubeadm.image_list(list(lines))
     expected = {*_BINARY_IMAGES, "kube-proxy", "pause"}
     if set(images) != expected:
         raise ImageBuildFailed(
@@ -368,12 +370,6 @@ def kubeadm_images(lines: Sequence[str]) -> dict[str, str]:
 
 def image_tag(reference: str) -> str:
     return reference.rsplit(":", 1)[1]
-
-
-def binary_version_for_image(name: str, tag: str) -> str:
-    """The binaries version behind a kubeadm image tag: etcd 3.6.5-0 -> v3.6.5, v1.12.1 -> v1.12.1."""
-    version = tag if tag.startswith("v") else "v" + tag
-    return re.sub(r"-\d+$", "", version) if name == "etcd" else version
 
 
 @dataclass(frozen=True)

@@ -86,12 +86,15 @@ class LocalImageSet:
         return dict(node.KIND_CLUSTER_CONFIG_NETWORKING)
 
     @staticmethod
-    def tools() -> ToolBinaries:
-        """kind and kubectl built from their Go modules (pytest-kind would download them)."""
+    def tools(kubernetes_version: str | None = None) -> ToolBinaries:
+        """kind and kubectl built from their Go modules (pytest-kind would download them);
+        kubectl of the cluster's own version (the node image has it built already), so no
+        minor is ever outside kubectl's one-minor skew."""
         from e2e.local import binaries
 
         return ToolBinaries(
-            kind=binaries.ensure("kind"), kubectl=binaries.ensure("kubectl", binaries.KUBERNETES_VERSION)
+            kind=binaries.ensure("kind"),
+            kubectl=binaries.ensure("kubectl", kubernetes_version or binaries.KUBERNETES_VERSION),
         )
 
     @staticmethod

@@ -62,7 +62,17 @@ from e2e.text import one_line
 
 log = logging.getLogger(__name__)
 
-KUBERNETES_VERSION = "v1.34.4"
+
+
+def _default_kubernetes_build() -> str:
+    """The patch built of the matrix's newest default Kubernetes minor (the version the local
+    tier and the kind tools run unless a cell names another minor)."""
+    from e2e.matrix import load_matrix
+
+    return load_matrix().kubernetes_selected(())[-1].build
+
+
+KUBERNETES_VERSION = _default_kubernetes_build()
 KUBERNETES_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 PROXY = "kube-rbac-proxy"
 KSERVE_MANAGER = "kserve-manager"
@@ -438,6 +448,11 @@ def _go_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     if extra:
         env.update(extra)
     return env
+
+
+def go_environment() -> dict[str, str]:
+    """The environment every go command of the harness runs in (local toolchain, no cgo)."""
+    return _go_env()
 
 
 def go_binary() -> str:

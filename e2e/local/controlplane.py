@@ -82,12 +82,21 @@ def resolve_binaries(
     Raises ``EnvironmentMissing`` (or the binaries module's build errors) naming the first
     binary that cannot be had.
     """
-    from e2e.local import binaries  # the build machinery is only needed here
+    from e2e.local import binaries, kubeadm  # the build machinery is only needed here
+
+    version = kubernetes_version or binaries.KUBERNETES_VERSION
+    # etcd as that version's kubeadm deploys it (v1.34: 3.6.5, v1.35: 3.6.6, ...); the default
+    # version's is the binaries' default, so the default control plane needs no kubeadm.
+    etcd = (
+        binaries.DEFAULT_VERSIONS["etcd"]
+        if version == binaries.KUBERNETES_VERSION
+        else kubeadm.etcd_version(version, build=build)
+    )
 
     def find(component: str) -> Path:
-        # Only Kubernetes' own components follow the Kubernetes version.
-        version = kubernetes_version if component.startswith("kube-") else None
-        return binaries.ensure(component, version, build=build)
+        # Kubernetes' own components follow the Kubernetes version, etcd follows kubeadm's choice.
+        wanted = version if component.startswith("kube-") else etcd if component == "etcd" else None
+        return binaries.ensure(component, wanted, build=build)
 
     return ControlPlaneBinaries(
         etcd=find("etcd"),
