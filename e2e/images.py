@@ -192,30 +192,57 @@ def _parse_location(text: str, option: str) -> str:
     return f"{host}/{path}" if path else host
 
 
+def _parse_endpoint(source: str, url: str, text: str, option: str) -> str:
+    """The base URL of a ``HOST=URL`` rule: http(s), a host and an optional port, no path
+    (containerd asks ``URL/v2/<the image's own path>``)."""
+    scheme, _, rest = url.partition("://")
+    if "/" in source or scheme not in ("http", "https") or not rest or "/" in rest.rstrip("/") \
+            or not DOMAIN.match(rest.rstrip("/")):  # fmt: skip
+        raise UsageError(
+            f"{option} {text!r}: expected HOST=URL with a registry host and an http(s) URL without a path, "
+            "e.g. quay.io=http://10.0.0.5:5000"
+        )
+    return f"{scheme}://{rest.rstrip('/')}"
+
+
 @dataclass(frozen=True)
 class RegistryMirrors:
-    """``--registry-mirror SRC=DST`` rules: pull ``SRC/...`` from ``DST/...`` instead.
+    """``--registry-mirror`` rules, of two kinds:
 
-    The longest ``SRC`` that matches whole path components of the normalized name wins;
-    tag and digest are kept.
+    - ``SRC=DST`` (``gcr.io/kubebuilder=registry.example:5000/kubebuilder``): pull ``SRC/...``
+      from ``DST/...`` instead, the reference rewritten. The longest ``SRC`` that matches whole
+      path components of the normalized name wins; tag and digest are kept.
+    - ``HOST=URL`` (``quay.io=http://10.0.0.5:5000``): a registry mirror in containerd's sense,
+      the reference unchanged: the kind nodes' containerd pulls ``HOST``'s images from ``URL``
+      under the same path (``certs.d/HOST/hosts.toml``), and the probe asks ``URL`` too. What
+      an air-gapped site runs; ``kserve-compat images push --to`` seeds it.
     """
 
     rules: tuple[tuple[str, str], ...] = ()
+    endpoints: tuple[tuple[str, str], ...] = ()  # (registry host, base URL): HOST=URL rules
 
     @classmethod
     def from_options(cls, options: Iterable[str], option: str = "--registry-mirror") -> RegistryMirrors:
         rules: dict[str, str] = {}
+        endpoints: dict[str, str] = {}
         for text in options:
             source, equals, target = text.partition("=")
             if not equals or not source or not target:
                 raise UsageError(
-                    f"{option} {text!r}: expected SRC=DST, e.g. gcr.io/kubebuilder=registry.example:5000/kubebuilder"
+                    f"{option} {text!r}: expected SRC=DST, e.g. gcr.io/kubebuilder=registry.example:5000/kubebuilder, "
+                    "or HOST=URL, e.g. quay.io=http://10.0.0.5:5000"
                 )
             source = _parse_location(source, option)
-            if source in rules:
-                raise UsageError(f"{option} {text!r}: {source} is already mirrored to {rules[source]}")
-            rules[source] = _parse_location(target, option)
-        return cls(tuple(sorted(rules.items(), key=lambda rule: len(rule[0]), reverse=True)))
+            if source in rules or source in endpoints:
+                raise UsageError(f"{option} {text!r}: {source} is already mirrored to "
+                                 f"{rules.get(source) or endpoints[source]}")  # fmt: skip
+            if "://" in target:
+                endpoints[source] = _parse_endpoint(source, target, text, option)
+            else:
+                rules[source] = _parse_location(target, option)
+        return cls(
+            tuple(sorted(rules.items(), key=lambda rule: len(rule[0]), reverse=True)), tuple(sorted(endpoints.items()))
+        )
 
     def mirror_for(self, ref: ImageReference) -> tuple[str, str] | None:
         name = ref.name
@@ -238,7 +265,7 @@ class RegistryMirrors:
         return ref if rewritten is parsed else rewritten.format()
 
     def __bool__(self) -> bool:
-        return bool(self.rules)
+        return bool(self.rules or self.endpoints)
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "github.com/kserve/kserve through the Go module proxy (env KSERVE_COMPAT_MANIFESTS_FROM_MODULE=1)",
     )
     group.addoption(
-        "--registry-mirror", action="append", default=[], metavar="SRC=DST", help="rewrite image registries"
+        "--registry-mirror", action="append", default=[], metavar="SRC=DST|HOST=URL",
+        help="SRC=DST rewrites image references (gcr.io/kubebuilder=registry.example:5000/kubebuilder); "
+        "HOST=URL makes the kind nodes pull HOST's images from your registry at URL, names unchanged "
+        "(quay.io=http://10.0.0.5:5000; seed it with `kserve-compat images push --to`)"
     )
     group.addoption("--reports-dir", metavar="DIR", default="reports", help="where results and reports go")
     group.addoption("--plan", action="store_true", help="print the ordered plan and touch nothing")

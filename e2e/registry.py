@@ -113,7 +113,8 @@ class RegistryProbe:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.mirrors = mirrors or RegistryMirrors()
-        self.endpoints = {**DEFAULT_ENDPOINTS, **(endpoints or {})}
+        # HOST=URL mirrors answer for their host under the same paths, as they do for containerd.
+        self.endpoints = {**DEFAULT_ENDPOINTS, **dict(self.mirrors.endpoints), **(endpoints or {})}
         self.insecure = frozenset(insecure_registries)
         self.session = session or requests.Session()
         self.timeout = (connect_timeout, read_timeout)
@@ -130,9 +131,14 @@ class RegistryProbe:
         """Is ``ref`` (through the mirrors) pullable? Never raises for network trouble."""
         parsed = ImageReference.parse(ref) if isinstance(ref, str) else ref
         target = self.mirrors.rewrite_reference(parsed)
-        url = f"{self.base_url(target.domain)}/v2/{target.repository}/manifests/{target.manifest_reference}"
+        base = self.base_url(target.domain)
+        url = f"{base}/v2/{target.repository}/manifests/{target.manifest_reference}"
         result = self._probe_url(url)
-        return ImageAvailability(result.status, result.digest, result.detail, probed=target.format())
+        # A HOST=URL mirror keeps the name: say where it was asked.
+        probed = (
+            target.format() if target.domain not in dict(self.mirrors.endpoints) else f"{target.format()} at {base}"
+        )
+        return ImageAvailability(result.status, result.digest, result.detail, probed=probed)
 
     def base_url(self, domain: str) -> str:
         if domain in self.endpoints:

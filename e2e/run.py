@@ -69,6 +69,7 @@ def make_factory(options: HarnessOptions, matrix: Matrix | None = None) -> Provi
                 keep_on_failure=options.keep_on_failure,
                 reuse_cluster=options.reuse_cluster,
                 local_images=options.local_images,
+                user_registries=RegistryMirrors.from_options(options.registry_mirrors).endpoints,
             ),
         )
     raise HarnessError(f"--provider {options.provider}: expected kind or local")

@@ -137,6 +137,31 @@ def test_malformed_mirror_is_a_usage_error(option: str) -> None:
     assert repr(option) in str(caught.value) or "expected" in str(caught.value)
 
 
+def test_host_url_rules_are_node_mirrors_not_rewrites() -> None:
+    mirrors = RegistryMirrors.from_options(
+        ["quay.io=http://10.0.0.5:5000", "index.docker.io=https://hub.example/", "gcr.io/kubebuilder=k8s.example/kb"]
+    )
+    assert mirrors.endpoints == (("docker.io", "https://hub.example"), ("quay.io", "http://10.0.0.5:5000"))
+    assert mirrors.rules == (("gcr.io/kubebuilder", "k8s.example/kb"),)
+    assert mirrors.rewrite("quay.io/brancz/kube-rbac-proxy:v0.22.1") == "quay.io/brancz/kube-rbac-proxy:v0.22.1"
+    assert mirrors.rewrite("gcr.io/kubebuilder/kube-rbac-proxy:v0.13.1") == "k8s.example/kb/kube-rbac-proxy:v0.13.1"
+    assert RegistryMirrors.from_options(["quay.io=http://10.0.0.5:5000"])  # a rule, so truthy
+
+
+@pytest.mark.parametrize(
+    "option",
+    ["quay.io/brancz=http://10.0.0.5:5000", "quay.io=ftp://10.0.0.5", "quay.io=http://10.0.0.5:5000/path",
+     "quay.io=http://", "quay.io=http://bad host"],
+)  # fmt: skip
+def test_malformed_host_url_rule_is_one_line_naming_it(option: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        RegistryMirrors.from_options([option])
+    assert str(caught.value) == (
+        f"--registry-mirror {option!r}: expected HOST=URL with a registry host and an http(s) URL without a path, "
+        "e.g. quay.io=http://10.0.0.5:5000"
+    )
+
+
 def test_duplicate_mirror_source_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="already mirrored"):
         RegistryMirrors.from_options(["gcr.io=a.io", "gcr.io=b.io"])

@@ -871,6 +871,24 @@ def test_an_image_of_the_local_engine_goes_into_its_hosts_mirror_when_missing_or
     assert kind_bin.calls() == []
 
 
+def test_a_host_of_the_users_registry_is_pulled_from_there_and_never_pushed_to(
+    kind_bin: StandIn, docker_bin: StandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--registry-mirror quay.io=URL: the nodes' certs.d points quay.io at URL; the run starts no
+    mirror of its own for it and pushes nothing there (the user seeds it)."""
+    options = KindOptions(docker=str(docker_bin.path), user_registries=(("quay.io", "http://10.0.0.5:5000"),))
+    cluster = make_cluster(kind_bin, options)
+    mirrors = _with_mirrors(cluster, monkeypatch, remote=None, held=None)
+    cluster.mirrors.prepare()
+    hosts = (cluster.mirrors.certs_dir / "quay.io" / "hosts.toml").read_text()
+    assert 'server = "http://10.0.0.5:5000"' in hosts and "your registry (--registry-mirror)" in hosts
+    cluster.load_images(["quay.io/brancz/kube-rbac-proxy:v0.22.1"])
+    assert mirrors == {} and docker_bin.calls() == []
+    assert "quay.io -> http://10.0.0.5:5000 (your registry, --registry-mirror)" in cluster.mirrors.describe()
+    plan = "\n".join(KindProviderFactory(load_matrix(), options).plan("kserve-v0.14.1--k8s-1.34", "1.34"))
+    assert "quay.io: the nodes pull from your registry http://10.0.0.5:5000 instead (--registry-mirror" in plan
+
+
 def test_docker_hub_images_go_to_the_docker_io_mirror_under_their_full_path(
     kind_bin: StandIn, docker_bin: StandIn, monkeypatch: pytest.MonkeyPatch
 ) -> None:

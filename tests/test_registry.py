@@ -121,6 +121,18 @@ def test_endpoint_override_points_a_public_host_at_the_local_registry(
     assert result.digest == pushed[f"{registry.host}/brancz/kube-rbac-proxy:v0.18.0"]
 
 
+def test_a_host_url_mirror_is_asked_for_the_same_path(registry: RunningRegistry, pushed: dict[str, str]) -> None:
+    """--registry-mirror quay.io=URL, as containerd's certs.d mirror: the name is kept and URL asked."""
+    mirrors = RegistryMirrors.from_options([f"quay.io={registry.url}"])
+    assert mirrors.rewrite("quay.io/brancz/kube-rbac-proxy:v0.18.0") == "quay.io/brancz/kube-rbac-proxy:v0.18.0"
+    probe, _ = fast_probe(mirrors=mirrors)
+    result = probe.probe("quay.io/brancz/kube-rbac-proxy:v0.18.0")
+    assert result.status is Status.AVAILABLE
+    assert result.digest == pushed[f"{registry.host}/brancz/kube-rbac-proxy:v0.18.0"]
+    assert result.probed == f"quay.io/brancz/kube-rbac-proxy:v0.18.0 at {registry.url}"
+    assert probe.probe("quay.io/brancz/kube-rbac-proxy:v9.9.9").status is Status.MISSING
+
+
 def test_redirect_is_followed_to_the_real_registry(registry: RunningRegistry, pushed: dict[str, str]) -> None:
     handler, seen = scripted_handler(lambda request, _: (307, {"Location": registry.url + request.path}))
     with serve_http(handler) as front:

@@ -684,6 +684,8 @@ class KindOptions:
     node_ready_timeout: float = 180.0
     # The image set built by `kserve-compat images` (``--local-images``): nothing is pulled.
     local_images: bool = False
+    # --registry-mirror HOST=URL: the user's registries the nodes pull those hosts from.
+    user_registries: tuple[tuple[str, str], ...] = ()
 
 
 class KindCluster(ClusterProvider):
@@ -719,6 +721,7 @@ class KindCluster(ClusterProvider):
             self.state_dir.resolve() / "mirrors",
             MirrorMode.offline() if image_set is not None else MirrorMode.online(),
             self._gateway,
+            user_registries=dict(options.user_registries),
         )
         self._prometheus_started = False
         self.reused = False
@@ -1014,6 +1017,10 @@ class KindCluster(ClusterProvider):
         """
         for image in images:
             host, name = upstream_name(image)
+            user_registry = self.mirrors.user_registries.get(host)
+            if user_registry is not None:
+                log.info("%s: pulled by the nodes from %s (--registry-mirror)", image, user_registry)
+                continue
             mirror = self.mirrors.mirror(host)
             if mirror.remote is not None:
                 continue
@@ -1214,6 +1221,11 @@ class KindProviderFactory(ProviderFactory):
                     if self.options.local_images
                     else "pull-through caches of the real registries, kept in the harness's cache"
                 )
+            ),
+            *(
+                f"{host}: the nodes pull from your registry {url} instead (--registry-mirror; nothing is "
+                "pushed there by the run: seed it with `kserve-compat images push --to`)"
+                for host, url in self.options.user_registries
             ),
             "reach Services with `kubectl port-forward svc/NAME :PORT`",
             "on failure: `kind export logs` into the cell's diagnostics",

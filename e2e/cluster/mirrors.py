@@ -72,9 +72,9 @@ def registry_binary() -> str:
     )
 
 
-def hosts_toml(server: str) -> str:
+def hosts_toml(server: str, served_by: str = "the run's mirror") -> str:
     """containerd's hosts.toml: ``server`` replaces the registry (no fallback to it)."""
-    return f'# kserve-compat: this registry is served by the run\'s mirror\nserver = "{server}"\n'
+    return f'# kserve-compat: this registry is served by {served_by}\nserver = "{server}"\n'
 
 
 def mirror_config(storage: Path, port: int, remote: str | None) -> dict[str, object]:
@@ -218,8 +218,11 @@ class NodeMirrors:
         mode: MirrorMode,
         gateway: Callable[[], str],
         storage_root: Path | None = None,
+        user_registries: dict[str, str] | None = None,
     ) -> None:
         self.certs_dir = certs_dir
+        # --registry-mirror HOST=URL: these hosts are the user's registry's, not a mirror of ours.
+        self.user_registries = dict(user_registries or {})
         self.workdir = workdir
         self.mode = mode
         self.storage_root = storage_root or cache_root() / "mirrors" / mode.name
@@ -236,8 +239,15 @@ class NodeMirrors:
             default = self.certs_dir / "_default"
             default.mkdir(exist_ok=True)
             _write(default / "hosts.toml", hosts_toml(CLOSED_PORT))
+        for host, url in self.user_registries.items():
+            (self.certs_dir / host).mkdir(parents=True, exist_ok=True)
+            _write(self.certs_dir / host / "hosts.toml", hosts_toml(url, "your registry (--registry-mirror)"))
 
     def mirror(self, host: str) -> RegistryMirror:
+        if host in self.user_registries:
+            raise HarnessError(
+                f"{host}: served by {self.user_registries[host]} (--registry-mirror), not by a mirror of the run"
+            )
         with self._lock:
             found = self.mirrors.get(host)
             if found is not None:
@@ -273,6 +283,8 @@ class NodeMirrors:
         return [
             f"{host} -> {mirror.node_url} ({'pull-through ' + mirror.remote if mirror.remote else 'pushed here'})"
             for host, mirror in sorted(self.mirrors.items())
+        ] + [
+            f"{host} -> {url} (your registry, --registry-mirror)" for host, url in sorted(self.user_registries.items())
         ]
 
 
