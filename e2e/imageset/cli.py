@@ -5,7 +5,7 @@ reason; ``build`` builds what is missing (node images first, then the components
 1 when an image that could be built was not; ``push --to REGISTRY`` copies what is built into
 a registry (an air-gapped site's mirror), each image under its upstream path. The selection
 defaults to the matrix's default selection (latest patch of each KServe line, every proxy
-image, every Kubernetes version).
+image, the default Kubernetes minors; `--k8s all` for every one).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--k8s",
         action="append",
         metavar="MINOR",
-        help="Kubernetes version of a node image, e.g. 1.34 (repeatable; default: every one of the matrix)",
+        help="Kubernetes minor of a node image, e.g. 1.35, or all (repeatable; default: the matrix's default minors)",
     )
     parser.add_argument("--matrix", metavar="FILE", help="matrix file (default e2e/data/matrix.yaml)")
     parser.add_argument(

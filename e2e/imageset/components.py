@@ -592,12 +592,12 @@ class ImageSelection:
 
 
 def default_selection(matrix: Matrix | None = None) -> ImageSelection:
-    """The matrix's default selection: latest patches, every proxy image, every Kubernetes version."""
+    """The matrix's default selection: latest patches, every proxy image, the default Kubernetes minors."""
     matrix = matrix or load_matrix()
     return ImageSelection(
         kserve_versions=tuple(r.version for r in matrix.releases if r.latest_patch),
         proxy_aliases=tuple(p.alias for p in matrix.proxies),
-        k8s_minors=tuple(k.version for k in matrix.kubernetes),
+        k8s_minors=tuple(k.version for k in matrix.kubernetes_selected(())),
     )
 
 
@@ -611,13 +611,12 @@ def _selection(
     default = default_selection(matrix)
     kserve = tuple(dict.fromkeys(kserve_versions or ())) or default.kserve_versions
     proxies = tuple(dict.fromkeys(proxy_aliases or ())) or default.proxy_aliases
-    minors = tuple(dict.fromkeys(m.removeprefix("v") for m in k8s_minors or ())) or default.k8s_minors
+    # `--k8s all` is every minor; a minor may be spelled v1.35 or 1.35.4 (UsageError for an unknown one).
+    minors = tuple(k.version for k in matrix.kubernetes_selected(tuple(k8s_minors or ())))
     for version in kserve:
         matrix.release(version)
     for alias in proxies:
         matrix.proxy(alias)
-    for minor in minors:
-        matrix.k8s(minor)
     return ImageSelection(kserve, proxies, minors)
 
 
