@@ -5,12 +5,16 @@ stdin), finds every ``image`` of every ``containers``/``initContainers``/
 ``ephemeralContainers`` list at any depth (Pod templates of workloads, and custom kinds
 such as ServingRuntime ``spec.containers``), and flags each image: on a retired registry
 (with its replacement), unpinned (no tag or ``latest``), pinned by digest. ``--probe``
-asks the registry whether each image can be pulled.
+asks the registry whether each image can be pulled. The ``args`` of every kube-rbac-proxy
+container are checked against the flag contract of its own image's version
+(``e2e.proxy_flags``): an unknown flag is a failure (the proxy exits at start), a
+deprecated or hidden one a warning, a version without a contract is noted as not checked.
 
 Exit codes, in the spirit of pluto (the highest-ranked finding wins; see ``EXIT_CODES``):
 0 clean, 2 usage error, 3 an image is on a retired registry, 4 an image is unavailable
-(gone, denied) or not a valid reference, 6 an image could not be checked (its registry did
-not answer: DNS, connection, timeout). "Could not check" is never counted as "gone".
+(gone, denied) or not a valid reference, 7 a kube-rbac-proxy container has a flag its
+version does not accept, 6 an image could not be checked (its registry did not answer: DNS,
+connection, timeout). "Could not check" is never counted as "gone".
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import argparse
 import json
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -27,20 +31,26 @@ import yaml
 
 from e2e.errors import ImageReferenceError, UsageError
 from e2e.images import ImageReference, RegistryMirrors, Retirement, retirement
+from e2e.local.proxy_runner import is_proxy_image, proxy_version_of
 from e2e.manifests import YAML_LOADER
+from e2e.proxy_flags import Contracts, FlagProblem, NoContract, check_args, load_contracts
 from e2e.registry import ImageAvailability, RegistryProbe, Status
 
 EXIT_CLEAN = 0
 EXIT_RETIRED = 3
 EXIT_UNAVAILABLE = 4
 EXIT_UNCHECKED = 6  # the same code in preflight
-# For --help. Of several findings the first in this order sets the code: 4, then 6, then 3.
+# A kube-rbac-proxy container would exit at start: like an unavailable image, a known break
+# (the same code in preflight, for the planned patch).
+EXIT_UNKNOWN_FLAG = 7
+# For --help. Of several findings the first in this order sets the code: 4, 7, 6, then 3.
 EXIT_CODES = (
-    (EXIT_CLEAN, "clean"),
+    (EXIT_CLEAN, "clean (deprecated proxy flags are warnings)"),
     (2, "usage error (a path that does not exist, no manifests, bad options)"),
     (EXIT_RETIRED, "an image is on a retired registry (and nothing below)"),
-    (EXIT_UNAVAILABLE, "an image is unavailable (missing, denied) or not a valid reference (wins over 6 and 3)"),
+    (EXIT_UNAVAILABLE, "an image is unavailable (missing, denied) or not a valid reference (wins over 7, 6 and 3)"),
     (EXIT_UNCHECKED, "an image could not be checked, its registry did not answer (--probe; wins over 3)"),
+    (EXIT_UNKNOWN_FLAG, "a kube-rbac-proxy container has a flag its version does not accept (wins over 6 and 3)"),
 )
 
 CONTAINER_LISTS = ("containers", "initContainers", "ephemeralContainers")
@@ -60,6 +70,8 @@ class ImageUse:
     name: str | None
     container: str | None
     field: str  # e.g. spec.template.spec.containers[1].image
+    args: tuple[str, ...] | None = None  # the container's args, None when it has none
+    arg_lines: tuple[int, ...] = ()  # the line of each arg
 
     def describe(self) -> str:
         where = f"{self.source}:{self.line}"
@@ -135,11 +147,70 @@ class AuditedImage:
         }
 
 
+@dataclass(frozen=True)
+class FlagFinding:
+    """A kube-rbac-proxy container's args judged against its image's version: one problem,
+    or ``not_checked`` (the reason) when there is no contract to judge by."""
+
+    image: str
+    use: ImageUse
+    version: str | None
+    problem: FlagProblem | None = None
+    not_checked: str | None = None
+
+    @property
+    def kind(self) -> str:
+        """unknown, deprecated or not checked."""
+        return self.problem.severity if self.problem else "not checked"
+
+    def at(self) -> ImageUse:
+        """The use, at the offending arg's line when there is one."""
+        use = self.use
+        if self.problem is not None and self.problem.index < len(use.arg_lines):
+            index = self.problem.index
+            field = use.field.removesuffix(".image") + f".args[{index}]"
+            use = replace(use, line=use.arg_lines[index], field=field)
+        return use
+
+    def where(self) -> str:
+        return self.at().describe()
+
+    def describe(self) -> str:
+        if self.problem is not None:
+            prefix = "warning: " if self.problem.severity == "deprecated" else ""
+            return f"{prefix}{self.where()}: {self.problem.message}"
+        return f"{self.where()}: flags not checked ({self.not_checked})"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "image": self.image,
+            "version": self.version,
+            "flag": self.problem.flag if self.problem else None,
+            "arg": self.problem.arg if self.problem else None,
+            "message": self.problem.message if self.problem else f"flags not checked ({self.not_checked})",
+            "where": self.at().as_json(),
+        }
+
+
 @dataclass
 class AuditReport:
     images: list[AuditedImage]
     sources: int
     probed: bool
+    flags: list[FlagFinding] = field(default_factory=list)
+
+    @property
+    def unknown_flags(self) -> list[FlagFinding]:
+        return [finding for finding in self.flags if finding.kind == "unknown"]
+
+    @property
+    def deprecated_flags(self) -> list[FlagFinding]:
+        return [finding for finding in self.flags if finding.kind == "deprecated"]
+
+    @property
+    def flags_not_checked(self) -> list[FlagFinding]:
+        return [finding for finding in self.flags if finding.kind == "not checked"]
 
     @property
     def retired(self) -> list[AuditedImage]:
@@ -157,6 +228,8 @@ class AuditReport:
     def exit_code(self) -> int:
         if self.unavailable:
             return EXIT_UNAVAILABLE
+        if self.unknown_flags:
+            return EXIT_UNKNOWN_FLAG
         if self.unchecked:
             return EXIT_UNCHECKED
         if self.retired:
@@ -176,6 +249,13 @@ class AuditReport:
             counts.append(f"{sum(image.unavailable for image in self.images) - invalid} unavailable")
             if self.unchecked:
                 counts.append(f"{len(self.unchecked)} could not be checked")
+        for found, one, many in (
+            (self.unknown_flags, "unknown proxy flag", "unknown proxy flags"),
+            (self.deprecated_flags, "deprecated proxy flag", "deprecated proxy flags"),
+            (self.flags_not_checked, "proxy container's flags not checked", "proxy containers' flags not checked"),
+        ):
+            if found:
+                counts.append(f"{len(found)} {one if len(found) == 1 else many}")
         noun = "file" if self.sources == 1 else "files"
         return f"{len(self.images)} images in {self.sources} {noun}: " + ", ".join(counts)
 
@@ -305,6 +385,12 @@ def _containers(source: str, node: yaml.SequenceNode, path: str, owner: _Owner) 
         image = _scalar(image_node)
         if image is None or image_node is None:
             continue
+        args_node = _get(container, "args")
+        args = arg_lines = None
+        if isinstance(args_node, yaml.SequenceNode):
+            items = [item for item in args_node.value if isinstance(item, yaml.ScalarNode)]
+            args = tuple(str(item.value) for item in items)
+            arg_lines = tuple(item.start_mark.line + 1 for item in items)
         yield (
             image,
             ImageUse(
@@ -315,6 +401,8 @@ def _containers(source: str, node: yaml.SequenceNode, path: str, owner: _Owner) 
                 name=owner.name,
                 container=_scalar(_get(container, "name")),
                 field=f"{path}[{index}].image",
+                args=args,
+                arg_lines=arg_lines or (),
             ),
         )
 
@@ -322,7 +410,11 @@ def _containers(source: str, node: yaml.SequenceNode, path: str, owner: _Owner) 
 # -- judging ----------------------------------------------------------------------------------
 
 
-def audit(sources: Iterable[tuple[str, str]], probe: RegistryProbe | None = None) -> AuditReport:
+def audit(
+    sources: Iterable[tuple[str, str]], probe: RegistryProbe | None = None, contracts: Contracts | None = None
+) -> AuditReport:
+    """Judge every image of ``sources``; ``contracts``: the proxy flag contracts (default:
+    the shipped data file)."""
     images: dict[str, AuditedImage] = {}
     count = 0
     names: list[str] = []
@@ -345,7 +437,31 @@ def audit(sources: Iterable[tuple[str, str]], probe: RegistryProbe | None = None
         audited.retirement = retirement(audited.reference)
         if probe is not None:
             audited.availability = probe.probe(audited.reference)
-    return AuditReport(list(images.values()), sources=count, probed=probe is not None)
+    report = AuditReport(list(images.values()), sources=count, probed=probe is not None)
+    for audited in report.images:
+        if audited.reference is not None and is_proxy_image(audited.image):
+            contracts = contracts or load_contracts()
+            report.flags += proxy_flag_findings(audited, contracts)
+    return report
+
+
+def proxy_flag_findings(image: AuditedImage, contracts: Contracts) -> list[FlagFinding]:
+    """The args of each container running ``image`` (a kube-rbac-proxy) against its version."""
+    version = proxy_version_of(image.image)
+    findings: list[FlagFinding] = []
+    for use in image.uses:
+        if not use.args:
+            continue  # no flags to judge
+        if version is None:
+            findings.append(FlagFinding(image.image, use, None, not_checked="its tag names no kube-rbac-proxy version"))
+            continue
+        try:
+            problems = check_args(use.args, version, contracts)
+        except NoContract as missing:
+            findings.append(FlagFinding(image.image, use, version, not_checked=str(missing)))
+            continue
+        findings += [FlagFinding(image.image, use, version, problem) for problem in problems]
+    return findings
 
 
 # -- rendering --------------------------------------------------------------------------------
@@ -399,6 +515,9 @@ def _notes(report: AuditReport) -> list[str]:
     for image in report.unchecked:
         if image.availability is not None:
             notes.append(f"{image.image}: could not be checked, {image.availability.describe()}")
+    notes += [finding.describe() for finding in report.unknown_flags]
+    notes += [finding.describe() for finding in report.deprecated_flags]
+    notes += [finding.describe() for finding in report.flags_not_checked]
     return notes
 
 
@@ -435,6 +554,7 @@ def render_markdown(report: AuditReport) -> str:
 def render_json(report: AuditReport) -> str:
     document = {
         "images": [image.as_json() for image in report.images],
+        "proxy_flags": [finding.as_json() for finding in report.flags],
         "summary": report.summary(),
         "probed": report.probed,
         "exit_code": report.exit_code,

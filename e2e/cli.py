@@ -36,7 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "audit": ("e2e.audit", "flag retired, unpinned and unavailable images in manifests"),
     "preflight": ("e2e.preflight", "check a live cluster before a KServe upgrade or image swap"),
     "binaries": (
-        "e2e.local.binaries",
+        "e2e.local.binaries_cli",
         "build or locate etcd, kube-apiserver, kube-rbac-proxy, ... (a refused proxy version: from its image)",
     ),
     "images": ("e2e.imageset.cli", "list or build the kind tier's images offline from upstream source"),

@@ -17,7 +17,7 @@ import pytest
 
 from e2e.availability import unavailable
 from e2e.errors import EnvironmentMissing, UsageError
-from e2e.local import binaries
+from e2e.local import binaries, binaries_cli
 
 # The docker client honours DOCKER_HOST: tests about "no engine" hold where one runs too.
 ABSENT_DOCKER_ENGINE = "unix:///nonexistent/kserve-compat-tests/docker.sock"
@@ -225,8 +225,8 @@ def test_second_ensure_does_not_rebuild(clean_overrides: pytest.MonkeyPatch) -> 
 
 def cli(*argv: str) -> int:
     parser = argparse.ArgumentParser()
-    binaries.add_arguments(parser)
-    return binaries.run(parser.parse_args(argv))
+    binaries_cli.add_arguments(parser)
+    return binaries_cli.run(parser.parse_args(argv))
 
 
 def test_cli_list_shows_status_without_building(empty_cache: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -216,7 +216,11 @@ def test_go_v0_14_target_available_through_mirror(
         "image-availability": "ok",
         "proxy-rbac": "ok",
         "swap-dry-run": "ok",
+        # KServe v0.14.0's --logtostderr=true is a deprecated flag of v0.18.2: a warning, still GO.
+        "proxy-flags": "warn",
     }
+    flags = next(c for c in document["checks"] if c["name"] == "proxy-flags")
+    assert "--logtostderr" in flags["detail"] and "v0.18.2" in flags["detail"], flags
     assert document["proxy"]["service_account"] == "kserve/kserve-controller-manager"
     assert document["wrote"] == []
     code, out = preflight(capsys, "--kubeconfig", kubeconfig, "--target-proxy", "quay-v0.18.2", *mirrors)

@@ -32,7 +32,6 @@ back. Otherwise the version is ``unavailable`` with the answers and how to ask.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime
 import fcntl
@@ -1014,7 +1013,7 @@ class BuildSummary:
         return not self.with_status("failed")
 
 
-def _requested(
+def requested_recipes(
     components: Sequence[str] | None,
     proxy_versions: Sequence[str] | None,
     kubernetes_version: str | None,
@@ -1049,7 +1048,7 @@ def ensure_all(
         raise UsageError(f"--jobs {jobs}: expected a positive number")
     summary = BuildSummary()
     groups: dict[tuple[str, str], list[Recipe]] = {}
-    for rec in _requested(components, proxy_versions, kubernetes_version):
+    for rec in requested_recipes(components, proxy_versions, kubernetes_version):
         found = locate(rec.component, rec.version)
         if found:
             summary.results.append(BinaryResult(rec.component, rec.version, "present", found))
@@ -1088,58 +1087,3 @@ def status(component: str, version: str | None = None) -> BinaryResult:
     if not ok:
         return BinaryResult(component, rec.version, "unavailable", None, reason)
     return BinaryResult(component, rec.version, "missing", binary_path(component, rec.version))
-
-
-# ---------------------------------------------------------------------------- CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--component",
-        action="append",
-        choices=ALL_COMPONENTS,
-        metavar="NAME",
-        help=f"build only these (repeatable; default the local tier's: {', '.join(COMPONENTS)}; "
-        f"also: {', '.join((*IMAGE_COMPONENTS, *ON_DEMAND_COMPONENTS))})",
-    )
-    parser.add_argument(
-        "--proxy-versions",
-        metavar="V1,V2",
-        help=f"kube-rbac-proxy versions (default {','.join(PROXY_VERSIONS)})",
-    )
-    parser.add_argument(
-        "--kubernetes-version",
-        default=KUBERNETES_VERSION,
-        help=f"Kubernetes version of the control plane binaries and kubectl (default {KUBERNETES_VERSION})",
-    )
-    parser.add_argument("--jobs", type=int, default=2, help="builds at a time (default 2)")
-    parser.add_argument("--list", action="store_true", help="show what exists, without building")
-    parser.add_argument(
-        "--from-image",
-        action="store_true",
-        help=f"take kube-rbac-proxy versions the Go module proxy refuses out of their published images "
-        f"(docker create + cp; needs a Docker engine and the registry; also {ENV_FROM_IMAGE}=1)",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.from_image:
-        os.environ[ENV_FROM_IMAGE] = "1"
-    proxy_versions = [v.strip() for v in args.proxy_versions.split(",") if v.strip()] if args.proxy_versions else None
-    recipes = _requested(args.component, proxy_versions, args.kubernetes_version)
-    if args.list:
-        for rec in recipes:
-            result = status(rec.component, rec.version)
-            where = str(result.path) if result.path else "-"
-            detail = f"  {result.detail}" if result.detail else ""
-            print(f"{rec.component:<24} {rec.version:<9} {result.status:<12} {where}{detail}")
-        return 0
-    summary = ensure_all(args.component, proxy_versions, args.jobs, kubernetes_version=args.kubernetes_version)
-    for result in summary.results:
-        if result.status in ("present", "built"):
-            print(f"{result.component:<24} {result.version:<9} {result.status:<12} {result.path}")
-    for result in summary.with_status("unavailable"):
-        print(f"warning: {result.component} {result.version} unavailable: {result.detail}")
-    for result in summary.with_status("failed"):
-        print(f"error: {result.component} {result.version}: {result.detail}")
-    return 0 if summary.ok else 1

@@ -14,18 +14,20 @@ Against the current kubeconfig context, and read-only unless ``--check-metrics``
    review is answered, never stored);
 4. the planned image patch (``e2e.manifests.proxy_patch`` built from the live Deployment)
    sent as a server-side dry run (``dryRun=All``): admission and validation run, nothing is
-   persisted;
+   persisted; its proxy args checked against the target version's flag contract
+   (``e2e.proxy_flags``: an unknown flag fails, a deprecated one warns);
 5. with ``--check-metrics`` only: the RBAC-proxied metrics check of ``e2e.checks`` through a
    ``kubectl port-forward`` (or ``--metrics-url``), with two temporary ServiceAccounts, a
    ClusterRole and a ClusterRoleBinding that are deleted afterwards, also on failure,
    Ctrl-C or SIGTERM. This is the only mode that writes to the cluster, and it says so.
 
-Exit codes (``model.EXIT_CODES``; of several, ``model.EXIT_RANK`` decides: 5, 4, 6, 3):
+Exit codes (``model.EXIT_CODES``; of several, ``model.EXIT_RANK`` decides: 5, 4, 7, 6, 3):
 0 go; 2 usage error (unreachable cluster, unknown context, no KServe in the namespace);
 3 an image in use (or the target) is on a retired registry; 4 an image is unavailable or
 not a valid reference; 5 the swap would be rejected, the proxy's ServiceAccount lacks the
 RBAC it needs, or the ``--check-metrics`` check failed; 6 an image could not be checked
-(its registry did not answer), as in ``audit``.
+(its registry did not answer), as in ``audit``; 7 the planned proxy args hold a flag the
+target kube-rbac-proxy version does not accept (the proxy would exit at start).
 
 One module per concern: ``model`` (the go/no-go report), ``cluster`` (connecting and
 reading), ``rbac`` (the proxy's SubjectAccessReviews), ``swap`` (the dry-run patch),

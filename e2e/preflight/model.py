@@ -6,7 +6,15 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from e2e.audit import EXIT_CLEAN, EXIT_RETIRED, EXIT_UNAVAILABLE, EXIT_UNCHECKED, AuditedImage, AuditReport
+from e2e.audit import (
+    EXIT_CLEAN,
+    EXIT_RETIRED,
+    EXIT_UNAVAILABLE,
+    EXIT_UNCHECKED,
+    EXIT_UNKNOWN_FLAG,
+    AuditedImage,
+    AuditReport,
+)
 from e2e.errors import UsageError
 from e2e.matrix import (
     KServeRelease,
@@ -20,16 +28,18 @@ EXIT_USAGE = UsageError.exit_code
 #: ServiceAccount lacks RBAC, or ``--check-metrics`` failed.
 EXIT_REJECTED = 5
 #: Of several failed checks, the first code in this order is the run's (6, "could not
-#: check an image", ranks below what is known to be broken and above a retired registry).
-EXIT_RANK = (EXIT_USAGE, EXIT_REJECTED, EXIT_UNAVAILABLE, EXIT_UNCHECKED, EXIT_RETIRED)
+#: check an image", ranks below what is known to be broken and above a retired registry;
+#: 7, the planned proxy args hold a flag the target version refuses, is known broken).
+EXIT_RANK = (EXIT_USAGE, EXIT_REJECTED, EXIT_UNAVAILABLE, EXIT_UNKNOWN_FLAG, EXIT_UNCHECKED, EXIT_RETIRED)
 #: For --help.
 EXIT_CODES = (
     (EXIT_GO, "go"),
     (EXIT_USAGE, "usage error (unreachable cluster, unknown context, no KServe in the namespace)"),
     (EXIT_RETIRED, "an image in use (or the target) is on a retired registry (and nothing below)"),
-    (EXIT_UNAVAILABLE, "an image is unavailable or not a valid reference (wins over 6 and 3)"),
+    (EXIT_UNAVAILABLE, "an image is unavailable or not a valid reference (wins over 7, 6 and 3)"),
     (EXIT_REJECTED, "the swap would be rejected, the proxy lacks RBAC, or --check-metrics failed (wins over 4)"),
     (EXIT_UNCHECKED, "an image could not be checked, its registry did not answer (wins over 3)"),
+    (EXIT_UNKNOWN_FLAG, "the planned proxy args hold a flag the target proxy version refuses (wins over 6 and 3)"),
 )
 
 FIELD_MANAGER = "kserve-compat-preflight"

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 
 from e2e.errors import UsageError
 from e2e.images import ImageReference, RegistryMirrors
+from e2e.local.proxy_runner import is_proxy_image, proxy_version_of
 from e2e.manifests import apply_strategic_merge
 from e2e.matrix import (
     Matrix,
@@ -34,7 +35,7 @@ from e2e.preflight.model import (
     Status,
 )
 from e2e.preflight.rbac import check_proxy_rbac
-from e2e.preflight.swap import check_swap_dry_run, planned_patch
+from e2e.preflight.swap import PROXY_FLAGS, check_proxy_flags, check_swap_dry_run, planned_patch
 from e2e.registry import RegistryProbe
 
 
@@ -138,8 +139,11 @@ def preflight(options: Options) -> PreflightReport:
             )
         elif target is None or patch is None:
             report.checks.append(Check("swap-dry-run", Status.SKIPPED, "no --target-image/--target-proxy"))
+            report.checks.append(Check(PROXY_FLAGS, Status.SKIPPED, "no --target-image/--target-proxy"))
         else:
             report.checks.append(check_swap_dry_run(conn.api, profile, patch, target))
+            target_version = proxy_version_of(target) if is_proxy_image(target) else None
+            report.checks.append(check_proxy_flags(patch, profile.proxy_container, target_version))
         if options.check_metrics:
             report.checks.append(check_metrics(conn, profile, report, options.metrics_url, options.kubectl))
     return report

@@ -1,8 +1,10 @@
-"""The planned proxy image patch, sent as a server-side dry run: admission and validation run, nothing persists."""
+"""The planned proxy image patch: sent as a server-side dry run (admission and validation run, nothing
+persists), and its proxy args checked against the target version's flag contract."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import urllib3
@@ -10,6 +12,7 @@ from kubernetes import client as k8s_client
 from kubernetes.client.exceptions import ApiException
 
 from e2e.apply import api_message
+from e2e.audit import EXIT_UNKNOWN_FLAG
 from e2e.manifests import ReleaseManifest, proxy_patch
 from e2e.matrix import (
     ControllerProfile,
@@ -24,6 +27,7 @@ from e2e.preflight.model import (
     Check,
     Status,
 )
+from e2e.proxy_flags import Contracts, NoContract, check_args
 from e2e.text import one_line
 
 
@@ -77,4 +81,36 @@ def check_swap_dry_run(
         f"the API accepted the planned patch (dry run, nothing stored): container {profile.proxy_container} "
         f"-> {target}",
         evidence=[json.dumps(patch, sort_keys=True)],
+    )
+
+
+PROXY_FLAGS = "proxy-flags"
+
+
+def check_proxy_flags(
+    patch: Mapping[str, Any], container: str, version: str | None, contracts: Contracts | None = None
+) -> Check:
+    """The args of ``container`` in the planned patch against kube-rbac-proxy ``version`` (the
+    target's; None when its tag names none): an unknown flag fails (the proxy would exit at
+    start), a deprecated one warns, no contract warns that nothing was checked."""
+    containers = (((patch.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or []
+    planned = next((c for c in containers if c.get("name") == container), None)
+    if planned is None:
+        return Check(PROXY_FLAGS, Status.SKIPPED, f"the planned patch has no container {container}")
+    args = [str(arg) for arg in planned.get("args") or []]
+    if version is None:
+        return Check(PROXY_FLAGS, Status.WARN, "flags not checked: the target names no kube-rbac-proxy version")
+    try:
+        problems = check_args(args, version, contracts)
+    except NoContract as missing:
+        return Check(PROXY_FLAGS, Status.WARN, f"flags not checked ({missing})", evidence=[f"args: {' '.join(args)}"])
+    unknown = [p.message for p in problems if p.severity == "unknown"]
+    deprecated = [p.message for p in problems if p.severity == "deprecated"]
+    given = f"args: {' '.join(args)}"
+    if unknown:
+        return Check(PROXY_FLAGS, Status.FAIL, "; ".join(unknown), EXIT_UNKNOWN_FLAG, [*deprecated, given])
+    if deprecated:
+        return Check(PROXY_FLAGS, Status.WARN, "; ".join(deprecated), evidence=[given])
+    return Check(
+        PROXY_FLAGS, Status.OK, f"kube-rbac-proxy {version} accepts every flag of the planned {container} args"
     )
