@@ -582,8 +582,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="SRC=DST|HOST=URL",
-        help="probe SRC/... at DST/... instead (repeatable), e.g. gcr.io/kubebuilder=registry.example:5000/kubebuilder; "
-        "HOST=URL asks your mirror at URL for HOST's images under their own paths, e.g. quay.io=http://10.0.0.5:5000",
+        help="probe SRC/... at DST/... instead (repeatable), e.g. gcr.io/kubebuilder=registry.example:5000/kubebuilder"
+        "; HOST=URL asks your mirror at URL for HOST's images under their own paths, e.g. quay.io=http://10.0.0.5:5000",
     )
     parser.add_argument(
         "--insecure-registry",
