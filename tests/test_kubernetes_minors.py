@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from e2e.cluster import kind as kind_tier
 from e2e.cluster.kind import KindOptions, KindProviderFactory
 from e2e.cluster.local import LocalProviderFactory
 from e2e.local import binaries, controlplane, kubeadm
@@ -78,3 +79,21 @@ def test_kind_plans_each_minors_node_image_and_kubectl(monkeypatch: pytest.Monke
     assert "node image kserve-compat/kind-node:v1.36.3" in online
     pinned = "\n".join(KindProviderFactory(MATRIX).plan("kserve-v0.20.0--k8s-1.34", "1.34"))
     assert "node image kindest/node:v1.34.8" in pinned
+
+
+@pytest.mark.parametrize(
+    ("version", "refuses"),
+    [("v1.34.4", False), ("1.34", False), ("v1.35.4", True), ("1.36", True), ("v1.37.2", True), ("bad", False)],
+)
+def test_the_kubelet_refuses_cgroup_v1_from_1_35(version: str, refuses: bool) -> None:
+    # What k8s.io/kubernetes pkg/kubelet/apis/config/v1beta1/defaults.go sets: FailCgroupV1
+    # false up to v1.34.4, true from v1.35.4 (read from the modules; see the kind tier's note).
+    assert kind_tier.kubelet_refuses_cgroup_v1(version) is refuses
+
+
+def test_a_cgroup_v1_engine_gets_the_kubelet_allowance_as_a_deviation() -> None:
+    config = kind_tier.cluster_config("kserve-compat/kind-node:v1.35.4", allow_cgroup_v1=True)
+    assert config["kubeadmConfigPatches"] == ["kind: KubeletConfiguration\nfailCgroupV1: false\n"]
+    assert "kubeadmConfigPatches" not in kind_tier.cluster_config("kserve-compat/kind-node:v1.34.4")
+    deviation = kind_tier.allow_cgroup_v1_deviation("v1.35.4")
+    assert deviation.startswith("kubelet failCgroupV1: false: this Docker engine runs cgroup v1")

@@ -144,15 +144,51 @@ CONTAINERD_CERTS_PATCH = f"""[plugins."io.containerd.grpc.v1.cri".registry]
 """
 
 
+# Kubernetes 1.35 made the kubelet refuse cgroup v1 hosts by default (KubeletConfiguration
+# failCgroupV1 defaults to true from v1.35.0; false up to 1.34): on such a host the kubelet
+# exits with "kubelet is configured to not run on a host using cgroup v1". Allowed again, as
+# a deviation in the report, where the Docker engine runs cgroup v1 (these VMs do).
+ALLOW_CGROUP_V1_PATCH = "kind: KubeletConfiguration\nfailCgroupV1: false\n"
+KUBELET_REFUSES_CGROUP_V1_FROM = (1, 35)
+
+
+def allow_cgroup_v1_deviation(kubernetes_version: str) -> str:
+    return (
+        f"kubelet failCgroupV1: false: this Docker engine runs cgroup v1, which the kubelet of Kubernetes "
+        f"{kubernetes_version} refuses by default (from 1.35); a node on cgroup v1 needs the same setting"
+    )
+
+
+def kubelet_refuses_cgroup_v1(kubernetes_version: str) -> bool:
+    """Whether this version's kubelet refuses a cgroup v1 host by default (1.35 and later)."""
+    match = re.fullmatch(r"v?(\d+)\.(\d+)(?:\.\d+)?", kubernetes_version.strip())
+    if match is None:
+        return False
+    return (int(match.group(1)), int(match.group(2))) >= KUBELET_REFUSES_CGROUP_V1_FROM
+
+
+def engine_cgroup_version(docker: str = "docker") -> str:
+    """``1`` or ``2``: the cgroup version of the Docker engine's host (where the nodes run)."""
+    try:
+        done = subprocess.run(
+            [docker, "info", "--format", "{{.CgroupVersion}}"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout.strip()
+
+
 def cluster_config(
     node_image: str,
     networking: Mapping[str, Any] | None = None,
     certs_dir: Path | None = None,
     patch_containerd: bool = False,
+    allow_cgroup_v1: bool = False,
 ) -> dict[str, Any]:
     """The kind cluster config: one control-plane node running ``node_image``; ``networking``
     is what a node image built here needs (its own CNI instead of kind's kindnetd);
-    ``certs_dir`` (the run's registry mirrors) is mounted where containerd reads it."""
+    ``certs_dir`` (the run's registry mirrors) is mounted where containerd reads it;
+    ``allow_cgroup_v1`` lets a kubelet of 1.35+ run on a cgroup v1 host."""
     node: dict[str, Any] = {"role": "control-plane", "image": node_image}
     if certs_dir is not None:
         node["extraMounts"] = [{"hostPath": str(certs_dir), "containerPath": NODE_CERTS_DIR, "readOnly": True}]
@@ -161,6 +197,8 @@ def cluster_config(
         config["networking"] = dict(networking)
     if certs_dir is not None and patch_containerd:
         config["containerdConfigPatches"] = [CONTAINERD_CERTS_PATCH]
+    if allow_cgroup_v1:
+        config["kubeadmConfigPatches"] = [ALLOW_CGROUP_V1_PATCH]
     return config
 
 
@@ -169,8 +207,10 @@ def cluster_config_yaml(
     networking: Mapping[str, Any] | None = None,
     certs_dir: Path | None = None,
     patch_containerd: bool = False,
+    allow_cgroup_v1: bool = False,
 ) -> str:
-    return yaml.safe_dump(cluster_config(node_image, networking, certs_dir, patch_containerd), sort_keys=False)
+    config = cluster_config(node_image, networking, certs_dir, patch_containerd, allow_cgroup_v1)
+    return yaml.safe_dump(config, sort_keys=False)
 
 
 def node_platform(machine: str | None = None) -> str:
@@ -759,9 +799,18 @@ class KindCluster(ClusterProvider):
         else:
             networking = self.image_set.cluster_networking() if self.image_set else None
             self.mirrors.prepare()
+            allow_cgroup_v1 = kubelet_refuses_cgroup_v1(self.info.kubernetes_version) and (
+                engine_cgroup_version(self.options.docker) == "1"
+            )
+            if allow_cgroup_v1:
+                self.info.deviations.append(allow_cgroup_v1_deviation(self.info.kubernetes_version))
             self.config_file.write_text(
                 cluster_config_yaml(
-                    self.node_image, networking, self.mirrors.certs_dir, patch_containerd=self.image_set is None
+                    self.node_image,
+                    networking,
+                    self.mirrors.certs_dir,
+                    patch_containerd=self.image_set is None,
+                    allow_cgroup_v1=allow_cgroup_v1,
                 )
             )
             log.info("creating kind cluster %s with node image %s", self.name, self.node_image)
