@@ -250,6 +250,9 @@ def test_images_push_seeds_a_users_registry_under_upstream_paths(
     planned = [
         components.PlannedImage(image, "kube-rbac-proxy", "v1", components.BUILT),
         components.PlannedImage("kserve-compat/kind-node:v1.34.4", "node", "v1.34.4", components.BUILT),
+        # required_images lists cert-manager's rendered manifest too: a file, never pushed.
+        components.PlannedImage(str(tmp_path / "cert-manager.yaml"), "cert-manager-manifest", "v1.11.5",
+                                components.BUILT),
         components.PlannedImage("quay.io/brancz/kube-rbac-proxy:v0.13.1", "kube-rbac-proxy", "v0.13.1",
                                 components.UNAVAILABLE, "the Go module proxy refuses v0.13.1"),
     ]
@@ -264,6 +267,7 @@ def test_images_push_seeds_a_users_registry_under_upstream_paths(
             assert f"{image} -> {site.host}/kserve-compat-test/push-me:v1" in out
             assert "not pushed: quay.io/brancz/kube-rbac-proxy:v0.13.1 (unavailable: the Go module proxy" in out
             assert "kind-node" not in out.split("not pushed")[0]  # kind's node image is not for the kubelet
+            assert "cert-manager.yaml" not in out
             assert manifest(site.url, "kserve-compat-test/push-me:v1").status_code == 200
     finally:
         subprocess.run(["docker", "rmi", "-f", image], capture_output=True, check=False)

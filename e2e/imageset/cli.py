@@ -83,14 +83,18 @@ def _print(images: list[components.PlannedImage]) -> None:
         print(line.rstrip())
 
 
+# What the set holds that a registry does not: kind's node image and cert-manager's rendered manifest.
+NOT_PUSHED = ("node", "cert-manager-manifest")
+
+
 def _push(images: list[components.PlannedImage], registry: str) -> int:
     """Copy every built image of the set into ``registry``; exit 1 when one is not built."""
     from e2e.cluster.mirrors import push_from_engine, registry_name
 
     pushed, not_built = 0, []
     for image in images:
-        if image.component == "node":
-            continue  # kind's own image: kind runs it, the kubelet never pulls it
+        if image.component in NOT_PUSHED:
+            continue  # kind's own image (kind runs it, no kubelet pulls it); the manifest is a file
         if image.status != components.BUILT:
             not_built.append(f"{image.reference} ({image.status}{': ' + image.detail if image.detail else ''})")
             continue

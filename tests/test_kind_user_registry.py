@@ -1,0 +1,113 @@
+"""``--registry-mirror HOST=URL`` on a real kind cluster: the nodes pull a host's images from
+the user's own registry, under their upstream names, as an air-gapped site runs it.
+
+The "user's registry" is Debian's docker-registry, seeded the way the docs tell users to
+(the image pushed under its upstream path), reachable from the nodes on the kind network's
+gateway. The harness run (KServe v0.20.0, Kubernetes 1.34, the local image set) starts no
+mirror of its own for quay.io: the kubelet's pull of the proxy image is answered by the
+user's registry, whose log shows containerd asking for it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from release_files import session_release_files
+
+from e2e.availability import unavailable
+from e2e.cluster.kind import docker_preflight
+from e2e.cluster.mirrors import RegistryMirror, registry_binary
+from e2e.errors import HarnessError
+from e2e.imageset.offline import LocalImageSet, image_present
+
+pytestmark = [pytest.mark.slow, pytest.mark.needs_docker]
+
+REPO = Path(__file__).resolve().parents[1]
+KSERVE, K8S, PROXY = "v0.20.0", "1.34", "quay-v0.22.1"
+PROXY_IMAGE = "quay.io/brancz/kube-rbac-proxy:v0.22.1"
+
+
+def kind_network_gateway() -> str:
+    """The IPv4 gateway of Docker's ``kind`` network (kind makes it with its first cluster)."""
+    done = subprocess.run(
+        ["docker", "network", "inspect", "kind", "--format", "{{range .IPAM.Config}}{{.Gateway}} {{end}}"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    ipv4 = [address for address in done.stdout.split() if address.count(".") == 3]
+    if done.returncode != 0 or not ipv4:
+        unavailable(f"no Docker network 'kind' to put the user's registry on ({done.stderr.strip() or done.stdout})")
+    return ipv4[0]
+
+
+@pytest.fixture
+def users_registry(tmp_path: Path) -> Iterator[RegistryMirror]:
+    try:
+        docker_preflight()
+        registry_binary()
+        LocalImageSet().node_image(K8S)
+    except HarnessError as exc:
+        unavailable(str(exc))
+    if not image_present(PROXY_IMAGE):
+        unavailable(f"{PROXY_IMAGE} is not built (nox -s images -- build --kserve {KSERVE} --proxy {PROXY})")
+    registry = RegistryMirror("users-registry", tmp_path / "storage", tmp_path, kind_network_gateway(), None).start()
+    yield registry
+    registry.stop()
+
+
+def run_to_the_end(argv: list[str], cwd: Path, env: dict[str, str], timeout: float) -> tuple[int, str]:
+    """Run the harness; if the test ends first (timeout, Ctrl-C), stop it with Ctrl-C, as a
+    user would, so it deletes its cluster and mirrors (a SIGKILL would leave them)."""
+    process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)  # fmt: skip
+    try:
+        output, _ = process.communicate(timeout=timeout)
+        return process.returncode, output
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGINT)
+            process.communicate(timeout=180)
+
+
+def test_the_nodes_pull_a_host_from_the_users_registry_under_its_own_name(
+    tmp_path: Path, users_registry: RegistryMirror
+) -> None:
+    env = {**os.environ, "KSERVE_COMPAT_MANIFEST_DIR": str(session_release_files().offline_directory())}
+    env.pop("CI", None)  # the harness's own behaviour, not the test suite's CI rule
+    selection = ["--kserve", KSERVE, "--proxy", PROXY, "--k8s", K8S]
+    # Seeded as the docs tell users: the whole image set, each under its upstream path.
+    pushed = subprocess.run(
+        [sys.executable, "-m", "e2e.cli", "images", "push", "--to", f"127.0.0.1:{users_registry.port}", *selection],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert pushed.returncode == 0, pushed.stdout[-3000:] + pushed.stderr[-3000:]
+    assert f"{PROXY_IMAGE} -> 127.0.0.1:{users_registry.port}/brancz/kube-rbac-proxy:v0.22.1" in pushed.stdout
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    code, full = run_to_the_end(
+        [sys.executable, "-m", "pytest", str(REPO / "scenarios"), "-p", "no:cacheprovider", "-q",
+         "--provider", "kind", "--local-images", *selection, "-k", "fresh",
+         "--registry-mirror", f"quay.io={users_registry.node_url}", "--reports-dir", str(workdir / "reports"),
+         "-o", "log_cli=true", "--log-cli-level=INFO"],
+        workdir, env, timeout=900,
+    )  # fmt: skip
+    output = full[-4000:]
+    [result] = json.loads((workdir / "reports" / "report.json").read_text())
+    assert result["cell_id"] == f"kserve-{KSERVE}--{PROXY}--k8s-{K8S}", output
+    assert result["verdict"] == "pass", output
+    assert code == 0, output
+    # containerd asked the user's registry for quay.io's images by their upstream paths: the
+    # proxy, and cert-manager's (quay.io/jetstack/...).
+    log = users_registry.process.log_path.read_text()
+    for path in ("brancz/kube-rbac-proxy/manifests/v0.22.1", "jetstack/cert-manager-controller/manifests/v1.11.5"):
+        asked = [line for line in log.splitlines() if f"/v2/{path}" in line and "containerd" in line]
+        assert asked, f"{path} never asked of the user's registry: {log[-3000:]}"
+    # The run started no quay.io mirror of its own (its other hosts' mirrors it did start).
+    assert f"{PROXY_IMAGE}: pulled by the nodes from {users_registry.node_url} (--registry-mirror)" in full
+    assert "mirror of quay.io at" not in full and "mirror of registry.k8s.io at" in full
