@@ -43,10 +43,15 @@ def test_the_local_control_plane_of_another_minor_takes_its_kubeadms_etcd(monkey
         asked.append((component, version))
         return Path("/cache") / component / str(version)
 
+    together: list[tuple[list[str], str]] = []
     monkeypatch.setattr(binaries, "ensure", ensure)
+    monkeypatch.setattr(binaries, "ensure_together", lambda components, version: together.append(
+        (list(components), version)))  # fmt: skip
     monkeypatch.setattr(kubeadm, "named_images", lambda version, build=True: kubeadm.image_list(
         KUBEADM_V1_35_4.splitlines()))  # fmt: skip
     found = controlplane.resolve_binaries("v1.35.4", with_controllers=True)
+    # Its Kubernetes commands are built in one go build, not one each.
+    assert together == [(["kube-apiserver", "kube-controller-manager", "kube-scheduler"], "v1.35.4")]
     assert found.etcd == Path("/cache/etcd/v3.6.6")
     assert found.kube_apiserver == Path("/cache/kube-apiserver/v1.35.4")
     assert ("kube-scheduler", "v1.35.4") in asked and ("kwok", None) in asked

@@ -36,9 +36,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.needs_binaries, pytest.mark.timeout(
 def control_plane_of_the_minor() -> str:
     """The minor's control plane and etcd, built in CI (found, or skipped, elsewhere)."""
     build = load_matrix().k8s(MINOR).build
+    commands = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubeadm")
     try:
-        for component in ("kube-apiserver", "kube-controller-manager", "kube-scheduler"):
-            binaries.ensure(component, build, build=in_ci())
+        if in_ci():
+            binaries.ensure_together(commands, build)  # one go build for the four
+        for component in commands:
+            binaries.ensure(component, build, build=False)
         binaries.ensure("etcd", kubeadm.etcd_version(build, build=in_ci()), build=in_ci())
     except HarnessError as exc:
         unavailable(f"Kubernetes {build} control plane: {exc} (nox -s binaries -- --kubernetes-version {build})")

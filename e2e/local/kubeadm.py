@@ -39,6 +39,9 @@ def named_images(kubernetes_version: str, *, build: bool = True) -> dict[str, st
     """{short name: reference} of the images kubeadm ``kubernetes_version`` deploys.
 
     ``build=False`` builds no kubeadm (EnvironmentMissing names the missing one)."""
+    if build and binaries.locate("kubeadm", kubernetes_version) is None:
+        # With the control plane's commands: one go build compiles what they share.
+        binaries.ensure_together(["kubeadm", *binaries.KUBERNETES_COMPONENTS], kubernetes_version)
     kubeadm = binaries.ensure("kubeadm", kubernetes_version, build=build)
     argv = [str(kubeadm), "config", "images", "list", "--kubernetes-version", kubernetes_version]
     try:
