@@ -482,9 +482,16 @@ class LocalProviderFactory(ProviderFactory):
                 cluster.delete()
 
     def plan(self, group_id: str, kubernetes_version: str) -> list[str]:
+        build = self.build_of(kubernetes_version)
+        missing = (
+            ""
+            if binaries.locate("kube-apiserver", build) is not None
+            else f" (not built yet: built on first use, about 15 minutes on 2 cores; `nox -s binaries -- "
+            f"--kubernetes-version {build} --component kube-apiserver --component kube-controller-manager "
+            "--component kube-scheduler --component kubeadm` builds it ahead)"
+        )
         return [
-            f"start etcd + kube-apiserver {self.build_of(kubernetes_version)} + controllers + kwok (one fake node)"
-            f" for {group_id}",
+            f"start etcd + kube-apiserver {build} + controllers + kwok (one fake node) for {group_id}{missing}",
             "play the KServe manager (the release's binary; webhooks pointed at it), its llmisvc controller where "
             "the release runs one (cmd/llmisvc; its webhooks too) and kube-rbac-proxy containers as local "
             "processes of the matching version",
