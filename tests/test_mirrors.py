@@ -9,6 +9,7 @@ internet, so nothing leaves this machine.
 from __future__ import annotations
 
 import io
+import os
 import socket
 import subprocess
 import tarfile
@@ -29,6 +30,7 @@ from e2e.cluster.mirrors import (
     hosts_toml,
     upstream_name,
 )
+from e2e.errors import HarnessError
 
 QUAY_PROXY = "brancz/kube-rbac-proxy"
 
@@ -187,6 +189,46 @@ def test_docker_push_from_the_local_engine_keeps_the_image_id(offline: NodeMirro
                                 capture_output=True, text=True).stdout
         assert "127.0.0.1:" not in listed  # the push's temporary tag is gone
     finally:
+        subprocess.run(["docker", "rmi", "-f", image], capture_output=True, check=False)
+
+
+@pytest.fixture
+def small_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs: a mirror's storage that fills up (root only; CI runs as root)."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True, check=False)  # fmt: skip
+    if mounted.returncode != 0:
+        unavailable(f"cannot mount a tmpfs for a full mirror disk: {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "--lazy", str(mount_point)], capture_output=True, check=False)
+
+
+def test_a_mirror_whose_storage_is_full_says_so_in_one_line(tmp_path: Path, small_filesystem: Path) -> None:
+    image = "kserve-compat.local/mirror-full:v1"
+    import_one_file_image(image, os.urandom(3 * 2**20))  # random: gzip cannot make it fit
+    mirrors = NodeMirrors(tmp_path / "certs.d", tmp_path / "work", MirrorMode.offline(), lambda: "127.0.0.1",
+                          storage_root=small_filesystem)  # fmt: skip
+    mirrors.prepare()
+    try:
+        own = mirrors.mirror("kserve-compat.local")
+        assert own.storage_full() is None
+        with pytest.raises(HarnessError) as caught:
+            own.push(image, "mirror-full:v1")
+        message = str(caught.value)
+        assert "\n" not in message
+        assert message.startswith(f"pushing {image}: mirror of kserve-compat.local: its storage {own.storage} is full "
+                                  "(no space left on device; ")  # fmt: skip
+        assert "delete that folder (a cache: the next run fills it again)" in message
+        # A cell whose pull fails meanwhile names the full mirror, not the image (see cell.fail_with).
+        broken = mirrors.broken()
+        assert broken[0].startswith(f"mirror of kserve-compat.local ({own.node_url}): running, its storage ")
+        assert "no space left on device" in broken[0]
+    finally:
+        mirrors.stop()
         subprocess.run(["docker", "rmi", "-f", image], capture_output=True, check=False)
 
 

@@ -60,6 +60,8 @@ SINGLE_MANIFEST_TYPES = ", ".join(
 OWN_HOSTS = frozenset({"kserve-compat.local"})
 READY_TIMEOUT_S = 30.0
 PUSH_TIMEOUT_S = 1800.0
+# What the registry logs when its storage's filesystem is full (ENOSPC, as Go words it).
+DISK_FULL = "no space left on device"
 
 
 def registry_binary() -> str:
@@ -173,12 +175,35 @@ class RegistryMirror(OneProcess):
     def push(self, image: str, name: str, docker: str = "docker") -> None:
         """Copy ``image`` from the local Docker engine into the mirror as ``name``."""
         log.info("pushing %s into the mirror of %s (from the local Docker engine)", image, self.host)
-        push_from_engine(image, f"127.0.0.1:{self.port}/{name}", docker)
+        try:
+            push_from_engine(image, f"127.0.0.1:{self.port}/{name}", docker)
+        except HarnessError:
+            # docker push says only "500 Internal Server Error"; the registry's log says why.
+            full = self.storage_full()
+            if full:
+                raise HarnessError(f"pushing {image}: {full}") from None
+            raise
+
+    def storage_full(self) -> str | None:
+        """One line when the registry's log says its storage's filesystem is full, else None."""
+        if not any(DISK_FULL in line for line in self.tail_lines(50)):
+            return None
+        try:
+            free = f"{shutil.disk_usage(self.storage).free / 2**20:.1f} MiB free there now"
+        except OSError as exc:
+            free = f"its free space unknown: {exc.strerror}"
+        return (
+            f"mirror of {self.host}: its storage {self.storage} is full ({DISK_FULL}; {free}); free space on "
+            f"that filesystem, or delete that folder (a cache: the next run fills it again)"
+        )
 
     def evidence(self) -> list[str]:
-        """Why the mirror may have failed a pull: alive or not, and its last log lines."""
+        """Why the mirror may have failed a pull: alive or not (or out of disk), and its last log lines."""
         state = "running" if self.alive else f"exited with {self.exit_code}"
         where = self.node_url if self.relay is not None else f"127.0.0.1:{self.port}"
+        full = self.storage_full()
+        if full:
+            state += f", {full.removeprefix(f'mirror of {self.host}: ')}"
         return [f"mirror of {self.host} ({where}): {state}", *self.tail_lines(10)]
 
 
@@ -276,8 +301,14 @@ class NodeMirrors:
             raise HarnessError("; ".join(failures))
 
     def broken(self) -> list[str]:
-        """The state and last log lines of every mirror that is no longer running."""
-        return [line for mirror in list(self.mirrors.values()) if not mirror.alive for line in mirror.evidence()]
+        """The state and last log lines of every mirror that is no longer running, or whose
+        storage is full (a pull-through cache then fails the pulls it cannot store)."""
+        return [
+            line
+            for mirror in list(self.mirrors.values())
+            if not mirror.alive or mirror.storage_full()
+            for line in mirror.evidence()
+        ]
 
     def describe(self) -> list[str]:
         return [
