@@ -609,20 +609,75 @@ def test_an_existing_cluster_is_not_taken_over_without_reuse(kind_bin: StandIn, 
     assert not any(call[:1] == ["create"] for call in kind_bin.calls())
 
 
-def test_reuse_exports_the_kubeconfig_and_keeps_the_cluster(kind_bin: StandIn, no_node_wait: None) -> None:
+def _reuse_rules(kind_bin: StandIn, docker_bin: StandIn, mounts: dict[str, str]) -> None:
+    """A cluster to reuse whose node containers mount certs.d as ``mounts`` says (node -> folder)."""
     kind_bin.rules(
         [
             {"prefix": ["get", "clusters"], "stdout": recorded("kind-get-clusters.stdout")},
             {"prefix": ["export", "kubeconfig"], "effect": "kubeconfig"},
         ]
     )
-    cluster = make_cluster(kind_bin, KindOptions(reuse_cluster=True))
+    docker_bin.rules(
+        [
+            {"prefix": ["ps"], "stdout": "".join(f"{node}\trunning\tUp 1 hour\n" for node in mounts)},
+            {"prefix": ["inspect"], "stdout": "".join(f"/{node}\t{folder}\n" for node, folder in mounts.items())},
+        ]
+    )
+
+
+def test_reuse_exports_the_kubeconfig_and_keeps_the_cluster(
+    kind_bin: StandIn, docker_bin: StandIn, no_node_wait: None
+) -> None:
+    cluster = make_cluster(kind_bin, KindOptions(reuse_cluster=True, docker=str(docker_bin.path)))
+    cluster.mirrors.certs_dir.mkdir(parents=True)
+    _reuse_rules(kind_bin, docker_bin, {f"{cluster.name}-control-plane": str(cluster.mirrors.certs_dir)})
     cluster.start()
     assert cluster.reused
     assert ["export", "kubeconfig", "--name", cluster.name, "--kubeconfig", str(cluster.kubeconfig)] in kind_bin.calls()
     assert not any(call[:1] == ["create"] for call in kind_bin.calls())
     cluster.delete()
     assert not any(call[:1] == ["delete"] for call in kind_bin.calls())
+
+
+def test_a_reused_cluster_made_from_another_folder_gets_the_mirrors_there(
+    kind_bin: StandIn, docker_bin: StandIn, no_node_wait: None, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "elsewhere" / ".pytest-kind" / "certs.d"
+    elsewhere.mkdir(parents=True)
+    cluster = make_cluster(kind_bin, KindOptions(reuse_cluster=True, docker=str(docker_bin.path)))
+    _reuse_rules(kind_bin, docker_bin, {f"{cluster.name}-control-plane": str(elsewhere)})
+    cluster.start()
+    # The nodes read that folder: the run's hosts.toml files go there, not to ./.pytest-kind.
+    assert cluster.mirrors.certs_dir == elsewhere
+    assert cluster.mirrors.mode.name == "online" and list(elsewhere.iterdir()) == []
+    inspect = next(call for call in docker_bin.calls() if call[:1] == ["inspect"])
+    assert inspect[-1] == f"{cluster.name}-control-plane" and "/etc/containerd/certs.d" in inspect[2]
+
+
+@pytest.mark.parametrize(
+    ("mounts", "says"),
+    [
+        ({"-control-plane": ""}, "-control-plane has no /etc/containerd/certs.d mount (not made by this"),
+        ({"-control-plane": "GONE"}, "which no longer exists on this host"),
+        ({"-control-plane": "A", "-worker": "B"}, "its nodes mount /etc/containerd/certs.d from different folders"),
+    ],
+)
+def test_a_reused_cluster_whose_nodes_would_pull_past_the_mirrors_is_refused(
+    kind_bin: StandIn, docker_bin: StandIn, no_node_wait: None, tmp_path: Path, mounts: dict[str, str], says: str
+) -> None:
+    cluster = make_cluster(kind_bin, KindOptions(reuse_cluster=True, docker=str(docker_bin.path)))
+    for folder in ("A", "B"):
+        (tmp_path / folder).mkdir()
+    _reuse_rules(
+        kind_bin,
+        docker_bin,
+        {f"{cluster.name}{suffix}": str(tmp_path / folder) if folder else "" for suffix, folder in mounts.items()},
+    )
+    with pytest.raises(UsageError) as caught:
+        cluster.start()
+    message = str(caught.value)
+    assert says in message and "\n" not in message
+    assert message.endswith(f"delete it with `kind delete cluster --name {cluster.name}` and run again")
 
 
 @pytest.mark.parametrize(

@@ -282,6 +282,15 @@ class DockerCommands:
             "--format", "{{.Action}} {{.Actor.Attributes.name}} {{.Actor.Attributes.exitCode}}",
         ]  # fmt: skip
 
+    def certs_mounts(self, nodes: Sequence[str]) -> list[str]:
+        """Each node's name and the host folder mounted at containerd's certs.d (empty: none)."""
+        return [
+            self.docker, "inspect", "--format",
+            f'{{{{.Name}}}}\t{{{{range .Mounts}}}}{{{{if eq .Destination "{NODE_CERTS_DIR}"}}}}{{{{.Source}}}}'
+            "{{end}}{{end}}",
+            *nodes,
+        ]  # fmt: skip
+
     def run_privileged(self, image: str) -> list[str]:
         """A privileged container of a local image that exits at once (never pulls)."""
         return [self.docker, "run", "--rm", "--pull", "never", "--privileged", "--entrypoint", "true", image]
@@ -796,6 +805,8 @@ class KindCluster(ClusterProvider):
             self.kubeconfig.parent.mkdir(parents=True, exist_ok=True)
             # pytest-kind only touches the kubeconfig of a cluster it finds: fetch the real one.
             _run(self.commands.export_kubeconfig(), f"kind export kubeconfig {self.name}")
+            self.mirrors.certs_dir = self._reused_certs_dir()
+            self.mirrors.prepare()
         else:
             networking = self.image_set.cluster_networking() if self.image_set else None
             self.mirrors.prepare()
@@ -826,6 +837,46 @@ class KindCluster(ClusterProvider):
             ) from None
         self._created = True
         self._wait_nodes_ready()
+
+    def _reused_certs_dir(self) -> Path:
+        """The host folder a reused cluster's nodes read containerd's certs.d from: the run's
+        mirrors write their hosts.toml there. It is fixed when the nodes are created, so a
+        cluster made from another folder keeps that one; a node without it (made by hand or by
+        an older kserve-compat) or one whose folder is gone would pull past the mirrors."""
+        listed = _run(self.docker.node_states(self.name), f"docker ps (nodes of {self.name})").stdout
+        nodes = [line.split("\t", 1)[0] for line in listed.splitlines() if line.strip()]
+        if not nodes:
+            raise UsageError(f"kind cluster {self.name}: no node container found to reuse")
+        inspected = _run(self.docker.certs_mounts(nodes), f"docker inspect (nodes of {self.name})").stdout
+        sources = {
+            name.lstrip("/"): source.strip()
+            for name, _, source in (line.partition("\t") for line in inspected.splitlines() if line.strip())
+        }
+        delete = f"delete it with `kind delete cluster --name {self.name}` and run again"
+        unmounted = sorted(node for node in nodes if not sources.get(node))
+        if unmounted:
+            raise UsageError(
+                f"kind cluster {self.name}: node {', '.join(unmounted)} has no {NODE_CERTS_DIR} mount (not made by "
+                f"this kserve-compat), so its kubelet would not pull through the run's registry mirrors; {delete}"
+            )
+        folders = sorted(set(sources[node] for node in nodes))
+        if len(folders) > 1:
+            raise UsageError(
+                f"kind cluster {self.name}: its nodes mount {NODE_CERTS_DIR} from different folders "
+                f"({', '.join(folders)}); {delete}"
+            )
+        folder = Path(folders[0])
+        if not folder.is_dir():
+            raise UsageError(
+                f"kind cluster {self.name}: its nodes read {NODE_CERTS_DIR} from {folder}, which no longer exists "
+                f"on this host, so the run's registry mirrors cannot reach them; {delete}"
+            )
+        if folder != self.mirrors.certs_dir:
+            log.info(
+                "kind cluster %s was created from another folder: its nodes read %s from %s, where this run's "
+                "mirrors write their hosts.toml", self.name, NODE_CERTS_DIR, folder,
+            )  # fmt: skip
+        return folder
 
     def _gateway(self) -> str:
         """The node's gateway on the kind network: the one address of this host it reaches."""
