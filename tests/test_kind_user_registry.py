@@ -1,11 +1,14 @@
-"""``--registry-mirror HOST=URL`` on a real kind cluster: the nodes pull a host's images from
-the user's own registry, under their upstream names, as an air-gapped site runs it.
+"""``--registry-mirror HOST=URL`` on a real kind cluster: the nodes pull every registry's images
+from the user's own single registry, under their upstream names, as an air-gapped site runs it.
 
 The "user's registry" is Debian's docker-registry, seeded the way the docs tell users to
-(the image pushed under its upstream path), reachable from the nodes on the kind network's
-gateway. The harness run (KServe v0.20.0, Kubernetes 1.34, the local image set) starts no
-mirror of its own for quay.io: the kubelet's pull of the proxy image is answered by the
-user's registry, whose log shows containerd asking for it.
+(``kserve-compat images push --to``: each image under its upstream path), reachable from the
+nodes on the kind network's gateway. The harness run (KServe v0.20.0, Kubernetes 1.34, the
+local image set) points docker.io, quay.io and gcr.io at it and starts no mirror of its own
+for them (only for its own ``kserve-compat.local`` Prometheus): the kubelet's pulls are
+answered by the user's registry, whose log shows containerd asking for each image. The
+retired gcr.io proxy was never pushed, so that cell ends as in production: the kubelet's
+``NotFound``, here from the user's registry.
 """
 
 from __future__ import annotations
@@ -30,8 +33,10 @@ from e2e.imageset.offline import LocalImageSet, image_present
 pytestmark = [pytest.mark.slow, pytest.mark.needs_docker]
 
 REPO = Path(__file__).resolve().parents[1]
-KSERVE, K8S, PROXY = "v0.20.0", "1.34", "quay-v0.22.1"
+KSERVE, K8S, PROXY, RETIRED = "v0.20.0", "1.34", "quay-v0.22.1", "gcr-v0.13.1"
 PROXY_IMAGE = "quay.io/brancz/kube-rbac-proxy:v0.22.1"
+# Every registry the release's images name (the node image carries its own pause/CoreDNS/etcd).
+USER_HOSTS = ("docker.io", "quay.io", "gcr.io")
 
 
 def kind_network_gateway() -> str:
@@ -75,41 +80,49 @@ def run_to_the_end(argv: list[str], cwd: Path, env: dict[str, str], timeout: flo
             process.communicate(timeout=180)
 
 
-def test_the_nodes_pull_a_host_from_the_users_registry_under_its_own_name(
+def test_the_nodes_pull_every_host_from_the_users_single_registry_under_upstream_names(
     tmp_path: Path, users_registry: RegistryMirror
 ) -> None:
     env = {**os.environ, "KSERVE_COMPAT_MANIFEST_DIR": str(session_release_files().offline_directory())}
     env.pop("CI", None)  # the harness's own behaviour, not the test suite's CI rule
-    selection = ["--kserve", KSERVE, "--proxy", PROXY, "--k8s", K8S]
+    selection = ["--kserve", KSERVE, "--proxy", f"{PROXY},{RETIRED}", "--k8s", K8S]
     # Seeded as the docs tell users: the whole image set, each under its upstream path.
     pushed = subprocess.run(
         [sys.executable, "-m", "e2e.cli", "images", "push", "--to", f"127.0.0.1:{users_registry.port}", *selection],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
+    # The retired proxy is never built, so it is not pushed: the user's registry lacks it too.
     assert pushed.returncode == 0, pushed.stdout[-3000:] + pushed.stderr[-3000:]
     assert f"{PROXY_IMAGE} -> 127.0.0.1:{users_registry.port}/brancz/kube-rbac-proxy:v0.22.1" in pushed.stdout
+    assert "not pushed: gcr.io/kubebuilder/kube-rbac-proxy:v0.13.1 (unavailable" in pushed.stdout
     workdir = tmp_path / "run"
     workdir.mkdir()
+    every_host = [arg for host in USER_HOSTS for arg in ("--registry-mirror", f"{host}={users_registry.node_url}")]
     code, full = run_to_the_end(
         [sys.executable, "-m", "pytest", str(REPO / "scenarios"), "-p", "no:cacheprovider", "-q",
-         "--provider", "kind", "--local-images", *selection, "-k", "fresh",
-         "--registry-mirror", f"quay.io={users_registry.node_url}", "--reports-dir", str(workdir / "reports"),
-         "-o", "log_cli=true", "--log-cli-level=INFO"],
+         "--provider", "kind", "--local-images", *selection, "-k", "fresh", *every_host,
+         "--reports-dir", str(workdir / "reports"), "-o", "log_cli=true", "--log-cli-level=INFO"],
         workdir, env, timeout=900,
     )  # fmt: skip
     output = full[-4000:]
-    [result] = json.loads((workdir / "reports" / "report.json").read_text())
-    assert result["cell_id"] == f"kserve-{KSERVE}--{PROXY}--k8s-{K8S}", output
-    assert result["verdict"] == "pass", output
+    results = {r["cell_id"]: r for r in json.loads((workdir / "reports" / "report.json").read_text())}
+    passed, retired = (results[f"kserve-{KSERVE}--{alias}--k8s-{K8S}"] for alias in (PROXY, RETIRED))
+    assert passed["verdict"] == "pass", output
+    # The retired image: the user's registry answers 404, the kubelet says NotFound, as in production.
+    assert retired["verdict"] == "image-unavailable", output
+    assert "NotFound" in json.dumps(retired), json.dumps(retired)[-2000:]
     assert code == 0, output
-    # containerd asked the user's registry for quay.io's images by their upstream paths: the
-    # proxy, and cert-manager's (quay.io/jetstack/...).
+    # containerd asked the user's registry for each host's images by their upstream paths.
     log = users_registry.process.log_path.read_text()
-    for path in ("brancz/kube-rbac-proxy/manifests/v0.22.1", "jetstack/cert-manager-controller/manifests/v1.11.5"):
+    for path in (
+        "brancz/kube-rbac-proxy/manifests/v0.22.1",  # quay.io
+        "jetstack/cert-manager-controller/manifests/v1.11.5",  # quay.io
+        f"kserve/kserve-controller/manifests/{KSERVE}",  # docker.io
+        "kubebuilder/kube-rbac-proxy/manifests/v0.13.1",  # gcr.io: asked, not found
+    ):
         asked = [line for line in log.splitlines() if f"/v2/{path}" in line and "containerd" in line]
         assert asked, f"{path} never asked of the user's registry: {log[-3000:]}"
-    # The run started no quay.io mirror of its own (its other hosts' mirrors it did start).
     assert f"{PROXY_IMAGE}: pulled by the nodes from {users_registry.node_url} (--registry-mirror)" in full
+    # The run started a mirror only for its own images' host, none for the user's hosts.
     started = [line for line in full.splitlines() if "mirror of " in line and " for the nodes (" in line]
-    assert not [line for line in started if "mirror of quay.io at" in line], started
-    assert [line for line in started if "mirror of docker.io at" in line], started  # kserve/* images
+    assert started and all("mirror of kserve-compat.local at" in line for line in started), started

@@ -283,7 +283,8 @@ def test_images_push_seeds_a_users_registry_under_upstream_paths(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`kserve-compat images push --to REGISTRY`: what is built goes in, under the path
-    containerd asks a host's mirror for; what is not built is named and fails the command."""
+    containerd asks a host's mirror for; what is not built is named and fails the command, an
+    unavailable image (a retired one) is named without failing it, as in ``images build``."""
     from e2e import cli
     from e2e.imageset import components
 
@@ -298,16 +299,22 @@ def test_images_push_seeds_a_users_registry_under_upstream_paths(
         components.PlannedImage("quay.io/brancz/kube-rbac-proxy:v0.13.1", "kube-rbac-proxy", "v0.13.1",
                                 components.UNAVAILABLE, "the Go module proxy refuses v0.13.1"),
     ]
-    monkeypatch.setattr(components, "required_images", lambda **_: planned)
+    missing = components.PlannedImage("kserve/kserve-controller:v0.14.0", "kserve-controller", "v0.14.0",
+                                      components.MISSING, "binary not built yet")
     binary = find_registry_binary()
     assert binary is not None
     try:
         with run_registry(binary, tmp_path / "site") as site:
-            code = cli.main(["images", "push", "--to", site.host, "--kserve", "v0.14.0"])
+            monkeypatch.setattr(components, "required_images", lambda **_: planned)
+            assert cli.main(["images", "push", "--to", site.host, "--kserve", "v0.14.0"]) == 0
             out = capsys.readouterr().out
-            assert code == 1, out  # one image of the set is not built
             assert f"{image} -> {site.host}/kserve-compat-test/push-me:v1" in out
             assert "not pushed: quay.io/brancz/kube-rbac-proxy:v0.13.1 (unavailable: the Go module proxy" in out
+            assert out.endswith("1 pushed to " + site.host + ", 0 not built, 1 unavailable\n"), out
+            monkeypatch.setattr(components, "required_images", lambda **_: [*planned, missing])
+            assert cli.main(["images", "push", "--to", site.host, "--kserve", "v0.14.0"]) == 1
+            out = capsys.readouterr().out
+            assert "not pushed: kserve/kserve-controller:v0.14.0 (missing: binary not built yet)" in out
             assert "kind-node" not in out.split("not pushed")[0]  # kind's node image is not for the kubelet
             assert "cert-manager.yaml" not in out
             assert manifest(site.url, "kserve-compat-test/push-me:v1").status_code == 200

@@ -88,24 +88,26 @@ NOT_PUSHED = ("node", "cert-manager-manifest")
 
 
 def _push(images: list[components.PlannedImage], registry: str) -> int:
-    """Copy every built image of the set into ``registry``; exit 1 when one is not built."""
+    """Copy every built image of the set into ``registry``; exit 1 when one that could be built
+    is not (an unavailable one, such as a retired registry's image, is listed, as in ``build``)."""
     from e2e.cluster.mirrors import push_from_engine, registry_name
 
-    pushed, not_built = 0, []
+    pushed, not_built, unavailable = 0, [], []
     for image in images:
         if image.component in NOT_PUSHED:
             continue  # kind's own image (kind runs it, no kubelet pulls it); the manifest is a file
         if image.status != components.BUILT:
-            not_built.append(f"{image.reference} ({image.status}{': ' + image.detail if image.detail else ''})")
+            line = f"{image.reference} ({image.status}{': ' + image.detail if image.detail else ''})"
+            (unavailable if image.status == components.UNAVAILABLE else not_built).append(line)
             continue
         for reference in (image.reference, *image.also_tagged):
             target = registry_name(reference, registry)
             push_from_engine(reference, target)
             print(f"{reference} -> {target}")
             pushed += 1
-    for line in not_built:
+    for line in [*not_built, *unavailable]:
         print(f"not pushed: {line}")
-    print(f"images: {pushed} pushed to {registry}, {len(not_built)} not built")
+    print(f"images: {pushed} pushed to {registry}, {len(not_built)} not built, {len(unavailable)} unavailable")
     return 1 if not_built else 0
 
 
