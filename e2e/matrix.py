@@ -13,6 +13,7 @@ cert-manager, default proxy image); what a release really ships is read from its
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -525,6 +526,13 @@ def github_actions_matrix_json(cells: Sequence[MatrixCell]) -> str:
 
 
 # -- loading --------------------------------------------------------------------------
+
+
+@functools.cache
+def packaged_matrix() -> Matrix:
+    """The matrix file that ships with the package, read once: for module-level defaults (the
+    Kubernetes build the tools run unless a cell names another) that must not re-read it."""
+    return load_matrix()
 
 
 def load_matrix(path: Path | str | None = None) -> Matrix:

@@ -79,9 +79,9 @@ RECIPE_REVISION = 1
 def node_kubernetes_versions() -> dict[str, str]:
     """The Kubernetes minors we build node images for, and the patch whose binaries we build:
     the matrix's ``kubernetes`` entries (minor -> ``build``)."""
-    from e2e.matrix import load_matrix
+    from e2e.matrix import packaged_matrix
 
-    return {kube.version: kube.build for kube in load_matrix().kubernetes}
+    return {kube.version: kube.build for kube in packaged_matrix().kubernetes}
 
 DEBIAN_SUITE = "bookworm"
 DEBIAN_DEFAULT_MIRROR = "http://deb.debian.org/debian"

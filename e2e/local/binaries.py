@@ -66,9 +66,9 @@ log = logging.getLogger(__name__)
 def _default_kubernetes_build() -> str:
     """The patch built of the matrix's newest default Kubernetes minor (the version the local
     tier and the kind tools run unless a cell names another minor)."""
-    from e2e.matrix import load_matrix
+    from e2e.matrix import packaged_matrix
 
-    return load_matrix().kubernetes_selected(())[-1].build
+    return packaged_matrix().kubernetes_selected(())[-1].build
 
 
 KUBERNETES_VERSION = _default_kubernetes_build()
