@@ -92,7 +92,9 @@ def _push(images: list[components.PlannedImage], registry: str) -> int:
     is not (an unavailable one, such as a retired registry's image, is listed, as in ``build``)."""
     from e2e.cluster.mirrors import push_from_engine, registry_name
 
-    pushed, not_built, unavailable = 0, [], []
+    pushed = 0
+    not_built: list[str] = []
+    unavailable: list[str] = []
     for image in images:
         if image.component in NOT_PUSHED:
             continue  # kind's own image (kind runs it, no kubelet pulls it); the manifest is a file
