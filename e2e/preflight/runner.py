@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
+
+from kubernetes import client as k8s_client
 
 from e2e.errors import UsageError
 from e2e.images import ImageReference, RegistryMirrors
 from e2e.local.proxy_runner import is_proxy_image, proxy_version_of
 from e2e.manifests import apply_strategic_merge
 from e2e.matrix import (
+    ControllerProfile,
+    KServeRelease,
     Matrix,
     load_matrix,
     version_key,
@@ -30,6 +35,7 @@ from e2e.preflight.metrics import (
 from e2e.preflight.model import (
     EXIT_REJECTED,
     Check,
+    InstalledVersion,
     PreflightReport,
     ProxySidecar,
     Status,
@@ -69,22 +75,37 @@ def resolve_target(options: Options, matrix: Matrix) -> tuple[str | None, str]:
     return None, "none given: no swap planned"
 
 
+@dataclass(frozen=True)
+class LiveController:
+    """The KServe controller Deployment as the API returned it, with the release it runs."""
+
+    deployment: dict[str, Any]
+    profile: ControllerProfile  # the release's, in the namespace where it was found
+    release: KServeRelease  # the matrix entry of the version found (the newest when unknown)
+    version: InstalledVersion
+
+
+def live_controller(api: k8s_client.ApiClient, context: str, namespace: str | None, matrix: Matrix) -> LiveController:
+    """Read the controller: every release the matrix knows names it the same way, so the
+    newest one's profile finds the Deployment; the version found there picks the exact one."""
+    newest = max(matrix.releases, key=lambda r: version_key(r.version))
+    profile = replace(newest.profile, namespace=namespace or newest.profile.namespace)
+    deployment = read_controller(api, profile, context)
+    version = installed_version(deployment, profile, matrix)
+    release = version.release or newest
+    return LiveController(deployment, replace(release.profile, namespace=profile.namespace), release, version)
+
+
 def preflight(options: Options) -> PreflightReport:
     matrix = load_matrix(options.matrix)
     mirrors = RegistryMirrors.from_options(options.registry_mirror)
     if options.timeout <= 0:
         raise UsageError(f"--timeout {options.timeout}: expected a positive number of seconds")
     target, target_source = resolve_target(options, matrix)
-    # Every release the matrix knows names its controller the same way; the newest one's
-    # profile finds the Deployment, then the version found there picks the exact profile.
-    newest = max(matrix.releases, key=lambda r: version_key(r.version))
-    profile = replace(newest.profile, namespace=options.namespace or newest.profile.namespace)
     conn = connect(options.kubeconfig, options.context)
     with conn.api:
-        deployment = read_controller(conn.api, profile, conn.context)
-        version = installed_version(deployment, profile, matrix)
-        release = version.release or newest
-        profile = replace(release.profile, namespace=profile.namespace)
+        live = live_controller(conn.api, conn.context, options.namespace, matrix)
+        deployment, profile, release, version = live.deployment, live.profile, live.release, live.version
         proxy_container = named_container(deployment, profile.proxy_container)
         pod_spec = pod_spec_of(deployment)
         proxy = ProxySidecar(
@@ -113,7 +134,7 @@ def preflight(options: Options) -> PreflightReport:
             if options.probe
             else None
         )
-        live = live_workloads(conn.api, None if options.all_namespaces else profile.namespace)
+        workloads = live_workloads(conn.api, None if options.all_namespaces else profile.namespace)
         report = PreflightReport(
             context=conn.context,
             server=conn.server,
@@ -123,7 +144,7 @@ def preflight(options: Options) -> PreflightReport:
             proxy=proxy,
             target=target,
             target_source=target_source,
-            images=audit_images(live, planned, probe),
+            images=audit_images(workloads, planned, probe),
         )
         report.checks += image_checks(report, probed=probe is not None)
         report.checks.append(check_proxy_rbac(conn.api, proxy))
