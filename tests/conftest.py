@@ -8,10 +8,14 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import HealthCheck, settings
 from kubernetes import client as k8s_client
+from live_kserve import PUSHED, Releases
 from real_cluster import real_control_plane
+from registry_server import RunningRegistry, push_image, registry_binary, run_registry
 from release_files import SessionReleaseFiles, start_session
 
+from e2e.availability import unavailable
 from e2e.local.controlplane import ControlPlane
+from e2e.manifests import ReleaseFiles
 
 # Property tests on a busy 2-core machine: a shared CI runner may pause this process for
 # seconds, which says nothing about the code. So: no per-example deadline, no "input
@@ -54,3 +58,42 @@ def api(control_plane: ControlPlane) -> Iterator[k8s_client.ApiClient]:
     """An admin client of the module's control plane."""
     with control_plane.api_client() as client:
         yield client
+
+
+# -- a live cluster with KServe installed (tests/live_kserve.py): preflight and migrate --------------
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRegistry]:
+    binary = registry_binary()
+    if binary is None:
+        unavailable("docker-registry not installed (apt-get install docker-registry)")
+    with run_registry(binary, tmp_path_factory.mktemp("registry")) as running:
+        for repository, tags in PUSHED.items():
+            for tag in tags:
+                push_image(running.url, repository, tag)
+        yield running
+
+
+@pytest.fixture(scope="module")
+def mirrors(registry: RunningRegistry) -> list[str]:
+    """--registry-mirror options that send every image of both releases to the local registry."""
+    rules = {
+        "docker.io/kserve": "kserve",
+        "quay.io/brancz": "brancz",
+        "gcr.io/kubebuilder": "kubebuilder",
+    }
+    options = []
+    for source, path in rules.items():
+        options += ["--registry-mirror", f"{source}={registry.host}/{path}"]
+    return options
+
+
+@pytest.fixture(scope="module")
+def kubeconfig(control_plane: ControlPlane) -> str:
+    return str(control_plane.kubeconfig)
+
+
+@pytest.fixture(scope="module")
+def releases(api: k8s_client.ApiClient, release_files: ReleaseFiles) -> Releases:
+    return Releases(api, release_files)

@@ -4,7 +4,7 @@ One control plane (etcd + kube-apiserver processes) serves the whole module. KSe
 and v0.12.1 are installed from the real release manifests (``tests/release_files.py``) with
 server-side apply: CRDs, RBAC, the controller Deployment, Services. The admission webhooks
 are deleted after the apply since no controller serves them (and so is the InferenceService
-CRD's conversion webhook, see ``without_conversion_webhook``), and no pod ever runs (no
+CRD's conversion webhook, see ``live_kserve.without_conversion_webhook``), and no pod ever runs (no
 kubelet): the Deployments' pod templates carry the images. A real distribution registry
 on 127.0.0.1 holds the images, and ``--registry-mirror`` points every reference at it.
 
@@ -19,7 +19,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,115 +28,20 @@ import yaml
 from kubernetes import client as k8s_client
 from kubernetes import dynamic
 from kubernetes.client.exceptions import ApiException
-from registry_server import RunningRegistry, free_port, push_image, registry_binary, run_registry
+from live_kserve import DEPLOYMENT, NAMESPACE, Releases
+from registry_server import free_port
 from tenacity import Retrying, retry_if_exception_type, retry_if_result, stop_after_delay, wait_fixed
 
 from e2e import cli
-from e2e.apply import Applier, object_ref
+from e2e.apply import Applier
 from e2e.availability import unavailable
 from e2e.local.controlplane import ControlPlane
-from e2e.manifests import ReleaseFiles, ReleaseManifest, load_release_manifest
-from e2e.matrix import load_matrix
 from e2e.preflight import EXIT_REJECTED, MANAGED_BY
 
 pytestmark = pytest.mark.needs_binaries
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMESPACE = "kserve"
-DEPLOYMENT = "kserve-controller-manager"
 PROXY_BINDING = "kserve-proxy-rolebinding"
-
-# What the registry holds: every image of both releases, and two proxy tags to swap to.
-PUSHED = {
-    "kserve/kserve-controller": ("v0.12.1", "v0.14.0"),
-    "kserve/kserve-localmodel-controller": ("v0.14.0",),
-    "brancz/kube-rbac-proxy": ("v0.18.0", "v0.18.2"),
-    "kubebuilder/kube-rbac-proxy": ("v0.13.1",),
-}
-
-
-# -- fixtures ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRegistry]:
-    binary = registry_binary()
-    if binary is None:
-        unavailable("docker-registry not installed (apt-get install docker-registry)")
-    with run_registry(binary, tmp_path_factory.mktemp("registry")) as running:
-        for repository, tags in PUSHED.items():
-            for tag in tags:
-                push_image(running.url, repository, tag)
-        yield running
-
-
-@pytest.fixture(scope="module")
-def mirrors(registry: RunningRegistry) -> list[str]:
-    """--registry-mirror options that send every image of both releases to the local registry."""
-    rules = {
-        "docker.io/kserve": "kserve",
-        "quay.io/brancz": "brancz",
-        "gcr.io/kubebuilder": "kubebuilder",
-    }
-    options = []
-    for source, path in rules.items():
-        options += ["--registry-mirror", f"{source}={registry.host}/{path}"]
-    return options
-
-
-@pytest.fixture(scope="module")
-def kubeconfig(control_plane: ControlPlane) -> str:
-    return str(control_plane.kubeconfig)
-
-
-def without_conversion_webhook(document: dict[str, Any]) -> dict[str, Any]:
-    """A CRD without its conversion webhook: v0.10-v0.12 ship the InferenceService CRD with
-    ``caBundle: Cg==`` (a newline, for cert-manager's cainjector to fill in), which Kubernetes
-    1.34 rejects ("unable to load root certificates"); no controller serves it here anyway."""
-    if document.get("kind") != "CustomResourceDefinition" or "conversion" not in document.get("spec", {}):
-        return document
-    spec = {k: v for k, v in document["spec"].items() if k != "conversion"}
-    return {**document, "spec": spec}
-
-
-class Releases:
-    """Installs one KServe release at a time into the shared control plane."""
-
-    def __init__(self, api: k8s_client.ApiClient, files: ReleaseFiles) -> None:
-        self.applier = Applier(api)
-        self.files = files
-        self.matrix = load_matrix()
-        self.installed: ReleaseManifest | None = None
-        self.applied: list[dict[str, Any]] = []
-
-    def manifest(self, version: str) -> ReleaseManifest:
-        return load_release_manifest(self.matrix.release(version), self.files)
-
-    def install(self, version: str) -> ReleaseManifest:
-        if self.installed is not None and self.installed.source.startswith(f"kserve {version} "):
-            return self.installed
-        if self.installed is not None:
-            # The namespace stays (without the namespace controller it would never finish
-            # deleting) and so do the CRDs (same kinds in every release; re-applied below).
-            kept = ("Namespace", "CustomResourceDefinition")
-            self.applier.delete([d for d in self.applied if d["kind"] not in kept])
-        manifest = self.manifest(version)
-        documents = [without_conversion_webhook(d) for d in manifest.documents]
-        report = self.applier.apply(documents, skip_unknown_kinds=True)  # cert-manager kinds are skipped
-        self.applied = [d for d in documents if object_ref(d) not in report.skipped]
-        self.applier.delete(manifest.webhook_configurations())  # nothing serves them here
-        self.installed = manifest
-        return manifest
-
-    def restore_proxy_binding(self) -> None:
-        assert self.installed is not None
-        self.applier.apply([self.installed.proxy_cluster_role_binding()])
-
-
-@pytest.fixture(scope="module")
-def releases(api: k8s_client.ApiClient, release_files: ReleaseFiles) -> Releases:
-    return Releases(api, release_files)
-
 
 def preflight(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     """Run ``kserve-compat preflight ARGS`` in this process; (exit code, stdout)."""
