@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("e2e.report_cli", "render saved JSON results as Markdown, HTML and JUnit"),
     "audit": ("e2e.audit", "flag retired, unpinned and unavailable images in manifests"),
     "preflight": ("e2e.preflight", "check a live cluster before a KServe upgrade or image swap"),
+    "migrate": ("e2e.migrate", "move a live cluster's proxy sidecar to another image; rolls back on failure"),
     "binaries": (
         "e2e.local.binaries_cli",
         "build or locate etcd, kube-apiserver, kube-rbac-proxy, ... (a refused proxy version: from its image)",

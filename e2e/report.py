@@ -113,7 +113,7 @@ def save_result(result: CellResult, directory: Path | str) -> Path:
     if not result.cell_id or result.cell_id.startswith(".") or any(sep in result.cell_id for sep in "/\\"):
         raise UsageError(f"cell id {result.cell_id!r}: expected a file name (no path separators, no leading dot)")
     target = Path(directory) / f"{result.cell_id}.json"
-    _write_atomic(target, _json_text(result.to_dict()))
+    write_atomic(target, _json_text(result.to_dict()))
     return target
 
 
@@ -198,7 +198,7 @@ def _redacted(value: Any) -> Any:
 REPORT_FILE_MODE = 0o644
 
 
-def _write_atomic(target: Path, text: str) -> None:
+def write_atomic(target: Path, text: str) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     # Write beside the target, then rename: a reader sees the old file or the new one.
     descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
@@ -905,7 +905,7 @@ def _junit_case(suite: ET.Element, group: _Group, result: CellResult, matrix: Ma
 
 def write_junit(results: Sequence[CellResult], path: Path | str, matrix: Matrix | None = None) -> Path:
     target = Path(path)
-    _write_atomic(target, junit_xml(results, matrix))
+    write_atomic(target, junit_xml(results, matrix))
     return target
 
 
@@ -929,9 +929,9 @@ def write_reports(
     """``report.json`` (the merged list), ``report.md``, ``report.html``, ``junit.xml``."""
     out = Path(directory)
     paths = {kind: out / name for kind, name in REPORT_FILES.items()}
-    _write_atomic(paths["json"], _json_text([r.to_dict() for r in results]))
-    _write_atomic(paths["markdown"], markdown_report(results, matrix))
-    _write_atomic(paths["html"], html_report(results, matrix))
+    write_atomic(paths["json"], _json_text([r.to_dict() for r in results]))
+    write_atomic(paths["markdown"], markdown_report(results, matrix))
+    write_atomic(paths["html"], html_report(results, matrix))
     write_junit(results, paths["junit"], matrix)
     return paths
 

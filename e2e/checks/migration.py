@@ -25,10 +25,13 @@ class InferenceTarget:
     base_url: str
     model_name: str
     protocol: Protocol = "v1"
+    # Ask only whether the model is ready (GET /v1/models/NAME), for a model whose input is
+    # not known (an operator's own InferenceService): the same data path as a prediction.
+    readiness_only: bool = False
 
     @property
     def name(self) -> str:
-        return f"inference-{self.protocol}:{self.model_name}"
+        return f"{'ready' if self.readiness_only else 'inference'}-{self.protocol}:{self.model_name}"
 
 
 @dataclass
@@ -170,15 +173,26 @@ class MetricsProber:
                 tally.last_error = redact(error)
 
     def _probe_metrics(self, session: requests.Session) -> str | None:
+        with self._lock:
+            url = self._metrics_url
         response = session.get(
-            self._metrics_url,
+            url,
             headers={"Authorization": f"Bearer {self._token}"},
             verify=False,  # the proxy's self-signed certificate, as in check_metrics_auth
             timeout=self._timeout_s,
         )
         return None if response.status_code == 200 else f"HTTP {response.status_code}"
 
+    def retarget_metrics(self, metrics_url: str) -> None:
+        """Ask ``metrics_url`` from now on (one that could not be reached when the probe began)."""
+        with self._lock:
+            self._metrics_url = metrics_url
+
     def _probe_model(self, target: InferenceTarget) -> str | None:
+        if target.readiness_only:
+            url = f"{target.base_url.rstrip('/')}/v1/models/{target.model_name}"
+            answer = requests.get(url, timeout=self._timeout_s)
+            return None if answer.status_code == 200 else f"HTTP {answer.status_code}"
         if target.protocol == "v1":
             got = predict_v1(target.base_url, target.model_name, IRIS_INPUT, connect_wait_s=0)
         else:

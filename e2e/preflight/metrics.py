@@ -180,11 +180,11 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def resolve_kubectl(kubectl: str | None) -> str:
+def resolve_kubectl(kubectl: str | None, needed_by: str = "--check-metrics") -> str:
     binary = kubectl or shutil.which("kubectl")
     if not binary or not os.access(binary, os.X_OK):
         where = f"--kubectl {kubectl}: not an executable" if kubectl else "kubectl not found on PATH"
-        raise UsageError(f"--check-metrics: {where}; pass --kubectl PATH or --metrics-url URL")
+        raise UsageError(f"{needed_by}: {where}; pass --kubectl PATH or --metrics-url URL")
     return binary
 
 
