@@ -130,6 +130,13 @@ def preflight(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def migrate(session: nox.Session) -> None:
+    """Move the proxy sidecar of the current kubeconfig context's cluster, guarded (`-- --to ALIAS`)."""
+    _install(session)
+    session.run("kserve-compat", "migrate", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Wall time of the local matrix (shared control planes vs one per cell); `-- kind` times
     one kind cluster group on the local image set instead."""

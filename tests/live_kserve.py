@@ -26,7 +26,7 @@ DEPLOYMENT = "kserve-controller-manager"
 PUSHED = {
     "kserve/kserve-controller": ("v0.12.1", "v0.14.0"),
     "kserve/kserve-localmodel-controller": ("v0.14.0",),
-    "brancz/kube-rbac-proxy": ("v0.18.0", "v0.18.2", "v0.22.1"),
+    "brancz/kube-rbac-proxy": ("v0.15.0", "v0.18.0", "v0.18.2", "v0.22.1"),
     "kubebuilder/kube-rbac-proxy": ("v0.13.1",),
 }
 

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kind_runs import kind_network_gateway, run_to_the_end
 from release_files import session_release_files
 
 from e2e.availability import unavailable
@@ -39,18 +39,6 @@ PROXY_IMAGE = "quay.io/brancz/kube-rbac-proxy:v0.22.1"
 USER_HOSTS = ("docker.io", "quay.io", "gcr.io")
 
 
-def kind_network_gateway() -> str:
-    """The IPv4 gateway of Docker's ``kind`` network (kind makes it with its first cluster)."""
-    done = subprocess.run(
-        ["docker", "network", "inspect", "kind", "--format", "{{range .IPAM.Config}}{{.Gateway}} {{end}}"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    ipv4 = [address for address in done.stdout.split() if address.count(".") == 3]
-    if done.returncode != 0 or not ipv4:
-        unavailable(f"no Docker network 'kind' to put the user's registry on ({done.stderr.strip() or done.stdout})")
-    return ipv4[0]
-
-
 @pytest.fixture
 def users_registry(tmp_path: Path) -> Iterator[RegistryMirror]:
     try:
@@ -64,20 +52,6 @@ def users_registry(tmp_path: Path) -> Iterator[RegistryMirror]:
     registry = RegistryMirror("users-registry", tmp_path / "storage", tmp_path, kind_network_gateway(), None).start()
     yield registry
     registry.stop()
-
-
-def run_to_the_end(argv: list[str], cwd: Path, env: dict[str, str], timeout: float) -> tuple[int, str]:
-    """Run the harness; if the test ends first (timeout, Ctrl-C), stop it with Ctrl-C, as a
-    user would, so it deletes its cluster and mirrors (a SIGKILL would leave them)."""
-    process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)  # fmt: skip
-    try:
-        output, _ = process.communicate(timeout=timeout)
-        return process.returncode, output
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGINT)
-            process.communicate(timeout=180)
 
 
 def test_the_nodes_pull_every_host_from_the_users_single_registry_under_upstream_names(

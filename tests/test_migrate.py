@@ -128,6 +128,34 @@ def test_a_deployment_owned_by_helm_gets_the_change_printed_not_applied(
         apps.patch_namespaced_deployment(DEPLOYMENT, NAMESPACE, unmark)
 
 
+def test_a_flag_the_target_version_dropped_is_refused_with_exit_7_before_anything_is_written(
+    v0_14: Releases, api: k8s_client.ApiClient, kubeconfig: str, mirrors: list[str], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """kube-rbac-proxy v0.18.0 accepts --kube-api-qps, v0.15.0 does not (e2e/data/proxy-flags.json):
+    moving such a Deployment back to v0.15.0 would crash its proxy at start."""
+    apps = k8s_client.AppsV1Api(api)
+    original = deployment(api)["spec"]["template"]
+    containers = original["spec"]["containers"]
+    proxy = next(c for c in containers if c["name"] == "kube-rbac-proxy")
+    flagged = {"spec": {"template": {"spec": {"containers": [
+        {"name": "kube-rbac-proxy", "args": [*proxy["args"], "--kube-api-qps=20"]}]}}}}  # fmt: skip
+    apps.patch_namespaced_deployment(DEPLOYMENT, NAMESPACE, flagged)
+    try:
+        before = deployment(api)["metadata"]["resourceVersion"]
+        code, out, _ = migrate(capsys, "--to", "quay-v0.15.0", "--kubeconfig", kubeconfig, *mirrors,
+                               "--report-dir", str(tmp_path), "--rollout-timeout", "3")  # fmt: skip
+        assert code == 7, out
+        report = json.loads((tmp_path / "migration.json").read_text())
+        assert report["outcome"] == "refused"
+        assert any(b.startswith("proxy-flags: ") and "--kube-api-qps" in b for b in report["blockers"]), report
+        assert deployment(api)["metadata"]["resourceVersion"] == before and leftovers(api) == []
+    finally:
+        apps.patch_namespaced_deployment(
+            DEPLOYMENT, NAMESPACE, [{"op": "replace", "path": "/spec/template", "value": original}]
+        )
+
+
 def test_the_image_already_running_is_nothing_to_do(
     v0_14: Releases, kubeconfig: str, mirrors: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
