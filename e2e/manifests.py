@@ -44,7 +44,7 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -1034,3 +1034,28 @@ def _without_directives(value: Any) -> Any:
     if isinstance(value, list):
         return [_without_directives(v) for v in value]
     return value
+
+
+# The release's ConfigMap that names, among much else, the storage initializer image.
+INFERENCESERVICE_CONFIG = "inferenceservice-config"
+
+
+def serving_images(runtimes: Sequence[dict[str, Any]], documents: Sequence[dict[str, Any]] = ()) -> list[str]:
+    """The images the iris samples run on: the sklearn runtime's server and the storage
+    initializer (a ``ClusterStorageContainer`` from v0.12 on; the ``storageInitializer`` of
+    the release's ``inferenceservice-config`` ConfigMap in ``documents`` for every release)."""
+    found: dict[str, None] = {}
+    for doc in documents:
+        if doc.get("kind") == "ConfigMap" and (doc.get("metadata") or {}).get("name") == INFERENCESERVICE_CONFIG:
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                image = json.loads((doc.get("data") or {}).get("storageInitializer") or "{}").get("image")
+                if image:
+                    found[str(image)] = None
+    for doc in runtimes:
+        spec = doc.get("spec") or {}
+        name = str((doc.get("metadata") or {}).get("name", ""))
+        if doc.get("kind") == "ClusterServingRuntime" and "sklearn" in name:
+            found.update(dict.fromkeys(str(c["image"]) for c in spec.get("containers") or [] if c.get("image")))
+        elif doc.get("kind") == "ClusterStorageContainer" and (spec.get("container") or {}).get("image"):
+            found[str(spec["container"]["image"])] = None
+    return list(found)

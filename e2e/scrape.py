@@ -28,9 +28,9 @@ import requests
 import tenacity
 import yaml
 
-from e2e.cluster.provider import ServiceTarget
 from e2e.results import CellResult, CheckResult, CheckStatus
 from e2e.secrets import redact
+from e2e.targets import ServiceTarget
 
 log = logging.getLogger(__name__)
 

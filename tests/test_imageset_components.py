@@ -146,8 +146,8 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeWorld
     monkeypatch.setattr(binaries, "docker_engine_unreachable_reason", lambda: state.engine)
     monkeypatch.setattr(components, "build_image", build_image)
     monkeypatch.setattr(components, "is_current", is_current)
-    monkeypatch.setattr(components, "_module_if_cached", lambda module, version: None)
-    monkeypatch.setattr(components, "_module_dir", lambda module, version: tmp_path / "no-module")
+    monkeypatch.setattr(binaries, "cached_module_dir", lambda module, version: None)
+    monkeypatch.setattr(binaries, "module_dir", lambda module, version: tmp_path / "no-module")
     monkeypatch.setattr(components, "cert_manager_manifest_status", lambda version: ("built", ""))
     yield state
 

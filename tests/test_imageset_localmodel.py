@@ -218,7 +218,7 @@ def test_a_real_localmodel_image_runs_its_binary(version: str, monkeypatch: pyte
         binary = binaries.ensure_together([MANAGER, LOCALMODEL], version)[LOCALMODEL]
     except EnvironmentMissing as exc:
         unavailable(str(exc))
-    module = components._module_if_cached(binaries.KSERVE_MODULE, version)
+    module = binaries.cached_module_dir(binaries.KSERVE_MODULE, version)
     third_party = module / "third_party" if module else None
     reference = f"kserve/kserve-localmodel-controller:{version}"
     built = components.build_image(*components.localmodel_image(version, reference, binary, third_party))

@@ -16,8 +16,7 @@ from release_files import SessionReleaseFiles
 from e2e.cluster.kind import cluster_config
 from e2e.errors import WorkloadUnavailable
 from e2e.imageset import offline
-from e2e.install import serving_images
-from e2e.manifests import ReleaseFile, load_yaml_documents
+from e2e.manifests import ReleaseFile, load_yaml_documents, serving_images
 
 PRESENT = ("quay.io/brancz/kube-rbac-proxy:v0.18.0", "kserve/kserve-controller:v0.14.0")
 

@@ -24,8 +24,8 @@ from e2e.availability import unavailable
 from e2e.checks.inference import IRIS_EXPECTED, IRIS_INPUT
 from e2e.imageset import serving
 from e2e.imageset.docker_image import is_current
-from e2e.install import serving_images
 from e2e.local import binaries, sklearnserver
+from e2e.manifests import serving_images
 
 # A poetry.lock release and a uv.lock one (v0.17 on: `kserve_storage`, another entrypoint).
 RELEASES = ("v0.14.0", "v0.20.0")

@@ -61,7 +61,7 @@ from e2e.errors import EnvironmentMissing, HarnessError, ManifestError, UsageErr
 from e2e.imageset import serving
 from e2e.imageset.docker_image import ImageContent, ImageRecipe, build_image, file_sha256, is_current
 from e2e.local import binaries
-from e2e.manifests import ReleaseFiles, ReleaseManifest, load_release_manifest, sha256_hex
+from e2e.manifests import ReleaseFiles, ReleaseManifest, load_release_manifest, serving_images, sha256_hex
 from e2e.matrix import KServeRelease, Matrix, load_matrix
 from e2e.text import one_line
 
@@ -256,12 +256,6 @@ def cert_manager_image(
     return recipe, content
 
 
-def _module_dir(module: str, version: str) -> Path:
-    """The module's directory in the Go module cache (downloaded if needed; cheap once built)."""
-    with tempfile.TemporaryDirectory(prefix="kserve-compat-module-") as tmp:
-        return binaries.download_module(module, version, Path(tmp)).dir
-
-
 # ---------------------------------------------------------------------------- cert-manager manifest
 
 
@@ -314,7 +308,7 @@ def cert_manager_manifest(version: str = CERT_MANAGER_VERSION) -> Path:
     with contextlib.suppress(OSError):
         if path.is_file() and _recipe_file(path).read_text().strip() == recipe:
             return path
-    module = _module_dir(binaries.CERT_MANAGER_MODULE, version)
+    module = binaries.module_dir(binaries.CERT_MANAGER_MODULE, version)
     with tempfile.TemporaryDirectory(prefix="kserve-compat-cert-manager-chart-") as tmp:
         chart = Path(tmp) / "cert-manager"
         _write_chart(module, version, chart)
@@ -498,7 +492,7 @@ def _manager_job(
     if status == UNAVAILABLE:
         return _Job(replace(base, status=UNAVAILABLE, detail=detail), None)
     if path is not None:
-        module = _module_if_cached(binaries.KSERVE_MODULE, version)
+        module = binaries.cached_module_dir(binaries.KSERVE_MODULE, version)
         third_party = module / "third_party" if module else None
         status, detail = _image_status(layout(version, reference, path, third_party)[0], engine)
     planned = replace(base, status=status, detail=detail)
@@ -508,27 +502,16 @@ def _manager_job(
             binary = binaries.ensure_together(built_with, version)[binary_component]
         else:
             binary = binaries.ensure(binary_component, version)
-        third_party = _module_dir(binaries.KSERVE_MODULE, version) / "third_party"
+        third_party = binaries.module_dir(binaries.KSERVE_MODULE, version) / "third_party"
         build_image(*layout(version, reference, binary, third_party))
         return replace(planned, status=BUILT, detail="")
 
     return _Job(planned, None if status == BUILT else build)
 
 
-def _module_if_cached(module: str, version: str) -> Path | None:
-    """The module's directory when it is in the Go module cache already (no download)."""
-    try:
-        go = binaries.go_binary()
-    except EnvironmentMissing:
-        return None
-    result = subprocess.run([go, "env", "GOMODCACHE"], capture_output=True, text=True, check=False)
-    directory = Path(result.stdout.strip()) / f"{module}@{version}"
-    return directory if result.stdout.strip() and directory.is_dir() else None
-
-
 def _cert_manager_jobs(version: str, engine: str | None) -> list[_Job]:
     jobs: list[_Job] = []
-    module = _module_if_cached(binaries.CERT_MANAGER_MODULE, version)
+    module = binaries.cached_module_dir(binaries.CERT_MANAGER_MODULE, version)
     for component in CERT_MANAGER_IMAGES:
         base = PlannedImage(cert_manager_reference(component, version), component, version, MISSING)
         status, detail, path = _binary_status(component, version)
@@ -541,7 +524,7 @@ def _cert_manager_jobs(version: str, engine: str | None) -> list[_Job]:
 
         def build(component: str = component, planned: PlannedImage = planned) -> PlannedImage:
             binary = binaries.ensure(component, version)
-            module_dir = _module_dir(binaries.CERT_MANAGER_MODULE, version)
+            module_dir = binaries.module_dir(binaries.CERT_MANAGER_MODULE, version)
             build_image(*cert_manager_image(component, version, binary, module_dir))
             return replace(planned, status=BUILT, detail="")
 
@@ -686,7 +669,6 @@ def _serving_jobs(
     release: KServeRelease, manifest: ReleaseManifest, files: ReleaseFiles, engine: str | None
 ) -> list[_Job]:
     """The release's sklearnserver and storage-initializer images (``serving.py``): one build."""
-    from e2e.install import serving_images  # the install decides what the samples run on
 
     runtimes = load_release_manifest(release, files, release.runtimes_file).documents if release.runtimes_file else []
     images = serving_images(runtimes, manifest.documents)

@@ -159,9 +159,8 @@ def status(images: ServingImages) -> tuple[str, str]:
 
 
 def _entrypoint_if_cached(release: str) -> Path | None:
-    from e2e.imageset.components import _module_if_cached
 
-    module = _module_if_cached(sklearnserver.KSERVE_MODULE, release)
+    module = binaries.cached_module_dir(sklearnserver.KSERVE_MODULE, release)
     path = module / ENTRYPOINT_IN_MODULE if module else None
     return path if path is not None and path.is_file() else None
 
@@ -176,9 +175,8 @@ def build(images: ServingImages) -> ServingImages:
         env = sklearnserver.ensure_env(images.release)
     except sklearnserver.SklearnServerUnavailable as exc:
         raise binaries.BuildUnavailable(str(exc)) from None
-    from e2e.imageset.components import _module_dir
 
-    entrypoint = _module_dir(sklearnserver.KSERVE_MODULE, images.release) / ENTRYPOINT_IN_MODULE
+    entrypoint = binaries.module_dir(sklearnserver.KSERVE_MODULE, images.release) / ENTRYPOINT_IN_MODULE
     if not entrypoint.is_file():
         raise binaries.BuildUnavailable(f"{sklearnserver.KSERVE_MODULE}@{images.release}: no {ENTRYPOINT_IN_MODULE}")
     server_recipe, storage_recipe = recipes(images, env, entrypoint)

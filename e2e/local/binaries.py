@@ -543,6 +543,23 @@ _availability_lock = threading.Lock()
 _availability: dict[tuple[str, str], str] = {}
 
 
+def module_dir(module: str, version: str) -> Path:
+    """The module's directory in the Go module cache (downloaded if needed; cheap once there)."""
+    with tempfile.TemporaryDirectory(prefix="kserve-compat-module-") as tmp:
+        return download_module(module, version, Path(tmp)).dir
+
+
+def cached_module_dir(module: str, version: str) -> Path | None:
+    """The module's directory when it is in the Go module cache already (no download)."""
+    try:
+        go = go_binary()
+    except EnvironmentMissing:
+        return None
+    result = subprocess.run([go, "env", "GOMODCACHE"], capture_output=True, text=True, check=False)
+    directory = Path(result.stdout.strip()) / f"{module}@{version}"
+    return directory if result.stdout.strip() and directory.is_dir() else None
+
+
 def module_unavailable_reason(module: str, version: str) -> str | None:
     """Why the Go module proxy will not serve ``module@version`` (None if it will).
 
