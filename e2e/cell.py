@@ -17,17 +17,15 @@ from e2e import checks, diagnostics, kserve, model_store, report, scrape, suppor
 from e2e.availability import in_ci
 from e2e.checks.reconciling import wait_until_reconciling
 from e2e.errors import EnvironmentMissing, HarnessError, WorkloadFailed, WorkloadUnavailable
-from e2e.images import replacement
 from e2e.install import SAMPLE_MODELS, CellSkipped, GroupCluster, failure_probe, proxy_image_of
 from e2e.manifests import proxy_patch
-from e2e.matrix import Matrix, MatrixCell
+from e2e.matrix import Matrix, MatrixCell, migration_start_image
 from e2e.results import CellResult, CheckStatus, Verdict, timed_check
 from e2e.rollout import ImageUnavailable, RolloutFailed, registry_unreached, wait_for_rollout
 from e2e.targets import ServiceTarget
 
 if TYPE_CHECKING:
     from e2e.run import Harness
-    from e2e.scenario import Scenario
 
 log = logging.getLogger(__name__)
 
@@ -40,25 +38,26 @@ RETIRED_BY_MATRIX = (
 class CellRun:
     """The state of one cell while its scenario's steps run."""
 
-    def __init__(self, harness: Harness, cell: MatrixCell, scenario: Scenario) -> None:
+    def __init__(self, harness: Harness, cell: MatrixCell, scenario: str, result_id: str, grid: str = "") -> None:
+        """``scenario`` names the runbook, ``result_id`` its result for this cell; ``grid`` (if
+        the scenario declares one) is the report's grid its results stand in."""
         self.harness = harness
         self.cell = cell
-        self.scenario = scenario
         self.result = CellResult(
-            cell_id=scenario.result_id(cell),
+            cell_id=result_id,
             provider=harness.options.provider,
             kserve_version=cell.release.version,
             proxy_alias=cell.proxy.alias,
             proxy_image=cell.proxy.image,
             kubernetes_version=cell.kubernetes.version,
             variant=cell.variant.name if cell.variant else "",
-            scenario=scenario.name,
+            scenario=scenario,
         )
         window = support.verdict(cell)
         self.result.support, self.result.support_reason = window.support.value, window.reason
-        if scenario.name == "migration":
-            # Its own grid: the report groups cells by variant.
-            self.result.variant = "+".join(filter(None, [self.result.variant, "migration"]))
+        if grid:
+            # The report groups cells by variant: the scenario's grid is one.
+            self.result.variant = "+".join(filter(None, [self.result.variant, grid]))
         self.cluster: GroupCluster | None = None
         self.diagnostics_dir: Path | None = None
         # When the cell's image last rolled out: the metrics-scrape check wants a newer scrape.
@@ -330,18 +329,6 @@ class CellRun:
         if self.harness.options.cluster_per_cell:
             self.harness.close_group()
         return self.result
-
-
-def migration_start_image(cell: MatrixCell, shipped: str | None = None) -> str:
-    """The image a migration starts from: the one the release ships, unless retired.
-
-    ``shipped`` is the image read from the release's manifest once it is loaded; before
-    that (plan, applicability) the matrix's default for the release stands in for it.
-    A retired gcr.io/kubebuilder image cannot be pulled any more; an operator starts from
-    its frozen copy on registry.k8s.io, and so does the scenario.
-    """
-    image = shipped or cell.release.proxy_image
-    return replacement(image) or image
 
 
 def _with_image(matrix: Matrix, cell: MatrixCell, image: str) -> MatrixCell:

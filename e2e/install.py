@@ -11,9 +11,7 @@ group and reported by each of its cells; a Prometheus that cannot start is kept 
 
 from __future__ import annotations
 
-import contextlib
-import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,15 +34,15 @@ from e2e.manifests import (
     load_yaml_documents,
     patched_manifest,
     proxy_patch,
+    serving_images,
     shipped_proxy,
 )
-from e2e.matrix import ClusterGroup, KServeRelease, Matrix, MatrixCell, version_key
+from e2e.matrix import ClusterGroup, KServeRelease, Matrix, MatrixCell, migration_start_image, version_key
 from e2e.rollout import wait_for_rollout
 from e2e.tokens import mint_token
 
 METRICS_ACCESS_NAMESPACE = "kserve-compat"
 METRICS_READER, NO_ACCESS, PROMETHEUS = "metrics-reader", "no-access", "prometheus"
-INFERENCESERVICE_CONFIG = "inferenceservice-config"
 SAMPLE_MODELS: tuple[tuple[str, checks.Protocol], ...] = (("sklearn-iris", "v1"), ("sklearn-iris-v2", "v2"))
 
 
@@ -209,8 +207,6 @@ class Installer:
         frozen copy of the shipped image, else any served image of the matrix (so that a
         retired cell selected alone still reaches its swap). Variants are left out: a
         variant that breaks the proxy must fail its own cell, not the shared install."""
-        from e2e.cell import migration_start_image
-
         plain = [MatrixCell(c.release, c.proxy, c.kubernetes) for c in [cell, *cluster.group.cells]]
         fallbacks = [self.matrix.proxy_for_image(migration_start_image(cell))]
         fallbacks += [proxy for proxy in self.matrix.proxies if proxy.status == "served"]
@@ -386,22 +382,3 @@ def proxy_image_of(patch: dict[str, Any]) -> str:
     return str(patch["spec"]["template"]["spec"]["containers"][0]["image"])
 
 
-def serving_images(runtimes: Sequence[dict[str, Any]], documents: Sequence[dict[str, Any]] = ()) -> list[str]:
-    """The images the iris samples run on: the sklearn runtime's server and the storage
-    initializer (a ``ClusterStorageContainer`` from v0.12 on; the ``storageInitializer`` of
-    the release's ``inferenceservice-config`` ConfigMap in ``documents`` for every release)."""
-    found: dict[str, None] = {}
-    for doc in documents:
-        if doc.get("kind") == "ConfigMap" and (doc.get("metadata") or {}).get("name") == INFERENCESERVICE_CONFIG:
-            with contextlib.suppress(ValueError, TypeError, AttributeError):
-                image = json.loads((doc.get("data") or {}).get("storageInitializer") or "{}").get("image")
-                if image:
-                    found[str(image)] = None
-    for doc in runtimes:
-        spec = doc.get("spec") or {}
-        name = str((doc.get("metadata") or {}).get("name", ""))
-        if doc.get("kind") == "ClusterServingRuntime" and "sklearn" in name:
-            found.update(dict.fromkeys(str(c["image"]) for c in spec.get("containers") or [] if c.get("image")))
-        elif doc.get("kind") == "ClusterStorageContainer" and (spec.get("container") or {}).get("image"):
-            found[str(spec["container"]["image"])] = None
-    return list(found)

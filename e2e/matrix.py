@@ -26,7 +26,7 @@ import yaml
 
 from e2e.data import MATRIX_FILE
 from e2e.errors import ImageReferenceError, UsageError
-from e2e.images import ImageReference, retirement
+from e2e.images import ImageReference, replacement, retirement
 
 _T = TypeVar("_T")
 
@@ -519,6 +519,18 @@ def github_actions_matrix(cells: Sequence[MatrixCell]) -> dict[str, list[dict[st
             }
         )
     return {"include": include}
+
+
+def migration_start_image(cell: MatrixCell, shipped: str | None = None) -> str:
+    """The image a migration starts from: the one the release ships, unless retired.
+
+    ``shipped`` is the image read from the release's manifest once it is loaded; before
+    that (plan, applicability) the matrix's default for the release stands in for it.
+    A retired gcr.io/kubebuilder image cannot be pulled any more; an operator starts from
+    its frozen copy on registry.k8s.io, and so does the scenario.
+    """
+    image = shipped or cell.release.proxy_image
+    return replacement(image) or image
 
 
 def github_actions_matrix_json(cells: Sequence[MatrixCell]) -> str:

@@ -14,7 +14,6 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from e2e.cluster.provider import ClusterProvider, ProviderFactory
 from e2e.errors import HarnessError
@@ -23,9 +22,6 @@ from e2e.install import GroupCluster, Installer
 from e2e.manifests import ReleaseFiles
 from e2e.matrix import ClusterGroup, Matrix, MatrixCell, Selection, group_cells, load_matrix
 from e2e.results import CellResult
-
-if TYPE_CHECKING:
-    from e2e.cell import CellRun
 
 log = logging.getLogger(__name__)
 
@@ -201,18 +197,18 @@ class Harness:
             stack.close()
         self._prepared.clear()
 
-    def recover(self, run: CellRun) -> None:
+    def recover(self, result: CellResult) -> None:
         """After a failed cell, make sure the next cell finds a working cluster."""
         if self._current is None:
             return
         try:
             repaired = self._current.provider.recover()
         except HarnessError as exc:
-            run.result.notes.append(f"cluster replaced after this cell: {exc}")
+            result.notes.append(f"cluster replaced after this cell: {exc}")
             self.close_group(wait=True)
             return
         if repaired:
-            run.result.notes.append(f"cluster repaired after this cell: {repaired}")
+            result.notes.append(f"cluster repaired after this cell: {repaired}")
 
     def result_of(self, result_id: str, scenario: str) -> CellResult | None:
         """The result a scenario recorded for a cell, if it recorded one."""

@@ -80,14 +80,18 @@ class Scenario:
     expected: Verdict = Verdict.PASS
     rank: int = 0
     expected_because: str = ""
+    # A grid of its own in the report (and result ids of its own), e.g. "migration"; empty:
+    # its results stand in the cell's grid, and its verdict is the cell's.
+    grid: str = ""
     step_names: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "step_names", tuple(step.name for step in self.steps))
 
     def result_id(self, cell: MatrixCell) -> str:
-        """The id of this scenario's result for ``cell`` (a migration gets its own grid)."""
-        return f"{cell.id}--{self.name}" if self.name == "migration" else cell.id
+        """The id of this scenario's result for ``cell``: the cell's, or in the scenario's own
+        grid its own, so that two scenarios on one cell never write the same result file."""
+        return f"{cell.id}--{self.grid}" if self.grid else cell.id
 
     def plan(self, cell: MatrixCell, context: PlanContext, diagnostics_dir: str) -> list[str]:
         """The lines ``--plan`` prints for this scenario on ``cell``: the steps ``run`` executes."""
@@ -106,7 +110,7 @@ class Scenario:
         """try: the steps in order; catch: verdict + diagnostics; finally: save the result."""
         from e2e.cell import CellRun
 
-        run = CellRun(harness, cell, self)
+        run = CellRun(harness, cell, self.name, self.result_id(cell), self.grid)
         failed_step = interrupted = False
         try:
             for number, step in enumerate(self.steps, 1):
@@ -131,7 +135,7 @@ class Scenario:
                 if run.cluster is not None:
                     run.cluster.provider.mark_failed()  # honours --keep-on-failure
             if failed_step:
-                harness.recover(run)
+                harness.recover(run.result)
             run.finish()
         log.info("%s: verdict %s %s", run.result.cell_id, run.result.verdict.value, run.result.reason)
         return run.result

@@ -7,9 +7,9 @@ run executes. The actions are ``CellRun`` methods (``e2e/cell.py``).
 from __future__ import annotations
 
 from e2e import scrape
-from e2e.cell import CellRun, migration_start_image
+from e2e.cell import CellRun
 from e2e.local import binaries
-from e2e.matrix import MatrixCell
+from e2e.matrix import MatrixCell, migration_start_image
 from e2e.scenario import PlanContext, Step
 
 ROLLOUT_WAIT = "wait: rollout (observedGeneration, updated and available replicas); fail fast on pull errors"

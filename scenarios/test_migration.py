@@ -9,8 +9,7 @@ may be lost; the metrics outage window is measured; then the fresh-install check
 from __future__ import annotations
 
 from e2e import steps
-from e2e.cell import migration_start_image
-from e2e.matrix import MatrixCell
+from e2e.matrix import MatrixCell, migration_start_image
 from e2e.run import Harness
 from e2e.scenario import Scenario
 
@@ -26,6 +25,7 @@ def _migrates(cell: MatrixCell, provider: str) -> str | None:
 SCENARIO = Scenario(
     name="migration",
     story=__doc__ or "",
+    grid="migration",
     applies=_migrates,
     rank=2,
     steps=(

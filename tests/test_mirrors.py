@@ -267,7 +267,7 @@ def test_a_pull_that_failed_because_a_mirror_died_is_an_error_not_image_unavaila
         (not_found, died, Verdict.ERROR),  # a mirror of the run died: not the image's fault
     ]
     for error, problem, verdict in cases:
-        run = CellRun(harness, cell, scenario)  # type: ignore[arg-type]
+        run = CellRun(harness, cell, scenario.name, scenario.result_id(cell))  # type: ignore[arg-type]
         provider = SimpleNamespace(registry_problem=lambda p=problem: p)
         run.cluster = SimpleNamespace(provider=provider)  # type: ignore[assignment]
         run.fail_with(error)

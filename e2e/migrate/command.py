@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from e2e.migrate import report as migration_report
+import e2e.migrate.report as migration_report
 from e2e.migrate.runner import Options, migrate
 
 EXIT_CODES = (
