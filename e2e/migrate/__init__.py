@@ -19,7 +19,8 @@ What operators were advised to do by hand after ``gcr.io/kubebuilder`` stopped s
 ``migration.json`` and ``migration.md`` (``--report-dir``) say what happened, the metrics
 outage measured, and which Deployment the cluster ends on (read back from the API).
 
-Modules: ``runner`` (the steps), ``report`` (the record and its rendering), ``command``.
+Modules: ``runner`` (the steps and the rollback), ``gate`` (whether and what to apply), ``probe``
+(what is watched and what must hold after), ``report`` (the record and its rendering), ``command``.
 """
 
 from e2e.migrate.command import EXIT_CODES, add_arguments, run

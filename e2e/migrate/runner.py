@@ -12,7 +12,6 @@ in the report with its time. Nothing is written to the cluster before the ``acce
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
 import signal
@@ -28,18 +27,19 @@ from kubernetes import client as k8s_client
 from kubernetes.client.exceptions import ApiException
 
 from e2e.apply import api_message
-from e2e.checks.migration import InferenceTarget, MetricsProber, ProbeSummary
 from e2e.diagnostics import pod_failure_evidence
 from e2e.errors import HarnessError, UsageError
 from e2e.matrix import load_matrix
+from e2e.migrate.gate import blockers, managed_by, recorded, refusal_exit_code, resolve_target
+from e2e.migrate.probe import model_service, open_metrics, open_model, probing, verify
 from e2e.migrate.report import MigrationReport, Outcome, Step
 from e2e.preflight import Options as PreflightOptions
-from e2e.preflight import PreflightReport, preflight
+from e2e.preflight import preflight
 from e2e.preflight.cluster import Connection, connect, named_container
-from e2e.preflight.metrics import TemporaryAccess, metrics_endpoint, resolve_kubectl, sigterm_as_interrupt
-from e2e.preflight.model import EXIT_RANK, REQUEST_TIMEOUT, Status
+from e2e.preflight.metrics import TemporaryAccess, resolve_kubectl, sigterm_as_interrupt
+from e2e.preflight.model import REQUEST_TIMEOUT, Status
 from e2e.preflight.runner import LiveController, live_controller
-from e2e.preflight.swap import PROXY_FLAGS, planned_patch
+from e2e.preflight.swap import planned_patch
 from e2e.rollout import RolloutFailed, wait_for_rollout
 from e2e.targets import ServiceTarget
 from e2e.text import one_line
@@ -48,20 +48,6 @@ from e2e.tokens import mint_token
 log = logging.getLogger(__name__)
 
 FIELD_MANAGER = "kserve-compat-migrate"
-# Preflight checks whose failure means this change would break the proxy; a retired image
-# *in use* is not one of them: moving off it is the point of the migration.
-BLOCKING_CHECKS = frozenset({"swap-dry-run", "proxy-rbac", PROXY_FLAGS})
-# Marks of a tool that owns the Deployment and would undo (or fight) a patch made by hand.
-MANAGERS: tuple[tuple[str, str, str | None, str], ...] = (
-    ("label", "app.kubernetes.io/managed-by", "Helm", "Helm"),
-    ("annotation", "meta.helm.sh/release-name", None, "Helm"),
-    ("label", "app.kubernetes.io/managed-by", "kustomize", "kustomize"),
-    ("annotation", "config.kubernetes.io/origin", None, "kustomize"),
-    ("label", "kustomize.toolkit.fluxcd.io/name", None, "Flux (kustomize-controller)"),
-    ("label", "helm.toolkit.fluxcd.io/name", None, "Flux (helm-controller)"),
-    ("label", "argocd.argoproj.io/instance", None, "Argo CD"),
-    ("annotation", "argocd.argoproj.io/tracking-id", None, "Argo CD"),
-)
 
 
 @dataclass(frozen=True)
@@ -112,48 +98,6 @@ class Narrator:
         self.report.steps.append(Step(name, status, detail, self.report.elapsed()))
 
 
-def blockers(pre: PreflightReport) -> list[str]:
-    """Why the preflight says this change would fail: a blocking check, or a target image
-    that is retired, cannot be pulled or could not be checked."""
-    found = [f"{c.name}: {c.detail}" for c in pre.failed if c.name in BLOCKING_CHECKS]
-    for image in pre.images.images:
-        if image.image != pre.target:
-            continue
-        if image.retirement is not None:
-            found.append(f"target {image.image}: on a retired registry ({image.retirement.describe()})")
-        if image.invalid is not None:
-            found.append(f"target {image.image}: {image.invalid}")
-        elif image.availability is not None and (image.unavailable or image.unchecked):
-            found.append(f"target {image.image}: {image.availability.describe()}")
-    return found
-
-
-def refusal_exit_code(pre: PreflightReport) -> int:
-    codes = {c.exit_code for c in pre.failed if c.name in BLOCKING_CHECKS or c.name.startswith("image-availability")}
-    codes |= {c.exit_code for c in pre.failed if c.name == "retired-registry" and pre.target and pre.target in c.detail}
-    return next((code for code in EXIT_RANK if code in codes), 5)
-
-
-def managed_by(deployment: dict[str, Any]) -> str:
-    """Which tool owns the Deployment, with the mark that says so ("" when none does)."""
-    meta = deployment.get("metadata") or {}
-    found = []
-    for where, key, value, tool in MANAGERS:
-        marks = meta.get("labels" if where == "label" else "annotations") or {}
-        if key in marks and (value is None or str(marks[key]).lower() == value.lower()):
-            found.append(f"{tool} ({where} {key}={marks[key]})")
-    return "; ".join(dict.fromkeys(found))
-
-
-def recorded(deployment: dict[str, Any]) -> dict[str, Any]:
-    """The Deployment as it is before the change, without what the server owns (status,
-    managedFields): what a rollback restores and what ``before.json`` holds."""
-    kept = copy.deepcopy(deployment)
-    kept.pop("status", None)
-    (kept.get("metadata") or {}).pop("managedFields", None)
-    return kept
-
-
 def proxy_image_now(api: k8s_client.ApiClient, live: LiveController) -> str:
     apps = k8s_client.AppsV1Api(api)
     deployment = apps.read_namespaced_deployment(
@@ -161,18 +105,6 @@ def proxy_image_now(api: k8s_client.ApiClient, live: LiveController) -> str:
     )
     images = {c.name: c.image for c in deployment.spec.template.spec.containers}
     return str(images.get(live.profile.proxy_container, ""))
-
-
-def resolve_target(to: str, matrix_file: str | None) -> tuple[str, str, PreflightOptions]:
-    """(image, how it was given, the preflight option naming it) for ``--to``."""
-    matrix = load_matrix(matrix_file)
-    if any(proxy.alias == to for proxy in matrix.proxies):
-        proxy = matrix.proxy(to, option="--to")
-        return proxy.image, f"--to {to} (matrix alias)", PreflightOptions(target_proxy=to)
-    if "/" not in to and ":" not in to:
-        aliases = ", ".join(p.alias for p in matrix.proxies)
-        raise UsageError(f"--to {to}: not a proxy alias of the matrix ({aliases}) nor an image reference")
-    return to, "--to (image reference)", PreflightOptions(target_image=to)
 
 
 def migrate(options: Options, out: Callable[[str], None] | None = None) -> MigrationReport:
@@ -234,7 +166,7 @@ def migrate(options: Options, out: Callable[[str], None] | None = None) -> Migra
         before = recorded(live.deployment)
         report.patch = planned_patch(live.deployment, profile, target, load_matrix(options.matrix), live.release)
         report.managed_by = managed_by(live.deployment)
-        models = [(name, _model_service(conn, namespace, name)) for namespace, name in inference]
+        models = [(name, model_service(conn, namespace, name)) for namespace, name in inference]
         if report.from_image == target:
             report.ends_on = f"the recorded Deployment (proxy {target})"
             report.end(Outcome.UNCHANGED, f"{report.deployment} already runs {target}: nothing to do")
@@ -310,9 +242,9 @@ def _run_guarded(
             with narrator.step(
                 "probe", "port-forwards to the metrics Service and the models; the prober starts"
             ) as step:
-                metrics_url = _open_metrics(stack, conn, live, options, report)
-                targets = [_open_model(stack, conn, name, service, options) for name, service in models]
-                prober = stack.enter_context(_probing(metrics_url, reader, targets, report))
+                metrics_url = open_metrics(stack, conn, live, options.metrics_url, options.kubectl, report)
+                targets = [open_model(stack, conn, name, service, options.kubectl) for name, service in models]
+                prober = stack.enter_context(probing(metrics_url, reader, targets, report))
                 step.detail += f" ({len(targets)} model(s))"
             with narrator.step("patch", f"{report.container} -> {report.to_image}") as step:
                 applied = True  # from the call on: the server may have stored it even if the answer is lost
@@ -336,13 +268,15 @@ def _run_guarded(
                 "verify", f"metrics (and models) for {options.settle_s:.0f} s after the rollout"
             ) as step:
                 if metrics_url is None:  # unreachable before: the new pod's Service is reachable now
-                    metrics_url = _open_metrics(stack, conn, live, options, report, after=True)
+                    metrics_url = open_metrics(
+                        stack, conn, live, options.metrics_url, options.kubectl, report, after=True
+                    )
                     assert metrics_url is not None  # after=True raises instead
                     prober.retarget_metrics(metrics_url)
                 time.sleep(options.settle_s)
                 summary = prober.stop()
                 report.probe = summary
-                problems = _verify(summary, metrics_url, reader, no_access, report)
+                problems = verify(summary, metrics_url, reader, no_access, report)
                 if problems:
                     step.evidence += problems
                     raise HarnessError(problems[0])
@@ -489,107 +423,3 @@ def _evidence(api: k8s_client.ApiClient, live: LiveController) -> Callable[[], l
         )
 
     return lambda: pod_failure_evidence(api, live.profile.namespace, selector, read_log)
-
-
-def _open_metrics(
-    stack: contextlib.ExitStack,
-    conn: Connection,
-    live: LiveController,
-    options: Options,
-    report: MigrationReport,
-    after: bool = False,
-) -> str | None:
-    """The proxied metrics URL through a port-forward that follows the Service's pods; None
-    when nothing serves it before the change (the outage a retired image causes)."""
-    try:
-        return str(stack.enter_context(metrics_endpoint(conn, live.profile, options.metrics_url, options.kubectl)))
-    except HarnessError as exc:
-        if after:
-            raise
-        report.probe_note = (
-            f"metrics could not be reached before the change ({one_line(exc)}): the outage is counted from the "
-            "patch until they answer after the rollout"
-        )
-        return None
-
-
-def _model_service(conn: Connection, namespace: str, name: str) -> ServiceTarget:
-    """The predictor Service of ``--inference NAMESPACE/NAME``, read before anything is written."""
-    from e2e.kserve import InferenceServiceNotReady, predictor_service
-
-    custom = k8s_client.CustomObjectsApi(conn.api)
-    try:
-        isvc = custom.get_namespaced_custom_object(
-            "serving.kserve.io", "v1beta1", namespace, "inferenceservices", name, _request_timeout=REQUEST_TIMEOUT
-        )
-        return predictor_service(isvc)
-    except ApiException as exc:
-        raise UsageError(f"--inference {namespace}/{name}: {exc.status} {api_message(exc)}") from None
-    except InferenceServiceNotReady as exc:
-        raise UsageError(f"--inference {namespace}/{name}: {exc}; expected a Ready InferenceService") from None
-
-
-def _open_model(
-    stack: contextlib.ExitStack, conn: Connection, name: str, service: ServiceTarget, options: Options
-) -> InferenceTarget:
-    """A port-forward to the model's predictor Service (following its pods), as the prober's target."""
-    from e2e.cluster.kind import port_forward, port_forward_argv
-
-    argv = [*port_forward_argv(Path(resolve_kubectl(options.kubectl, "migrate")), service), "--context", conn.context]
-    address = stack.enter_context(port_forward(argv, _kubectl_env(conn)))
-    return InferenceTarget(f"http://{address}", name, readiness_only=True)
-
-
-def _kubectl_env(conn: Connection) -> dict[str, str]:
-    import os
-
-    env = dict(os.environ)
-    if conn.kubeconfig:
-        env["KUBECONFIG"] = str(Path(conn.kubeconfig).expanduser())
-    return env
-
-
-# Where the prober asks for metrics while nothing serves them (a closed port: refused at once).
-NOT_REACHABLE_YET = "https://127.0.0.1:1/metrics"
-
-
-@contextlib.contextmanager
-def _probing(
-    metrics_url: str | None, reader: str, targets: list[InferenceTarget], report: MigrationReport
-) -> Iterator[MetricsProber]:
-    """The prober from now until the verify step stops it (or the block ends, as on a failed
-    rollout: what it saw until then goes in the report too). Without a metrics URL yet every
-    metrics request fails until ``retarget_metrics``: the outage."""
-    prober = MetricsProber(metrics_url or NOT_REACHABLE_YET, reader, targets, max_duration_s=3600.0)
-    prober.start()
-    try:
-        yield prober
-    finally:
-        summary = prober.stop()
-        if report.probe is None:
-            report.probe = summary
-
-
-def _verify(summary: ProbeSummary, metrics_url: str, reader: str, no_access: str, report: MigrationReport) -> list[str]:
-    """What must hold after the rollout: metrics answer the reader and refuse the others
-    (the four auth paths of ``e2e.checks``), and no model request was lost."""
-    from e2e.checks import check_metrics_auth
-    from e2e.results import CellResult, CheckStatus
-
-    problems = []
-    if not summary.metrics.last_ok:
-        problems.append(f"metrics still failing after the rollout: {summary.metrics.last_error}")
-    lost = [t for t in summary.inference if t.failures]
-    problems += [f"{t.name}: {t.failures} of {t.attempts} requests failed ({t.last_error})" for t in lost]
-    cell = CellResult(
-        cell_id="migrate",
-        provider="live",
-        kserve_version=report.kserve_version,
-        proxy_alias="target",
-        proxy_image=report.to_image,
-        kubernetes_version="",
-    )
-    for check in check_metrics_auth(cell, metrics_url, metrics_reader_token=reader, no_access_token=no_access):
-        if check.status is not CheckStatus.PASS:
-            problems.append(f"{check.name}: {check.detail}")
-    return problems
