@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from e2e import support
 from e2e.data import SUPPORT_FILE
-from e2e.matrix import Selection, github_actions_matrix_json, group_cells, load_matrix
+from e2e.matrix import ClusterGroup, Selection, github_actions_matrix_json, group_cells, load_matrix
 
 
 def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,6 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--github", action="store_true", help="print a GitHub Actions matrix (JSON include list, one entry per cluster)"
     )
+    parser.add_argument("--output", choices=("text", "json"), default="text", help="text (default) or json")
     parser.add_argument(
         "--refresh-support", action="store_true",
         help="read the selected releases' go.mod through the Go module proxy and rewrite "
@@ -78,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
                                     f"unavailable: {entry['unavailable']}"))  # fmt: skip
         print(f"wrote {SUPPORT_FILE}")
         return 0
+    if args.output == "json":
+        print(json.dumps([_group_json(group) for group in group_cells(cells)], indent=2))
+        return 0
     for group in group_cells(cells):
         derived = f"; defaults of {group.release.derived_from}" if group.release.derived_from else ""
         window = support.verdict(group.cells[0])
@@ -87,3 +92,26 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {cell.id}  {cell.proxy.image}  [{cell.proxy.status}]")
     print(f"{len(cells)} cells in {len(group_cells(cells))} cluster groups")
     return 0
+
+
+def _group_json(group: ClusterGroup) -> dict[str, object]:
+    window = support.verdict(group.cells[0])
+    return {
+        "group": group.id,
+        "kserve": group.release.version,
+        "defaults_of": group.release.derived_from or None,
+        "cert_manager": group.release.cert_manager,
+        "kubernetes": group.cells[0].kubernetes.version,
+        "support": window.support.value,
+        "window": window.window,
+        "cells": [
+            {
+                "id": cell.id,
+                "proxy": cell.proxy.alias,
+                "image": cell.proxy.image,
+                "status": cell.proxy.status,
+                "variant": cell.variant.name if cell.variant else None,
+            }
+            for cell in group.cells
+        ],
+    }

@@ -206,3 +206,51 @@ def test_an_unknown_target_proxy_is_named_by_its_own_option(capsys: pytest.Captu
     code = cli.main(["preflight", "--target-proxy", "nope", "--kubeconfig", "/dev/null"])
     assert code == 2
     assert capsys.readouterr().err.startswith("kserve-compat preflight: --target-proxy nope: unknown proxy image alias")
+
+
+# -- one voice: every listing command speaks JSON on request; one name per concept ------------------
+
+
+def test_matrix_output_json_holds_every_group_and_cell_of_the_text() -> None:
+    selection = ("--kserve", "v0.14.0", "--proxy", "quay-v0.18.0,gcr-v0.13.1", "--k8s", "1.34,1.35")
+    text = run_cli("matrix", *selection)
+    done = run_cli("matrix", *selection, "--output", "json")
+    assert done.returncode == 0, done.stderr
+    groups = json.loads(done.stdout)
+    assert [g["group"] for g in groups] == ["kserve-v0.14.0--k8s-1.34", "kserve-v0.14.0--k8s-1.35"]
+    assert [g["kubernetes"] for g in groups] == ["1.34", "1.35"]
+    cells = [cell["id"] for g in groups for cell in g["cells"]]
+    assert len(cells) == 4 and all(f"  {cell}  " in text.stdout for cell in cells)
+    assert {g["support"] for g in groups} == {"outside support"} and groups[0]["window"] in text.stdout
+
+
+def test_images_list_output_json_is_one_document() -> None:
+    done = run_cli("images", "list", "--kserve", "v0.14.0", "--proxy", "quay-v0.22.1,gcr-v0.13.1", "--output", "json")
+    assert done.returncode == 0, done.stderr
+    rows = {row["image"]: row for row in json.loads(done.stdout)}
+    assert rows["gcr.io/kubebuilder/kube-rbac-proxy:v0.13.1"]["status"] == "unavailable"
+    assert rows["quay.io/brancz/kube-rbac-proxy:v0.22.1"]["component"] == "kube-rbac-proxy"
+
+
+def test_binaries_list_takes_k8s_as_every_command_does(tmp_path: Path) -> None:
+    env_cache = {"KSERVE_COMPAT_CACHE": str(tmp_path)}  # an empty cache: everything is missing, nothing is built
+    done = subprocess.run(
+        [sys.executable, "-m", "e2e.cli", "binaries", "list", "--k8s", "1.35", "--component", "kubectl",
+         "--component", "kube-apiserver", "--output", "json"],
+        cwd=REPO, env={**os.environ, **env_cache}, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    build = load_matrix().k8s("1.35").build
+    assert [(r["component"], r["version"], r["status"]) for r in rows] == [
+        ("kubectl", build, "missing"), ("kube-apiserver", build, "missing")
+    ]  # fmt: skip
+    # The old spelling still works, and says the same.
+    old = subprocess.run(
+        [sys.executable, "-m", "e2e.cli", "binaries", "--list", "--kubernetes-version", build, "--component",
+         "kubectl"],
+        cwd=REPO, env={**os.environ, **env_cache}, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert old.returncode == 0 and old.stdout.split()[:3] == ["kubectl", build, "missing"], old.stdout + old.stderr
+    wrong = run_cli("binaries", "list", "--k8s", "9.9")
+    assert wrong.returncode == 2 and wrong.stderr.startswith("kserve-compat binaries: --k8s 9.9: not a minor")

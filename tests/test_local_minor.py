@@ -44,7 +44,7 @@ def control_plane_of_the_minor() -> str:
             binaries.ensure(component, build, build=False)
         binaries.ensure("etcd", kubeadm.etcd_version(build, build=in_ci()), build=in_ci())
     except HarnessError as exc:
-        unavailable(f"Kubernetes {build} control plane: {exc} (nox -s binaries -- --kubernetes-version {build})")
+        unavailable(f"Kubernetes {build} control plane: {exc} (nox -s binaries -- --k8s {build})")
     return build
 
 

@@ -487,7 +487,7 @@ class LocalProviderFactory(ProviderFactory):
             ""
             if binaries.locate("kube-apiserver", build) is not None
             else f" (not built yet: built on first use, about 15 minutes on 2 cores; `nox -s binaries -- "
-            f"--kubernetes-version {build} --component kube-apiserver --component kube-controller-manager "
+            f"--k8s {build} --component kube-apiserver --component kube-controller-manager "
             "--component kube-scheduler --component kubeadm` builds it ahead)"
         )
         return [

@@ -11,6 +11,8 @@ image, the default Kubernetes minors; `--k8s all` for every one).
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 import time
 
 from e2e.errors import UsageError
@@ -57,6 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--matrix", metavar="FILE", help="matrix file (default e2e/data/matrix.yaml)")
     parser.add_argument(
+        "--output", choices=("text", "json"), default="text", help="list and build: text (default) or json"
+    )
+    parser.add_argument(
         "--manifest-dir",
         metavar="DIR",
         help="offline directory of release manifests (also KSERVE_COMPAT_MANIFEST_DIR); "
@@ -70,7 +75,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _print(images: list[components.PlannedImage]) -> None:
+def _print(images: list[components.PlannedImage], output: str = "text") -> None:
+    if output == "json":
+        rows = [
+            {"image": image.reference, "component": image.component, "version": image.version,
+             "status": image.status, "also_tagged": list(image.also_tagged), "detail": image.detail}
+            for image in images
+        ]  # fmt: skip
+        print(json.dumps(rows, indent=2))
+        return
     width = max((len(image.reference) for image in images), default=0)
     component_width = max((len(image.component) for image in images), default=0)
     for image in images:
@@ -114,6 +127,8 @@ def _push(images: list[components.PlannedImage], registry: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "push" and args.output == "json":
+        raise UsageError("images push --output json: push prints what it copied as text only")
     if args.action == "push" and not args.to:
         raise UsageError("images push: expected --to REGISTRY (host[:port][/path]) to push the image set into")
     if args.action != "push" and args.to:
@@ -125,17 +140,18 @@ def run(args: argparse.Namespace) -> int:
     files = ReleaseFiles.from_environment(args.manifest_dir, from_module=args.manifests_from_module)
     selection = {"kserve_versions": kserve, "proxy_aliases": _values(args.proxy), "k8s_minors": _values(args.k8s)}
     if args.action == "list":
-        _print(components.required_images(**selection, matrix=matrix, files=files))
+        _print(components.required_images(**selection, matrix=matrix, files=files), args.output)
         return 0
     if args.action == "push":
         return _push(components.required_images(**selection, matrix=matrix, files=files), args.to)
     started = time.monotonic()
     results = components.ensure_images(**selection, matrix=matrix, files=files)
-    _print(results)
+    _print(results, args.output)
     failed = [image for image in results if image.status == components.FAILED]
     built = sum(1 for image in results if image.status == components.BUILT)
     unavailable = sum(1 for image in results if image.status == components.UNAVAILABLE)
     print(
-        f"images: {built} built, {unavailable} unavailable, {len(failed)} failed in {time.monotonic() - started:.1f}s"
+        f"images: {built} built, {unavailable} unavailable, {len(failed)} failed in {time.monotonic() - started:.1f}s",
+        file=sys.stderr if args.output == "json" else sys.stdout,  # stdout stays one JSON document
     )
     return 1 if failed else 0
