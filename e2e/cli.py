@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "audit": ("e2e.audit", "flag retired, unpinned and unavailable images in manifests"),
     "preflight": ("e2e.preflight", "check a live cluster before a KServe upgrade or image swap"),
     "migrate": ("e2e.migrate", "move a live cluster's proxy sidecar to another image; rolls back on failure"),
+    "watch-images": ("e2e.watch_images", "keep asking registries whether the images KServe runs still exist"),
     "binaries": (
         "e2e.local.binaries_cli",
         "build or locate etcd, kube-apiserver, kube-rbac-proxy, ... (a refused proxy version: from its image)",

@@ -1,0 +1,250 @@
+"""``kserve-compat watch-images``: keep asking registries whether the images KServe runs can still be pulled.
+
+``gcr.io/kubebuilder`` was announced for deletion on 2025-03-18 and stopped serving about
+2026-03-06; most clusters learnt it when a pod moved to a node without the image. This
+watches for the next such deletion, before a pod needs the image:
+
+- every ``--interval`` seconds it lists the images of the KServe namespace's pods and
+  workload templates and of every predictor pod (label ``serving.kserve.io/inferenceservice``,
+  all namespaces), read through the same walker ``kserve-compat audit`` uses;
+- it asks each image's registry for its manifest (``HEAD``, anonymous bearer flow, bounded
+  retries with backoff on 429/5xx: ``e2e.registry``);
+- it exposes on ``--listen`` (``/metrics``):
+
+  - ``kserve_compat_image_available{image,registry}``: 1 the registry serves it, 0 the
+    registry answered that it does not (404, denied): **gone**. Left at its last answer while
+    the registry cannot be reached;
+  - ``kserve_compat_image_check_ok{image,registry}``: 1 the last check got an answer, 0 the
+    registry could not be reached (DNS, refused, timeout, 5xx): **could not check**, never "gone";
+  - ``kserve_compat_image_last_error{image,registry,error}``: 1 for the last error's text;
+  - ``kserve_compat_image_checked_timestamp_seconds{image,registry}`` and
+    ``kserve_compat_images_watched``.
+
+The alert rules (``e2e/data/manifests/watch-images-rules.yaml``, also inside the
+PrometheusRule of ``watch-images.yaml``) fire on ``kserve_compat_image_available == 0``
+(an image in use cannot be pulled any more) and, as a warning, on a registry that could not
+be checked for an hour. ``--once`` checks one round, prints a table and exits 0 / 4 gone /
+6 could not check, as ``audit --probe`` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import yaml
+from kubernetes import client as k8s_client
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
+
+from e2e.audit import EXIT_CLEAN, EXIT_UNAVAILABLE, EXIT_UNCHECKED, image_uses
+from e2e.errors import UsageError
+from e2e.images import ImageReference, RegistryMirrors
+from e2e.preflight.cluster import connect, live_workloads
+from e2e.registry import ImageAvailability, RegistryProbe, Status
+from e2e.text import one_line
+
+log = logging.getLogger(__name__)
+
+PREDICTOR_LABEL = "serving.kserve.io/inferenceservice"
+EXIT_CODES = (
+    (EXIT_CLEAN, "--once: every image in use can be pulled"),
+    (2, "usage error (unreachable cluster, a bad --listen or --interval)"),
+    (EXIT_UNAVAILABLE, "--once: an image in use is gone (the registry answered: not found or denied)"),
+    (EXIT_UNCHECKED, "--once: a registry could not be reached (and nothing is gone)"),
+)
+
+
+@dataclass(frozen=True)
+class Check:
+    image: str
+    registry: str
+    answer: ImageAvailability
+
+    @property
+    def answered(self) -> bool:
+        return self.answer.status is not Status.UNREACHABLE
+
+
+class ImageMetrics:
+    """The Prometheus metrics of the watched images, in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        labels = ("image", "registry")
+        self.available = Gauge(
+            "kserve_compat_image_available",
+            "1 the registry serves the image, 0 it answered that it does not (gone)",
+            labels,
+            registry=self.registry,
+        )
+        self.check_ok = Gauge(
+            "kserve_compat_image_check_ok",
+            "1 the last check got the registry's answer, 0 the registry could not be reached",
+            labels,
+            registry=self.registry,
+        )
+        self.last_error = Gauge(
+            "kserve_compat_image_last_error", "1 for the last check's error", (*labels, "error"), registry=self.registry
+        )
+        self.checked = Gauge(
+            "kserve_compat_image_checked_timestamp_seconds", "when the image was last checked", labels,
+            registry=self.registry,
+        )  # fmt: skip
+        self.watched = Gauge("kserve_compat_images_watched", "images in use being watched", registry=self.registry)
+        self._errors: dict[tuple[str, str], str] = {}
+        self._known: set[tuple[str, str]] = set()
+
+    def record(self, checks: Iterable[Check]) -> None:
+        current = set()
+        for check in checks:
+            key = (check.image, check.registry)
+            current.add(key)
+            if check.answered:
+                self.available.labels(*key).set(1 if check.answer.available else 0)
+            self.check_ok.labels(*key).set(1 if check.answered else 0)
+            self.checked.labels(*key).set(time.time())
+            previous = self._errors.pop(key, None)
+            if previous is not None:
+                self.last_error.remove(*key, previous)
+            if not check.answer.available:
+                error = check.answer.describe()
+                self.last_error.labels(*key, error).set(1)
+                self._errors[key] = error
+        for key in self._known - current:  # no longer in use: no longer watched
+            for gauge in (self.available, self.check_ok, self.checked):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(*key)
+            if key in self._errors:
+                self.last_error.remove(*key, self._errors.pop(key))
+        self._known = current
+        self.watched.set(len(current))
+
+
+def images_in_use(api: k8s_client.ApiClient, namespace: str) -> list[str]:
+    """The images of ``namespace``'s pods and workload templates and of every predictor pod."""
+    objects = live_workloads(api, namespace)
+    predictors = k8s_client.CoreV1Api(api).list_pod_for_all_namespaces(label_selector=PREDICTOR_LABEL).items
+    objects += [{"apiVersion": "v1", "kind": "Pod", **api.sanitize_for_serialization(pod)} for pod in predictors]
+    text = yaml.safe_dump_all(objects)
+    return sorted({image for image, _ in image_uses("cluster", text)})
+
+
+def check_images(images: Iterable[str], probe: RegistryProbe) -> list[Check]:
+    checks = []
+    for image in images:
+        try:
+            registry = ImageReference.parse(image).normalized().registry or ""
+        except Exception as exc:  # an image the kubelet could never pull: gone, and say why
+            checks.append(Check(image, "", ImageAvailability(Status.MISSING, detail=f"invalid reference: {exc}")))
+            continue
+        checks.append(Check(image, registry, probe.probe(image)))
+    return checks
+
+
+class Watcher:
+    """One round every ``interval_s`` (the first at once), until ``stop`` is set."""
+
+    def __init__(
+        self,
+        list_images: Callable[[], list[str]],
+        probe: RegistryProbe,
+        metrics: ImageMetrics,
+        interval_s: float,
+    ) -> None:
+        self.list_images = list_images
+        self.probe = probe
+        self.metrics = metrics
+        self.interval_s = interval_s
+        self.stop = threading.Event()
+        self.rounds = 0
+        self._images: list[str] = []
+
+    def round(self) -> list[Check]:
+        try:
+            self._images = self.list_images()
+        except Exception as exc:  # the API server away: keep watching what was in use
+            log.warning("could not list the images in use (%s); checking the last list", one_line(exc))
+        checks = check_images(self._images, self.probe)
+        self.metrics.record(checks)
+        self.rounds += 1
+        gone = [c.image for c in checks if c.answered and not c.answer.available]
+        unchecked = [c.image for c in checks if not c.answered]
+        log.info(
+            "checked %d images: %d gone%s, %d could not be checked", len(checks), len(gone),
+            f" ({', '.join(gone)})" if gone else "", len(unchecked),
+        )  # fmt: skip
+        return checks
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.round()
+            self.stop.wait(self.interval_s)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kubeconfig", metavar="FILE", help="kubeconfig (default: $KUBECONFIG or ~/.kube/config)")
+    parser.add_argument("--context", help="kubeconfig context (default: the current context)")
+    parser.add_argument("--namespace", "-n", metavar="NS", default="kserve", help="KServe's namespace (default kserve)")
+    parser.add_argument("--interval", type=float, default=300.0, metavar="S", help="seconds between rounds (300)")
+    parser.add_argument(
+        "--listen", default="127.0.0.1:9400", metavar="HOST:PORT",
+        help="where /metrics is served (default 127.0.0.1:9400)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--once", action="store_true", help="one round: print a table and exit (0, 4 gone, 6 unchecked)"
+    )
+    parser.add_argument(
+        "--registry-mirror", action="append", default=[], metavar="SRC=DST|HOST=URL", help="as in audit --probe"
+    )
+    parser.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]", help="plain HTTP")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per registry request (default 10)")
+
+
+def _listen_address(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--listen {value}: expected HOST:PORT, e.g. 127.0.0.1:9400")
+    return host.strip("[]"), int(port)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.interval <= 0 or args.timeout <= 0:
+        raise UsageError("--interval/--timeout: expected a positive number of seconds")
+    host, port = _listen_address(args.listen)
+    probe = RegistryProbe(
+        mirrors=RegistryMirrors.from_options(args.registry_mirror),
+        insecure_registries=args.insecure_registry,
+        connect_timeout=args.timeout,
+        read_timeout=args.timeout,
+    )
+    conn = connect(args.kubeconfig, args.context)
+    metrics = ImageMetrics()
+    watcher = Watcher(lambda: images_in_use(conn.api, args.namespace), probe, metrics, args.interval)
+    if args.once:
+        checks = watcher.round()
+        for check in checks:
+            state = "available" if check.answer.available else ("gone" if check.answered else "could not check")
+            print(f"{check.image}  {state}" + (f"  {check.answer.detail}" if check.answer.detail else ""))
+        if any(c.answered and not c.answer.available for c in checks):
+            return EXIT_UNAVAILABLE
+        return EXIT_UNCHECKED if any(not c.answered for c in checks) else EXIT_CLEAN
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=metrics.registry)
+    except OSError as exc:
+        raise UsageError(f"--listen {args.listen}: cannot listen there ({exc.strerror})") from None
+    print(
+        f"watch-images: /metrics on http://{host}:{port}/metrics, a round every {args.interval:.0f}s", file=sys.stderr
+    )
+    try:
+        watcher.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+    return EXIT_CLEAN

@@ -1,0 +1,216 @@
+"""``kserve-compat watch-images`` for real: a real API server holding a KServe controller
+Deployment and a predictor pod, a real registry, a real Prometheus loading the shipped rules.
+
+Three images are in use: two served by the registry, one on a registry that cannot be
+reached (a closed port). The watcher runs as users run it (a process, ``--interval 1``);
+mid-run one image is deleted from the registry, as gcr.io/kubebuilder's were. Its metric
+flips to 0, the unreachable one stays "could not check" (never "gone"), and Prometheus,
+scraping the watcher with the shipped rules file, puts exactly the deleted image's
+``KServeImageCannotBePulled`` alert in its pending state (its ``for:`` is 15 minutes).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import requests
+import yaml
+from kubernetes import client as k8s_client
+from prometheus_client.parser import text_string_to_metric_families
+from registry_server import RunningRegistry, push_image, registry_binary, run_registry
+
+from e2e.availability import unavailable
+from e2e.data import MANIFESTS_DIR
+from e2e.errors import EnvironmentMissing
+from e2e.local import prometheus as local_prometheus
+from e2e.local.processes import free_loopback_port
+
+pytestmark = pytest.mark.needs_binaries
+
+ROOT = Path(__file__).resolve().parents[1]
+RULES = MANIFESTS_DIR / "watch-images-rules.yaml"
+T = TypeVar("T")
+
+
+def eventually(what: str, check: Callable[[], T | None], timeout: float = 60.0) -> T:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            found = check()
+        except (requests.RequestException, ValueError) as exc:
+            found, last = None, exc
+        if found:
+            return found
+        time.sleep(0.5)
+    raise AssertionError(f"{what}: not within {timeout:.0f}s (last: {last})")
+
+
+@pytest.fixture(scope="module")
+def images_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningRegistry, dict[str, str]]]:
+    binary = registry_binary()
+    if binary is None:
+        unavailable("docker-registry not installed (apt-get install docker-registry)")
+    with run_registry(binary, tmp_path_factory.mktemp("registry")) as running:
+        digests = {
+            "kserve/kserve-controller:v0.14.0": push_image(running.url, "kserve/kserve-controller", "v0.14.0"),
+            "brancz/kube-rbac-proxy:v0.22.1": push_image(running.url, "brancz/kube-rbac-proxy", "v0.22.1"),
+        }
+        yield running, digests
+
+
+@pytest.fixture(scope="module")
+def cluster(api: k8s_client.ApiClient, images_registry: tuple[RunningRegistry, dict[str, str]]) -> dict[str, str]:
+    """The KServe namespace's controller Deployment and a predictor pod elsewhere."""
+    registry, _ = images_registry
+    images = {
+        "manager": f"{registry.host}/kserve/kserve-controller:v0.14.0",
+        "proxy": f"{registry.host}/brancz/kube-rbac-proxy:v0.22.1",
+        "predictor": "127.0.0.1:1/kserve/sklearnserver:v0.14.0",  # a registry nobody answers for
+    }
+    core, apps = k8s_client.CoreV1Api(api), k8s_client.AppsV1Api(api)
+    for namespace in ("kserve", "models"):
+        core.create_namespace({"metadata": {"name": namespace}})
+        # No controller-manager here to make it: pods need their ServiceAccount to exist.
+        core.create_namespaced_service_account(namespace, {"metadata": {"name": "default"}})
+    labels = {"control-plane": "kserve-controller-manager"}
+    apps.create_namespaced_deployment("kserve", {
+        "metadata": {"name": "kserve-controller-manager"},
+        "spec": {"selector": {"matchLabels": labels}, "template": {"metadata": {"labels": labels}, "spec": {
+            "containers": [{"name": "manager", "image": images["manager"]},
+                           {"name": "kube-rbac-proxy", "image": images["proxy"]}]}}},
+    })  # fmt: skip
+    core.create_namespaced_pod("models", {
+        "metadata": {"name": "iris-predictor-0", "labels": {"serving.kserve.io/inferenceservice": "iris"}},
+        "spec": {"containers": [{"name": "kserve-container", "image": images["predictor"]}]},
+    })  # fmt: skip
+    return images
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = requests.get(url, timeout=5).text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def scraped_when(url: str, image: str, available: float) -> Callable[[], Any]:
+    """A check for ``eventually``: the scrape once ``image``'s availability is ``available``."""
+
+    def check() -> Any:
+        samples = scrape(url)
+        return samples if value(samples, "kserve_compat_image_available", image) == available else None
+
+    return check
+
+
+def value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, image: str) -> float | None:
+    return next((v for (n, labels), v in samples.items() if n == name and ("image", image) in labels), None)
+
+
+@pytest.fixture
+def watcher(control_plane: Any, cluster: dict[str, str]) -> Iterator[str]:
+    port = free_loopback_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "e2e.cli", "watch-images", "--kubeconfig", str(control_plane.kubeconfig),
+         "--interval", "1", "--listen", f"127.0.0.1:{port}", "--timeout", "2"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        yield f"http://127.0.0.1:{port}/metrics"
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+        assert process.returncode == 0, err[-2000:]
+        assert "Traceback" not in err
+
+
+def test_a_deleted_image_flips_its_metric_and_its_alert_while_an_unreachable_registry_is_not_gone(
+    watcher: str, cluster: dict[str, str], images_registry: tuple[RunningRegistry, dict[str, str]], tmp_path: Path
+) -> None:
+    registry, digests = images_registry
+    first = eventually("a first round", scraped_when(watcher, cluster["proxy"], 1))
+    assert value(first, "kserve_compat_image_available", cluster["manager"]) == 1
+    assert value(first, "kserve_compat_images_watched", "") is None  # no image label on the count
+    assert first[("kserve_compat_images_watched", ())] == 3
+    # The unreachable registry: "could not check", and no availability claimed either way.
+    assert value(first, "kserve_compat_image_check_ok", cluster["predictor"]) == 0
+    assert value(first, "kserve_compat_image_available", cluster["predictor"]) is None
+
+    # The registry deletes the proxy image, as gcr.io/kubebuilder did.
+    deleted = requests.delete(
+        f"{registry.url}/v2/brancz/kube-rbac-proxy/manifests/{digests['brancz/kube-rbac-proxy:v0.22.1']}", timeout=10
+    )
+    assert deleted.status_code == 202, deleted.text
+    flipped = eventually("the deleted image's metric at 0", scraped_when(watcher, cluster["proxy"], 0))
+    assert value(flipped, "kserve_compat_image_check_ok", cluster["proxy"]) == 1  # the registry did answer
+    assert value(flipped, "kserve_compat_image_available", cluster["manager"]) == 1
+    errors = [labels for (name, labels), v in flipped.items() if name == "kserve_compat_image_last_error" and v == 1]
+    proxy_errors = [dict(labels)["error"] for labels in errors if ("image", cluster["proxy"]) in labels]
+    assert len(proxy_errors) == 1 and proxy_errors[0].startswith("missing (404"), errors
+
+    # A real Prometheus with the shipped rules: the deleted image's alert, and only its, is pending.
+    try:
+        binary = local_prometheus.require()
+    except EnvironmentMissing as exc:
+        unavailable(str(exc))
+    port = free_loopback_port()
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(RULES)],
+        "scrape_configs": [{"job_name": "watch-images",
+                            "static_configs": [{"targets": [watcher.removeprefix("http://").split("/")[0]]}]}],
+    }  # fmt: skip
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    prometheus = subprocess.Popen(
+        [str(binary), f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=(tmp_path / "prometheus.log").open("w"),
+    )  # fmt: skip
+    try:
+        def alerts() -> list[dict[str, Any]] | None:
+            body = requests.get(f"http://127.0.0.1:{port}/api/v1/alerts", timeout=5).json()
+            found: list[dict[str, Any]] = body["data"]["alerts"]
+            names = {a["labels"]["alertname"] for a in found}
+            return found if {"KServeImageCannotBePulled", "KServeImageRegistryUnreachable"} <= names else None
+
+        found = eventually("both alerts pending in Prometheus", alerts, timeout=90)
+        pulled = [a for a in found if a["labels"]["alertname"] == "KServeImageCannotBePulled"]
+        assert [(a["labels"]["image"], a["state"]) for a in pulled] == [(cluster["proxy"], "pending")]
+        unreachable = [a for a in found if a["labels"]["alertname"] == "KServeImageRegistryUnreachable"]
+        assert [a["labels"]["image"] for a in unreachable] == [cluster["predictor"]]
+    finally:
+        prometheus.terminate()
+        prometheus.wait(timeout=30)
+
+
+def test_once_exits_4_when_an_image_is_gone_even_with_a_registry_unreachable(
+    control_plane: Any, cluster: dict[str, str]
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "e2e.cli", "watch-images", "--kubeconfig", str(control_plane.kubeconfig), "--once",
+         "--timeout", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False, env={**os.environ},
+    )  # fmt: skip
+    lines = dict(line.split("  ")[:2] for line in done.stdout.splitlines())
+    assert lines[cluster["manager"]] == "available", done.stdout
+    assert lines[cluster["predictor"]] == "could not check", done.stdout
+    # The previous test deleted the proxy image; run alone, it is still there (exit 6).
+    assert done.returncode == (4 if lines[cluster["proxy"]] == "gone" else 6), done.stdout + done.stderr
+
+
+def test_a_bad_listen_address_is_one_line() -> None:
+    done = subprocess.run([sys.executable, "-m", "e2e.cli", "watch-images", "--listen", "nowhere"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0
+    assert "--listen nowhere: expected HOST:PORT" in done.stderr
