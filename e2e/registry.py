@@ -95,6 +95,8 @@ class RegistryProbe:
 
     ``endpoints`` maps a registry host as written in references (``quay.io``) to the base
     URL to talk to (``http://127.0.0.1:5000``): tests and air-gapped setups inject it here.
+    ``credentials`` maps a host to (user, password), as a pod's pull secret holds them: sent
+    to the registry's token service (Bearer) or with the request (Basic), never logged.
     ``sleep`` is injectable so that tests can see the waits without spending them.
     """
 
@@ -104,6 +106,7 @@ class RegistryProbe:
         mirrors: RegistryMirrors | None = None,
         endpoints: Mapping[str, str] | None = None,
         insecure_registries: Iterable[str] = (),
+        credentials: Mapping[str, tuple[str, str]] | None = None,
         session: requests.Session | None = None,
         connect_timeout: float = 5.0,
         read_timeout: float = 15.0,
@@ -116,13 +119,16 @@ class RegistryProbe:
         # HOST=URL mirrors answer for their host under the same paths, as they do for containerd.
         self.endpoints = {**DEFAULT_ENDPOINTS, **dict(self.mirrors.endpoints), **(endpoints or {})}
         self.insecure = frozenset(insecure_registries)
+        self.credentials = dict(credentials or {})
+        for _user, password in self.credentials.values():
+            register(password)
         self.session = session or requests.Session()
         self.timeout = (connect_timeout, read_timeout)
         self.max_attempts = max_attempts
         self.backoff = backoff
         self.max_wait = max_wait
         self.sleep = sleep
-        self._tokens: dict[tuple[str, str | None, str | None], tuple[str, float]] = {}
+        self._tokens: dict[tuple[str, str | None, str | None, str | None], tuple[str, float]] = {}
         self._lock = threading.Lock()
         self.token_requests = 0
 
@@ -133,7 +139,7 @@ class RegistryProbe:
         target = self.mirrors.rewrite_reference(parsed)
         base = self.base_url(target.domain)
         url = f"{base}/v2/{target.repository}/manifests/{target.manifest_reference}"
-        result = self._probe_url(url)
+        result = self._probe_url(url, self.credentials.get(target.domain))
         # A HOST=URL mirror keeps the name: say where it was asked.
         probed = (
             target.format() if target.domain not in dict(self.mirrors.endpoints) else f"{target.format()} at {base}"
@@ -148,25 +154,27 @@ class RegistryProbe:
         return f"{'http' if plain else 'https'}://{domain}"
 
     # -- the exchange ---------------------------------------------------------------------
-    def _probe_url(self, url: str) -> ImageAvailability:
+    def _probe_url(self, url: str, login: tuple[str, str] | None = None) -> ImageAvailability:
+        who = "the pull secret's credentials" if login else "an anonymous token"
         try:
             response = self._head(url, token=None)
             if response.status_code == 401:
                 challenge = parse_bearer_challenge(response.headers.get("WWW-Authenticate", ""))
+                if challenge is None and login is not None:  # Basic: the credentials go with the request
+                    return self._classify(self._head(url, token=None, login=login))
                 if challenge is None:
                     return ImageAvailability(
                         Status.DENIED, detail="401 without a Bearer challenge: credentials required"
                     )
-                token = self._token(challenge)
+                token = self._token(challenge, login)
                 if token is None:
-                    return ImageAvailability(Status.DENIED, detail="the token service refused an anonymous token")
+                    return ImageAvailability(Status.DENIED, detail=f"the token service refused {who}")
                 # The challenge came from the final hop of any redirect: ask it directly.
                 response = self._head(response.url, token=token)
                 if response.status_code == 401:
                     return ImageAvailability(
                         Status.DENIED,
-                        detail="401 with an anonymous token: missing or denied "
-                        "(quay.io answers so for a missing repository)",
+                        detail=f"401 with {who}: missing or denied (quay.io answers so for a missing repository)",
                     )
             return self._classify(response)
         except requests.RequestException as exc:
@@ -185,16 +193,16 @@ class RegistryProbe:
             return ImageAvailability(Status.UNREACHABLE, detail=f"HTTP {code} after retries")
         return ImageAvailability(Status.UNREACHABLE, detail=f"unexpected HTTP {code}")
 
-    def _head(self, url: str, token: str | None) -> requests.Response:
+    def _head(self, url: str, token: str | None, login: tuple[str, str] | None = None) -> requests.Response:
         headers = {"Accept": ", ".join(MANIFEST_MEDIA_TYPES)}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         return self._with_retries(
-            lambda: self.session.head(url, headers=headers, timeout=self.timeout, allow_redirects=True)
+            lambda: self.session.head(url, headers=headers, timeout=self.timeout, allow_redirects=True, auth=login)
         )
 
-    def _token(self, challenge: BearerChallenge) -> str | None:
-        key = (challenge.realm, challenge.service, challenge.scope)
+    def _token(self, challenge: BearerChallenge, login: tuple[str, str] | None = None) -> str | None:
+        key = (challenge.realm, challenge.service, challenge.scope, login[0] if login else None)
         now = time.monotonic()
         with self._lock:
             cached = self._tokens.get(key)
@@ -203,7 +211,9 @@ class RegistryProbe:
         params = {name: value for name, value in (("service", challenge.service), ("scope", challenge.scope)) if value}
         with self._lock:
             self.token_requests += 1
-        response = self._with_retries(lambda: self.session.get(challenge.realm, params=params, timeout=self.timeout))
+        response = self._with_retries(
+            lambda: self.session.get(challenge.realm, params=params, timeout=self.timeout, auth=login)
+        )
         if response.status_code != 200:
             log.debug("token service %s answered %s", challenge.realm, response.status_code)
             return None

@@ -7,8 +7,9 @@ watches for the next such deletion, before a pod needs the image:
 - every ``--interval`` seconds it lists the images of the KServe namespace's pods and
   workload templates and of every predictor pod (label ``serving.kserve.io/inferenceservice``,
   all namespaces), read through the same walker ``kserve-compat audit`` uses;
-- it asks each image's registry for its manifest (``HEAD``, anonymous bearer flow, bounded
-  retries with backoff on 429/5xx: ``e2e.registry``);
+- it asks each image's registry for its manifest (``HEAD``, the bearer-token flow, bounded
+  retries with backoff on 429/5xx: ``e2e.registry``), with the credentials of the pull
+  secrets (``imagePullSecrets``) the pods and templates name, anonymously otherwise;
 - it exposes on ``--listen`` (``/metrics``):
 
   - ``kserve_compat_image_available{image,registry}``: 1 the registry serves it, 0 the
@@ -30,23 +31,29 @@ be checked for an hour. ``--once`` checks one round, prints a table and exits 0 
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import contextlib
+import json
 import logging
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import yaml
 from kubernetes import client as k8s_client
+from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from e2e.audit import EXIT_CLEAN, EXIT_UNAVAILABLE, EXIT_UNCHECKED, image_uses
 from e2e.errors import UsageError
-from e2e.images import ImageReference, RegistryMirrors
+from e2e.images import DEFAULT_REGISTRY, ImageReference, RegistryMirrors
 from e2e.preflight.cluster import connect, live_workloads
 from e2e.registry import ImageAvailability, RegistryProbe, Status
+from e2e.secrets import register
 from e2e.text import one_line
 
 log = logging.getLogger(__name__)
@@ -126,13 +133,75 @@ class ImageMetrics:
         self.watched.set(len(current))
 
 
-def images_in_use(api: k8s_client.ApiClient, namespace: str) -> list[str]:
-    """The images of ``namespace``'s pods and workload templates and of every predictor pod."""
+@dataclass(frozen=True)
+class InUse:
+    images: list[str]
+    credentials: dict[str, tuple[str, str]]  # registry host -> (user, password), from pull secrets
+
+
+def images_in_use(api: k8s_client.ApiClient, namespace: str) -> InUse:
+    """The images of ``namespace``'s pods and workload templates and of every predictor pod,
+    with the credentials of the pull secrets they name."""
     objects = live_workloads(api, namespace)
     predictors = k8s_client.CoreV1Api(api).list_pod_for_all_namespaces(label_selector=PREDICTOR_LABEL).items
     objects += [{"apiVersion": "v1", "kind": "Pod", **api.sanitize_for_serialization(pod)} for pod in predictors]
     text = yaml.safe_dump_all(objects)
-    return sorted({image for image, _ in image_uses("cluster", text)})
+    images = sorted({image for image, _ in image_uses("cluster", text)})
+    return InUse(images, pull_secret_credentials(api, objects))
+
+
+def pull_secret_credentials(api: k8s_client.ApiClient, objects: Iterable[dict[str, Any]]) -> dict[str, tuple[str, str]]:
+    """host -> (user, password) from the ``imagePullSecrets`` of these pods and templates
+    (``kubernetes.io/dockerconfigjson`` and ``kubernetes.io/dockercfg``); a secret that cannot
+    be read is logged and skipped (its images are asked anonymously)."""
+    wanted: set[tuple[str, str]] = set()
+    for obj in objects:
+        spec = obj.get("spec") or {}
+        pod_spec = ((spec.get("template") or {}).get("spec") or {}) if obj.get("kind") != "Pod" else spec
+        namespace = (obj.get("metadata") or {}).get("namespace") or ""
+        wanted |= {(namespace, ref["name"]) for ref in pod_spec.get("imagePullSecrets") or [] if ref.get("name")}
+    core = k8s_client.CoreV1Api(api)
+    found: dict[str, tuple[str, str]] = {}
+    for namespace, name in sorted(wanted):
+        try:
+            secret = core.read_namespaced_secret(name, namespace)
+        except ApiException as exc:
+            log.warning("pull secret %s/%s: %s %s; its images are asked anonymously", namespace, name, exc.status,
+                        exc.reason)  # fmt: skip
+            continue
+        for host, login in docker_config_logins(secret.type or "", secret.data or {}).items():
+            found.setdefault(host, login)
+    return found
+
+
+def docker_config_logins(secret_type: str, data: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """host -> (user, password) of a docker config Secret's ``data`` (base64 values)."""
+    key = {"kubernetes.io/dockerconfigjson": ".dockerconfigjson", "kubernetes.io/dockercfg": ".dockercfg"}.get(
+        secret_type
+    )
+    if key is None or key not in data:
+        return {}
+    try:
+        config = json.loads(base64.b64decode(data[key]))
+    except (ValueError, binascii.Error):
+        log.warning("a %s Secret that is not JSON: skipped", secret_type)
+        return {}
+    auths = config.get("auths", {}) if key == ".dockerconfigjson" else config
+    logins = {}
+    for server, entry in (auths or {}).items():
+        user, password = entry.get("username"), entry.get("password")
+        if entry.get("auth"):
+            user, _, password = base64.b64decode(entry["auth"]).decode(errors="replace").partition(":")
+        if user and password:
+            register(password)
+            logins[_registry_host(server)] = (str(user), str(password))
+    return logins
+
+
+def _registry_host(server: str) -> str:
+    """``https://index.docker.io/v1/`` -> ``docker.io``; ``quay.io`` -> ``quay.io``."""
+    host = server.split("://", 1)[-1].split("/", 1)[0]
+    return DEFAULT_REGISTRY if host in ("index.docker.io", "registry-1.docker.io", "docker.io") else host
 
 
 def check_images(images: Iterable[str], probe: RegistryProbe) -> list[Check]:
@@ -152,25 +221,25 @@ class Watcher:
 
     def __init__(
         self,
-        list_images: Callable[[], list[str]],
-        probe: RegistryProbe,
+        list_images: Callable[[], InUse],
+        make_probe: Callable[[dict[str, tuple[str, str]]], RegistryProbe],
         metrics: ImageMetrics,
         interval_s: float,
     ) -> None:
         self.list_images = list_images
-        self.probe = probe
+        self.make_probe = make_probe  # per round: with the pull secrets' credentials of that round
         self.metrics = metrics
         self.interval_s = interval_s
         self.stop = threading.Event()
         self.rounds = 0
-        self._images: list[str] = []
+        self._in_use = InUse([], {})
 
     def round(self) -> list[Check]:
         try:
-            self._images = self.list_images()
+            self._in_use = self.list_images()
         except Exception as exc:  # the API server away: keep watching what was in use
             log.warning("could not list the images in use (%s); checking the last list", one_line(exc))
-        checks = check_images(self._images, self.probe)
+        checks = check_images(self._in_use.images, self.make_probe(self._in_use.credentials))
         self.metrics.record(checks)
         self.rounds += 1
         gone = [c.image for c in checks if c.answered and not c.answer.available]
@@ -217,15 +286,20 @@ def run(args: argparse.Namespace) -> int:
     if args.interval <= 0 or args.timeout <= 0:
         raise UsageError("--interval/--timeout: expected a positive number of seconds")
     host, port = _listen_address(args.listen)
-    probe = RegistryProbe(
-        mirrors=RegistryMirrors.from_options(args.registry_mirror),
-        insecure_registries=args.insecure_registry,
-        connect_timeout=args.timeout,
-        read_timeout=args.timeout,
-    )
+    mirrors = RegistryMirrors.from_options(args.registry_mirror)
+
+    def make_probe(credentials: dict[str, tuple[str, str]]) -> RegistryProbe:
+        return RegistryProbe(
+            mirrors=mirrors,
+            insecure_registries=args.insecure_registry,
+            credentials=credentials,
+            connect_timeout=args.timeout,
+            read_timeout=args.timeout,
+        )
+
     conn = connect(args.kubeconfig, args.context)
     metrics = ImageMetrics()
-    watcher = Watcher(lambda: images_in_use(conn.api, args.namespace), probe, metrics, args.interval)
+    watcher = Watcher(lambda: images_in_use(conn.api, args.namespace), make_probe, metrics, args.interval)
     if args.once:
         checks = watcher.round()
         for check in checks:

@@ -253,17 +253,20 @@ class TokenSigner:
 
 @dataclass
 class TokenService:
-    """Anonymous token endpoint: grants ``pull`` on any repository not in ``refused``."""
+    """Token endpoint: grants ``pull`` on any repository not in ``refused`` to anyone, and on
+    every repository to a caller with the Basic credentials of one of ``users`` (a wrong
+    password is answered 401, as real token services do)."""
 
     signer: TokenSigner
     refused: set[str] = field(default_factory=set)
     requests_by_scope: Counter[str] = field(default_factory=Counter)
     url: str = ""
+    users: dict[str, str] = field(default_factory=dict)
 
-    def grant(self, scope: str) -> list[dict[str, Any]]:
+    def grant(self, scope: str, user: str | None = None) -> list[dict[str, Any]]:
         kind, _, rest = scope.partition(":")
         name, _, actions = rest.rpartition(":")
-        if kind != "repository" or name in self.refused:
+        if kind != "repository" or (name in self.refused and user is None):
             return []
         return [{"type": "repository", "name": name, "actions": ["pull"] if "pull" in actions else []}]
 
@@ -279,7 +282,16 @@ class TokenService:
                     self.send_response(400)
                     self.end_headers()
                     return
-                body = json.dumps({"token": service.signer.token(service.grant(scope)), "expires_in": 300})
+                user = None
+                header = self.headers.get("Authorization", "")
+                if header.startswith("Basic "):
+                    name, _, password = base64.b64decode(header[6:]).decode().partition(":")
+                    if service.users.get(name) != password:
+                        self.send_response(401)
+                        self.end_headers()
+                        return
+                    user = name
+                body = json.dumps({"token": service.signer.token(service.grant(scope, user)), "expires_in": 300})
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))

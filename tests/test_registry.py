@@ -40,6 +40,7 @@ from e2e.registry import (
 )
 
 DIGEST = "sha256:" + "0" * 64
+PULL_PASSWORD = "pull-secret-password-for-tests"  # a pull secret's password (secrets: redacted)
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +155,7 @@ def token_registry(
     signer = TokenSigner.create()
     bundle = workdir / "token-signer.pem"
     bundle.write_bytes(signer.certificate_pem())
-    tokens = TokenService(signer, refused={"private/secret"})
+    tokens = TokenService(signer, refused={"private/secret"}, users={"puller": PULL_PASSWORD})
     with serve_http(tokens.handler()) as token_url:
         auth = {
             "token": {
@@ -201,6 +202,24 @@ def test_token_without_access_is_denied(token_registry: tuple[RunningRegistry, T
     result = probe.probe(f"{registry.host}/private/secret:v1")
     assert result.status is Status.DENIED
     assert "missing or denied" in result.detail
+
+
+def test_a_pull_secrets_credentials_open_a_private_repository_and_stay_secret(
+    token_registry: tuple[RunningRegistry, TokenService, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    registry, _, _ = token_registry
+    ref = f"{registry.host}/private/secret:v1"
+    anonymous, _ = fast_probe()
+    assert anonymous.probe(ref).status is Status.DENIED
+    probe, _ = fast_probe(credentials={registry.host: ("puller", PULL_PASSWORD)})
+    assert probe.probe(ref).status is Status.AVAILABLE
+    wrong, _ = fast_probe(credentials={registry.host: ("puller", "not-the-password")})
+    refused = wrong.probe(ref)
+    assert refused.status is Status.DENIED and "refused the pull secret's credentials" in refused.detail
+    # The password is a secret from now on: redacted wherever the harness writes.
+    from e2e.secrets import redact
+
+    assert PULL_PASSWORD not in redact(f"Basic puller:{PULL_PASSWORD}")
 
 
 def test_registry_without_a_token_is_denied(token_registry: tuple[RunningRegistry, TokenService, str]) -> None:

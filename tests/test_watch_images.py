@@ -214,3 +214,36 @@ def test_a_bad_listen_address_is_one_line() -> None:
                           capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0
     assert "--listen nowhere: expected HOST:PORT" in done.stderr
+
+
+def test_the_pull_secrets_the_pods_name_give_the_probe_its_credentials(
+    api: k8s_client.ApiClient, cluster: dict[str, str]
+) -> None:
+    import base64
+    import json
+
+    from e2e.secrets import redact
+    from e2e.watch_images import images_in_use
+
+    password = "pull-secret-password-of-models"
+    config = {"auths": {
+        "127.0.0.1:5999": {"auth": base64.b64encode(f"robot:{password}".encode()).decode()},
+        "https://index.docker.io/v1/": {"username": "hub-user", "password": "hub-password-of-models"},
+    }}  # fmt: skip
+    core = k8s_client.CoreV1Api(api)
+    core.create_namespaced_secret("models", {
+        "metadata": {"name": "registry-login"}, "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": base64.b64encode(json.dumps(config).encode()).decode()},
+    })  # fmt: skip
+    core.create_namespaced_pod("models", {
+        "metadata": {"name": "private-predictor-0", "labels": {"serving.kserve.io/inferenceservice": "private"}},
+        "spec": {"imagePullSecrets": [{"name": "registry-login"}, {"name": "not-there"}],
+                 "containers": [{"name": "kserve-container", "image": "127.0.0.1:5999/private/model:v1"}]},
+    })  # fmt: skip
+    in_use = images_in_use(api, "kserve")
+    assert "127.0.0.1:5999/private/model:v1" in in_use.images and cluster["predictor"] in in_use.images
+    assert in_use.credentials == {
+        "127.0.0.1:5999": ("robot", password), "docker.io": ("hub-user", "hub-password-of-models")
+    }  # fmt: skip
+    assert password not in redact(f"a log line that quotes {password}")
+    core.delete_namespaced_pod("private-predictor-0", "models", grace_period_seconds=0)
