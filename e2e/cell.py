@@ -251,7 +251,9 @@ class CellRun:
             prober.start()
             try:
                 time.sleep(0.5)  # a baseline before the swap
+                prober.mark("swap")
                 self.swap_proxy_image()
+                prober.mark("rolled out")
                 time.sleep(1.0)  # and after it: the outage window must have closed
             finally:
                 summary = prober.stop()

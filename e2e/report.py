@@ -777,7 +777,64 @@ def _html_cell_details(result: CellResult, matrix: Matrix | None) -> str:
         if result.diagnostics
         else ""
     )
-    return f'<details id="{_h(_cell_anchor(result))}">{summary}{table}{diagnostics}</details>'
+    chart = traffic_chart(result) if result.traffic else ""
+    return f'<details id="{_h(_cell_anchor(result))}">{summary}{chart}{table}{diagnostics}</details>'
+
+
+# Chart geometry (pixels): a lane per kind of request, a bar per time bucket.
+_CHART_W, _LANE_H, _LANE_GAP, _LEFT, _TOP = 560, 44, 18, 78, 14
+_OK, _FAILED = "#2da44e", "#cf222e"
+
+
+def traffic_chart(result: CellResult) -> str:
+    """A migration's requests over time as an inline SVG: per bucket, the metrics requests and
+    the inference requests that were answered (green) or failed (red), and when the swap began
+    and the rollout ended. No script, no external file: the page stays one file."""
+    rows = result.traffic
+    bucket = rows[1][0] - rows[0][0] if len(rows) > 1 else 0.5
+    end = max(rows[-1][0] + bucket, *result.traffic_marks.values(), 0.1)
+    lanes = [("metrics", 1, 2), ("inference", 3, 4)] if any(r[3] or r[4] for r in rows) else [("metrics", 1, 2)]
+    height = _TOP + len(lanes) * (_LANE_H + _LANE_GAP) + 12
+
+    def x(seconds: float) -> float:
+        return _LEFT + _CHART_W * seconds / end
+
+    width = max(1.0, _CHART_W * bucket / end - 1)
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{_LEFT + _CHART_W + 10}" height="{height}" '
+        f'role="img" aria-label="requests over time during the migration" class="traffic">'
+    ]
+    for lane, (name, ok_column, failed_column) in enumerate(lanes):
+        top = _TOP + lane * (_LANE_H + _LANE_GAP)
+        peak = max((r[ok_column] + r[failed_column] for r in rows), default=0) or 1
+        parts.append(f'<text x="4" y="{top + _LANE_H / 2 + 4:.0f}" font-size="12">{name}</text>')
+        parts.append(f'<line x1="{_LEFT}" y1="{top + _LANE_H}" x2="{_LEFT + _CHART_W}" y2="{top + _LANE_H}" '
+                     'stroke="#d0d7de"/>')  # fmt: skip
+        for row in rows:
+            ok, failed = row[ok_column], row[failed_column]
+            ok_h, failed_h = _LANE_H * ok / peak, _LANE_H * failed / peak
+            if ok:
+                parts.append(f'<rect x="{x(row[0]):.1f}" y="{top + _LANE_H - ok_h:.1f}" width="{width:.1f}" '
+                             f'height="{ok_h:.1f}" fill="{_OK}"><title>{row[0]:.1f} s: {ok:.0f} answered'
+                             "</title></rect>")  # fmt: skip
+            if failed:
+                parts.append(f'<rect x="{x(row[0]):.1f}" y="{top + _LANE_H - ok_h - failed_h:.1f}" '
+                             f'width="{width:.1f}" height="{failed_h:.1f}" fill="{_FAILED}"><title>{row[0]:.1f} s: '
+                             f"{failed:.0f} failed</title></rect>")  # fmt: skip
+    bottom = _TOP + len(lanes) * (_LANE_H + _LANE_GAP) - _LANE_GAP
+    for name, at in sorted(result.traffic_marks.items(), key=lambda item: item[1]):
+        parts.append(f'<line x1="{x(at):.1f}" y1="{_TOP - 4}" x2="{x(at):.1f}" y2="{bottom}" stroke="#57606a" '
+                     f'stroke-dasharray="3,2"/><text x="{x(at) + 2:.1f}" y="{_TOP - 4}" font-size="10" '
+                     f'fill="#57606a">{_h(name)} {at:.1f} s</text>')  # fmt: skip
+    parts.append(f'<text x="{_LEFT}" y="{height - 2}" font-size="10" fill="#57606a">0 s</text>')
+    parts.append(f'<text x="{_LEFT + _CHART_W}" y="{height - 2}" font-size="10" fill="#57606a" '
+                 f'text-anchor="end">{end:.1f} s</text>')  # fmt: skip
+    parts.append("</svg>")
+    caption = (
+        f"<p><small>Requests per {bucket:g} s during the migration: answered "
+        f'<span style="color:{_OK}">■</span>, failed <span style="color:{_FAILED}">■</span>.</small></p>'
+    )
+    return "".join(parts) + caption
 
 
 def _html_recommendations(results: Sequence[CellResult], matrix: Matrix | None) -> list[str]:

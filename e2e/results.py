@@ -88,6 +88,10 @@ class CellResult:
     support: str = ""
     support_reason: str = ""
     kubernetes_server: str = ""  # the API server's own version (e.g. v1.35.4): what really ran
+    # A migration's requests over time (e2e.checks.migration.ProbeSummary.timeline) and when
+    # its swap began and ended: the report draws them.
+    traffic: list[list[float]] = field(default_factory=list)
+    traffic_marks: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.reason = redact(self.reason)

@@ -714,6 +714,12 @@ def test_prober_counts_failures_while_the_metrics_endpoint_is_down_and_the_windo
     assert outage.name == "migration-metrics-outage" and outage.passed
     assert outage.detail.startswith("metrics unavailable for") and outage.detail.endswith("recovered")
     assert reader_token not in json.dumps(cell.to_dict())
+    # The timeline the report draws: every request in one bucket, the outage's failures among them.
+    assert sum(row[1] + row[2] for row in cell.traffic) == summary.metrics.attempts
+    assert sum(row[2] for row in cell.traffic) == summary.metrics.failures
+    assert sum(row[3] + row[4] for row in cell.traffic) == sum(t.attempts for t in summary.inference)
+    failing = [row[0] for row in cell.traffic if row[2]]
+    assert failing and 0.4 <= failing[0] <= 1.0  # the metrics went away 0.5 s in
 
 
 def test_prober_reports_a_metrics_outage_that_never_recovers_and_lost_inference(

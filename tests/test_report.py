@@ -702,3 +702,20 @@ def test_html_sets_an_expected_verdict_apart_from_a_failure(sample: list[CellRes
     assert css_rule and css_rule.group(1) != "#ffebe9"  # not the failure's red
     details = page.split('id="cell-kind-kserve-v0.14.1--quay-v0.22.1--k8s-1.34"')[1].split("</details>")[0]
     assert "metrics-no-token" in details and "expected 401, got 500" in details
+
+
+def test_a_migration_cell_shows_its_traffic_over_time_as_a_chart(sample: list[CellResult], matrix: Matrix) -> None:
+    migration = sample[0]
+    migration.traffic = [[0.0, 2, 0, 4, 0], [0.5, 0, 2, 4, 0], [1.0, 1, 1, 4, 0], [1.5, 2, 0, 4, 0]]
+    migration.traffic_marks = {"swap": 0.4, "rolled out": 1.3}
+    page = report.html_report(sample, matrix)
+    checker = _PageChecker()
+    checker.feed(page)
+    checker.close()
+    assert checker.mismatches == [] and checker.open == []
+    assert page.count("<svg") == 1 and "script" not in checker.tags  # only the migration cell has one
+    chart = page[page.index("<svg"): page.index("</svg>")]
+    assert chart.count('fill="#cf222e"') == 2  # the two buckets with failed metrics requests
+    assert "0.5 s: 2 failed" in chart and "swap 0.4 s" in chart and "rolled out 1.3 s" in chart
+    assert ">inference<" in chart and ">metrics<" in chart
+    assert CellResult.from_dict(migration.to_dict()).traffic == migration.traffic  # saved and read back

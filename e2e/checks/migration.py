@@ -61,11 +61,18 @@ class TargetTally:
         return max(0.0, end - self.first_failure_s)
 
 
+#: The timeline's resolution: requests are counted per bucket of this many seconds.
+BUCKET_S = 0.5
+
+
 @dataclass
 class ProbeSummary:
     duration_s: float
     metrics: TargetTally
     inference: list[TargetTally] = field(default_factory=list)
+    # [bucket start s, metrics ok, metrics failed, inference ok, inference failed], per BUCKET_S
+    timeline: list[list[float]] = field(default_factory=list)
+    marks: dict[str, float] = field(default_factory=dict)  # e.g. "swap": when the patch was sent
 
     def outage_s(self, tally: TargetTally) -> float:
         if tally.first_failure_s is not None and tally.recovered_s is None:
@@ -106,6 +113,8 @@ class MetricsProber:
         self._finished: float | None = None
         self._metrics = TargetTally("metrics")
         self._models = {target.name: TargetTally(target.name) for target in self._inference}
+        self._buckets: dict[int, list[int]] = {}  # bucket index -> [metrics ok, failed, inference ok, failed]
+        self._marks: dict[str, float] = {}
 
     def start(self) -> MetricsProber:
         if self._thread is not None:
@@ -114,6 +123,11 @@ class MetricsProber:
         self._thread = threading.Thread(target=self._run, name="metrics-prober", daemon=True)
         self._thread.start()
         return self
+
+    def mark(self, what: str) -> None:
+        """Remember when ``what`` happened (seconds since the probe started), for the timeline."""
+        with self._lock:
+            self._marks[what] = round(time.monotonic() - self._started, 3)
 
     def stop(self) -> ProbeSummary:
         self._stop.set()
@@ -125,6 +139,8 @@ class MetricsProber:
                 duration_s=round(end - self._started, 3),
                 metrics=_copy(self._metrics),
                 inference=[_copy(t) for t in self._models.values()],
+                timeline=[[round(i * BUCKET_S, 3), *counts] for i, counts in sorted(self._buckets.items())],
+                marks=dict(self._marks),
             )
 
     def __enter__(self) -> MetricsProber:
@@ -157,6 +173,8 @@ class MetricsProber:
             error = error_line(exc)
         now = round(time.monotonic() - self._started, 3)
         with self._lock:
+            column = (0 if tally is self._metrics else 2) + (0 if error is None else 1)
+            self._buckets.setdefault(int(now // BUCKET_S), [0, 0, 0, 0])[column] += 1
             tally.attempts += 1
             if error is None:
                 tally.successes += 1
@@ -243,6 +261,8 @@ def check_probe(cell: CellResult, summary: ProbeSummary) -> list[CheckResult]:
             outage.status = CheckStatus.FAIL
             outage.detail = f"metrics still failing at the end of the probe after {window:.1f}s: {metrics.last_error}"
     results.append(outage)
+    cell.traffic = [list(row) for row in summary.timeline]
+    cell.traffic_marks = dict(summary.marks)
     return results
 
 

@@ -146,6 +146,9 @@ def _probe_json(summary: ProbeSummary | None, note: str) -> dict[str, Any] | Non
         "metrics": _tally_json(summary.metrics, summary),
         "inference": [_tally_json(t, summary) for t in summary.inference],
         "note": note,
+        # [bucket start s, metrics ok, metrics failed, inference ok, inference failed]
+        "timeline": summary.timeline,
+        "marks": summary.marks,
     }
 
 

@@ -248,6 +248,7 @@ def _run_guarded(
                 step.detail += f" ({len(targets)} model(s))"
             with narrator.step("patch", f"{report.container} -> {report.to_image}") as step:
                 applied = True  # from the call on: the server may have stored it even if the answer is lost
+                prober.mark("patch")
                 answer = k8s_client.AppsV1Api(api).patch_namespaced_deployment(
                     profile.deployment,
                     profile.namespace,
@@ -264,6 +265,7 @@ def _run_guarded(
                     timeout_s=options.rollout_timeout_s,
                     failure_evidence=_evidence(api, live),
                 )
+                prober.mark("rolled out")
             with narrator.step(
                 "verify", f"metrics (and models) for {options.settle_s:.0f} s after the rollout"
             ) as step:
