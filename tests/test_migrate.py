@@ -219,13 +219,14 @@ def test_ctrl_c_during_the_rollout_ends_on_the_recorded_deployment_and_says_so(
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.returncode == 130, out + err
-    assert "Traceback" not in err
+    said = f"stdout: {out[-2000:]}\nstderr: {''.join(seen)[-2000:]}{err[-3000:]}"  # in every failure message
+    assert process.returncode == 130, said
+    assert "Traceback" not in err, said
     report = json.loads((tmp_path / "migration.json").read_text())
-    assert report["outcome"] == "interrupted"
-    assert report["ends_on"] == f"the recorded Deployment (proxy {SHIPPED})"
-    assert deployment(api)["spec"]["template"] == template_before
-    assert leftovers(api) == []
+    assert report["outcome"] == "interrupted", said
+    assert report["ends_on"] == f"the recorded Deployment (proxy {SHIPPED})", said
+    assert deployment(api)["spec"]["template"] == template_before, said
+    assert leftovers(api) == [], said
 
 
 def test_usage_errors_are_one_line(kubeconfig: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
