@@ -342,6 +342,12 @@ def retirement(ref: ImageReference | str) -> Retirement | None:
     return None
 
 
+def is_retired(ref: ImageReference | str) -> bool:
+    """Whether ``ref`` lives on a retired registry; an unparsable reference is not."""
+    parsed = ImageReference.parse_or_none(ref) if isinstance(ref, str) else ref
+    return parsed is not None and retirement(parsed) is not None
+
+
 def replacement(ref: ImageReference | str) -> str | None:
     """The first (preferred) replacement of an image on a retired registry, or None."""
     found = retirement(ref)

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from e2e.errors import UsageError
-from e2e.images import ImageReference
+from e2e.images import ImageReference, is_retired
 from e2e.matrix import Matrix, version_key
 from e2e.results import CellResult, Verdict
 from e2e.secrets import REDACTED, redact
@@ -86,7 +86,6 @@ REPORT_FILES: dict[str, str] = {
 _FALLBACK_NAMESPACE = "kserve"
 _FALLBACK_DEPLOYMENT = "kserve-controller-manager"
 _FALLBACK_PROXY_CONTAINER = "kube-rbac-proxy"
-_FALLBACK_RETIRED_PREFIXES = ("gcr.io/kubebuilder/",)
 _FALLBACK_SHIPPED_OLD = "gcr.io/kubebuilder/kube-rbac-proxy:v0.13.1"  # KServe v0.10-v0.13
 _FALLBACK_SHIPPED_NEW = "quay.io/brancz/kube-rbac-proxy:v0.18.0"  # KServe v0.14+
 _FIRST_QUAY_RELEASE = "v0.14.0"
@@ -316,7 +315,7 @@ def _is_retired(image: str, alias: str, matrix: Matrix | None) -> bool:
         for proxy in matrix.proxies:
             if image == proxy.image or (not image and alias == proxy.alias):
                 return proxy.retired
-    return image.startswith(_FALLBACK_RETIRED_PREFIXES)
+    return is_retired(image)
 
 
 def expected_unavailable(result: CellResult, matrix: Matrix | None = None) -> bool:

@@ -297,3 +297,19 @@ def test_rewrite_keeps_tag_and_digest(text: str, mirror_host: str, mirror_path: 
     rewritten = ImageReference.parse(mirrors.rewrite(text))
     assert (rewritten.tag, rewritten.digest) == (ref.tag, ref.digest)
     assert rewritten.name == f"{target}/{ref.repository}"
+
+
+@pytest.mark.parametrize(
+    ("image", "retired"),
+    [
+        ("gcr.io/kubebuilder/kube-rbac-proxy:v0.13.1", True),
+        ("gcr.io/kubebuilder/anything-else:v1", True),  # the whole retired path, not one repository
+        ("registry.k8s.io/kubebuilder/kube-rbac-proxy:v0.13.1", False),  # its frozen copy
+        ("quay.io/brancz/kube-rbac-proxy:v0.22.1", False),
+        ("not a reference", False),
+    ],
+)
+def test_retirement_has_one_owner_that_every_part_asks(image: str, retired: bool) -> None:
+    from e2e.images import is_retired
+
+    assert is_retired(image) is retired

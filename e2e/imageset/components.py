@@ -58,6 +58,7 @@ import yaml
 
 from e2e.cache import cache_root
 from e2e.errors import EnvironmentMissing, HarnessError, ManifestError, UsageError
+from e2e.images import is_retired
 from e2e.imageset import serving
 from e2e.imageset.docker_image import ImageContent, ImageRecipe, build_image, file_sha256, is_current
 from e2e.local import binaries
@@ -75,7 +76,6 @@ PROXY_REPOSITORY = binaries.PROXY_IMAGE_REPOSITORY  # quay.io/brancz/kube-rbac-p
 PROXY_FROZEN_REPOSITORY = "registry.k8s.io/kubebuilder/kube-rbac-proxy"
 # The one version registry.k8s.io keeps a frozen copy of for KServe (v0.10-v0.13 ship it).
 PROXY_FROZEN_VERSION = "v0.13.1"
-PROXY_RETIRED_REPOSITORY = "gcr.io/kubebuilder/kube-rbac-proxy"
 PROXY_BINARY_IN_IMAGE = binaries.PROXY_PATH_IN_IMAGE  # /usr/local/bin/kube-rbac-proxy
 
 KSERVE_CONTROLLER = "kserve-controller"
@@ -141,10 +141,6 @@ def proxy_references(version: str) -> tuple[str, ...]:
 
 def cert_manager_reference(component: str, version: str = CERT_MANAGER_VERSION) -> str:
     return f"{CERT_MANAGER_IMAGES[component][0]}:{version}"
-
-
-def _is_retired_proxy(image: str) -> bool:
-    return image.startswith(PROXY_RETIRED_REPOSITORY + ":")
 
 
 # ---------------------------------------------------------------------------- image layouts
@@ -647,7 +643,7 @@ def _plan(
     versions: dict[str, None] = {}
     for image in proxy_images:
         version = binaries.proxy_version_or_tag(image) or image
-        if _is_retired_proxy(image):
+        if is_retired(image):
             jobs.append(_retired_proxy(image, version))
         elif image not in proxy_references(version):
             jobs.append(

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from e2e.errors import EnvironmentMissing, WorkloadUnavailable
-from e2e.images import retirement
+from e2e.images import is_retired
 
 if TYPE_CHECKING:
     from e2e.imageset.node import NodeImage
@@ -44,10 +44,6 @@ def image_present(image: str, docker: str = "docker") -> bool:
     """Whether the local Docker engine holds ``image`` (by the exact reference)."""
     inspect = [docker, "image", "inspect", "--format", "{{.Id}}", image]
     return subprocess.run(inspect, capture_output=True, check=False).returncode == 0
-
-
-def is_retired(image: str) -> bool:
-    return retirement(image) is not None
 
 
 @dataclass(frozen=True)
