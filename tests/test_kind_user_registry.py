@@ -74,7 +74,7 @@ def test_the_nodes_pull_every_host_from_the_users_single_registry_under_upstream
     every_host = [arg for host in USER_HOSTS for arg in ("--registry-mirror", f"{host}={users_registry.node_url}")]
     code, full = run_to_the_end(
         [sys.executable, "-m", "pytest", str(REPO / "scenarios"), "-p", "no:cacheprovider", "-q",
-         "--provider", "kind", "--local-images", *selection, "-k", "fresh", *every_host,
+         "--provider", "kind", "--local-images", *selection, "-k", "fresh or retired", *every_host,
          "--reports-dir", str(workdir / "reports"), "-o", "log_cli=true", "--log-cli-level=INFO"],
         workdir, env, timeout=900,
     )  # fmt: skip
