@@ -4,7 +4,7 @@ The control plane has no kubelet and no Deployment controller (see ``live_kserve
 rollout ever completes here: what these tests prove is the guard around the change (the
 refusals, the tool-owned Deployment, the dry run, nothing written on a no-go) and the
 rollback and Ctrl-C paths, whose outcome is read back from the API server. A migration
-that rolls out and serves metrics runs on kind (``tests/test_kind_migrate.py``).
+that rolls out and serves metrics runs on kind (``tests/test_kind_operator_site.py``).
 """
 
 from __future__ import annotations

@@ -1,0 +1,243 @@
+"""An operator's air-gapped site, on a real kind cluster: one private registry serves every
+registry host; the harness runs against it; then ``kserve-compat migrate`` works on the
+cluster the run leaves, as an operator runs it on theirs (only a kubeconfig).
+
+The site's registry is Debian's docker-registry on the kind network's gateway, seeded the way
+the docs tell users to (``kserve-compat images push --to``: each image under its upstream
+path). The harness (KServe v0.20.0, Kubernetes 1.34, the local image set) points docker.io,
+quay.io and gcr.io at it with ``--registry-mirror`` and starts no mirror of its own for them;
+the retired gcr.io proxy was never pushed, so its cell ends as in production, with the
+kubelet's ``NotFound``. The run keeps the cluster (``--keep-cluster``); the registry stays.
+
+The retired cell leaves the controller Deployment asking for the retired image, its new pod
+unable to pull, the old one still serving: a cluster one node drain away from the outage of
+2026-03. On it:
+
+1. ``migrate --to quay-v0.22.1`` moves it off the retired image, with the metrics and both
+   sample models probed throughout: migrated, no model request lost;
+2. ``--to`` a tag the registry does not hold is refused (exit 4, nothing written); with
+   ``--force`` it fails fast on the kubelet's pull error and is rolled back by itself;
+3. a Deployment whose proxy carries ``--kube-api-qps`` (v0.22.1 knows it, v0.15.0 does not)
+   moved to quay-v0.15.0 is refused with exit 7 naming the flag; with ``--force`` the proxy
+   crashes at start, the rollout fails fast with its last log lines, and the recorded
+   Deployment comes back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kind_runs import kind_network_gateway, run_to_the_end
+from release_files import session_release_files
+
+from e2e.availability import unavailable
+from e2e.cluster.kind import cluster_name, docker_preflight
+from e2e.cluster.mirrors import RegistryMirror, registry_binary
+from e2e.errors import HarnessError
+from e2e.imageset.offline import LocalImageSet, image_present
+from e2e.local import binaries
+
+pytestmark = [pytest.mark.slow, pytest.mark.needs_docker]
+
+REPO = Path(__file__).resolve().parents[1]
+KSERVE, K8S, PROXY, RETIRED = "v0.20.0", "1.34", "quay-v0.22.1", "gcr-v0.13.1"
+PROXY_IMAGE = "quay.io/brancz/kube-rbac-proxy:v0.22.1"
+RETIRED_IMAGE = "gcr.io/kubebuilder/kube-rbac-proxy:v0.13.1"
+MISSING = "quay.io/brancz/kube-rbac-proxy:v0.99.0"
+OLDER = "quay.io/brancz/kube-rbac-proxy:v0.15.0"  # knows no --kube-api-qps
+# Every registry the release's images name (the node image carries its own pause/CoreDNS/etcd).
+USER_HOSTS = ("docker.io", "quay.io", "gcr.io")
+MODELS = ("kserve-compat-samples/sklearn-iris", "kserve-compat-samples/sklearn-iris-v2")
+CONTROLLER = ("kserve", "kserve-controller-manager")
+
+
+@dataclass(frozen=True)
+class Site:
+    registry: RegistryMirror
+    pushed: str  # images push's output
+    results: dict[str, dict[str, Any]]  # the harness run's results by cell id
+    output: str  # the harness run's output
+    code: int
+    kubeconfig: Path
+    kubectl: str
+    env: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    try:
+        docker_preflight()
+        registry_binary()
+        LocalImageSet().node_image(K8S)
+        kubectl = str(binaries.ensure("kubectl", binaries.KUBERNETES_VERSION))
+        kind = str(binaries.ensure("kind"))
+    except HarnessError as exc:
+        unavailable(str(exc))
+    for image in (PROXY_IMAGE, OLDER):
+        if not image_present(image):
+            unavailable(f"{image} is not built (nox -s images -- build --kserve {KSERVE} --proxy {PROXY} "
+                        "--proxy quay-v0.15.0)")  # fmt: skip
+    workdir = tmp_path_factory.mktemp("site")
+    env = {**os.environ, "KSERVE_COMPAT_MANIFEST_DIR": str(session_release_files().offline_directory())}
+    env.pop("CI", None)  # the harness's own behaviour, not the test suite's CI rule
+    registry = RegistryMirror("users-registry", workdir / "storage", workdir, kind_network_gateway(), None).start()
+    name = cluster_name(f"kserve-{KSERVE}--k8s-{K8S}")
+    try:
+        selection = ["--kserve", KSERVE, "--proxy", f"{PROXY},{RETIRED}", "--k8s", K8S]
+        # Seeded as the docs tell users: the whole image set, each under its upstream path.
+        pushed = subprocess.run(
+            [sys.executable, "-m", "e2e.cli", "images", "push", "--to", f"127.0.0.1:{registry.port}", *selection],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False,
+        )  # fmt: skip
+        assert pushed.returncode == 0, pushed.stdout[-3000:] + pushed.stderr[-3000:]
+        registry.push(OLDER, OLDER.removeprefix("quay.io/"))  # for the migration back to an older proxy
+        every_host = [arg for host in USER_HOSTS for arg in ("--registry-mirror", f"{host}={registry.node_url}")]
+        run = workdir / "run"
+        run.mkdir()
+        code, output = run_to_the_end(
+            [sys.executable, "-m", "pytest", str(REPO / "scenarios"), "-p", "no:cacheprovider", "-q",
+             "--provider", "kind", "--local-images", *selection, "-k", "fresh or retired", *every_host,
+             "--keep-cluster", "--reports-dir", str(run / "reports"), "-o", "log_cli=true",
+             "--log-cli-level=INFO"],
+            run, env, timeout=900,
+        )  # fmt: skip
+        report = run / "reports" / "report.json"
+        results = {r["cell_id"]: r for r in json.loads(report.read_text())} if report.exists() else {}
+        kubeconfig = run / ".pytest-kind" / name / "kubeconfig"
+        yield Site(registry, pushed.stdout, results, output, code, kubeconfig, kubectl, env)
+    finally:
+        subprocess.run([kind, "delete", "cluster", "--name", name], capture_output=True, check=False, timeout=300)
+        registry.stop()
+
+
+# -- the harness against the site's registry -----------------------------------------------------
+
+
+def test_the_nodes_pull_every_host_from_the_users_single_registry_under_upstream_names(site: Site) -> None:
+    output = site.output[-4000:]
+    assert f"{PROXY_IMAGE} -> 127.0.0.1:{site.registry.port}/brancz/kube-rbac-proxy:v0.22.1" in site.pushed
+    # The retired proxy is never built, so it is not pushed: the user's registry lacks it too.
+    assert f"not pushed: {RETIRED_IMAGE} (unavailable" in site.pushed
+    passed, retired = (site.results[f"kserve-{KSERVE}--{alias}--k8s-{K8S}"] for alias in (PROXY, RETIRED))
+    assert passed["verdict"] == "pass", output
+    # The retired image: the user's registry answers 404, the kubelet says NotFound, as in production.
+    assert retired["verdict"] == "image-unavailable", output
+    assert "NotFound" in json.dumps(retired), json.dumps(retired)[-2000:]
+    assert site.code == 0, output
+    # containerd asked the user's registry for each host's images by their upstream paths.
+    log = site.registry.process.log_path.read_text()
+    for path in (
+        "brancz/kube-rbac-proxy/manifests/v0.22.1",  # quay.io
+        "jetstack/cert-manager-controller/manifests/v1.11.5",  # quay.io
+        f"kserve/kserve-controller/manifests/{KSERVE}",  # docker.io
+        "kubebuilder/kube-rbac-proxy/manifests/v0.13.1",  # gcr.io: asked, not found
+    ):
+        asked = [line for line in log.splitlines() if f"/v2/{path}" in line and "containerd" in line]
+        assert asked, f"{path} never asked of the user's registry: {log[-3000:]}"
+    assert f"{PROXY_IMAGE}: pulled by the nodes from {site.registry.node_url} (--registry-mirror)" in site.output
+    # The run started a mirror only for its own images' host, none for the user's hosts.
+    started = [line for line in site.output.splitlines() if "mirror of " in line and " for the nodes (" in line]
+    assert started and all("mirror of kserve-compat.local at" in line for line in started), started
+
+
+# -- kserve-compat migrate on the cluster the run left ---------------------------------------------
+
+
+def migrate(site: Site, report_dir: Path, *args: str) -> tuple[int, dict[str, Any], str]:
+    mirrors = [arg for host in USER_HOSTS for arg in ("--registry-mirror", f"{host}=http://127.0.0.1:{site.registry.port}")]
+    done = subprocess.run(
+        [sys.executable, "-m", "e2e.cli", "migrate", "--kubeconfig", str(site.kubeconfig), "--kubectl", site.kubectl,
+         "--report-dir", str(report_dir), *mirrors, *[arg for model in MODELS for arg in ("--inference", model)],
+         *args],
+        cwd=REPO, env=site.env, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    report_file = report_dir / "migration.json"
+    report = json.loads(report_file.read_text()) if report_file.exists() else {}
+    print(done.stdout)  # the Markdown report, shown with -rP (the docs' transcript comes from here)
+    return done.returncode, report, done.stdout + done.stderr
+
+
+def proxy_image(site: Site) -> str:
+    done = subprocess.run(
+        [site.kubectl, "--kubeconfig", str(site.kubeconfig), "-n", CONTROLLER[0], "get", "deployment",
+         CONTROLLER[1], "-o", "jsonpath={.spec.template.spec.containers[?(@.name=='kube-rbac-proxy')].image}"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    return done.stdout.strip()
+
+
+def test_migrate_moves_a_deployment_stuck_on_the_retired_image_with_nothing_lost(site: Site, tmp_path: Path) -> None:
+    assert site.code == 0, site.output[-3000:]
+    # What the retired cell left: the Deployment asks for the image its registry lost.
+    assert proxy_image(site) == RETIRED_IMAGE
+    code, report, output = migrate(site, tmp_path, "--to", PROXY)
+    assert code == 0, output[-5000:]
+    assert report["outcome"] == "migrated" and report["ends_on"] == f"the new Deployment (proxy {PROXY_IMAGE})"
+    assert report["from_image"] == RETIRED_IMAGE and proxy_image(site) == PROXY_IMAGE
+    probe = report["probe"]
+    assert probe["metrics"]["answering_at_end"] and probe["metrics"]["successes"] > 0
+    assert [m["failures"] for m in probe["inference"]] == [0, 0], probe["inference"]
+    assert all(m["attempts"] > 10 for m in probe["inference"]), probe["inference"]
+    steps = [(s["name"], s["status"]) for s in report["steps"]]
+    assert steps == [(n, "ok") for n in ("preflight", "access", "probe", "patch", "rollout", "verify")], steps
+    assert "Traceback" not in output
+
+
+def test_a_target_that_cannot_be_pulled_is_refused_then_forced_and_rolled_back(site: Site, tmp_path: Path) -> None:
+    before = proxy_image(site)
+    code, report, output = migrate(site, tmp_path / "refused", "--to", MISSING)
+    assert code == 4, output[-3000:]
+    assert report["outcome"] == "refused" and proxy_image(site) == before
+    code, report, output = migrate(site, tmp_path / "forced", "--to", MISSING, "--force")
+    assert code == 9, output[-5000:]
+    assert report["outcome"] == "rolled-back"
+    assert report["ends_on"] == f"the recorded Deployment (proxy {before})" and proxy_image(site) == before
+    rollout = next(s for s in report["steps"] if s["name"] == "rollout")
+    assert rollout["status"] == "failed"
+    # Failed fast on the kubelet's own answer, as in production when an image is gone.
+    assert "image cannot be pulled" in rollout["detail"], rollout
+    assert any("NotFound" in line or "not found" in line for line in rollout["evidence"]), rollout["evidence"]
+    rollback = next(s for s in report["steps"] if s["name"] == "rollback")
+    assert rollback["status"] == "ok", rollback
+    assert [m["failures"] for m in report["probe"]["inference"]] == [0, 0], report["probe"]
+
+
+def test_a_flag_the_target_refuses_is_refused_then_forced_crashes_and_is_rolled_back(
+    site: Site, tmp_path: Path
+) -> None:
+    from kubernetes import client as k8s_client
+    from kubernetes import config as k8s_config
+
+    # The operator's Deployment: a served proxy with a flag its version (v0.22.1) accepts.
+    with k8s_config.new_client_from_config(config_file=str(site.kubeconfig)) as api:
+        apps = k8s_client.AppsV1Api(api)
+        live = apps.read_namespaced_deployment(CONTROLLER[1], CONTROLLER[0])
+        args = next(c.args for c in live.spec.template.spec.containers if c.name == "kube-rbac-proxy")
+        flagged = [*[a for a in args if not a.startswith("--kube-api-qps")], "--kube-api-qps=20"]
+        apps.patch_namespaced_deployment(CONTROLLER[1], CONTROLLER[0], {"spec": {"template": {"spec": {
+            "containers": [{"name": "kube-rbac-proxy", "image": PROXY_IMAGE, "args": flagged}]}}}})  # fmt: skip
+    subprocess.run(
+        [site.kubectl, "--kubeconfig", str(site.kubeconfig), "-n", CONTROLLER[0], "rollout", "status",
+         f"deployment/{CONTROLLER[1]}", "--timeout=300s"],
+        check=True, capture_output=True, timeout=330,
+    )  # fmt: skip
+    code, report, output = migrate(site, tmp_path / "refused", "--to", "quay-v0.15.0")
+    assert code == 7, output[-3000:]
+    assert any("--kube-api-qps" in line for line in report["blockers"]), report["blockers"]
+    assert proxy_image(site) == PROXY_IMAGE
+    code, report, output = migrate(site, tmp_path / "forced", "--to", "quay-v0.15.0", "--force")
+    assert code == 9, output[-5000:]
+    assert report["ends_on"] == f"the recorded Deployment (proxy {PROXY_IMAGE})" and proxy_image(site) == PROXY_IMAGE
+    rollout = next(s for s in report["steps"] if s["name"] == "rollout")
+    assert "pods are failing" in rollout["detail"], rollout
+    # The proxy's own words, from its last log lines: the flag it does not know.
+    assert any("kube-api-qps" in line for line in rollout["evidence"]), rollout["evidence"]
+    assert [m["failures"] for m in report["probe"]["inference"]] == [0, 0], report["probe"]
