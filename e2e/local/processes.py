@@ -13,6 +13,7 @@ import atexit
 import contextlib
 import logging
 import os
+import random
 import re
 import signal
 import socket
@@ -136,12 +137,54 @@ def wait_ready(
         raise NotReady(f"{what} not ready after {timeout:.0f}s; last saw: {seen}") from None
 
 
+# Where the kernel takes ports for outgoing connections and bind(0) (Linux's default range).
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+DEFAULT_EPHEMERAL = (32768, 60999)
+# The harness's own ports come from below the ephemeral range: a port picked free, closed and
+# then handed to a process can be taken meanwhile by any outgoing connection if it lies in
+# that range (seen once: "bind: address already in use" from a played manager on a busy machine).
+LOWEST_PORT = 20000
+_ports = random.SystemRandom()
+_handed_out: set[int] = set()
+_handed_lock = threading.Lock()
+
+
+def ephemeral_range(path: Path = EPHEMERAL_RANGE_FILE) -> tuple[int, int]:
+    try:
+        low, high = (int(part) for part in path.read_text().split()[:2])
+    except (OSError, ValueError):
+        return DEFAULT_EPHEMERAL
+    return low, high
+
+
 def free_loopback_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
+    """A TCP port on 127.0.0.1 that is free now, below the kernel's ephemeral range (so no
+    outgoing connection takes it before the process it is meant for binds it), and never
+    handed out twice by this process. Falls back to the kernel's choice when that range is
+    too low to leave room below it."""
+    low, _ = ephemeral_range()
+    if low - LOWEST_PORT >= 1000:
+        for _ in range(200):
+            port = _ports.randrange(LOWEST_PORT, low)
+            with _handed_lock:
+                if port in _handed_out:
+                    continue
+                if _bindable(port):
+                    _handed_out.add(port)
+                    return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+        return chosen
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 class ManagedProcess(StartsAndStops):
