@@ -149,9 +149,10 @@ _handed_out: set[int] = set()
 _handed_lock = threading.Lock()
 
 
-def ephemeral_range(path: Path = EPHEMERAL_RANGE_FILE) -> tuple[int, int]:
+def ephemeral_range(path: Path | None = None) -> tuple[int, int]:
+    """The kernel's ephemeral port range (``EPHEMERAL_RANGE_FILE``), or Linux's default."""
     try:
-        low, high = (int(part) for part in path.read_text().split()[:2])
+        low, high = (int(part) for part in (path or EPHEMERAL_RANGE_FILE).read_text().split()[:2])
     except (OSError, ValueError):
         return DEFAULT_EPHEMERAL
     return low, high
