@@ -19,6 +19,7 @@ from kubernetes import client as k8s_client
 from kubernetes import watch
 
 from e2e.errors import HarnessError
+from e2e.labels import label_selector
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,30 @@ def wait_for_rollout(
             else:
                 break  # re-read and re-check pods for failure evidence
         stream.stop()
+
+
+REVISION = "deployment.kubernetes.io/revision"
+
+
+def new_pods_selector(api: k8s_client.ApiClient, namespace: str, name: str) -> str | None:
+    """The label selector of the pods the Deployment's rollout is bringing up (its newest
+    ReplicaSet's ``pod-template-hash``), or None while the controller has not yet observed
+    the latest change. Pods of an earlier, stuck rollout (an image that cannot be pulled) are
+    not this rollout's failure: a rollout away from them is exactly what fixes them."""
+    apps = k8s_client.AppsV1Api(api)
+    deployment = apps.read_namespaced_deployment(name, namespace)
+    if (deployment.status.observed_generation or 0) < (deployment.metadata.generation or 0):
+        return None
+    revision = (deployment.metadata.annotations or {}).get(REVISION)
+    selector = label_selector(deployment.spec.selector)
+    for replica_set in apps.list_namespaced_replica_set(namespace, label_selector=selector).items:
+        owners = replica_set.metadata.owner_references or []
+        if not any(owner.uid == deployment.metadata.uid for owner in owners):
+            continue
+        if (replica_set.metadata.annotations or {}).get(REVISION) == revision:
+            template_hash = (replica_set.metadata.labels or {}).get("pod-template-hash")
+            return f"{selector},pod-template-hash={template_hash}" if template_hash else selector
+    return None
 
 
 def _raise_if_broken(namespace: str, name: str, failure_evidence: Callable[[], list[str] | None] | None) -> None:

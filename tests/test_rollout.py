@@ -304,3 +304,31 @@ def test_a_pull_error_reported_in_a_real_pod_status_raises_image_unavailable(
     # Nobody overwrote the status this test wrote (kwok would have, on its own node).
     stored = core.read_namespaced_pod(pod.metadata.name, probes_namespace)
     assert stored.status.container_statuses[0].state.waiting.reason == "ErrImagePull"
+
+
+def test_the_new_pods_of_a_rollout_are_told_from_a_stuck_earlier_ones(
+    api: k8s_client.ApiClient, controller_rolled_out: RolloutState
+) -> None:
+    """``new_pods_selector``: after a second change, only the newest ReplicaSet's pods (a
+    migration away from a stuck rollout must not fail on the stuck pods)."""
+    from e2e.rollout import new_pods_selector
+
+    core, apps = k8s_client.CoreV1Api(api), k8s_client.AppsV1Api(api)
+    namespace, name = "rollout-selector", "two-revisions"
+    core.create_namespace({"metadata": {"name": namespace}})  # its controllers make the default ServiceAccount
+    labels = {"app": name}
+    apps.create_namespaced_deployment(namespace, {
+        "metadata": {"name": name},
+        "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {"metadata": {"labels": labels},
+                 "spec": {"containers": [{"name": "c", "image": "example.invalid/first:v1"}]}}},
+    })  # fmt: skip
+    wait_for_rollout(api, namespace, name, timeout_s=120)
+    first = new_pods_selector(api, namespace, name)
+    assert first is not None and first.startswith("app=two-revisions,pod-template-hash=")
+    apps.patch_namespaced_deployment(name, namespace, {"spec": {"template": {"spec": {
+        "containers": [{"name": "c", "image": "example.invalid/second:v2"}]}}}})  # fmt: skip
+    wait_for_rollout(api, namespace, name, timeout_s=120)
+    second = new_pods_selector(api, namespace, name)
+    assert second is not None and second != first
+    pods = _live_pods(api, namespace, second)
+    assert pods and all(p.spec.containers[0].image == "example.invalid/second:v2" for p in pods)

@@ -40,7 +40,7 @@ from e2e.preflight.metrics import TemporaryAccess, resolve_kubectl, sigterm_as_i
 from e2e.preflight.model import REQUEST_TIMEOUT, Status
 from e2e.preflight.runner import LiveController, live_controller
 from e2e.preflight.swap import planned_patch
-from e2e.rollout import RolloutFailed, wait_for_rollout
+from e2e.rollout import RolloutFailed, new_pods_selector, wait_for_rollout
 from e2e.targets import ServiceTarget
 from e2e.text import one_line
 from e2e.tokens import mint_token
@@ -402,26 +402,31 @@ def _namespaced_name(text: str) -> tuple[str, str]:
 
 
 def _evidence(api: k8s_client.ApiClient, live: LiveController) -> Callable[[], list[str] | None]:
-    """The rollout's fail-fast probe: broken pods of the controller, with a crash's last log lines."""
-    from e2e.kserve import controller_pod_selector_of
+    """The rollout's fail-fast probe: broken pods of the rollout under way (its newest
+    ReplicaSet's, not a stuck earlier one's), with a crash's last log lines."""
+    namespace, core = live.profile.namespace, k8s_client.CoreV1Api(api)
 
-    selector = controller_pod_selector_of(api, live.profile.namespace, live.profile.deployment)
-    core = k8s_client.CoreV1Api(api)
+    def evidence() -> list[str] | None:
+        selector = new_pods_selector(api, namespace, live.profile.deployment)
+        if selector is None:
+            return None  # the controller has not yet made this rollout's ReplicaSet
 
-    def read_log(container: str, previous: bool) -> str:
-        pods = core.list_namespaced_pod(live.profile.namespace, label_selector=selector).items
-        if not pods:
-            return ""
-        newest = max(pods, key=lambda p: p.metadata.creation_timestamp)
-        return str(
-            core.read_namespaced_pod_log(
-                newest.metadata.name,
-                live.profile.namespace,
-                container=container,
-                previous=previous,
-                tail_lines=20,
-                _request_timeout=REQUEST_TIMEOUT,
+        def read_log(container: str, previous: bool) -> str:
+            pods = core.list_namespaced_pod(namespace, label_selector=selector).items
+            if not pods:
+                return ""
+            newest = max(pods, key=lambda p: p.metadata.creation_timestamp)
+            return str(
+                core.read_namespaced_pod_log(
+                    newest.metadata.name,
+                    namespace,
+                    container=container,
+                    previous=previous,
+                    tail_lines=20,
+                    _request_timeout=REQUEST_TIMEOUT,
+                )
             )
-        )
 
-    return lambda: pod_failure_evidence(api, live.profile.namespace, selector, read_log)
+        return pod_failure_evidence(api, namespace, selector, read_log)
+
+    return evidence
