@@ -15,8 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubernetes import client as k8s_client
-
 from e2e import checks, diagnostics, kserve, model_store, scrape
 from e2e.apply import Applier
 from e2e.cluster.provider import ClusterProvider, ServiceTarget
@@ -24,7 +22,6 @@ from e2e.errors import HarnessError, NotInOfflineDirectory, WorkloadUnavailable
 from e2e.images import RegistryMirrors
 from e2e.imageset import serving
 from e2e.imageset.offline import images_of
-from e2e.labels import label_selector
 from e2e.local import sklearnserver
 from e2e.manifests import (
     ReleaseFile,
@@ -38,7 +35,7 @@ from e2e.manifests import (
     shipped_proxy,
 )
 from e2e.matrix import ClusterGroup, KServeRelease, Matrix, MatrixCell, migration_start_image, version_key
-from e2e.rollout import wait_for_rollout
+from e2e.rollout import new_pods_selector, wait_for_rollout
 from e2e.tokens import mint_token
 
 METRICS_ACCESS_NAMESPACE = "kserve-compat"
@@ -338,35 +335,14 @@ class Installer:
         return list(manifest.documents)
 
 
-REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
-
-
 def failure_probe(provider: ClusterProvider, namespace: str, deployment: str) -> Callable[[], list[str] | None]:
     """Evidence of broken pods of a Deployment's current revision (pull errors, crash loops),
     or None. Pods of an earlier revision are not evidence: after a swap away from a retired
     image, its pod still shows ErrImagePull until the rollout removes it."""
     api = provider.api_client()
 
-    def current_selector() -> str | None:
-        apps = k8s_client.AppsV1Api(api)
-        found = apps.read_namespaced_deployment(deployment, namespace)
-        if (found.status.observed_generation or 0) < (found.metadata.generation or 0):
-            return None  # the controller has not seen the latest spec: its revision is not known yet
-        revision = (found.metadata.annotations or {}).get(REVISION_ANNOTATION)
-        selector = label_selector(found.spec.selector)
-        for replica_set in apps.list_namespaced_replica_set(namespace, label_selector=selector).items:
-            owners = [o.uid for o in replica_set.metadata.owner_references or []]
-            labels = replica_set.metadata.labels or {}
-            if (
-                found.metadata.uid in owners
-                and (replica_set.metadata.annotations or {}).get(REVISION_ANNOTATION) == revision
-                and "pod-template-hash" in labels
-            ):
-                return f"{selector},pod-template-hash={labels['pod-template-hash']}"
-        return None  # the controller has not made this revision's ReplicaSet yet
-
     def probe() -> list[str] | None:
-        selector = current_selector()
+        selector = new_pods_selector(api, namespace, deployment)
         if selector is None:
             return None
 

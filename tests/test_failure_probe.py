@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from e2e import diagnostics, install
+from e2e import diagnostics, install, rollout
 
 SELECTOR = {"control-plane": "kserve-controller-manager"}
 
@@ -20,7 +20,7 @@ SELECTOR = {"control-plane": "kserve-controller-manager"}
 def replica_set(revision: str, template_hash: str, owner: str = "dep-uid") -> Any:
     return SimpleNamespace(
         metadata=SimpleNamespace(
-            annotations={install.REVISION_ANNOTATION: revision},
+            annotations={rollout.REVISION: revision},
             labels={**SELECTOR, "pod-template-hash": template_hash},
             owner_references=[SimpleNamespace(uid=owner)],
         )
@@ -36,7 +36,7 @@ class FakeApps:
     def read_namespaced_deployment(self, name: str, namespace: str) -> Any:
         return SimpleNamespace(
             metadata=SimpleNamespace(
-                uid="dep-uid", generation=7, annotations={install.REVISION_ANNOTATION: self.revision}
+                uid="dep-uid", generation=7, annotations={rollout.REVISION: self.revision}
             ),
             spec=SimpleNamespace(selector=SimpleNamespace(match_labels=SELECTOR, match_expressions=None)),
             status=SimpleNamespace(observed_generation=self.observed_generation),
@@ -65,7 +65,7 @@ def provider() -> Any:
 
 def test_only_the_current_revisions_pods_are_evidence(monkeypatch: pytest.MonkeyPatch, probed: list[str]) -> None:
     sets = [replica_set("3", "old-gcr"), replica_set("4", "new-quay"), replica_set("4", "foreign", owner="other")]
-    monkeypatch.setattr(install.k8s_client, "AppsV1Api", lambda api: FakeApps("4", sets))
+    monkeypatch.setattr(rollout.k8s_client, "AppsV1Api", lambda api: FakeApps("4", sets))
     evidence = install.failure_probe(provider(), "kserve", "kserve-controller-manager")()
     assert probed == ["control-plane=kserve-controller-manager,pod-template-hash=new-quay"]
     assert evidence == ["pods of control-plane=kserve-controller-manager,pod-template-hash=new-quay: ErrImagePull"]
@@ -74,7 +74,7 @@ def test_only_the_current_revisions_pods_are_evidence(monkeypatch: pytest.Monkey
 def test_no_evidence_before_the_current_revision_has_its_replica_set(
     monkeypatch: pytest.MonkeyPatch, probed: list[str]
 ) -> None:
-    monkeypatch.setattr(install.k8s_client, "AppsV1Api", lambda api: FakeApps("5", [replica_set("4", "old")]))
+    monkeypatch.setattr(rollout.k8s_client, "AppsV1Api", lambda api: FakeApps("5", [replica_set("4", "old")]))
     assert install.failure_probe(provider(), "kserve", "kserve-controller-manager")() is None
     assert probed == []
 
@@ -84,6 +84,6 @@ def test_no_evidence_before_the_controller_saw_the_patch(monkeypatch: pytest.Mon
     revision (the retired image's), whose pod fails to pull; that is not the new image's failure."""
     apps = FakeApps("2", [replica_set("2", "old-gcr")])
     apps.observed_generation = 6  # the patch made generation 7
-    monkeypatch.setattr(install.k8s_client, "AppsV1Api", lambda api: apps)
+    monkeypatch.setattr(rollout.k8s_client, "AppsV1Api", lambda api: apps)
     assert install.failure_probe(provider(), "kserve", "kserve-controller-manager")() is None
     assert probed == []
