@@ -17,7 +17,8 @@ unable to pull, the old one still serving: a cluster one node drain away from th
    sample models probed throughout: migrated, no model request lost;
 2. ``--to`` a tag the registry does not hold is refused (exit 4, nothing written); with
    ``--force`` it fails fast on the kubelet's pull error and is rolled back by itself;
-3. a Deployment whose proxy carries ``--kube-api-qps`` (v0.22.1 knows it, v0.15.0 does not)
+3. a Deployment whose proxy carries ``--kube-api-qps`` and ``--kube-api-burst`` (v0.22.1 knows
+   them, v0.15.0 does not)
    moved to quay-v0.15.0 is refused with exit 7 naming the flag; with ``--force`` the proxy
    crashes at start, the rollout fails fast with its last log lines, and the recorded
    Deployment comes back.
@@ -221,7 +222,9 @@ def test_a_flag_the_target_refuses_is_refused_then_forced_crashes_and_is_rolled_
         apps = k8s_client.AppsV1Api(api)
         live = apps.read_namespaced_deployment(CONTROLLER[1], CONTROLLER[0])
         args = next(c.args for c in live.spec.template.spec.containers if c.name == "kube-rbac-proxy")
-        flagged = [*[a for a in args if not a.startswith("--kube-api-qps")], "--kube-api-qps=20"]
+        # Both: v0.22.1 exits at start with a QPS but no burst ("burst is required to be greater
+        # than 0 when RateLimiter is not set and QPS is set to greater than 0"; seen here).
+        flagged = [*[a for a in args if not a.startswith("--kube-api-")], "--kube-api-qps=20", "--kube-api-burst=40"]
         apps.patch_namespaced_deployment(CONTROLLER[1], CONTROLLER[0], {"spec": {"template": {"spec": {
             "containers": [{"name": "kube-rbac-proxy", "image": PROXY_IMAGE, "args": flagged}]}}}})  # fmt: skip
     subprocess.run(
