@@ -135,14 +135,17 @@ def migrate(options: Options, out: Callable[[str], None] | None = None) -> Migra
         report.context, report.server = pre.context, pre.server
         report.deployment, report.container = pre.proxy.deployment, pre.proxy.container
         report.from_image, report.kserve_version = pre.proxy.image or "", pre.version.version or "unknown"
-        report.preflight_verdict = f"{pre.verdict} (exit {pre.exit_code})"
         report.preflight_checks = [c.as_json() for c in pre.checks]
         report.blockers = blockers(pre)
-        step.detail = f"preflight: {pre.verdict}; " + (
-            f"{len(report.blockers)} reason(s) this change would fail"
-            if report.blockers
-            else "nothing blocks this change"
-        )
+        report.preflight_verdict = f"{pre.verdict} (exit {pre.exit_code})"
+        if report.blockers:
+            step.detail = f"preflight: {pre.verdict}; {len(report.blockers)} reason(s) this change would fail"
+        elif pre.failed:
+            # A retired or missing image in use: the reason to migrate, not a reason to stop.
+            report.preflight_verdict += ", for the images in use only: nothing blocks this change"
+            step.detail = "preflight: no-go for the images in use (what this change fixes); nothing blocks it"
+        else:
+            step.detail = "preflight: go; nothing blocks this change"
         step.evidence = [f"{c.name}: {c.status}: {c.detail}" for c in pre.checks if c.status is not Status.OK]
     if report.blockers and not options.force:
         report.end(
