@@ -375,6 +375,13 @@ def test_flag_contracts_with_list_is_a_usage_error() -> None:
     )
     assert result.returncode == 2
     assert result.stderr.strip() == "kserve-compat binaries: --flag-contracts and --list: expected one of them"
+    # The action as the other commands spell it names itself the same way.
+    result = subprocess.run(
+        [sys.executable, "-c", CLI, "binaries", "list", "--flag-contracts"],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=120, check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == "kserve-compat binaries: --flag-contracts and list: expected one of them"
 
 
 def test_a_broken_data_file_is_one_line(tmp_path: Path) -> None:

@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     proxy_versions = [v.strip() for v in args.proxy_versions.split(",") if v.strip()] if args.proxy_versions else None
     if args.flag_contracts is not None:
         if listing:
-            raise UsageError("--flag-contracts and list: expected one of them")
+            raise UsageError(f"--flag-contracts and {'--list' if args.list else 'list'}: expected one of them")
         extra = [proxy_version_for_tag(v) for v in proxy_versions or ()]
         derivation = proxy_flags.derive_all([*PROXY_VERSIONS, *extra], jobs=args.jobs)
         print(*derivation.lines, sep="\n")
