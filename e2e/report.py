@@ -822,9 +822,11 @@ def traffic_chart(result: CellResult) -> str:
                              f"{failed:.0f} failed</title></rect>")  # fmt: skip
     bottom = _TOP + len(lanes) * (_LANE_H + _LANE_GAP) - _LANE_GAP
     for name, at in sorted(result.traffic_marks.items(), key=lambda item: item[1]):
+        # A label in the right third is written leftwards of its line, so the chart never cuts it.
+        anchor, dx = ("end", -2) if x(at) > _LEFT + _CHART_W * 2 / 3 else ("start", 2)
         parts.append(f'<line x1="{x(at):.1f}" y1="{_TOP - 4}" x2="{x(at):.1f}" y2="{bottom}" stroke="#57606a" '
-                     f'stroke-dasharray="3,2"/><text x="{x(at) + 2:.1f}" y="{_TOP - 4}" font-size="10" '
-                     f'fill="#57606a">{_h(name)} {at:.1f} s</text>')  # fmt: skip
+                     f'stroke-dasharray="3,2"/><text x="{x(at) + dx:.1f}" y="{_TOP - 4}" font-size="10" '
+                     f'fill="#57606a" text-anchor="{anchor}">{_h(name)} {at:.1f} s</text>')  # fmt: skip
     parts.append(f'<text x="{_LEFT}" y="{height - 2}" font-size="10" fill="#57606a">0 s</text>')
     parts.append(f'<text x="{_LEFT + _CHART_W}" y="{height - 2}" font-size="10" fill="#57606a" '
                  f'text-anchor="end">{end:.1f} s</text>')  # fmt: skip
