@@ -4,7 +4,6 @@ the pods across the rollout), the prober that keeps asking them, and what must h
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from e2e.checks.migration import InferenceTarget, MetricsProber, ProbeSummary
 from e2e.errors import HarnessError, UsageError
 from e2e.migrate.report import MigrationReport
 from e2e.preflight.cluster import Connection
-from e2e.preflight.metrics import metrics_endpoint, resolve_kubectl
+from e2e.preflight.metrics import kubectl_env, metrics_endpoint, resolve_kubectl
 from e2e.preflight.model import REQUEST_TIMEOUT
 from e2e.preflight.runner import LiveController
 from e2e.targets import ServiceTarget
@@ -71,13 +70,6 @@ def open_model(
     argv = [*port_forward_argv(Path(resolve_kubectl(kubectl, "migrate")), service), "--context", conn.context]
     address = stack.enter_context(port_forward(argv, kubectl_env(conn)))
     return InferenceTarget(f"http://{address}", name, readiness_only=True)
-
-
-def kubectl_env(conn: Connection) -> dict[str, str]:
-    env = dict(os.environ)
-    if conn.kubeconfig:
-        env["KUBECONFIG"] = str(Path(conn.kubeconfig).expanduser())
-    return env
 
 
 # Where the prober asks for metrics while nothing serves them (a closed port: refused at once).

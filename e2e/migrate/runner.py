@@ -261,13 +261,7 @@ def _run_guarded(
                 )
                 step.detail += f" (generation {answer.metadata.generation})"
             with narrator.step("rollout", f"waiting for {report.deployment} to roll out"):
-                wait_for_rollout(
-                    api,
-                    profile.namespace,
-                    profile.deployment,
-                    timeout_s=options.rollout_timeout_s,
-                    failure_evidence=_evidence(api, live),
-                )
+                _await_rollout(api, live, options)
                 prober.mark("rolled out")
             with narrator.step(
                 "verify", f"metrics (and models) for {options.settle_s:.0f} s after the rollout"
@@ -335,13 +329,7 @@ def _rollback(
                 step.detail += "; its rollout not awaited (interrupted)"
             else:
                 try:
-                    wait_for_rollout(
-                        api,
-                        profile.namespace,
-                        profile.deployment,
-                        timeout_s=options.rollout_timeout_s,
-                        failure_evidence=_evidence(api, live),
-                    )
+                    _await_rollout(api, live, options)
                 except RolloutFailed as exc:
                     # The template is back (what was asked); its pods may be as broken as before the change.
                     step.status = "warn"
@@ -357,6 +345,15 @@ def _rollback(
     report.ends_on = _ends_on(api, live, report)
     outcome = Outcome.INTERRUPTED if interrupted else Outcome.ROLLED_BACK
     report.end(outcome, f"{failure}; rolled back to the recorded Deployment")
+
+
+def _await_rollout(api: k8s_client.ApiClient, live: LiveController, options: Options) -> None:
+    """The controller's rollout, failing fast on its new pods (the change's and the rollback's)."""
+    profile = live.profile
+    wait_for_rollout(
+        api, profile.namespace, profile.deployment, timeout_s=options.rollout_timeout_s,
+        failure_evidence=_evidence(api, live),
+    )  # fmt: skip
 
 
 def _ends_on(api: k8s_client.ApiClient, live: LiveController, report: MigrationReport) -> str:

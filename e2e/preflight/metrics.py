@@ -188,6 +188,14 @@ def resolve_kubectl(kubectl: str | None, needed_by: str = "--check-metrics") -> 
     return binary
 
 
+def kubectl_env(conn: Connection) -> dict[str, str]:
+    """This process's environment with the connection's kubeconfig, for a kubectl it starts."""
+    env = dict(os.environ)
+    if conn.kubeconfig:
+        env["KUBECONFIG"] = str(Path(conn.kubeconfig).expanduser())
+    return env
+
+
 @contextlib.contextmanager
 def metrics_endpoint(
     conn: Connection, profile: ControllerProfile, metrics_url: str | None, kubectl: str | None
@@ -203,10 +211,7 @@ def metrics_endpoint(
 
     service = ServiceTarget(profile.namespace, profile.metrics_service, profile.metrics_port)
     argv = [*port_forward_argv(Path(binary), service), "--context", conn.context]
-    env = dict(os.environ)
-    if conn.kubeconfig:
-        env["KUBECONFIG"] = str(Path(conn.kubeconfig).expanduser())
-    with port_forward(argv, env) as address:
+    with port_forward(argv, kubectl_env(conn)) as address:
         yield f"https://{address}/metrics"
 
 
