@@ -4,17 +4,25 @@ cluster the run leaves, as an operator runs it on theirs (only a kubeconfig).
 
 The site's registry is Debian's docker-registry on the kind network's gateway, seeded the way
 the docs tell users to (``kserve-compat images push --to``: each image under its upstream
-path). The harness (KServe v0.20.0, Kubernetes 1.34, the local image set) points docker.io,
-quay.io and gcr.io at it with ``--registry-mirror`` and starts no mirror of its own for them;
-the retired gcr.io proxy was never pushed, so its cell ends as in production, with the
-kubelet's ``NotFound``. The run keeps the cluster (``--keep-cluster``); the registry stays.
+path). The harness (KServe v0.13.1, the last release of the line that ships the retired
+``gcr.io/kubebuilder/kube-rbac-proxy:v0.13.1``; Kubernetes 1.34; the local image set) points
+docker.io, quay.io and gcr.io at it with ``--registry-mirror`` and starts no mirror of its own
+for them; the retired gcr.io proxy was never pushed, so its cell ends as in production, with
+the kubelet's ``NotFound``. The run keeps the cluster (``--keep-cluster``); the registry stays.
 
-The retired cell leaves the controller Deployment asking for the retired image, its new pod
-unable to pull, the old one still serving: a cluster one node drain away from the outage of
-2026-03. On it:
+The retired cell leaves the controller Deployment asking for the retired image. Then the
+site is made what clusters were on 2026-03-06: the retired image is put into the node's
+containerd under its gcr.io name (as a node that pulled it before the deletion holds it), and
+the Deployment's pods run from that copy: fine until a pod lands on a node without it. The
+copy is the real v0.13.1 when the local Docker engine holds
+``registry.k8s.io/kubebuilder/kube-rbac-proxy:v0.13.1`` (pulled by the user where a registry
+can be reached); here, where the Go module proxy refuses kube-rbac-proxy v0.13.1 and no
+registry can be reached, it is a **stand-in**: the bytes of v0.15.0 built here, under the
+retired name (the test prints which). What is tested, the migration off that name, is the
+same either way. On that cluster:
 
 1. ``migrate --to quay-v0.22.1`` moves it off the retired image, with the metrics and both
-   sample models probed throughout: migrated, no model request lost;
+   sample models probed throughout: migrated, no model request lost, the outage reported;
 2. ``--to`` a tag the registry does not hold is refused (exit 4, nothing written); with
    ``--force`` it fails fast on the kubelet's pull error and is rolled back by itself;
 3. a Deployment whose proxy carries ``--kube-api-qps`` and ``--kube-api-burst`` (v0.22.1 knows
@@ -49,11 +57,13 @@ from e2e.local import binaries
 pytestmark = [pytest.mark.slow, pytest.mark.needs_docker]
 
 REPO = Path(__file__).resolve().parents[1]
-KSERVE, K8S, PROXY, RETIRED = "v0.20.0", "1.34", "quay-v0.22.1", "gcr-v0.13.1"
+KSERVE, K8S, PROXY, RETIRED = "v0.13.1", "1.34", "quay-v0.22.1", "gcr-v0.13.1"
 PROXY_IMAGE = "quay.io/brancz/kube-rbac-proxy:v0.22.1"
 RETIRED_IMAGE = "gcr.io/kubebuilder/kube-rbac-proxy:v0.13.1"
 MISSING = "quay.io/brancz/kube-rbac-proxy:v0.99.0"
 OLDER = "quay.io/brancz/kube-rbac-proxy:v0.15.0"  # knows no --kube-api-qps
+# The retired tag's frozen copy, the real bytes, when the user has it in the local engine.
+FROZEN_COPY = "registry.k8s.io/kubebuilder/kube-rbac-proxy:v0.13.1"
 # Every registry the release's images name (the node image carries its own pause/CoreDNS/etcd).
 USER_HOSTS = ("docker.io", "quay.io", "gcr.io")
 MODELS = ("kserve-compat-samples/sklearn-iris", "kserve-compat-samples/sklearn-iris-v2")
@@ -70,6 +80,7 @@ class Site:
     kubeconfig: Path
     kubectl: str
     env: dict[str, str]
+    cached_from: str  # the bytes the node holds under the retired name (the frozen copy or a stand-in)
 
 
 @pytest.fixture(scope="module")
@@ -88,11 +99,18 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                         "--proxy quay-v0.15.0)")  # fmt: skip
     workdir = tmp_path_factory.mktemp("site")
     env = {**os.environ, "KSERVE_COMPAT_MANIFEST_DIR": str(session_release_files().offline_directory())}
+    env["KSERVE_COMPAT_MANIFESTS_FROM_MODULE"] = "1"  # v0.13.1 has no kserve.yaml in the offline directory
     env.pop("CI", None)  # the harness's own behaviour, not the test suite's CI rule
     registry = RegistryMirror("users-registry", workdir / "storage", workdir, kind_network_gateway(), None).start()
     name = cluster_name(f"kserve-{KSERVE}--k8s-{K8S}")
     try:
         selection = ["--kserve", KSERVE, "--proxy", f"{PROXY},{RETIRED}", "--k8s", K8S]
+        # The release's controller and serving images (built once, then current).
+        built = subprocess.run(
+            [sys.executable, "-m", "e2e.cli", "images", "build", *selection],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=1800, check=False,
+        )  # fmt: skip
+        assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
         # Seeded as the docs tell users: the whole image set, each under its upstream path.
         pushed = subprocess.run(
             [sys.executable, "-m", "e2e.cli", "images", "push", "--to", f"127.0.0.1:{registry.port}", *selection],
@@ -113,10 +131,42 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         report = run / "reports" / "report.json"
         results = {r["cell_id"]: r for r in json.loads(report.read_text())} if report.exists() else {}
         kubeconfig = run / ".pytest-kind" / name / "kubeconfig"
-        yield Site(registry, pushed.stdout, results, output, code, kubeconfig, kubectl, env)
+        node = f"{name}-control-plane"
+        cached_from = cache_the_retired_image_on_the_node(node, kubeconfig, kubectl) if code == 0 else ""
+        yield Site(registry, pushed.stdout, results, output, code, kubeconfig, kubectl, env, cached_from)
     finally:
         subprocess.run([kind, "delete", "cluster", "--name", name], capture_output=True, check=False, timeout=300)
         registry.stop()
+
+
+def cache_the_retired_image_on_the_node(node: str, kubeconfig: Path, kubectl: str) -> str:
+    """Make the node hold the retired image under its gcr.io name, as a node that pulled it
+    before the deletion does, and let the controller's stuck pods start from that copy.
+    Returns what the copy is: the frozen copy's real bytes if the engine has them, else the
+    stand-in (said so in the test's output)."""
+    source = FROZEN_COPY if image_present(FROZEN_COPY) else OLDER
+    what = "the real v0.13.1 (the frozen copy in the local engine)" if source == FROZEN_COPY else (
+        f"a STAND-IN: {OLDER} built here (the Go module proxy refuses kube-rbac-proxy v0.13.1)")  # fmt: skip
+    print(f"caching {RETIRED_IMAGE} on {node}: {what}")
+    ctr = ["docker", "exec", "-i", node, "ctr", "--namespace=k8s.io", "images"]
+    save = subprocess.Popen(["docker", "save", source], stdout=subprocess.PIPE)
+    try:
+        subprocess.run([*ctr, "import", "--all-platforms", "--digests", "-"], stdin=save.stdout, check=True,
+                       capture_output=True, timeout=300)  # fmt: skip
+    finally:
+        assert save.stdout is not None
+        save.stdout.close()
+        save.wait(timeout=60)
+    subprocess.run([*ctr, "tag", "--force", source, RETIRED_IMAGE], check=True, capture_output=True, timeout=60)
+    subprocess.run([*ctr, "rm", source], check=True, capture_output=True, timeout=60)
+    # The pods waiting in ImagePullBackOff would retry after their back-off (up to 5 min):
+    # deleted, their replacements find the image on the node at once.
+    kube = [kubectl, "--kubeconfig", str(kubeconfig), "-n", CONTROLLER[0]]
+    subprocess.run([*kube, "delete", "pod", "--field-selector=status.phase=Pending", "--wait=false"], check=True,
+                   capture_output=True, timeout=60)  # fmt: skip
+    subprocess.run([*kube, "rollout", "status", f"deployment/{CONTROLLER[1]}", "--timeout=300s"], check=True,
+                   capture_output=True, timeout=330)  # fmt: skip
+    return what
 
 
 # -- the harness against the site's registry -----------------------------------------------------
@@ -175,10 +225,33 @@ def proxy_image(site: Site) -> str:
     return done.stdout.strip()
 
 
-def test_migrate_moves_a_deployment_stuck_on_the_retired_image_with_nothing_lost(site: Site, tmp_path: Path) -> None:
+def running_proxy_images(site: Site) -> list[str]:
+    """The kube-rbac-proxy image of each ready pod of the controller Deployment (a pod being
+    deleted, still serving through its grace period, is not counted)."""
+    done = subprocess.run(
+        [site.kubectl, "--kubeconfig", str(site.kubeconfig), "-n", CONTROLLER[0], "get", "pods", "-l",
+         "control-plane=kserve-controller-manager", "-o", "json"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    images = []
+    for pod in json.loads(done.stdout)["items"]:
+        if pod["metadata"].get("deletionTimestamp"):
+            continue
+        statuses = {s["name"]: s for s in pod["status"].get("containerStatuses") or []}
+        proxy = statuses.get("kube-rbac-proxy") or {}
+        if proxy.get("ready"):
+            images.append(proxy["image"])
+    return images
+
+
+def test_migrate_moves_a_cluster_running_the_retired_image_from_its_node_with_nothing_lost(
+    site: Site, tmp_path: Path
+) -> None:
     assert site.code == 0, site.output[-3000:]
-    # What the retired cell left: the Deployment asks for the image its registry lost.
+    # The site as on 2026-03-06: the Deployment runs the retired image from the node's copy.
+    print(f"the node's {RETIRED_IMAGE}: {site.cached_from}")
     assert proxy_image(site) == RETIRED_IMAGE
+    assert running_proxy_images(site) == [RETIRED_IMAGE], running_proxy_images(site)
     code, report, output = migrate(site, tmp_path, "--to", PROXY)
     assert code == 0, output[-5000:]
     assert report["outcome"] == "migrated" and report["ends_on"] == f"the new Deployment (proxy {PROXY_IMAGE})"
