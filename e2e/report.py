@@ -786,8 +786,8 @@ _OK, _FAILED = "#2da44e", "#cf222e"
 
 
 def traffic_chart(result: CellResult) -> str:
-    """A migration's requests over time as an inline SVG: per bucket, the metrics requests and
-    the inference requests that were answered (green) or failed (red), and when the swap began
+    """An image change's requests over time (a migration, a rollback) as an inline SVG: per
+    bucket, the metrics requests and the inference requests that were answered (green) or failed (red), and when the swap began
     and the rollout ended. No script, no external file: the page stays one file."""
     rows = result.traffic
     bucket = rows[1][0] - rows[0][0] if len(rows) > 1 else 0.5
@@ -801,7 +801,7 @@ def traffic_chart(result: CellResult) -> str:
     width = max(1.0, _CHART_W * bucket / end - 1)
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{_LEFT + _CHART_W + 10}" height="{height}" '
-        f'role="img" aria-label="requests over time during the migration" class="traffic">'
+        f'role="img" aria-label="requests over time during the image change" class="traffic">'
     ]
     for lane, (name, ok_column, failed_column) in enumerate(lanes):
         top = _TOP + lane * (_LANE_H + _LANE_GAP)
@@ -832,7 +832,7 @@ def traffic_chart(result: CellResult) -> str:
                  f'text-anchor="end">{end:.1f} s</text>')  # fmt: skip
     parts.append("</svg>")
     caption = (
-        f"<p><small>Requests per {bucket:g} s during the migration: answered "
+        f"<p><small>Requests per {bucket:g} s during the image change: answered "
         f'<span style="color:{_OK}">■</span>, failed <span style="color:{_FAILED}">■</span>.</small></p>'
     )
     return "".join(parts) + caption

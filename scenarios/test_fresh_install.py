@@ -7,10 +7,17 @@ group's real Prometheus), inference and the logs.
 
 from __future__ import annotations
 
-from e2e import steps
 from e2e.matrix import MatrixCell
 from e2e.run import Harness
 from e2e.scenario import Scenario
+from e2e.steps.check_image import check_image_in_use
+from e2e.steps.check_inference import check_inference
+from e2e.steps.check_metrics import check_metrics_access
+from e2e.steps.deploy import deploy_sample_models
+from e2e.steps.install import install_release
+from e2e.steps.metrics_scrape import check_metrics_scrape
+from e2e.steps.swap import swap_proxy_image
+from e2e.steps.token_leak import check_token_leak
 
 
 def _not_retired(cell: MatrixCell, provider: str) -> str | None:
@@ -23,14 +30,14 @@ SCENARIO = Scenario(
     applies=_not_retired,
     rank=0,
     steps=(
-        steps.install_release,
-        steps.swap_proxy_image,
-        steps.deploy_sample_models,
-        steps.check_image_in_use,
-        steps.check_metrics_access,
-        steps.check_metrics_scrape,
-        steps.check_inference,
-        steps.check_token_leak,
+        install_release,
+        swap_proxy_image,
+        deploy_sample_models,
+        check_image_in_use,
+        check_metrics_access,
+        check_metrics_scrape,
+        check_inference,
+        check_token_leak,
     ),
 )
 

@@ -8,10 +8,18 @@ may be lost; the metrics outage window is measured; then the fresh-install check
 
 from __future__ import annotations
 
-from e2e import steps
 from e2e.matrix import MatrixCell, migration_start_image
 from e2e.run import Harness
 from e2e.scenario import Scenario
+from e2e.steps.check_image import check_image_in_use
+from e2e.steps.check_inference import check_inference
+from e2e.steps.check_metrics import check_metrics_access
+from e2e.steps.deploy import deploy_sample_models
+from e2e.steps.install import install_release
+from e2e.steps.metrics_scrape import check_metrics_scrape
+from e2e.steps.migrate import migrate_under_load
+from e2e.steps.swap_to_start import swap_to_start_image
+from e2e.steps.token_leak import check_token_leak
 
 
 def _migrates(cell: MatrixCell, provider: str) -> str | None:
@@ -29,15 +37,15 @@ SCENARIO = Scenario(
     applies=_migrates,
     rank=2,
     steps=(
-        steps.install_release,
-        steps.deploy_sample_models,
-        steps.swap_to_start_image,
-        steps.migrate_under_load,
-        steps.check_image_in_use,
-        steps.check_metrics_access,
-        steps.check_metrics_scrape,
-        steps.check_inference,
-        steps.check_token_leak,
+        install_release,
+        deploy_sample_models,
+        swap_to_start_image,
+        migrate_under_load,
+        check_image_in_use,
+        check_metrics_access,
+        check_metrics_scrape,
+        check_inference,
+        check_token_leak,
     ),
 )
 

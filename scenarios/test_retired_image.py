@@ -8,11 +8,12 @@ comes from the matrix's registry status, labelled as such in the report.
 
 from __future__ import annotations
 
-from e2e import steps
 from e2e.matrix import MatrixCell
 from e2e.results import Verdict
 from e2e.run import Harness
 from e2e.scenario import Scenario
+from e2e.steps.install import install_release
+from e2e.steps.swap import swap_proxy_image
 
 
 def _retired(cell: MatrixCell, provider: str) -> str | None:
@@ -24,7 +25,7 @@ SCENARIO = Scenario(
     story=__doc__ or "",
     applies=_retired,
     rank=1,
-    steps=(steps.install_release, steps.swap_proxy_image),
+    steps=(install_release, swap_proxy_image),
     expected=Verdict.IMAGE_UNAVAILABLE,
     expected_because="the image cannot be pulled; the pull error (kind) or registry status (local) is the evidence",
 )

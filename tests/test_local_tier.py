@@ -228,12 +228,16 @@ def test_ctrl_c_leaves_no_process_and_no_temp_dir(tmp_path: Path, phase: str) ->
 def test_api_server_killed_mid_cell_is_an_error_and_the_run_goes_on(tmp_path: Path) -> None:
     """The API server dies in the middle of a cell: that cell is `error` with the cause,
     the API server is restarted, and the next cell of the group passes."""
-    from e2e import steps
     from e2e.cell import CellRun
     from e2e.matrix import Selection
     from e2e.results import Verdict
     from e2e.run import Harness, HarnessOptions
     from e2e.scenario import Scenario, Step
+    from e2e.steps.check_image import check_image_in_use
+    from e2e.steps.check_metrics import check_metrics_access
+    from e2e.steps.deploy import deploy_sample_models
+    from e2e.steps.install import install_release
+    from e2e.steps.swap import swap_proxy_image
 
     def kill_api_server(run: CellRun) -> None:
         assert run.cluster is not None
@@ -248,22 +252,22 @@ def test_api_server_killed_mid_cell_is_an_error_and_the_run_goes_on(tmp_path: Pa
         name="fresh-install",
         story="the API server dies before the image is checked",
         steps=(
-            steps.install_release,
-            steps.swap_proxy_image,
+            install_release,
+            swap_proxy_image,
             Step("kill-api-server", kill_api_server, lambda cell, context: ["SIGKILL kube-apiserver"]),
-            steps.check_image_in_use,  # reads the Deployment: the API server is gone
+            check_image_in_use,  # reads the Deployment: the API server is gone
         ),
     )
     healthy = Scenario(
         name="fresh-install",
         story="the next cell of the group",
         steps=(
-            steps.install_release,
-            steps.swap_proxy_image,
+            install_release,
+            swap_proxy_image,
             # metrics-content wants reconciles: the manager must have InferenceServices to reconcile.
-            steps.deploy_sample_models,
-            steps.check_image_in_use,
-            steps.check_metrics_access,
+            deploy_sample_models,
+            check_image_in_use,
+            check_metrics_access,
         ),
     )
     options = HarnessOptions(

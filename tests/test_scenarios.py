@@ -204,7 +204,7 @@ def test_a_scenario_for_no_cell_is_deselected_with_its_reason(inner_run: tuple[s
 
 def test_every_scenario_module_defines_one_scenario_with_distinct_names_and_ranks() -> None:
     scenarios = load_scenarios()
-    assert [s.name for s in scenarios] == ["fresh-install", "retired-image", "migration"]
+    assert [s.name for s in scenarios] == ["fresh-install", "retired-image", "migration", "rollback"]
     assert len({s.rank for s in scenarios}) == len(scenarios)
     for scenario in scenarios:
         assert scenario.steps[0].name == "install", scenario.name
@@ -256,7 +256,7 @@ def _scenarios(tmp_path: Path, *args: str, env: dict[str, str] | None = None) ->
 
 @pytest.mark.slow
 def test_the_plan_lists_exactly_the_steps_a_run_executes(tmp_path: Path) -> None:
-    """One group, three kinds of cell: fresh installs, a migration, a retired image. The
+    """One group, four kinds of cell: fresh installs, a migration, a rollback, a retired image. The
     retired image's binary is even supplied (the v0.18.0 build under the v0.13.1 variable):
     the cell must still end image-unavailable, by the matrix's registry status."""
     _local_tier_ready()
@@ -269,13 +269,18 @@ def test_the_plan_lists_exactly_the_steps_a_run_executes(tmp_path: Path) -> None
         ("fresh-install", "kserve-v0.14.0--quay-v0.22.1--k8s-1.34"),
         ("retired-image", "kserve-v0.14.0--gcr-v0.13.1--k8s-1.34"),
         ("migration", "kserve-v0.14.0--quay-v0.22.1--k8s-1.34"),
+        ("rollback", "kserve-v0.14.0--quay-v0.22.1--k8s-1.34"),
     }
 
     stand_in = binaries.locate("kube-rbac-proxy", "v0.18.0")
     done = _scenarios(tmp_path, *selection, env={"KSERVE_COMPAT_KUBE_RBAC_PROXY_V0_13_1": str(stand_in)})
     output = done.stdout + done.stderr
     results: list[dict[str, Any]] = json.loads((tmp_path / "reports" / "report.json").read_text())
-    ran = {(r["scenario"], r["cell_id"].removesuffix("--migration")): r["steps"] for r in results}
+    # Each scenario with a grid of its own writes its own result, beside the cell's.
+    assert {r["cell_id"] for r in results if r["proxy_alias"] == "quay-v0.22.1"} == {
+        f"kserve-v0.14.0--quay-v0.22.1--k8s-1.34{suffix}" for suffix in ("", "--migration", "--rollback")
+    }
+    ran = {(r["scenario"], r["cell_id"].removesuffix("--" + r["scenario"])): r["steps"] for r in results}
     assert ran == plan, output[-3000:]
     verdicts = {(r["scenario"], r["proxy_alias"]): r["verdict"] for r in results}
     assert verdicts == {
@@ -283,12 +288,18 @@ def test_the_plan_lists_exactly_the_steps_a_run_executes(tmp_path: Path) -> None
         ("fresh-install", "quay-v0.22.1"): "pass",
         ("retired-image", "gcr-v0.13.1"): "image-unavailable",
         ("migration", "quay-v0.22.1"): "pass",
+        ("rollback", "quay-v0.22.1"): "pass",
     }, output[-3000:]
+    # The way back ends on the image the release ships, probed throughout.
+    rollback = next(r for r in results if r["scenario"] == "rollback")
+    checks = {c["name"]: c for c in rollback["checks"]}
+    assert "rolled out quay.io/brancz/kube-rbac-proxy:v0.18.0" in checks["proxy-rollout"]["detail"], checks
+    assert rollback["traffic"], "the rollback's requests over time are recorded for the report's chart"
     retired = next(r for r in results if r["scenario"] == "retired-image")
     assert "by the matrix's registry status" in retired["reason"]
     assert any("no registry was asked" in d for d in retired["deviations"]), retired["deviations"]
     assert done.returncode == 0, output[-3000:]  # the expected verdict of every scenario
-    assert "4 passed" in output
+    assert "5 passed" in output
 
 
 def test_ctrl_c_in_a_step_is_recorded_as_an_interruption_and_goes_on(tmp_path: Path) -> None:

@@ -94,26 +94,27 @@ def test_missing_prometheus_fails_the_test_in_ci(monkeypatch: pytest.MonkeyPatch
 def test_a_cell_without_prometheus_records_why_and_fails_only_for_a_missing_binary_in_ci(
     monkeypatch: pytest.MonkeyPatch, error: HarnessError, ci: str, status: CheckStatus
 ) -> None:
-    from e2e.cell import CellRun
+    from e2e.steps import metrics_scrape
 
     monkeypatch.setenv("CI", ci)
     run: Any = SimpleNamespace(result=new_cell(), cluster=None)
-    run._cluster = lambda: SimpleNamespace(prometheus_error=error)
-    CellRun.check_metrics_scrape(run)
+    run.group_cluster = lambda: SimpleNamespace(prometheus_error=error)
+    metrics_scrape.act(run)
     (check,) = run.result.checks
     assert (check.name, check.status) == ("metrics-scrape", status)
     assert str(error) in check.detail
 
 
 def test_a_prometheus_that_died_is_an_error_with_its_last_words(monkeypatch: pytest.MonkeyPatch) -> None:
-    from e2e.cell import CellRun
+    from e2e.steps import metrics_scrape
 
     def dead() -> None:
         raise WorkloadFailed("prometheus exited: code 1", ["exit code 1", "err=\"opening storage failed\""])
 
     run: Any = SimpleNamespace(result=new_cell(), cluster=None)
-    run._cluster = lambda: SimpleNamespace(prometheus_error=None, provider=SimpleNamespace(prometheus_endpoint=dead))
-    CellRun.check_metrics_scrape(run)
+    provider = SimpleNamespace(prometheus_endpoint=dead)
+    run.group_cluster = lambda: SimpleNamespace(prometheus_error=None, provider=provider)
+    metrics_scrape.act(run)
     (check,) = run.result.checks
     assert (check.name, check.status) == ("metrics-scrape", CheckStatus.ERROR)
     assert "prometheus exited" in check.detail

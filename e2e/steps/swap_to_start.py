@@ -1,0 +1,23 @@
+"""swap-to-start-image: put in the image a change starts from, the one the release ships
+(a retired gcr.io image replaced by its frozen copy: see ``migration_start_image``)."""
+
+from __future__ import annotations
+
+from e2e.cell import CellRun
+from e2e.matrix import MatrixCell, migration_start_image
+from e2e.scenario import PlanContext, Step
+from e2e.steps.swap import swap_lines, swap_to
+
+
+def act(run: CellRun) -> None:
+    cluster = run.group_cluster()
+    assert cluster.manifest is not None
+    swap_to(run, migration_start_image(run.cell, shipped=cluster.manifest.proxy_image))
+
+
+def describe(cell: MatrixCell, context: PlanContext) -> list[str]:
+    start = migration_start_image(cell)
+    return [f"start from the image the release ships (or its frozen copy): {start}", *swap_lines(cell, context, start)]
+
+
+swap_to_start_image = Step("swap-to-start-image", act, describe)
