@@ -20,9 +20,7 @@ from e2e.apply import Applier
 from e2e.cluster.provider import ClusterProvider, ServiceTarget
 from e2e.errors import HarnessError, NotInOfflineDirectory, WorkloadUnavailable
 from e2e.images import RegistryMirrors
-from e2e.imageset import serving
 from e2e.imageset.offline import images_of
-from e2e.local import sklearnserver
 from e2e.manifests import (
     ReleaseFile,
     ReleaseFiles,
@@ -139,15 +137,14 @@ class Installer:
         patch = proxy_patch(install_cell, manifest, rewrite)
         first = patched_manifest(install_cell, manifest, rewrite)
         documents = list(first.documents)
-        if provider.image_set is not None:
-            documents = self._with_local_images(cluster, release, documents)
-        elif provider.runs_pods:
-            provider.load_images(images_of(documents))  # their hosts' pull-through mirrors
+        cluster.notes += provider.make_pullable(release, documents)
         if install_cell.proxy.image != cell.proxy.image:
             cluster.notes.append(f"installed with {install_cell.proxy.image}; the cell's image is swapped in after")
         runtimes = self._runtime_documents(release)
-        if provider.image_set is not None:
-            self._serve_from_local_images(cluster, release, serving_images(runtimes, documents))
+        samples = provider.serve_samples(release, serving_images(runtimes, documents))
+        cluster.model_store_uri = samples.model_store_uri
+        cluster.serving_unavailable = samples.unavailable
+        cluster.deviations += samples.deviations
         profile = release.profile
 
         def controller_rollout() -> Any:
@@ -222,71 +219,6 @@ class Installer:
             return candidate
         raise CellSkipped(f"no proxy image can run here to install {cluster.group.id}: {'; '.join(reasons)[:300]}")
 
-    @staticmethod
-    def _serve_from_local_images(cluster: GroupCluster, release: KServeRelease, images: list[str]) -> None:
-        """Load the release's serving images built here and start the model store the samples
-        fetch from; without them, say why inference is not checked."""
-        image_set = cluster.provider.image_set
-        assert image_set is not None
-        missing = image_set.missing(images)
-        pair = serving.serving_images_of(release.version, images)
-        if missing or pair is None:
-            cluster.serving_unavailable = (
-                f"the serving images {', '.join(missing or images) or '(none named)'} are not in the local "
-                "image set: no model server can run, inference is not checked"
-            )
-            return
-        model_path = serving.iris_model_path(pair.sklearnserver)
-        if model_path is None:
-            cluster.serving_unavailable = (
-                f"{pair.sklearnserver} was not built by this image set (no iris model label): inference is not checked"
-            )
-            return
-        cluster.provider.load_images(list(images))
-        Applier(cluster.provider.api_client()).apply(model_store.model_store_documents(pair.sklearnserver, model_path))
-        cluster.model_store_uri = model_store.model_store_uri(model_path)
-        cluster.deviations.append(
-            f"{', '.join(images)} built here from python/ of {sklearnserver.KSERVE_MODULE}@{release.version} "
-            "(this machine's CPython 3.11 on Debian bookworm, dependencies pinned by the release's lock), "
-            "not the published images"
-        )
-
-    @staticmethod
-    def _with_local_images(
-        cluster: GroupCluster, release: KServeRelease, documents: list[dict[str, Any]]
-    ) -> list[dict[str, Any]]:
-        """The controller's images built here, put into the nodes' mirrors; the kubelet pulls
-        them with the release's own pull policy."""
-        profile = release.profile
-        controller = [
-            doc
-            for doc in documents
-            if doc.get("kind") == "Deployment"
-            and doc.get("metadata", {}).get("name") == profile.deployment
-            and doc.get("metadata", {}).get("namespace", profile.namespace) == profile.namespace
-        ]
-        # The proxy's image is loaded (or left to the kubelet) with the cell's swap.
-        needed: list[str] = []
-        proxy: list[str] = []
-        for doc in controller:
-            for container in doc["spec"]["template"]["spec"]["containers"]:
-                if container.get("image"):
-                    (proxy if container.get("name") == profile.proxy_container else needed).append(container["image"])
-        cluster.provider.load_images(needed)
-        # The release's other workloads (local model controller, ...): loaded when built here;
-        # the install waits only for the controller, so a missing one is a note, not a failure.
-        image_set = cluster.provider.image_set
-        assert image_set is not None
-        others = [image for image in images_of(documents) if image not in needed and image not in proxy]
-        missing = image_set.missing(others)
-        cluster.provider.load_images([image for image in others if image not in missing])
-        if missing:
-            cluster.notes.append(
-                f"not in the local image set, so their pods cannot start: {', '.join(missing)} "
-                "(the install waits for the controller only)"
-            )
-        return documents
-
     def _cert_manager_documents(self, cluster: GroupCluster, release: KServeRelease) -> list[dict[str, Any]]:
         """cert-manager for the release: the whole install on kind, CRDs only locally.
 
@@ -295,17 +227,10 @@ class Installer:
         used and the substitution recorded. On kind with the local image set, the
         cert-manager built here (its images loaded, its manifest rendered from its chart).
         """
-        image_set = cluster.provider.image_set
-        if image_set is not None:
-            version, text = image_set.cert_manager_manifest()
-            documents = load_yaml_documents(text, remember=True)
-            cluster.provider.load_images(images_of(documents))
-            if version != release.cert_manager:
-                cluster.deviations.append(
-                    f"cert-manager {version} built here from source (the newest buildable) in place of "
-                    f"{release.cert_manager}, the version KServe {release.version}'s quick-install names"
-                )
-            return documents
+        brought = cluster.provider.cert_manager(release)
+        if brought is not None:
+            cluster.deviations += brought.deviations
+            return brought.documents
         local = not cluster.provider.runs_pods
         name = "cert-manager.crds.yaml" if local else "cert-manager.yaml"
         version = release.cert_manager

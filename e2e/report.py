@@ -787,8 +787,9 @@ _OK, _FAILED = "#2da44e", "#cf222e"
 
 def traffic_chart(result: CellResult) -> str:
     """An image change's requests over time (a migration, a rollback) as an inline SVG: per
-    bucket, the metrics requests and the inference requests that were answered (green) or failed (red), and when the swap began
-    and the rollout ended. No script, no external file: the page stays one file."""
+    bucket, the metrics requests and the inference requests that were answered (green) or
+    failed (red), and when the swap began and the rollout ended. No script, no external
+    file: the page stays one file."""
     rows = result.traffic
     bucket = rows[1][0] - rows[0][0] if len(rows) > 1 else 0.5
     end = max(rows[-1][0] + bucket, *result.traffic_marks.values(), 0.1)

@@ -6,6 +6,7 @@ are the real manifests (through the harness's resolver).
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -118,24 +119,22 @@ def test_the_install_loads_the_release_images_built_here_and_notes_the_rest(
 ) -> None:
     from types import SimpleNamespace
 
-    from e2e.install import GroupCluster, Installer
+    from e2e.imageset import release_install
     from e2e.matrix import load_matrix
 
     release = load_matrix().release("v0.14.0")
     documents = load_yaml_documents(release_files.read(ReleaseFile("kserve", "v0.14.0", "kserve.yaml")).decode())
+    before = copy.deepcopy(documents)
     loaded: list[str] = []
-    provider = SimpleNamespace(
-        image_set=RecordingImageSet({"kserve/kserve-controller:v0.14.0"}),
-        load_images=lambda images: loaded.extend(images),
-    )
-    cluster = GroupCluster(group=SimpleNamespace(), provider=provider)  # type: ignore[arg-type]
-    installed = Installer._with_local_images(cluster, release, documents)
+    provider: Any = SimpleNamespace(load_images=lambda images: loaded.extend(images))
+    image_set = RecordingImageSet({"kserve/kserve-controller:v0.14.0"})
+    notes = release_install.make_pullable(image_set, provider, release, documents)
     # the controller's manager image, never the proxy's (the cell's swap loads that one)
     assert loaded == ["kserve/kserve-controller:v0.14.0"]
-    assert any("kserve/kserve-localmodel-controller:v0.14.0" in note for note in cluster.notes)
-    # The kubelet pulls from the nodes' mirrors with the release's own pull policy: no deviation.
-    assert installed == documents
-    assert cluster.deviations == []
-    policies = {c.get("imagePullPolicy") for d in installed if d.get("kind") == "Deployment"
+    assert any("kserve/kserve-localmodel-controller:v0.14.0" in note for note in notes)
+    # The kubelet pulls from the nodes' mirrors with the release's own pull policy: the
+    # documents are applied as the release wrote them.
+    assert documents == before
+    policies = {c.get("imagePullPolicy") for d in documents if d.get("kind") == "Deployment"
                 for c in d["spec"]["template"]["spec"]["containers"]}
     assert "Always" in policies

@@ -202,7 +202,7 @@ def local_plan(tmp_path_factory: pytest.TempPathFactory) -> str:
 def test_plan_lists_each_group_with_its_install_steps(local_plan: str) -> None:
     lines = local_plan.splitlines()
     assert lines[0] == (
-        "kserve-compat plan: provider local, 12 scenario runs of 8 cells in 3 cluster groups "
+        "kserve-compat plan: provider local, 16 scenario runs of 8 cells in 3 cluster groups "
         "(nothing is created, started or downloaded)"
     )
     headers = [line for line in lines if ". cluster group " in line]
@@ -220,7 +220,7 @@ def test_plan_lists_each_group_with_its_install_steps(local_plan: str) -> None:
         "       install kserve.yaml, kserve-cluster-resources.yaml by server-side apply (CRDs first, until Established)"
     ) in lines
     installs = [line for line in lines if line.startswith("     step 1 install: KServe ")]
-    assert len(installs) == 12  # every run names its install step; the group's first cell does it
+    assert len(installs) == 16  # every run names its install step; the group's first cell does it
     assert sum(line.startswith("   cluster: start etcd + kube-apiserver") for line in lines) == 3
     assert "   teardown: delete the cluster of kserve-v0.14.0--k8s-1.33 (unless --keep-cluster)" in lines
     reports_line = lines[-1]
@@ -274,9 +274,11 @@ def test_plan_prints_each_scenario_with_its_own_steps_and_expectation(sandbox: S
     assert set(planned_steps(plan)) == {
         ("fresh-install", "kserve-v0.10.1--quay-v0.22.1--k8s-1.33"),
         ("migration", "kserve-v0.10.1--quay-v0.22.1--k8s-1.33"),
+        ("rollback", "kserve-v0.10.1--quay-v0.22.1--k8s-1.33"),
         ("retired-image", "kserve-v0.10.1--gcr-v0.13.1--k8s-1.33"),
         ("fresh-install", "kserve-v0.14.0--quay-v0.22.1--k8s-1.33"),
         ("migration", "kserve-v0.14.0--quay-v0.22.1--k8s-1.33"),
+        ("rollback", "kserve-v0.14.0--quay-v0.22.1--k8s-1.33"),
         ("retired-image", "kserve-v0.14.0--gcr-v0.13.1--k8s-1.33"),
     }
     retired = cell_blocks(plan, "retired-image")["kserve-v0.10.1--gcr-v0.13.1--k8s-1.33"]
@@ -290,6 +292,12 @@ def test_plan_prints_each_scenario_with_its_own_steps_and_expectation(sandbox: S
         "quay.io/brancz/kube-rbac-proxy:v0.22.1"
     )
     assert "     catch: on fail / error / image-unavailable, collect diagnostics" in "\n".join(migration)
+    rollback = cell_blocks(plan, "rollback")["kserve-v0.10.1--quay-v0.22.1--k8s-1.33"]
+    # the cell's image, then back to the frozen copy of the image the release ships
+    assert patch_of(rollback, 0)["spec"]["template"]["spec"]["containers"][0]["image"] == (
+        "quay.io/brancz/kube-rbac-proxy:v0.22.1"
+    )
+    assert patch_of(rollback, 1)["spec"]["template"]["spec"]["containers"][0]["image"] == K8S_PROXY
 
 
 def test_plan_applies_registry_mirrors_to_the_patch(sandbox: Sandbox) -> None:
@@ -315,7 +323,7 @@ def test_kind_plan_renders_without_docker(sandbox: Sandbox) -> None:
     plan = render_plan(options("kind", sandbox, selection=selection), runs_of("kind", selection))
     assert_touched_nothing(sandbox, before)
     lines = plan.splitlines()
-    assert lines[0].startswith("kserve-compat plan: provider kind, 4 scenario runs of 3 cells in 3 cluster groups")
+    assert lines[0].startswith("kserve-compat plan: provider kind, 5 scenario runs of 3 cells in 3 cluster groups")
     creates = [line for line in lines if line.startswith("   cluster: create kind cluster ")]
     assert [line.split()[4].rstrip(":") for line in creates] == [
         "kcompat-v0-10-1-k8s-1-33",

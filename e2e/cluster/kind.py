@@ -50,11 +50,12 @@ from e2e.apply import Applier
 from e2e.cache import cache_root
 from e2e.cluster import cgroup_freezer
 from e2e.cluster.mirrors import NODE_CERTS_DIR, MirrorMode, NodeMirrors, registry_binary, upstream_name
-from e2e.cluster.provider import ClusterInfo, ClusterProvider, ProviderFactory
+from e2e.cluster.provider import CertManagerInstall, ClusterInfo, ClusterProvider, ProviderFactory, SamplesServing
 from e2e.data import MANIFESTS_DIR
 from e2e.errors import EnvironmentMissing, HarnessError, UsageError, WorkloadFailed, WorkloadUnavailable
+from e2e.imageset import release_install
 from e2e.imageset.offline import LocalImageSet, image_present
-from e2e.matrix import Matrix, load_matrix
+from e2e.matrix import KServeRelease, Matrix, load_matrix
 from e2e.rollout import wait_for_rollout
 from e2e.targets import ServiceTarget
 
@@ -1105,6 +1106,23 @@ class KindCluster(ClusterProvider):
         return port_forward(
             port_forward_argv(Path(self._kind.kubectl_path), target), kubectl_environment(self.kubeconfig)
         )
+
+    # -- the install on the image set built here (--local-images): e2e/imageset/release_install --
+
+    def cert_manager(self, release: KServeRelease) -> CertManagerInstall | None:
+        if self.image_set is None:
+            return None
+        return release_install.cert_manager(self.image_set, self, release)
+
+    def make_pullable(self, release: KServeRelease, documents: Sequence[dict[str, Any]]) -> list[str]:
+        if self.image_set is None:
+            return super().make_pullable(release, documents)
+        return release_install.make_pullable(self.image_set, self, release, documents)
+
+    def serve_samples(self, release: KServeRelease, images: list[str]) -> SamplesServing:
+        if self.image_set is None:
+            return super().serve_samples(release, images)
+        return release_install.serve_samples(self.image_set, self, release, images)
 
     def load_images(self, images: Sequence[str]) -> None:
         """Make the images pullable from the nodes' mirrors; the kubelet pulls them itself.

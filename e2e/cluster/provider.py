@@ -13,16 +13,18 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
 from e2e.errors import HarnessError, WorkloadUnavailable
+from e2e.imageset.offline import images_of
 from e2e.targets import ServiceTarget
 
 if TYPE_CHECKING:
     from e2e.imageset.offline import LocalImageSet
+    from e2e.matrix import KServeRelease
     from e2e.scrape import ScrapeJob
 
 __all__ = ["ClusterInfo", "ClusterProvider", "ProviderFactory", "ServiceTarget", "no_endpoint_change"]
@@ -39,6 +41,24 @@ class ClusterInfo:
     deviations: list[str] = field(default_factory=list)
 
 
+@dataclass
+class CertManagerInstall:
+    """The cert-manager a provider installs instead of the release's, and why it differs."""
+
+    documents: list[dict[str, Any]]
+    deviations: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SamplesServing:
+    """How the samples' model server is had: a model store to fetch from (a ``storageUri``
+    the samples are rewritten to), or why inference cannot be checked; and what differs."""
+
+    model_store_uri: str = ""
+    unavailable: str = ""
+    deviations: list[str] = field(default_factory=list)
+
+
 class ClusterProvider(abc.ABC):
     """A running cluster the harness can use. Create through a provider's factory."""
 
@@ -46,8 +66,7 @@ class ClusterProvider(abc.ABC):
     #: Whether a kubelet runs the pods' containers. Without one (local tier) nothing serves
     #: admission webhooks or pulls cert-manager's images, so only CRDs of those are applied.
     runs_pods: bool = True
-    #: The image set built here that a kind cluster runs on (``--local-images``), else None:
-    #: the install then loads the release's images from it and renders cert-manager from it.
+    #: The image set built here that a kind cluster runs on (``--local-images``), else None.
     image_set: LocalImageSet | None = None
 
     @property
@@ -107,6 +126,24 @@ class ClusterProvider(abc.ABC):
         binary the provider started for that container.
         """
         return None
+
+    # -- what the install takes from its cluster (kind on the image set built here overrides) --
+
+    def cert_manager(self, release: KServeRelease) -> CertManagerInstall | None:
+        """The cert-manager installed in place of the release's own, or None: the release's."""
+        return None
+
+    def make_pullable(self, release: KServeRelease, documents: Sequence[dict[str, Any]]) -> list[str]:
+        """Make the release's images pullable before ``documents`` are applied; returns notes.
+        By default their hosts' (pull-through) mirrors fetch them; without a kubelet nothing pulls."""
+        if self.runs_pods:
+            self.load_images(images_of(documents))
+        return []
+
+    def serve_samples(self, release: KServeRelease, images: list[str]) -> SamplesServing:
+        """How the samples' model server (``images``: the release's server and storage
+        initializer) is had; by default from the registries, as the release names it."""
+        return SamplesServing()
 
     def why_nothing_serves(self) -> str:
         """Why no sample model can be served on this cluster once KServe is installed, or

@@ -1,0 +1,107 @@
+"""What a KServe install on kind takes from the image set built here (``--local-images``).
+
+The installer asks its provider three things (``ClusterProvider``'s install hooks): which
+cert-manager to install, how to make the release's images pullable, and how the samples'
+model server is had. A kind cluster on the image set answers them here, so the installer
+does not know the image set exists:
+
+- cert-manager: the one built here from source (images loaded, the manifest rendered from
+  its chart), a deviation when the release's quick-install names another version;
+- the controller's images (the proxy's comes with the cell's swap) and the release's other
+  workloads' images go into the nodes' mirrors; one not built here is a note (the install
+  waits for the controller only);
+- the sklearnserver and storage-initializer images built here, and the in-cluster model
+  store serving the iris model trained with the release's scikit-learn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from e2e import model_store
+from e2e.apply import Applier
+from e2e.cluster.provider import CertManagerInstall, ClusterProvider, SamplesServing
+from e2e.imageset import serving
+from e2e.imageset.offline import LocalImageSet, images_of
+from e2e.local import sklearnserver
+from e2e.manifests import load_yaml_documents
+from e2e.matrix import KServeRelease
+
+
+def cert_manager(image_set: LocalImageSet, provider: ClusterProvider, release: KServeRelease) -> CertManagerInstall:
+    version, text = image_set.cert_manager_manifest()
+    documents = load_yaml_documents(text, remember=True)
+    provider.load_images(images_of(documents))
+    deviations = []
+    if version != release.cert_manager:
+        deviations.append(
+            f"cert-manager {version} built here from source (the newest buildable) in place of "
+            f"{release.cert_manager}, the version KServe {release.version}'s quick-install names"
+        )
+    return CertManagerInstall(documents, deviations)
+
+
+def make_pullable(
+    image_set: LocalImageSet, provider: ClusterProvider, release: KServeRelease, documents: Sequence[dict[str, Any]]
+) -> list[str]:
+    """The controller's images built here, put into the nodes' mirrors (the kubelet pulls
+    them with the release's own pull policy), and the release's other workloads' where
+    built; returns a note naming those that are not."""
+    profile = release.profile
+    controller = [
+        doc
+        for doc in documents
+        if doc.get("kind") == "Deployment"
+        and doc.get("metadata", {}).get("name") == profile.deployment
+        and doc.get("metadata", {}).get("namespace", profile.namespace) == profile.namespace
+    ]
+    # The proxy's image is loaded (or left to the kubelet) with the cell's swap.
+    needed: list[str] = []
+    proxy: list[str] = []
+    for doc in controller:
+        for container in doc["spec"]["template"]["spec"]["containers"]:
+            if container.get("image"):
+                (proxy if container.get("name") == profile.proxy_container else needed).append(container["image"])
+    provider.load_images(needed)
+    # The release's other workloads (local model controller, ...): loaded when built here;
+    # the install waits only for the controller, so a missing one is a note, not a failure.
+    others = [image for image in images_of(documents) if image not in needed and image not in proxy]
+    missing = image_set.missing(others)
+    provider.load_images([image for image in others if image not in missing])
+    if not missing:
+        return []
+    return [
+        f"not in the local image set, so their pods cannot start: {', '.join(missing)} "
+        "(the install waits for the controller only)"
+    ]
+
+
+def serve_samples(
+    image_set: LocalImageSet, provider: ClusterProvider, release: KServeRelease, images: list[str]
+) -> SamplesServing:
+    """The release's serving images built here, and the model store the samples fetch from;
+    without them, why inference is not checked."""
+    missing = image_set.missing(images)
+    pair = serving.serving_images_of(release.version, images)
+    if missing or pair is None:
+        return SamplesServing(
+            unavailable=f"the serving images {', '.join(missing or images) or '(none named)'} are not in the local "
+            "image set: no model server can run, inference is not checked"
+        )
+    model_path = serving.iris_model_path(pair.sklearnserver)
+    if model_path is None:
+        return SamplesServing(
+            unavailable=f"{pair.sklearnserver} was not built by this image set (no iris model label): "
+            "inference is not checked"
+        )
+    provider.load_images(list(images))
+    Applier(provider.api_client()).apply(model_store.model_store_documents(pair.sklearnserver, model_path))
+    return SamplesServing(
+        model_store_uri=model_store.model_store_uri(model_path),
+        deviations=[
+            f"{', '.join(images)} built here from python/ of {sklearnserver.KSERVE_MODULE}@{release.version} "
+            "(this machine's CPython 3.11 on Debian bookworm, dependencies pinned by the release's lock), "
+            "not the published images"
+        ],
+    )
