@@ -26,6 +26,15 @@ PrometheusRule of ``watch-images.yaml``) fire on ``kserve_compat_image_available
 (an image in use cannot be pulled any more) and, as a warning, on a registry that could not
 be checked for an hour. ``--once`` checks one round, prints a table and exits 0 / 4 gone /
 6 could not check, as ``audit --probe`` does.
+
+In the cluster: ``--print-manifest`` prints ``e2e/data/manifests/watch-images.yaml`` filled
+in (the image, the watcher's namespace, this command's options for the Deployment's args,
+the rules file's groups in the PrometheusRule) and exits: a ServiceAccount with read-only
+RBAC (``list`` of what a round reads, ``get`` of pull secrets), a Deployment of one
+non-root replica, its Service (port ``metrics``, 9400) and a ServiceMonitor. There the
+watcher connects with its ServiceAccount (``connect`` without a kubeconfig, in a pod). The
+image: ``deploy/watch-images/Dockerfile``, or ``kserve-compat images build --watch-images``
+offline (``e2e/imageset/watch_images.py``).
 """
 
 from __future__ import annotations
@@ -36,10 +45,11 @@ import binascii
 import contextlib
 import json
 import logging
+import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,9 +58,12 @@ from kubernetes import client as k8s_client
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
+from e2e import __version__
 from e2e.audit import EXIT_CLEAN, EXIT_UNAVAILABLE, EXIT_UNCHECKED, image_uses
-from e2e.errors import UsageError
+from e2e.data import MANIFESTS_DIR
+from e2e.errors import HarnessError, ImageReferenceError, UsageError
 from e2e.images import DEFAULT_REGISTRY, ImageReference, RegistryMirrors
+from e2e.imageset.watch_images import image_reference
 from e2e.preflight.cluster import connect, live_workloads
 from e2e.registry import ImageAvailability, RegistryProbe, Status
 from e2e.secrets import register
@@ -59,6 +72,10 @@ from e2e.text import one_line
 log = logging.getLogger(__name__)
 
 PREDICTOR_LABEL = "serving.kserve.io/inferenceservice"
+MANIFEST = MANIFESTS_DIR / "watch-images.yaml"
+RULES = MANIFESTS_DIR / "watch-images-rules.yaml"
+DEFAULT_LISTEN = "127.0.0.1:9400"
+DEFAULT_WATCHER_NAMESPACE = "kserve-compat"
 EXIT_CODES = (
     (EXIT_CLEAN, "--once: every image in use can be pulled"),
     (2, "usage error (unreachable cluster, a bad --listen or --interval)"),
@@ -261,10 +278,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context", help="kubeconfig context (default: the current context)")
     parser.add_argument("--namespace", "-n", metavar="NS", default="kserve", help="KServe's namespace (default kserve)")
     parser.add_argument("--interval", type=float, default=300.0, metavar="S", help="seconds between rounds (300)")
-    parser.add_argument(
-        "--listen", default="127.0.0.1:9400", metavar="HOST:PORT",
-        help="where /metrics is served (default 127.0.0.1:9400)",
-    )  # fmt: skip
+    parser.add_argument("--listen", metavar="HOST:PORT", help=f"where /metrics is served (default {DEFAULT_LISTEN})")
     parser.add_argument(
         "--once", action="store_true", help="one round: print a table and exit (0, 4 gone, 6 unchecked)"
     )
@@ -273,6 +287,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]", help="plain HTTP")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per registry request (default 10)")
+    parser.add_argument(
+        "--print-manifest", action="store_true",
+        help="print the manifest that runs this watcher in the cluster (ServiceAccount, read-only RBAC, "
+        "Deployment, Service, ServiceMonitor, PrometheusRule) with --namespace, --interval, --timeout, "
+        "--registry-mirror and --insecure-registry as its args, and exit",
+    )  # fmt: skip
+    parser.add_argument(
+        "--image", metavar="REF", help=f"--print-manifest: the watcher's image (default {image_reference()})"
+    )
+    parser.add_argument(
+        "--watcher-namespace", metavar="NS",
+        help=f"--print-manifest: the namespace the watcher runs in (default {DEFAULT_WATCHER_NAMESPACE})",
+    )  # fmt: skip
 
 
 def _listen_address(value: str) -> tuple[str, int]:
@@ -282,10 +309,86 @@ def _listen_address(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+# A namespace name (RFC 1123 label), as the API server takes it.
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
+
+
+def watch_args(args: argparse.Namespace) -> list[str]:
+    """This command's options as the in-cluster watcher's args (after ``watch-images --listen``)."""
+    options = [f"--namespace={args.namespace}", f"--interval={args.interval:g}", f"--timeout={args.timeout:g}"]
+    options += [f"--registry-mirror={rule}" for rule in args.registry_mirror]
+    return options + [f"--insecure-registry={host}" for host in args.insecure_registry]
+
+
+def rule_groups_text() -> str:
+    """The ``groups:`` block of the rules file, its comments kept: what the PrometheusRule's spec holds."""
+    text = RULES.read_text()
+    start = re.search(r"(?m)^groups:", text)
+    if start is None:
+        raise HarnessError(f"{RULES}: no top-level groups:; expected a Prometheus rule file")
+    return text[start.start() :]
+
+
+def render_manifest(image: str, watcher_namespace: str, options: Sequence[str]) -> str:
+    """``watch-images.yaml`` filled in: ``${name}`` scalars (quoted), the list item
+    ``- ${watch_args}`` as one item per option, the line ``${rule_groups}`` as the rules file's groups."""
+    scalars = {"image": image, "watcher_namespace": watcher_namespace, "version": __version__}
+
+    def scalar(match: re.Match[str]) -> str:
+        if match.group(1) not in scalars:
+            raise HarnessError(f"{MANIFEST}: unknown placeholder {match.group(0)}")
+        return json.dumps(scalars[match.group(1)])
+
+    lines: list[str] = []
+    for line in MANIFEST.read_text().splitlines():
+        indent = line[: len(line) - len(line.lstrip())]
+        if line.strip() == "${rule_groups}":
+            lines += [indent + rule if rule.strip() else "" for rule in rule_groups_text().splitlines()]
+        elif line.strip() == "- ${watch_args}":
+            lines += [f"{indent}- {json.dumps(option)}" for option in options]
+        else:
+            lines.append(_PLACEHOLDER.sub(scalar, line))
+    text = "\n".join(lines) + "\n"
+    try:
+        list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:  # the template's fault, not the user's
+        raise HarnessError(f"{MANIFEST}: does not render to YAML ({one_line(exc)})") from None
+    return text
+
+
+def _print_manifest(args: argparse.Namespace) -> int:
+    given = [option for option, value in (("--once", args.once), ("--listen", args.listen),
+             ("--kubeconfig", args.kubeconfig), ("--context", args.context)) if value]  # fmt: skip
+    if given:
+        raise UsageError(
+            f"--print-manifest {given[0]}: the manifest's watcher uses its ServiceAccount and listens on its "
+            f"Service's port; {given[0]} goes with watching from here"
+        )
+    watcher_namespace = args.watcher_namespace or DEFAULT_WATCHER_NAMESPACE
+    for option, namespace in (("--namespace", args.namespace), ("--watcher-namespace", watcher_namespace)):
+        if not _NAMESPACE.fullmatch(namespace):
+            raise UsageError(f"{option} {namespace}: expected a namespace name (lowercase letters, digits, '-')")
+    image = args.image or image_reference()
+    try:
+        ImageReference.parse(image)
+    except ImageReferenceError as exc:
+        raise UsageError(f"--image {image}: {exc}") from None
+    RegistryMirrors.from_options(args.registry_mirror)  # a bad rule is this command's error, not the pod's
+    sys.stdout.write(render_manifest(image, watcher_namespace, watch_args(args)))
+    return EXIT_CLEAN
+
+
 def run(args: argparse.Namespace) -> int:
     if args.interval <= 0 or args.timeout <= 0:
         raise UsageError("--interval/--timeout: expected a positive number of seconds")
-    host, port = _listen_address(args.listen)
+    if args.print_manifest:
+        return _print_manifest(args)
+    for option, value in (("--image", args.image), ("--watcher-namespace", args.watcher_namespace)):
+        if value:
+            raise UsageError(f"{option} {value}: goes with --print-manifest only")
+    listen = args.listen or DEFAULT_LISTEN
+    host, port = _listen_address(listen)
     mirrors = RegistryMirrors.from_options(args.registry_mirror)
 
     def make_probe(credentials: dict[str, tuple[str, str]]) -> RegistryProbe:
@@ -311,7 +414,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         server, _thread = start_http_server(port, addr=host, registry=metrics.registry)
     except OSError as exc:
-        raise UsageError(f"--listen {args.listen}: cannot listen there ({exc.strerror})") from None
+        raise UsageError(f"--listen {listen}: cannot listen there ({exc.strerror})") from None
     print(
         f"watch-images: /metrics on http://{host}:{port}/metrics, a round every {args.interval:.0f}s", file=sys.stderr
     )

@@ -7,6 +7,11 @@ mid-run one image is deleted from the registry, as gcr.io/kubebuilder's were. It
 flips to 0, the unreachable one stays "could not check" (never "gone"), and Prometheus,
 scraping the watcher with the shipped rules file, puts exactly the deleted image's
 ``KServeImageCannotBePulled`` alert in its pending state (its ``for:`` is 15 minutes).
+
+In the cluster: the manifest ``--print-manifest`` prints applies (the Prometheus Operator's
+two kinds on stand-in CRDs), and a token of its ServiceAccount, mounted as the kubelet would
+mount it, lets ``connect`` find the pod's ServiceAccount and a round read what it reads as an
+admin, and nothing more.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import pytest
 import requests
 import yaml
 from kubernetes import client as k8s_client
+from kubernetes.client.exceptions import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 from registry_server import RunningRegistry, push_image, registry_binary, run_registry
 
@@ -247,3 +253,79 @@ def test_the_pull_secrets_the_pods_name_give_the_probe_its_credentials(
     }  # fmt: skip
     assert password not in redact(f"a log line that quotes {password}")
     core.delete_namespaced_pod("private-predictor-0", "models", grace_period_seconds=0)
+
+
+def monitoring_crd(plural: str, kind: str) -> dict[str, Any]:
+    """A stand-in for the Prometheus Operator's CRD of ``kind``: its name and group, any content."""
+    schema = {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.monitoring.coreos.com"},
+        "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
+                 "names": {"plural": plural, "singular": kind.lower(), "kind": kind, "listKind": f"{kind}List"},
+                 "versions": [{"name": "v1", "served": True, "storage": True, "schema": schema}]},
+    }  # fmt: skip
+
+
+def test_the_printed_manifest_applies_and_its_service_account_reads_what_a_round_needs_and_no_more(
+    api: k8s_client.ApiClient, control_plane: Any, cluster: dict[str, str], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    import base64
+    import json
+
+    from e2e.apply import Applier
+    from e2e.preflight import cluster as preflight_cluster
+    from e2e.tokens import mint_token
+    from e2e.watch_images import images_in_use
+
+    printed = subprocess.run([sys.executable, "-m", "e2e.cli", "watch-images", "--print-manifest"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60, check=True).stdout  # fmt: skip
+    documents = [d for d in yaml.safe_load_all(printed) if d]
+    crds = [monitoring_crd("servicemonitors", "ServiceMonitor"), monitoring_crd("prometheusrules", "PrometheusRule")]
+    applier = Applier(api)
+    report = applier.apply([*crds, *documents])
+    assert len(report.applied) == len(crds) + len(documents) and not report.skipped
+
+    # A predictor whose image is private: its pull secret is read by name, with `get`.
+    core = k8s_client.CoreV1Api(api)
+    login = {"auths": {"127.0.0.1:5998": {"username": "robot", "password": "watcher-pull-password"}}}
+    core.create_namespaced_secret("models", {
+        "metadata": {"name": "watcher-login"}, "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": base64.b64encode(json.dumps(login).encode()).decode()},
+    })  # fmt: skip
+    core.create_namespaced_pod("models", {
+        "metadata": {"name": "private-predictor-1", "labels": {"serving.kserve.io/inferenceservice": "private"}},
+        "spec": {"imagePullSecrets": [{"name": "watcher-login"}],
+                 "containers": [{"name": "kserve-container", "image": "127.0.0.1:5998/private/model:v2"}]},
+    })  # fmt: skip
+    account = {d["kind"]: d for d in documents}["ServiceAccount"]["metadata"]
+    mounted = tmp_path / "serviceaccount"  # what the kubelet mounts into the watcher's pod
+    mounted.mkdir()
+    (mounted / "token").write_text(mint_token(api, account["namespace"], account["name"]))
+    (mounted / "ca.crt").write_bytes(Path(control_plane.ca_file).read_bytes())
+    monkeypatch.setattr(preflight_cluster, "SERVICE_ACCOUNT_DIR", mounted)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", control_plane.server.rsplit(":", 1)[1])
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    try:
+        conn = preflight_cluster.connect(None, None)
+        assert conn.in_cluster and conn.server == control_plane.server
+        as_watcher = images_in_use(conn.api, "kserve")
+        assert as_watcher == images_in_use(api, "kserve")
+        assert "127.0.0.1:5998/private/model:v2" in as_watcher.images
+        assert as_watcher.credentials["127.0.0.1:5998"] == ("robot", "watcher-pull-password")
+        # Read-only, and no secret it was not told the name of.
+        watcher_core = k8s_client.CoreV1Api(conn.api)
+        for forbidden in (lambda: watcher_core.list_namespaced_secret("models"),
+                          lambda: watcher_core.delete_namespaced_pod("private-predictor-1", "models"),
+                          lambda: watcher_core.read_namespace("models")):  # fmt: skip
+            with pytest.raises(ApiException) as refused:
+                forbidden()
+            assert refused.value.status == 403
+        conn.api.close()
+    finally:
+        core.delete_namespaced_pod("private-predictor-1", "models", grace_period_seconds=0)
+        core.delete_namespaced_secret("watcher-login", "models")
+        applier.delete([*crds, *documents])

@@ -5,7 +5,9 @@ reason; ``build`` builds what is missing (node images first, then the components
 1 when an image that could be built was not; ``push --to REGISTRY`` copies what is built into
 a registry (an air-gapped site's mirror), each image under its upstream path. The selection
 defaults to the matrix's default selection (latest patch of each KServe line, every proxy
-image, the default Kubernetes minors; `--k8s all` for every one).
+image, the default Kubernetes minors; `--k8s all` for every one). ``--watch-images`` acts on
+the image of ``kserve-compat watch-images`` alone, built from this checkout
+(``e2e/imageset/watch_images.py``): no cell runs it, so it is not in the matrix's set.
 """
 
 from __future__ import annotations
@@ -57,6 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MINOR",
         help="Kubernetes minor of a node image, e.g. 1.35, or all (repeatable; default: the matrix's default minors)",
     )
+    parser.add_argument(
+        "--watch-images", action="store_true",
+        help="the image of `kserve-compat watch-images` (built from this checkout) instead of the matrix's set",
+    )  # fmt: skip
     parser.add_argument("--matrix", metavar="FILE", help="matrix file (default e2e/data/matrix.yaml)")
     parser.add_argument(
         "--output", choices=("text", "json"), default="text", help="list and build: text (default) or json"
@@ -133,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("images push: expected --to REGISTRY (host[:port][/path]) to push the image set into")
     if args.action != "push" and args.to:
         raise UsageError(f"images {args.action} --to {args.to}: --to goes with push only")
+    if args.watch_images:
+        return _watch_images(args)
     kserve = _values(args.kserve)
     for version in kserve:
         check_release_tag(version)
@@ -155,3 +163,18 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr if args.output == "json" else sys.stdout,  # stdout stays one JSON document
     )
     return 1 if failed else 0
+
+
+def _watch_images(args: argparse.Namespace) -> int:
+    """``images ACTION --watch-images``: the one image, listed, built or pushed like the set's."""
+    from e2e.imageset import watch_images
+
+    selection = [option for option, value in (("--kserve", args.kserve), ("--proxy", args.proxy), ("--k8s", args.k8s),
+                 ("--matrix", args.matrix), ("--manifest-dir", args.manifest_dir)) if value]  # fmt: skip
+    if selection:
+        raise UsageError(f"images {args.action} --watch-images {selection[0]}: the watch-images image has no selection")
+    if args.action == "push":
+        return _push([watch_images.planned()], args.to)
+    image = watch_images.ensure() if args.action == "build" else watch_images.planned()
+    _print([image], args.output)
+    return 1 if image.status == components.FAILED else 0

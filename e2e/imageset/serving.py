@@ -195,12 +195,12 @@ def build(images: ServingImages) -> ServingImages:
         venv = venv_dir(env)
         path = f"{venv}/bin:{node.PATH_ENV}"
         common = [f"ENV PATH={path}", f"ENV VIRTUAL_ENV={venv}", f"USER {SERVING_USER}"]
-        _commit(
+        commit_image(
             container,
             server_recipe,
             [*common, f"LABEL {IRIS_MODEL_LABEL}={env.model}", 'ENTRYPOINT ["python", "-m", "sklearnserver"]'],
         )
-        _commit(
+        commit_image(
             container,
             storage_recipe,
             [*common, f"WORKDIR {STORAGE_WORKDIR}", f"ENTRYPOINT {json.dumps([STORAGE_ENTRYPOINT])}"],
@@ -214,13 +214,7 @@ def _fill(container: str, env: SklearnServerEnv, entrypoint: Path) -> None:
     """Put the interpreter, the venv and the storage initializer's script in; add user 1000;
     prove as that user that both entry points import."""
     prefix, venv = python_prefix(env), venv_dir(env)
-    excludes = [f"--exclude={prefix.relative_to('/')}/lib/python*/{name}" for name in _PYTHON_EXCLUDES]
-    excludes.append("--exclude=__pycache__")
-    node.docker_stream(
-        ["cp", "-", f"{container}:/"],
-        f"Python {prefix} and venv {venv} into {container}",
-        ["tar", "-C", "/", "-c", *excludes, str(prefix.relative_to("/")), str(venv.relative_to("/"))],
-    )
+    copy_python(container, prefix, venv)
     docker(["exec", container, "mkdir", "-p", str(Path(STORAGE_ENTRYPOINT).parent)], "mkdir /storage-initializer")
     docker(["cp", str(entrypoint), f"{container}:{STORAGE_ENTRYPOINT}"], "storage initializer entrypoint")
     # The venv keeps the absolute path it was made at (under root's home on this machine):
@@ -253,7 +247,22 @@ def _fill(container: str, env: SklearnServerEnv, entrypoint: Path) -> None:
             )
 
 
-def _commit(container: str, recipe: ImageRecipe, changes: list[str]) -> None:
+def copy_python(container: str, prefix: Path, *also: Path) -> None:
+    """This machine's interpreter at ``prefix`` (its standard library, less ``_PYTHON_EXCLUDES``)
+    and the directories ``also`` into ``container``, each at its own absolute path."""
+    excludes = [f"--exclude={prefix.relative_to('/')}/lib/python*/{name}" for name in _PYTHON_EXCLUDES]
+    excludes.append("--exclude=__pycache__")
+    paths = [str(path.relative_to("/")) for path in (prefix, *also)]
+    node.docker_stream(
+        ["cp", "-", f"{container}:/"],
+        f"Python {prefix}{''.join(f' and {path}' for path in also)} into {container}",
+        ["tar", "-C", "/", "-c", *excludes, *paths],
+    )
+
+
+def commit_image(container: str, recipe: ImageRecipe, changes: list[str]) -> None:
+    """``docker commit`` ``container`` as ``recipe``'s image with ``changes`` and its recipe label
+    (the image it replaces removed)."""
     args = ["commit"]
     for change in [*changes, f"LABEL {RECIPE_LABEL}={recipe.digest()}"]:
         args += ["--change", change]

@@ -67,7 +67,7 @@ def open_model(
     """A port-forward to the model's predictor Service (following its pods), as the prober's target."""
     from e2e.cluster.kind import port_forward, port_forward_argv
 
-    argv = [*port_forward_argv(Path(resolve_kubectl(kubectl, "migrate")), service), "--context", conn.context]
+    argv = [*port_forward_argv(Path(resolve_kubectl(kubectl, "migrate")), service), *conn.kubectl_context()]
     address = stack.enter_context(port_forward(argv, kubectl_env(conn)))
     return InferenceTarget(f"http://{address}", name, readiness_only=True)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
+from kubernetes.config.incluster_config import SERVICE_HOST_ENV_NAME, InClusterConfigLoader
 
 from e2e.apply import api_message
 from e2e.audit import AuditReport, audit
@@ -35,6 +37,10 @@ from e2e.preflight.model import (
 from e2e.registry import RegistryProbe
 from e2e.text import one_line
 
+# Where the kubelet mounts a pod's ServiceAccount token and the cluster's CA.
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+IN_CLUSTER = "in-cluster"  # what a Connection names as its context when it uses the pod's ServiceAccount
+
 
 @dataclass
 class Connection:
@@ -42,10 +48,22 @@ class Connection:
     context: str
     server: str
     kubeconfig: str | None
+    in_cluster: bool = False  # the pod's ServiceAccount, no kubeconfig
+
+    def kubectl_context(self) -> list[str]:
+        """The ``--context`` option of a kubectl started for this connection (none in a pod:
+        that kubectl finds the ServiceAccount as this process did)."""
+        return [] if self.in_cluster else ["--context", self.context]
 
 
 def connect(kubeconfig: str | None, context: str | None) -> Connection:
-    """An API client for ``context`` of ``kubeconfig`` (defaults as kubectl's), known reachable."""
+    """An API client for ``context`` of ``kubeconfig`` (defaults as kubectl's), known reachable.
+
+    With neither given, no default kubeconfig and a ServiceAccount mounted (the process runs
+    in a pod, as ``watch-images`` does in its Deployment): that ServiceAccount, as kubectl does.
+    """
+    if kubeconfig is None and context is None and not _default_kubeconfig_exists() and _in_pod():
+        return _reachable(_in_cluster_configuration(), IN_CLUSTER, None, in_cluster=True)
     where = f"kubeconfig {kubeconfig}" if kubeconfig else "the default kubeconfig ($KUBECONFIG or ~/.kube/config)"
     if kubeconfig and not Path(kubeconfig).expanduser().is_file():
         raise UsageError(f"--kubeconfig {kubeconfig}: not found; expected a kubeconfig file")
@@ -67,6 +85,37 @@ def connect(kubeconfig: str | None, context: str | None) -> Connection:
         )
     except (ConfigException, OSError, ValueError) as exc:
         raise UsageError(f"context {chosen} of {where}: not usable ({one_line(exc)})") from None
+    return _reachable(configuration, chosen, kubeconfig)
+
+
+def _default_kubeconfig_exists() -> bool:
+    """Whether kubectl would read a kubeconfig: $KUBECONFIG set (even naming nothing: that is
+    its error to report) or ~/.kube/config there."""
+    return bool(os.environ.get("KUBECONFIG")) or Path("~/.kube/config").expanduser().exists()
+
+
+def _in_pod() -> bool:
+    return bool(os.environ.get(SERVICE_HOST_ENV_NAME)) and (SERVICE_ACCOUNT_DIR / "token").is_file()
+
+
+def _in_cluster_configuration() -> k8s_client.Configuration:
+    """The pod's ServiceAccount: the API server of $KUBERNETES_SERVICE_HOST/PORT, its token
+    (read again as the kubelet rotates it) and the cluster's CA."""
+    configuration = k8s_client.Configuration()
+    loader = InClusterConfigLoader(
+        token_filename=str(SERVICE_ACCOUNT_DIR / "token"), cert_filename=str(SERVICE_ACCOUNT_DIR / "ca.crt")
+    )
+    try:
+        loader.load_and_set(configuration)
+    except (ConfigException, OSError) as exc:
+        raise UsageError(f"the pod's ServiceAccount ({SERVICE_ACCOUNT_DIR}): not usable ({one_line(exc)})") from None
+    return configuration
+
+
+def _reachable(
+    configuration: k8s_client.Configuration, context: str, kubeconfig: str | None, *, in_cluster: bool = False
+) -> Connection:
+    """A connection through ``configuration``, once the API server has answered ``GET /version``."""
     # No silent connection retries: urllib3 would log a warning per retry, and an unreachable
     # server must be one line (a preflight is cheap to run again).
     configuration.retries = 0
@@ -77,16 +126,16 @@ def connect(kubeconfig: str | None, context: str | None) -> Connection:
     except ApiException as exc:
         api.close()
         raise UsageError(
-            f"cluster {server} (context {chosen}): answered {exc.status} {exc.reason} to GET /version; "
+            f"cluster {server} (context {context}): answered {exc.status} {exc.reason} to GET /version; "
             "expected a reachable API server that accepts these credentials"
         ) from None
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         api.close()
         raise UsageError(
-            f"cluster {server} (context {chosen}): unreachable ({_unreachable_reason(exc)}); "
+            f"cluster {server} (context {context}): unreachable ({_unreachable_reason(exc)}); "
             "expected a reachable API server"
         ) from None
-    return Connection(api=api, context=chosen, server=server, kubeconfig=kubeconfig)
+    return Connection(api=api, context=context, server=server, kubeconfig=kubeconfig, in_cluster=in_cluster)
 
 
 def _unreachable_reason(exc: BaseException) -> str:
@@ -187,7 +236,9 @@ def installed_version(deployment: dict[str, Any], profile: ControllerProfile, ma
     return InstalledVersion(None, f"{looked} has no version tag and no {VERSION_LABEL} label", None)
 
 
-_WORKLOADS: tuple[tuple[str, str, str], ...] = (
+# What live_workloads lists. watch-images's ClusterRole (e2e/data/manifests/watch-images.yaml)
+# grants `list` on exactly these; a test holds the two together.
+LISTED_WORKLOADS: tuple[tuple[str, str, str], ...] = (
     # (kind, apiVersion, API method stem) -- list_namespaced_<stem> / list_<stem>_for_all_namespaces
     ("Pod", "v1", "pod"),
     ("Deployment", "apps/v1", "deployment"),
@@ -201,7 +252,7 @@ def live_workloads(api: k8s_client.ApiClient, namespace: str | None) -> list[dic
     that ``e2e.audit`` reads: kind, apiVersion, name and namespace, spec."""
     core, apps = k8s_client.CoreV1Api(api), k8s_client.AppsV1Api(api)
     objects: list[dict[str, Any]] = []
-    for kind, api_version, stem in _WORKLOADS:
+    for kind, api_version, stem in LISTED_WORKLOADS:
         group = core if api_version == "v1" else apps
         where = f"namespace {namespace}" if namespace else "all namespaces"
         method: Callable[..., Any] = getattr(

@@ -210,7 +210,7 @@ def metrics_endpoint(
     from e2e.cluster.provider import ServiceTarget
 
     service = ServiceTarget(profile.namespace, profile.metrics_service, profile.metrics_port)
-    argv = [*port_forward_argv(Path(binary), service), "--context", conn.context]
+    argv = [*port_forward_argv(Path(binary), service), *conn.kubectl_context()]
     with port_forward(argv, kubectl_env(conn)) as address:
         yield f"https://{address}/metrics"
 
