@@ -21,6 +21,9 @@ registry can be reached, it is a **stand-in**: the bytes of v0.15.0 built here, 
 retired name (the test prints which). What is tested, the migration off that name, is the
 same either way. On that cluster:
 
+0. ``watch-images`` runs in the cluster as its manifest says (``--print-manifest``; its image
+   built here and pulled from the site's registry) and flags the retired image the node still
+   runs as gone, the images the site serves as available;
 1. ``migrate --to quay-v0.22.1`` moves it off the retired image, with the metrics and both
    sample models probed throughout: migrated, no model request lost, the outage reported;
 2. ``--to`` a tag the registry does not hold is refused (exit 4, nothing written); with
@@ -44,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kind_runs import kind_network_gateway, run_to_the_end
 from release_files import session_release_files
 
@@ -81,6 +85,7 @@ class Site:
     kubectl: str
     env: dict[str, str]
     cached_from: str  # the bytes the node holds under the retired name (the frozen copy or a stand-in)
+    node: str  # the node's container
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +138,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         kubeconfig = run / ".pytest-kind" / name / "kubeconfig"
         node = f"{name}-control-plane"
         cached_from = cache_the_retired_image_on_the_node(node, kubeconfig, kubectl) if code == 0 else ""
-        yield Site(registry, pushed.stdout, results, output, code, kubeconfig, kubectl, env, cached_from)
+        yield Site(registry, pushed.stdout, results, output, code, kubeconfig, kubectl, env, cached_from, node)
     finally:
         subprocess.run([kind, "delete", "cluster", "--name", name], capture_output=True, check=False, timeout=300)
         registry.stop()
@@ -199,11 +204,93 @@ def test_the_nodes_pull_every_host_from_the_users_single_registry_under_upstream
     assert started and all("mirror of kserve-compat.local at" in line for line in started), started
 
 
+# -- watch-images in the cluster ------------------------------------------------------------------
+
+WATCHER = ("kserve-compat", "kserve-compat-watch-images")
+
+
+def watcher_metrics(site: Site) -> dict[tuple[str, str], float]:
+    """(metric, image) -> value of the in-cluster watcher's /metrics, read through the API
+    server's Service proxy (as an operator without a Prometheus would)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    path = f"/api/v1/namespaces/{WATCHER[0]}/services/{WATCHER[1]}:metrics/proxy/metrics"
+    done = subprocess.run([site.kubectl, "--kubeconfig", str(site.kubeconfig), "get", "--raw", path],
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    if done.returncode != 0:
+        return {}
+    return {
+        (sample.name, sample.labels.get("image", "")): sample.value
+        for family in text_string_to_metric_families(done.stdout)
+        for sample in family.samples
+    }
+
+
+def test_watch_images_in_the_cluster_flags_the_retired_image_the_node_still_runs(site: Site) -> None:
+    from kubernetes import config as k8s_config
+    from tenacity import Retrying, retry_if_result, stop_after_delay, wait_exponential
+
+    from e2e.apply import Applier
+    from e2e.imageset.watch_images import build_watch_images_image
+
+    assert site.code == 0, site.output[-3000:]
+    try:
+        image = build_watch_images_image()
+    except HarnessError as exc:
+        unavailable(f"the watch-images image cannot be built here: {exc}")
+    site.registry.push(image, image)  # docker.io/kserve-compat/watch-images, as an operator pushes it
+    # The site's pods may reach their registry (the node image lets pods reach nothing off
+    # the node): the watcher asks it, as it would ask quay.io and gcr.io.
+    gateway, port = site.registry.node_url.removeprefix("http://").split(":")
+    allow = ["iptables", "-w", "-I", "KSERVE-COMPAT-FORWARD", "1", "-d", gateway, "-p", "tcp", "--dport", port,
+             "-j", "RETURN"]  # fmt: skip
+    subprocess.run(["docker", "exec", site.node, *allow], check=True, capture_output=True, timeout=60)
+    mirrors = [arg for host in USER_HOSTS for arg in ("--registry-mirror", f"{host}={site.registry.node_url}")]
+    printed = subprocess.run(
+        [sys.executable, "-m", "e2e.cli", "watch-images", "--print-manifest", "--image", image, "--interval", "5",
+         "--timeout", "5", *mirrors, "--insecure-registry", f"{gateway}:{port}"],
+        cwd=REPO, env=site.env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert printed.returncode == 0, printed.stderr
+    documents = [doc for doc in yaml.safe_load_all(printed.stdout) if doc]
+    with k8s_config.new_client_from_config(config_file=str(site.kubeconfig)) as api:
+        # No Prometheus Operator here: its ServiceMonitor and PrometheusRule have no CRDs.
+        Applier(api).apply(documents, skip_unknown_kinds=True)
+    rollout = subprocess.run(
+        [site.kubectl, "--kubeconfig", str(site.kubeconfig), "-n", WATCHER[0], "rollout", "status",
+         f"deployment/{WATCHER[1]}", "--timeout=300s"], capture_output=True, text=True, timeout=330, check=False,
+    )  # fmt: skip
+    assert rollout.returncode == 0, rollout.stdout + rollout.stderr
+
+    # A round every 5 s; the first answers once the pod is up. Bounded, saying what it saw.
+    metrics = Retrying(
+        stop=stop_after_delay(120),
+        wait=wait_exponential(max=10),
+        retry=retry_if_result(lambda seen: ("kserve_compat_image_available", RETIRED_IMAGE) not in seen),
+        before_sleep=lambda state: print(
+            "waiting for the watcher's first round; its /metrics had",
+            len(state.outcome.result()) if state.outcome else 0,
+            "samples, none for the retired image yet",
+        ),
+        retry_error_callback=lambda state: state.outcome.result() if state.outcome else {},
+    )(watcher_metrics, site)
+    print({key: value for key, value in metrics.items() if key[0].startswith("kserve_compat_image")})
+    # The image the node still runs: its registry answers 404, the watcher says gone (the alert's 0).
+    assert metrics.get(("kserve_compat_image_available", RETIRED_IMAGE)) == 0, metrics
+    assert metrics.get(("kserve_compat_image_check_ok", RETIRED_IMAGE)) == 1, metrics
+    # The site's registry serves the controller's image: available.
+    controller = f"kserve/kserve-controller:{KSERVE}"
+    assert metrics.get(("kserve_compat_image_available", controller)) == 1, metrics
+    assert metrics.get(("kserve_compat_images_watched", "")) and metrics[("kserve_compat_images_watched", "")] >= 2
+
+
 # -- kserve-compat migrate on the cluster the run left ---------------------------------------------
 
 
 def migrate(site: Site, report_dir: Path, *args: str) -> tuple[int, dict[str, Any], str]:
-    mirrors = [arg for host in USER_HOSTS for arg in ("--registry-mirror", f"{host}=http://127.0.0.1:{site.registry.port}")]
+    mirrors = [
+        arg for host in USER_HOSTS for arg in ("--registry-mirror", f"{host}=http://127.0.0.1:{site.registry.port}")
+    ]
     done = subprocess.run(
         [sys.executable, "-m", "e2e.cli", "migrate", "--kubeconfig", str(site.kubeconfig), "--kubectl", site.kubectl,
          "--report-dir", str(report_dir), *mirrors, *[arg for model in MODELS for arg in ("--inference", model)],
