@@ -28,7 +28,9 @@ same either way. On that cluster:
    sample models probed throughout: migrated, no model request lost, the outage reported;
 2. ``--to`` a tag the registry does not hold is refused (exit 4, nothing written); with
    ``--force`` it fails fast on the kubelet's pull error and is rolled back by itself;
-3. a Deployment whose proxy carries ``--kube-api-qps`` and ``--kube-api-burst`` (v0.22.1 knows
+3. Ctrl-C while a migration rolls out (to quay-v0.15.0) ends on the recorded Deployment,
+   whole, and the report says so;
+4. a Deployment whose proxy carries ``--kube-api-qps`` and ``--kube-api-burst`` (v0.22.1 knows
    them, v0.15.0 does not)
    moved to quay-v0.15.0 is refused with exit 7 naming the flag; with ``--force`` the proxy
    crashes at start, the rollout fails fast with its last log lines, and the recorded
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -369,6 +372,57 @@ def test_a_target_that_cannot_be_pulled_is_refused_then_forced_and_rolled_back(s
     rollback = next(s for s in report["steps"] if s["name"] == "rollback")
     assert rollback["status"] == "ok", rollback
     assert [m["failures"] for m in report["probe"]["inference"]] == [0, 0], report["probe"]
+
+
+def test_ctrl_c_during_the_rollout_ends_on_one_whole_deployment_and_the_report_says_which(
+    site: Site, tmp_path: Path
+) -> None:
+    """A terminal's Ctrl-C (SIGINT to the whole process group, kubectl port-forwards included)
+    while the new pods roll out: the recorded Deployment comes back, nothing is left behind."""
+    before = proxy_image(site)
+    mirrors = [
+        arg for host in USER_HOSTS for arg in ("--registry-mirror", f"{host}=http://127.0.0.1:{site.registry.port}")
+    ]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "e2e.cli", "migrate", "--kubeconfig", str(site.kubeconfig), "--kubectl", site.kubectl,
+         "--report-dir", str(tmp_path), *mirrors, *[arg for model in MODELS for arg in ("--inference", model)],
+         "--to", "quay-v0.15.0"],
+        cwd=REPO, env=site.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    seen: list[str] = []
+    out = err = ""
+    try:
+        assert process.stderr is not None
+        while not seen or (seen[-1] and not seen[-1].startswith("STEP rollout:")):
+            seen.append(process.stderr.readline())
+        assert seen[-1].startswith("STEP rollout:"), "".join(seen)
+        assert proxy_image(site) == OLDER  # the patch is in; its pods are starting
+        os.killpg(process.pid, signal.SIGINT)
+        out, err = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate(timeout=60)
+    said = f"stdout: {out[-2000:]}\nstderr: {''.join(seen)[-2000:]}{err[-3000:]}"
+    assert process.returncode == 130, said
+    assert "Traceback" not in err, said
+    report = json.loads((tmp_path / "migration.json").read_text())
+    assert report["outcome"] == "interrupted", said
+    # One whole Deployment, named: the recorded one, as the cluster says too.
+    assert report["ends_on"] == f"the recorded Deployment (proxy {before})", said
+    assert proxy_image(site) == before
+    rollout = subprocess.run(
+        [site.kubectl, "--kubeconfig", str(site.kubeconfig), "-n", CONTROLLER[0], "rollout", "status",
+         f"deployment/{CONTROLLER[1]}", "--timeout=300s"], capture_output=True, text=True, timeout=330, check=False,
+    )  # fmt: skip
+    assert rollout.returncode == 0, rollout.stdout + rollout.stderr
+    assert running_proxy_images(site) == [before], said
+    # The probe's temporary ServiceAccounts and RBAC are gone.
+    left = subprocess.run(
+        [site.kubectl, "--kubeconfig", str(site.kubeconfig), "get", "serviceaccounts,clusterroles,clusterrolebindings",
+         "-A", "-o", "name"], capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    assert "kserve-compat-preflight" not in left, left
 
 
 def test_a_flag_the_target_refuses_is_refused_then_forced_crashes_and_is_rolled_back(
