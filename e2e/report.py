@@ -255,7 +255,12 @@ class _Group:
         # The API servers' own versions: the patch that really ran (v1.35.4), not only the minor.
         ran = _unique(r.kubernetes_server for r in self.results if r.kubernetes_server.startswith("v"))
         title = f"{self.provider} · Kubernetes {self.kubernetes_version}" + (f" ({', '.join(ran)})" if ran else "")
-        return f"{title} · variant {self.variant}" if self.variant else title
+        if not self.variant:
+            return title
+        # A scenario's own grid (the migration's, the rollback's) is named as the scenario.
+        if all(r.scenario == self.variant for r in self.results):
+            return f"{title} · {self.variant} scenario"
+        return f"{title} · variant {self.variant}"
 
     def outside_support(self, release: str) -> CellResult | None:
         """A result of ``release`` marked outside its Kubernetes support window, if any."""

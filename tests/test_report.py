@@ -277,7 +277,9 @@ def test_grid_rows_sort_by_semver_and_columns_follow_the_matrix(matrix: Matrix) 
 
 
 def test_one_grid_per_provider_kubernetes_version_and_variant(sample: list[CellResult]) -> None:
-    results = [*sample, cell("v0.10.1", "quay-v0.18.2", provider="local", k8s="1.33")]
+    rollback = cell("v0.14.0", "quay-v0.22.1")
+    rollback.variant = rollback.scenario = "rollback"  # a scenario's own grid (CellRun: grid="rollback")
+    results = [*sample, cell("v0.10.1", "quay-v0.18.2", provider="local", k8s="1.33"), rollback]
 
     grid = report.markdown_grid(results)
 
@@ -285,6 +287,7 @@ def test_one_grid_per_provider_kubernetes_version_and_variant(sample: list[CellR
     assert titles == [
         "### kind · Kubernetes 1.34",
         "### kind · Kubernetes 1.34 · variant quiet",
+        "### kind · Kubernetes 1.34 · rollback scenario",
         "### local · Kubernetes 1.33",
     ]
 
