@@ -19,8 +19,8 @@ from e2e.cluster.provider import ProviderFactory
 from e2e.errors import HarnessError
 from e2e.images import RegistryMirrors
 from e2e.manifests import ReleaseFiles, ReleaseManifest, kserve_file, proxy_patch
-from e2e.matrix import Matrix, MatrixCell, group_cells, load_matrix
-from e2e.run import HarnessOptions, make_factory
+from e2e.matrix import Matrix, MatrixCell, group_cells
+from e2e.run import RunPlan, make_factory
 from e2e.scenario import PlanContext, Scenario
 
 
@@ -64,18 +64,17 @@ class _Patches:
 
 
 def render_plan(
-    options: HarnessOptions,
+    plan: RunPlan,
     runs: Sequence[tuple[Scenario, MatrixCell]],
     factory: ProviderFactory | None = None,
 ) -> str:
     """The plan of ``runs`` (scenario, cell) in the order the run executes them."""
-    matrix = load_matrix(options.matrix_file)
-    factory = factory or make_factory(options)
-    files = ReleaseFiles.from_environment(options.manifest_dir)
+    options = plan.options
+    factory = factory or make_factory(options, plan.matrix)
     mirrors = RegistryMirrors.from_options(options.registry_mirrors)
     context = PlanContext(
         provider=options.provider,
-        patch_of=_Patches(matrix, files, mirrors),
+        patch_of=_Patches(plan.matrix, plan.files, mirrors),
         mirrored=mirrors.rewrite if mirrors else str,
         local_images=options.provider == "kind" and options.local_images,
     )

@@ -31,18 +31,16 @@ import pytest
 from e2e import report
 from e2e.errors import HarnessError
 from e2e.local.processes import install_signal_handlers
-from e2e.manifests import ENV_MANIFESTS_FROM_MODULE, ReleaseFiles, kserve_file, manifests_from_module_requested
-from e2e.matrix import Matrix, MatrixCell, Selection, load_matrix
+from e2e.matrix import MatrixCell, Selection
 from e2e.results import CellResult, Verdict
-from e2e.run import Harness, HarnessOptions, make_factory
+from e2e.run import Harness, HarnessOptions, RunPlan, make_factory
 from e2e.scenario import Scenario, ordered_runs
 from e2e.secrets import redact
 from e2e.unverified_tls import ignore_insecure_request_warnings
 
 log = logging.getLogger("kserve-compat")
 
-_CELLS = pytest.StashKey[list[MatrixCell]]()
-_MATRIX = pytest.StashKey[Matrix]()
+_PLAN = pytest.StashKey[RunPlan]()  # the run, resolved once in pytest_configure
 _HARNESS = pytest.StashKey[Harness]()
 _DESELECTED = pytest.StashKey[dict[tuple[str, str], list[str]]]()  # (scenario, reason) -> cell ids
 _PLANNED = pytest.StashKey[bool]()  # --plan printed the plan: nothing is to run
@@ -115,28 +113,11 @@ def _selection(config: pytest.Config) -> Selection:
 
 def pytest_configure(config: pytest.Config) -> None:
     try:
-        matrix = load_matrix(config.getoption("matrix"))
-        cells = matrix.select(_selection(config))
-        if config.getoption("manifests_from_module"):
-            # The run reads its settings from the environment (ReleaseFiles.from_environment).
-            os.environ[ENV_MANIFESTS_FROM_MODULE] = "1"
-        from_module = manifests_from_module_requested()
+        plan = RunPlan.resolve(_harness_options(config))
     except HarnessError as exc:
         # A usage error of the harness: one line and exit 2, like every kserve-compat command.
         pytest.exit(f"kserve-compat: {exc}", returncode=2)
-    offline = config.getoption("manifest_dir") or os.environ.get("KSERVE_COMPAT_MANIFEST_DIR")
-    if offline and config.getoption("all_releases") and not config.getoption("kserve"):
-        # "Every release available": those the offline directory mirrors, and with the Go
-        # module source on, those the Go module proxy serves (asked once per release, .info
-        # only). Asked for by name (--kserve), a missing one still runs and is skipped with
-        # the reason.
-        files = ReleaseFiles.from_environment(offline, from_module=from_module)
-        available = {
-            version: files.available(kserve_file(version)) for version in {cell.release.version for cell in cells}
-        }
-        cells = [cell for cell in cells if available[cell.release.version]]
-    config.stash[_CELLS] = cells
-    config.stash[_MATRIX] = matrix
+    config.stash[_PLAN] = plan
     config.stash[_DESELECTED] = {}
 
 
@@ -171,7 +152,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if scenario is None or "cell" not in metafunc.fixturenames:
         return
     config = metafunc.config
-    cells: list[MatrixCell] = config.stash[_CELLS]
+    cells = config.stash[_PLAN].cells
     runs, left_out = ordered_runs([scenario], cells, config.getoption("provider"))
     config.stash[_DESELECTED].update(left_out)
     chosen = [cell for _, cell in runs]
@@ -191,7 +172,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         config.hook.pytest_deselected(items=unused)
         items[:] = [item for item in items if item not in unused]
     scenarios = list({s.name: s for item in items if (s := scenario_of(item)) is not None}.values())
-    cells: list[MatrixCell] = config.stash[_CELLS]
+    cells = config.stash[_PLAN].cells
     runs, _ = ordered_runs(scenarios, cells, config.getoption("provider"))
     position = {(scenario.name, cell.id): i for i, (scenario, cell) in enumerate(runs)}
 
@@ -222,7 +203,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         from e2e.plan import render_plan
 
         runs = [(scenario, cell) for item in items if (scenario := scenario_of(item)) and (cell := _cell_of(item))]
-        print("\n" + render_plan(_harness_options(config), runs))
+        print("\n" + render_plan(config.stash[_PLAN], runs))
         # Nothing runs: every scenario test is deselected, so the run ends "N deselected",
         # exit 0, without pytest.exit's "!!! Exit" banner.
         config.stash[_PLANNED] = True
@@ -244,20 +225,21 @@ def _harness_options(config: pytest.Config) -> HarnessOptions:
         cluster_per_cell=bool(config.getoption("cluster_per_cell")),
         reuse_cluster=bool(config.getoption("reuse_cluster")),
         local_images=_local_images(config),
+        manifests_from_module=bool(config.getoption("manifests_from_module")) or None,
     )
 
 
 @pytest.fixture(scope="session")
 def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
     """The run: matrix, provider, the current group's cluster, and the results."""
-    options = _harness_options(request.config)
-    factory = make_factory(options)
+    plan = request.config.stash[_PLAN]
+    factory = make_factory(plan.options, plan.matrix)
     try:
         factory.preflight()
     except HarnessError as exc:
         # Never pass silently when the tier cannot run here: one line, non-zero exit.
         pytest.exit(f"kserve-compat: {exc}", returncode=3)
-    run = Harness(options, factory)
+    run = Harness(plan, factory)
     # Prepare clusters ahead in the order the collected tests will need them.
     order: list[str] = []
     for item in _scenario_items(request.session.items):

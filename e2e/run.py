@@ -19,7 +19,7 @@ from e2e.cluster.provider import ClusterProvider, ProviderFactory
 from e2e.errors import HarnessError
 from e2e.images import RegistryMirrors
 from e2e.install import GroupCluster, Installer
-from e2e.manifests import ReleaseFiles
+from e2e.manifests import ReleaseFiles, kserve_file
 from e2e.matrix import ClusterGroup, Matrix, MatrixCell, Selection, group_cells, load_matrix
 from e2e.results import CellResult
 
@@ -44,6 +44,37 @@ class HarnessOptions:
     cluster_per_cell: bool = False
     reuse_cluster: bool = False  # kind: use an existing cluster of the same name
     local_images: bool = False  # kind: the image set built by `kserve-compat images`; nothing pulled
+    # Release manifests also from the release's Go module; None: the environment says
+    # (KSERVE_COMPAT_MANIFESTS_FROM_MODULE), for a Harness made outside pytest.
+    manifests_from_module: bool | None = None
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A run resolved once, from its options: the matrix, the cells selected, and where the
+    release files come from. The plugin builds it; the harness, its provider factory and
+    ``--plan`` all read this one (never the options or the environment again)."""
+
+    options: HarnessOptions
+    matrix: Matrix
+    cells: tuple[MatrixCell, ...]
+    files: ReleaseFiles
+
+    @classmethod
+    def resolve(cls, options: HarnessOptions) -> RunPlan:
+        """Raises ``UsageError`` (one line) for a selection or a setting the matrix refuses."""
+        matrix = load_matrix(options.matrix_file)
+        cells = matrix.select(options.selection)
+        files = ReleaseFiles.from_environment(options.manifest_dir, from_module=options.manifests_from_module)
+        if files.offline_dir is not None and options.selection.all_releases and not options.selection.kserve:
+            # "Every release available": those the offline directory mirrors, and with the Go
+            # module source on, those the Go module proxy serves (asked once per release, .info
+            # only). Asked for by name (--kserve), a missing one still runs and is skipped with
+            # the reason.
+            versions = {cell.release.version for cell in cells}
+            available = {version: files.available(kserve_file(version)) for version in versions}
+            cells = [cell for cell in cells if available[cell.release.version]]
+        return cls(options, matrix, tuple(cells), files)
 
 
 def make_factory(options: HarnessOptions, matrix: Matrix | None = None) -> ProviderFactory:
@@ -74,12 +105,13 @@ def make_factory(options: HarnessOptions, matrix: Matrix | None = None) -> Provi
 class Harness:
     """One run of selected cells on one provider."""
 
-    def __init__(self, options: HarnessOptions, factory: ProviderFactory | None = None) -> None:
+    def __init__(self, plan: RunPlan, factory: ProviderFactory | None = None) -> None:
+        options = plan.options
         self.options = options
-        self.matrix: Matrix = load_matrix(options.matrix_file)
-        self.cells = self.matrix.select(options.selection)
+        self.matrix: Matrix = plan.matrix
+        self.cells = list(plan.cells)
         self.groups = group_cells(self.cells)
-        self.files = ReleaseFiles.from_environment(options.manifest_dir)
+        self.files = plan.files
         self.mirrors = RegistryMirrors.from_options(options.registry_mirrors)
         self.installer = Installer(self.matrix, self.files, self.mirrors, options.rollout_timeout_s)
         self.factory = factory or make_factory(options, self.matrix)

@@ -231,7 +231,7 @@ def test_api_server_killed_mid_cell_is_an_error_and_the_run_goes_on(tmp_path: Pa
     from e2e.cell import CellRun
     from e2e.matrix import Selection
     from e2e.results import Verdict
-    from e2e.run import Harness, HarnessOptions
+    from e2e.run import Harness, HarnessOptions, RunPlan
     from e2e.scenario import Scenario, Step
     from e2e.steps.check_image import check_image_in_use
     from e2e.steps.check_metrics import check_metrics_access
@@ -276,7 +276,7 @@ def test_api_server_killed_mid_cell_is_an_error_and_the_run_goes_on(tmp_path: Pa
         manifest_dir=str(session_release_files().offline_directory()),
         reports_dir=tmp_path / "reports",
     )
-    harness = Harness(options)
+    harness = Harness(RunPlan.resolve(options))
     try:
         first, second = harness.cells
         result = killed.run(harness, first)

@@ -357,6 +357,8 @@ class FakeConfig:
             "provider": "local",
             "manifest_dir": None,
             "manifests_from_module": False,
+            "reports_dir": "reports",
+            "registry_mirror": [],
             **options,
         }
         self.stash = pytest.Stash()
@@ -380,15 +382,20 @@ def test_all_releases_offline_keeps_the_releases_the_module_serves(
     # restores it after the test.
     monkeypatch.setenv(ENV_MANIFESTS_FROM_MODULE, "0")
 
+    plans = []
+
     def releases(**options: object) -> set[str]:
         config = FakeConfig(all_releases=True, manifest_dir=str(offline), **options)
         plugin.pytest_configure(config)  # type: ignore[arg-type]
-        return {cell.release.version for cell in config.stash[plugin._CELLS]}
+        plans.append(config.stash[plugin._PLAN])
+        return {cell.release.version for cell in plans[-1].cells}
 
     assert releases() == {"v0.14.0"}
     assert probed == []
     assert releases(manifests_from_module=True) == {"v0.14.0", "v0.17.0"}
-    assert os.environ[ENV_MANIFESTS_FROM_MODULE] == "1"  # what the run's ReleaseFiles read
+    # The run's release files read the module: the plan says so, not the environment.
+    assert plans[-1].files.module is not None
+    assert os.environ[ENV_MANIFESTS_FROM_MODULE] == "0"
     assert "v0.17.0" in probed and "v0.14.0" not in probed
     # Asked for by name, a release stays selected (its cell is skipped with the reason).
     assert releases(kserve="v0.18.1") == {"v0.18.1"}

@@ -27,7 +27,7 @@ from release_files import session_release_files
 import e2e.manifests
 from e2e.matrix import MatrixCell, Selection, load_matrix
 from e2e.plan import planned_steps, render_plan
-from e2e.run import HarnessOptions
+from e2e.run import HarnessOptions, RunPlan
 from e2e.scenario import Scenario, load_scenarios, ordered_runs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -167,7 +167,8 @@ def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
         yield box
 
 
-def options(provider: str, sandbox: Sandbox, **overrides: Any) -> HarnessOptions:
+def options(provider: str, sandbox: Sandbox, **overrides: Any) -> RunPlan:
+    """The run resolved from these options, as the plugin resolves it."""
     values: dict[str, Any] = {
         "provider": provider,
         "selection": SELECTION,
@@ -176,7 +177,7 @@ def options(provider: str, sandbox: Sandbox, **overrides: Any) -> HarnessOptions
     values.update(overrides)
     if "manifest_dir" not in values:
         values["manifest_dir"] = str(session_release_files().offline_directory())
-    return HarnessOptions(**values)
+    return RunPlan.resolve(HarnessOptions(**values))
 
 
 def assert_touched_nothing(sandbox: Sandbox, children_before: set[int]) -> None:

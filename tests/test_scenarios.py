@@ -37,7 +37,7 @@ from e2e.install import CellSkipped
 from e2e.matrix import MatrixCell
 from e2e.results import CheckResult, CheckStatus, Verdict
 from e2e.rollout import ImageUnavailable, RolloutFailed
-from e2e.run import Harness, HarnessOptions
+from e2e.run import Harness, HarnessOptions, RunPlan
 from e2e.scenario import Scenario, Step
 
 
@@ -53,7 +53,7 @@ class NoClusters(ProviderFactory):
 
 @pytest.fixture(scope="session")
 def harness(tmp_path_factory):
-    return Harness(HarnessOptions(reports_dir=tmp_path_factory.mktemp("reports")), NoClusters())
+    return Harness(RunPlan.resolve(HarnessOptions(reports_dir=tmp_path_factory.mktemp("reports"))), NoClusters())
 
 
 def checked(run):
@@ -307,7 +307,7 @@ def test_ctrl_c_in_a_step_is_recorded_as_an_interruption_and_goes_on(tmp_path: P
     from e2e.cluster.provider import ProviderFactory
     from e2e.errors import HarnessError
     from e2e.matrix import load_matrix
-    from e2e.run import Harness, HarnessOptions
+    from e2e.run import Harness, HarnessOptions, RunPlan
     from e2e.scenario import Scenario, Step
 
     class NoClusters(ProviderFactory):
@@ -325,7 +325,7 @@ def test_ctrl_c_in_a_step_is_recorded_as_an_interruption_and_goes_on(tmp_path: P
     scenario = Scenario(
         name="interrupted", story="", steps=(Step("swap", interrupted, lambda cell, context: ["a step"]),)
     )
-    harness = Harness(HarnessOptions(reports_dir=tmp_path), NoClusters())
+    harness = Harness(RunPlan.resolve(HarnessOptions(reports_dir=tmp_path)), NoClusters())
     cell = load_matrix().cell("kserve-v0.14.0--quay-v0.18.0--k8s-1.34")
     with pytest.raises(KeyboardInterrupt):
         scenario.run(harness, cell)
