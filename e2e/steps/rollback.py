@@ -12,12 +12,11 @@ from e2e.matrix import MatrixCell, migration_start_image
 from e2e.scenario import PlanContext, Step
 from e2e.steps.migrate import PROBE_CHECK, change_under_load
 from e2e.steps.swap import swap_lines
+from e2e.steps.swap_to_start import start_image
 
 
 def act(run: CellRun) -> None:
-    cluster = run.group_cluster()
-    assert cluster.manifest is not None
-    change_under_load(run, migration_start_image(run.cell, shipped=cluster.manifest.proxy_image))
+    change_under_load(run, start_image(run))
 
 
 def describe(cell: MatrixCell, context: PlanContext) -> list[str]:

@@ -10,9 +10,15 @@ from e2e.steps.swap import swap_lines, swap_to
 
 
 def act(run: CellRun) -> None:
+    swap_to(run, start_image(run))
+
+
+def start_image(run: CellRun) -> str:
+    """The image a change of this cell starts from (and a rollback returns to), read from the
+    release's manifest as installed."""
     cluster = run.group_cluster()
     assert cluster.manifest is not None
-    swap_to(run, migration_start_image(run.cell, shipped=cluster.manifest.proxy_image))
+    return migration_start_image(run.cell, shipped=cluster.manifest.proxy_image)
 
 
 def describe(cell: MatrixCell, context: PlanContext) -> list[str]:
