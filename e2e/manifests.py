@@ -53,6 +53,7 @@ import requests
 import tenacity
 import yaml
 
+from e2e.atomic_write import write_atomic
 from e2e.cache import cache_root
 from e2e.data import LOCK_FILE
 from e2e.errors import (
@@ -124,7 +125,7 @@ def yaml_documents(text: str, *, remember: bool = False) -> list[Any]:
         return documents
     if json.loads(as_json) == documents:  # e.g. integer keys would come back as strings
         with contextlib.suppress(OSError):  # a read-only cache only costs the next parse
-            _write_atomically(cached, as_json.encode())
+            write_atomic(cached, as_json.encode())
     return documents
 
 
@@ -249,20 +250,7 @@ class ManifestLock:
     def save(self, digests: Mapping[str, str] | None = None) -> None:
         """Write the lock file atomically (``digests`` default: what it holds now)."""
         content = json.dumps(dict(sorted((digests or self.digests()).items())), indent=2) + "\n"
-        _write_atomically(self.path, content.encode())
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.replace(temp_name, path)
-    except BaseException:  # Ctrl-C included: leave nothing half-written behind
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+        write_atomic(self.path, content.encode())
 
 
 ModuleDownloader = Callable[[str, str, Path], binaries.ModuleDownload]

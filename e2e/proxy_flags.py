@@ -51,6 +51,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
+from e2e.atomic_write import write_atomic
 from e2e.data import PROXY_FLAGS_FILE
 from e2e.errors import EnvironmentMissing, HarnessError, UsageError
 from e2e.local import binaries
@@ -728,8 +729,6 @@ def write_contracts(contracts: Contracts, path: Path | str | None = None) -> Pat
     target = Path(path) if path else PROXY_FLAGS_FILE
     if target.exists() and not target.is_file():
         raise UsageError(f"--flag-contracts {target}: not a file")
-    staged = target.with_name(f".{target.name}.new")
-    staged.write_text(json.dumps(contracts.as_json(), indent=2) + "\n", encoding="utf-8")
-    os.replace(staged, target)
+    write_atomic(target, json.dumps(contracts.as_json(), indent=2) + "\n", mode=0o644)
     _load.cache_clear()
     return target

@@ -56,6 +56,7 @@ from typing import Any
 
 import yaml
 
+from e2e.atomic_write import write_atomic
 from e2e.cache import cache_root
 from e2e.errors import EnvironmentMissing, HarnessError, ManifestError, UsageError
 from e2e.images import is_retired
@@ -311,10 +312,7 @@ def cert_manager_manifest(version: str = CERT_MANAGER_VERSION) -> Path:
         rendered = _helm_template(helm, chart, Path(tmp))
     namespace = (module / "deploy" / "manifests" / "namespace.yaml").read_text()
     text = _assemble_manifest(namespace, rendered)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staged = path.with_name(f".{path.name}.new")
-    staged.write_text(text)
-    os.replace(staged, path)
+    write_atomic(path, text, mode=0o644)
     _recipe_file(path).write_text(recipe + "\n")
     log.info("rendered cert-manager %s install manifest: %s", version, path)
     return path

@@ -55,12 +55,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from e2e.atomic_write import write_atomic
 from e2e.cache import cache_root
 from e2e.errors import EnvironmentMissing, HarnessError, UsageError
 from e2e.text import one_line
 
 log = logging.getLogger(__name__)
-
 
 
 def _default_kubernetes_build() -> str:
@@ -853,9 +853,7 @@ def _install(built: Path, rec: Recipe, info: dict[str, Any]) -> Path:
         "sha256": _sha256(target),
     }
     info_path = target.parent / BUILD_INFO
-    staged_info = info_path.with_name(f".{BUILD_INFO}.new")
-    staged_info.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    os.replace(staged_info, info_path)
+    write_atomic(info_path, json.dumps(record, indent=2, sort_keys=True) + "\n", mode=0o644)
     return target
 
 

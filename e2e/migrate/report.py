@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from e2e.checks.migration import ProbeSummary, TargetTally
-from e2e.report import write_atomic
+from e2e.report import write_report_file
 from e2e.secrets import redact
 
 
@@ -213,6 +213,6 @@ def write(report: MigrationReport, directory: Path) -> list[Path]:
     written = []
     for name, text in (("migration.json", render_json(report)), ("migration.md", render_markdown(report))):
         path = directory / name
-        write_atomic(path, text)
+        write_report_file(path, text)
         written.append(path)
     return written

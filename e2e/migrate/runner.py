@@ -387,10 +387,10 @@ def _signals_deferred() -> Iterator[None]:
 
 
 def _write_before(directory: Path, before: dict[str, Any], report: MigrationReport) -> None:
-    from e2e.report import write_atomic
+    from e2e.report import write_report_file
 
     path = directory / "before.json"
-    write_atomic(path, json.dumps(before, indent=2) + "\n")
+    write_report_file(path, json.dumps(before, indent=2) + "\n")
     report.files.append(str(path))
 
 

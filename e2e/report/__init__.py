@@ -30,7 +30,7 @@ from e2e.report.markdown import markdown_grid, markdown_report
 from e2e.report.outputs import exit_code, failing_cells, step_summary, write_reports
 from e2e.report.page import html_report, traffic_chart
 from e2e.report.recommend import Recommendation, recommendations
-from e2e.report.store import load_results, save_result, write_atomic
+from e2e.report.store import load_results, save_result, write_report_file
 
 __all__ = [
     "Recommendation",
@@ -46,7 +46,7 @@ __all__ = [
     "save_result",
     "step_summary",
     "traffic_chart",
-    "write_atomic",
     "write_junit",
+    "write_report_file",
     "write_reports",
 ]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from e2e.matrix import Matrix
 from e2e.report.grid import Group, expected_unavailable, grid_groups, why
-from e2e.report.store import write_atomic
+from e2e.report.store import write_report_file
 from e2e.results import CellResult, Verdict
 from e2e.secrets import redact
 from e2e.text import one_line
@@ -118,5 +118,5 @@ def _junit_case(suite: ET.Element, group: Group, result: CellResult, matrix: Mat
 
 def write_junit(results: Sequence[CellResult], path: Path | str, matrix: Matrix | None = None) -> Path:
     target = Path(path)
-    write_atomic(target, junit_xml(results, matrix))
+    write_report_file(target, junit_xml(results, matrix))
     return target

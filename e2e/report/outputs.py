@@ -11,7 +11,7 @@ from e2e.report.grid import expected_unavailable
 from e2e.report.junit import write_junit
 from e2e.report.markdown import markdown_report
 from e2e.report.page import html_report
-from e2e.report.store import json_text, write_atomic
+from e2e.report.store import json_text, write_report_file
 from e2e.results import CellResult, Verdict
 from e2e.secrets import redact
 
@@ -42,9 +42,9 @@ def write_reports(
     """``report.json`` (the merged list), ``report.md``, ``report.html``, ``junit.xml``."""
     out = Path(directory)
     paths = {kind: out / name for kind, name in REPORT_FILES.items()}
-    write_atomic(paths["json"], json_text([r.to_dict() for r in results]))
-    write_atomic(paths["markdown"], markdown_report(results, matrix))
-    write_atomic(paths["html"], html_report(results, matrix))
+    write_report_file(paths["json"], json_text([r.to_dict() for r in results]))
+    write_report_file(paths["markdown"], markdown_report(results, matrix))
+    write_report_file(paths["html"], html_report(results, matrix))
     write_junit(results, paths["junit"], matrix)
     return paths
 

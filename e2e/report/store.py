@@ -4,12 +4,11 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from e2e.atomic_write import write_atomic
 from e2e.errors import UsageError
 from e2e.report.grid import result_sort_key
 from e2e.results import CellResult
@@ -23,7 +22,7 @@ def save_result(result: CellResult, directory: Path | str) -> Path:
     if not result.cell_id or result.cell_id.startswith(".") or any(sep in result.cell_id for sep in "/\\"):
         raise UsageError(f"cell id {result.cell_id!r}: expected a file name (no path separators, no leading dot)")
     target = Path(directory) / f"{result.cell_id}.json"
-    write_atomic(target, json_text(result.to_dict()))
+    write_report_file(target, json_text(result.to_dict()))
     return target
 
 
@@ -108,19 +107,8 @@ def _redacted(value: Any) -> Any:
 REPORT_FILE_MODE = 0o644
 
 
-def write_atomic(target: Path, text: str) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Write beside the target, then rename: a reader sees the old file or the new one.
-    descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    # mkstemp makes the file 0600; reports are for the user's group and CI viewers too (they
-    # hold no token: everything written here is redacted).
-    os.fchmod(descriptor, REPORT_FILE_MODE)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+def write_report_file(target: Path, text: str) -> None:
+    """A report file, written atomically and durably. Readable by the user's group and CI
+    viewers (``mkstemp`` alone would make it 0600): it holds no token, everything written
+    here is redacted."""
+    write_atomic(target, text, mode=REPORT_FILE_MODE, durable=True)
