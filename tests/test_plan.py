@@ -25,6 +25,7 @@ import pytest
 from release_files import session_release_files
 
 import e2e.manifests
+import e2e.manifests.files
 from e2e.matrix import MatrixCell, Selection, load_matrix
 from e2e.plan import planned_steps, render_plan
 from e2e.run import HarnessOptions, RunPlan
@@ -153,7 +154,7 @@ def sandboxed(root: Path) -> Iterator[Sandbox]:
         monkeypatch.setenv("KUBECTL_VERSION", os.environ.get("KUBECTL_VERSION", "v1.34.8"))
         monkeypatch.chdir(root / "cwd")
         # The lock file would be the repository's; point it into the sandbox.
-        monkeypatch.setattr(e2e.manifests, "ManifestLock", lambda path=lock: real_lock(path))
+        monkeypatch.setattr(e2e.manifests.files, "ManifestLock", lambda path=lock: real_lock(path))
         monkeypatch.setattr(subprocess, "Popen", RecordingPopen)
         monkeypatch.setattr(socket.socket, "connect", recording_connect)
         before = _children()
