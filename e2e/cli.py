@@ -42,6 +42,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "build or locate etcd, kube-apiserver, kube-rbac-proxy, ... (a refused proxy version: from its image)",
     ),
     "images": ("e2e.imageset.cli", "list or build the kind tier's images offline from upstream source"),
+    "run": ("e2e.run_cli", "run the scenarios on kind or the local tier (pytest with the harness's plugins)"),
 }
 
 
@@ -87,6 +88,10 @@ def _load(module_name: str) -> CommandModule:
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     command = next((arg for arg in arguments if arg in COMMANDS), None)
+    if command == "run":
+        # Everything after `run` is pytest's (and the harness plugin's): never parsed here.
+        at = arguments.index("run") + 1
+        arguments[at:at] = ["--"]
     args = build_parser(command).parse_args(arguments)
     debug = bool(getattr(args, "debug", False))
     logging.basicConfig(

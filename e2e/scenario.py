@@ -31,7 +31,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SCENARIOS_DIR = Path(__file__).resolve().parents[1] / "scenarios"
+def _scenarios_dir() -> Path:
+    """The runbooks: inside the installed package (e2e/scenarios, from a wheel), else the
+    checkout's scenarios/."""
+    packaged = Path(__file__).resolve().parent / "scenarios"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[1] / "scenarios"
+
+
+SCENARIOS_DIR = _scenarios_dir()
 
 #: What the catch and finally blocks do, as the plan prints them.
 CATCH = "catch: on fail / error / image-unavailable, collect diagnostics (events, pods, logs, YAML) into {dir}"

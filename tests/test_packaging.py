@@ -112,3 +112,30 @@ def test_preflight_and_images_find_the_matrix(installed: Path, tmp_path: Path) -
     assert "matrix" not in result.stderr.lower(), result.stderr
     result = tool(installed, tmp_path, "images", "list", "--kserve", "v0.14.0", "--k8s", "1.34")
     assert "matrix file" not in result.stderr, result.stderr
+
+
+def test_run_plan_from_an_empty_folder_uses_the_scenarios_in_the_wheel(installed: Path, tmp_path: Path) -> None:
+    """`kserve-compat run` is the main job for an installed tool: here its --plan, which
+    touches nothing (no cluster, no download), from the scenarios the wheel carries."""
+    result = tool(installed, tmp_path, "run", "--provider", "kind", "--kserve", "v0.14.0",
+                  "--proxy", "quay-v0.22.1,gcr-v0.13.1", "--k8s", "1.34", "--plan")  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "kserve-compat plan: provider kind, 4 scenario runs of 2 cells in 1 cluster groups" in output, output
+    for scenario in ("fresh-install", "retired-image", "migration", "rollback"):
+        assert f"run {scenario} on kserve-v0.14.0--" in output, scenario
+    assert str(REPO) not in output  # the wheel's scenarios, not the checkout's
+    assert not (tmp_path / "reports").exists()  # a plan writes nothing
+    # Its options are the harness's, listed with pytest's.
+    helped = tool(installed, tmp_path, "run", "--help")
+    assert helped.returncode == 0 and "--provider" in helped.stdout and "--plan" in helped.stdout
+
+
+def test_every_package_of_e2e_is_in_the_wheel() -> None:
+    """pyproject lists the packages (the scenarios ship as e2e.scenarios): a new one must be listed."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "e2e").rglob("__init__.py")}
+    assert found - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"
+    assert "e2e.scenarios" in listed
