@@ -38,7 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "migrate": ("e2e.migrate", "move a live cluster's proxy sidecar to another image; rolls back on failure"),
     "watch-images": ("e2e.watch_images", "keep asking registries whether the images KServe runs still exist"),
     "binaries": (
-        "e2e.local.binaries_cli",
+        "e2e.binaries_cli",
         "build or locate etcd, kube-apiserver, kube-rbac-proxy, ... (a refused proxy version: from its image)",
     ),
     "images": ("e2e.imageset.cli", "list or build the kind tier's images offline from upstream source"),

@@ -51,10 +51,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
+from e2e import binaries
 from e2e.atomic_write import write_atomic
 from e2e.data import PROXY_FLAGS_FILE
 from e2e.errors import EnvironmentMissing, HarnessError, UsageError
-from e2e.local import binaries
 from e2e.matrix import Matrix, load_matrix, version_key
 from e2e.text import one_line
 

@@ -146,7 +146,7 @@ def load_support(path: Path = SUPPORT_FILE) -> dict[str, ReleaseSupport]:
 def read_release(version: str) -> ReleaseSupport:
     """A release's client-go, from its go.mod as the Go module proxy serves it
     (``go list -m``: the .mod file alone, not the module's zip)."""
-    from e2e.local import binaries
+    from e2e import binaries
 
     with tempfile.TemporaryDirectory(prefix="kserve-compat-gomod-") as work:
         try:

@@ -19,8 +19,8 @@ import pytest
 import yaml
 from release_files import session_release_files
 
+from e2e import binaries
 from e2e.availability import unavailable
-from e2e.local import binaries
 from e2e.matrix import DEFAULT_MATRIX_FILE
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from e2e import binaries, binaries_cli
 from e2e.availability import unavailable
 from e2e.errors import EnvironmentMissing, UsageError
-from e2e.local import binaries, binaries_cli
 
 # The docker client honours DOCKER_HOST: tests about "no engine" hold where one runs too.
 ABSENT_DOCKER_ENGINE = "unix:///nonexistent/kserve-compat-tests/docker.sock"

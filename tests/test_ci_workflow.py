@@ -27,8 +27,8 @@ import pytest
 import yaml
 from release_files import session_release_files
 
+from e2e import binaries
 from e2e.availability import unavailable
-from e2e.local import binaries
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW = REPO / ".github" / "workflows" / "e2e.yaml"

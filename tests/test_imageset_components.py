@@ -19,12 +19,11 @@ from typing import Any
 import pytest
 import yaml
 
-from e2e import cli
+from e2e import binaries, cli
 from e2e.availability import unavailable
 from e2e.errors import EnvironmentMissing
 from e2e.imageset import components, serving
 from e2e.imageset import docker_image as docker_image_module
-from e2e.local import binaries
 from e2e.manifests import ManifestLock, ReleaseFiles
 from e2e.matrix import load_matrix
 

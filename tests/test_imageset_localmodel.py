@@ -27,10 +27,10 @@ from test_imageset_components import (  # noqa: F401 - fixtures used by name
     world,
 )
 
+from e2e import binaries
 from e2e.availability import unavailable
 from e2e.errors import EnvironmentMissing, UsageError
 from e2e.imageset import components
-from e2e.local import binaries
 from e2e.manifests import ManifestLock, ReleaseFiles, ReleaseManifest
 from e2e.matrix import load_matrix
 

@@ -27,11 +27,11 @@ import pytest
 import yaml
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
+from e2e import binaries
 from e2e.availability import in_ci, unavailable
 from e2e.errors import HarnessError, UsageError
 from e2e.imageset import node
 from e2e.imageset.docker_image import is_current
-from e2e.local import binaries
 
 # ---------------------------------------------------------------------------- versions
 

@@ -6,10 +6,10 @@ import subprocess
 
 import pytest
 
+from e2e import binaries
 from e2e.availability import unavailable
 from e2e.errors import HarnessError
 from e2e.imageset import prometheus as prometheus_image
-from e2e.local import binaries
 from e2e.local import prometheus as local_prometheus
 
 LDD = """\

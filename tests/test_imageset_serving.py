@@ -19,12 +19,12 @@ import pytest
 import requests
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from e2e import model_store
+from e2e import binaries, model_store
 from e2e.availability import unavailable
 from e2e.checks.inference import IRIS_EXPECTED, IRIS_INPUT
 from e2e.imageset import serving
 from e2e.imageset.docker_image import is_current
-from e2e.local import binaries, sklearnserver
+from e2e.local import sklearnserver
 from e2e.manifests import serving_images
 
 # A poetry.lock release and a uv.lock one (v0.17 on: `kserve_storage`, another entrypoint).

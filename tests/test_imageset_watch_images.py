@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from e2e import __version__
+from e2e import __version__, binaries
 from e2e.imageset import watch_images
 from e2e.imageset.components import BUILT
-from e2e.local import binaries
 
 ROOT = Path(__file__).resolve().parents[1]
 

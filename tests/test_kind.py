@@ -1253,7 +1253,7 @@ def test_tools_that_cannot_be_downloaded_are_built_from_their_go_modules(
     version) come from the build cache instead of ending the cell with FileNotFoundError."""
     import requests
 
-    from e2e.local import binaries
+    from e2e import binaries
 
     built: list[tuple[str, str | None]] = []
 

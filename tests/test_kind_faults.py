@@ -66,8 +66,8 @@ def kind_tools() -> KindTools:
         docker_preflight()
     except HarnessError as exc:
         unavailable(str(exc))
+    from e2e import binaries
     from e2e.imageset.offline import LocalImageSet
-    from e2e.local import binaries
 
     try:
         LocalImageSet().node_image(K8S)

@@ -54,12 +54,12 @@ import yaml
 from kind_runs import kind_network_gateway, run_to_the_end
 from release_files import session_release_files
 
+from e2e import binaries
 from e2e.availability import unavailable
 from e2e.cluster.kind import cluster_name, docker_preflight
 from e2e.cluster.mirrors import RegistryMirror, registry_binary
 from e2e.errors import HarnessError
 from e2e.imageset.offline import LocalImageSet, image_present
-from e2e.local import binaries
 
 pytestmark = [pytest.mark.slow, pytest.mark.needs_docker]
 

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from e2e import binaries
 from e2e.cluster import kind as kind_tier
 from e2e.cluster.kind import KindOptions, KindProviderFactory
 from e2e.cluster.local import LocalProviderFactory
-from e2e.local import binaries, controlplane, kubeadm
+from e2e.local import controlplane, kubeadm
 from e2e.matrix import load_matrix
 
 MATRIX = load_matrix()

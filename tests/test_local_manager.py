@@ -37,7 +37,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from real_cluster import real_control_plane
 from release_files import SessionReleaseFiles, session_release_files
 
-from e2e import checks, kserve
+from e2e import binaries, checks, kserve
 from e2e.apply import Applier
 from e2e.availability import in_ci, unavailable
 from e2e.checks.metrics import RECONCILE_METRIC
@@ -45,7 +45,7 @@ from e2e.checks.session import self_signed_session
 from e2e.cluster.local import LocalCluster
 from e2e.errors import HarnessError, WorkloadUnavailable
 from e2e.install import SAMPLE_MODELS
-from e2e.local import binaries, certmanager, manager, players, sklearnserver
+from e2e.local import certmanager, manager, players, sklearnserver
 from e2e.local.manager import ManagerExited, container_env, remap_manager_args
 from e2e.local.played import PlayedContainer, pod_upstream, port_free
 from e2e.local.players import SERVING_CERT_DEVIATION

@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 from release_files import session_release_files
 
+from e2e import binaries
 from e2e.availability import in_ci, unavailable
 from e2e.errors import HarnessError
-from e2e.local import binaries, kubeadm
+from e2e.local import kubeadm
 from e2e.matrix import load_matrix
 
 REPO = Path(__file__).resolve().parents[1]

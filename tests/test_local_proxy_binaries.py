@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from e2e import binaries
 from e2e.cluster.local import LocalProviderFactory, is_proxy_image, proxy_binary_for, proxy_version_of
 from e2e.errors import WorkloadUnavailable
-from e2e.local import binaries
 from e2e.matrix import Selection
 
 PATCHED = "quay.io/me/kube-rbac-proxy:v0.18.0-fix1"

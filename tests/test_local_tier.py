@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 from release_files import session_release_files
 
+from e2e import binaries
 from e2e.availability import unavailable
-from e2e.local import binaries
 
 REPO = Path(__file__).resolve().parents[1]
 JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")

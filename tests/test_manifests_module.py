@@ -18,12 +18,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from e2e import plugin
+from e2e import binaries, plugin
 from e2e.availability import unavailable
 from e2e.errors import EnvironmentMissing, LockMismatch, NotInOfflineDirectory, UsageError
 from e2e.images import RegistryMirrors
 from e2e.install import CellSkipped, Installer
-from e2e.local import binaries
 from e2e.manifests import (
     DEFAULT_LOCK_FILE,
     ENV_MANIFESTS_FROM_MODULE,

@@ -304,7 +304,7 @@ def test_check_metrics_through_a_real_proxy_passes_and_leaves_nothing(
     api: k8s_client.ApiClient, control_plane: ControlPlane, releases: Releases, kubeconfig: str,
     capsys: pytest.CaptureFixture[str], tmp_path: Path,
 ) -> None:
-    from e2e.local import binaries
+    from e2e import binaries
     from e2e.local.metrics_upstream import MetricsUpstream
     from e2e.local.proxy_runner import ProxyProcess
     from e2e.tokens import kubeconfig_for_service_account

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from release_files import SessionReleaseFiles
 
+from e2e import binaries
 from e2e.audit import EXIT_RETIRED, EXIT_UNAVAILABLE, EXIT_UNCHECKED, EXIT_UNKNOWN_FLAG, AuditReport
 from e2e.availability import unavailable
 from e2e.data import PROXY_FLAGS_FILE
 from e2e.errors import EnvironmentMissing, HarnessError
-from e2e.local import binaries
 from e2e.manifests import ReleaseManifest, cell_proxy_args
 from e2e.matrix import MatrixCell, load_matrix
 from e2e.preflight.model import Check, InstalledVersion, PreflightReport, ProxySidecar, Status

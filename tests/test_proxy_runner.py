@@ -154,7 +154,7 @@ def _bind(api: k8s_client.ApiClient, role: str, service_account: str) -> None:
 
 
 def _proxy_binary(version: str) -> Path:
-    from e2e.local import binaries
+    from e2e import binaries
 
     try:
         return binaries.ensure("kube-rbac-proxy", version, build=in_ci())

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 from release_files import SessionReleaseFiles
 
+from e2e import binaries
 from e2e.availability import unavailable
 from e2e.errors import LockMismatch
-from e2e.local import binaries
 from e2e.manifests import DEFAULT_LOCK_FILE, ManifestLock, ReleaseFile, kserve_file
 from e2e.matrix import load_matrix
 

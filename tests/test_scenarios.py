@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from release_files import session_release_files
 
+from e2e import binaries
 from e2e.availability import unavailable
-from e2e.local import binaries
 from e2e.plan import planned_steps
 from e2e.scenario import load_scenarios
 

@@ -25,12 +25,11 @@ import pytest
 import yaml
 from kubernetes import client as k8s_client
 
-from e2e import scrape
+from e2e import binaries, scrape
 from e2e.availability import unavailable
 from e2e.cluster.local import LocalCluster
 from e2e.cluster.provider import ServiceTarget, no_endpoint_change
 from e2e.errors import EnvironmentMissing, HarnessError, WorkloadFailed
-from e2e.local import binaries
 from e2e.local import prometheus as local_prometheus
 from e2e.local.controlplane import ControlPlane
 from e2e.local.metrics_upstream import MetricsUpstream

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from e2e import checks
+from e2e import binaries, checks
 from e2e.availability import in_ci, unavailable
 from e2e.checks.inference import IRIS_EXPECTED, IRIS_INPUT, infer_v2, predict_v1
-from e2e.local import binaries, sklearnserver
+from e2e.local import sklearnserver
 from e2e.local.predictor import StorageInitializer, deviation, place_model
 from e2e.results import CellResult, CheckStatus
 

@@ -1080,7 +1080,7 @@ class KindCluster(ClusterProvider):
         """kind and kubectl as pytest-kind downloads them; where the download fails (no
         internet), built from their Go modules instead and used from the build cache: kind at
         the pinned version, kubectl at the local tier's Kubernetes version (logged)."""
-        from e2e.local import binaries
+        from e2e import binaries
 
         for tool, download in (("kind", self._kind.ensure_kind), ("kubectl", self._kind.ensure_kubectl)):
             try:
@@ -1286,8 +1286,8 @@ class KindProviderFactory(ProviderFactory):
             kind.delete()
 
     def plan(self, group_id: str, kubernetes_version: str) -> list[str]:
+        from e2e import binaries
         from e2e.imageset import node as node_images
-        from e2e.local import binaries
 
         kube = self.matrix.k8s(kubernetes_version)
         name = cluster_name(group_id)

@@ -44,10 +44,11 @@ from typing import Any
 
 from kubernetes import client as k8s_client
 
+from e2e import binaries
 from e2e.cluster.provider import ClusterInfo, ClusterProvider, ProviderFactory, no_endpoint_change
 from e2e.errors import EnvironmentMissing, HarnessError, WorkloadFailed, WorkloadUnavailable
 from e2e.labels import label_selector, parse_equality_selector, selects
-from e2e.local import binaries, certmanager, prometheus, webhooks
+from e2e.local import certmanager, prometheus, webhooks
 from e2e.local.controlplane import ControlPlane, resolve_binaries
 from e2e.local.manager import (
     ManagerExited,

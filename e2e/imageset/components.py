@@ -1,6 +1,6 @@
 """The component images a KServe install on kind needs, built from upstream source.
 
-Each image holds the binary ``e2e.local.binaries`` builds from the component's upstream Go
+Each image holds the binary ``e2e.binaries`` builds from the component's upstream Go
 module, laid out as that component's own Dockerfile lays it out, and is tagged with the
 exact reference the release manifests (and the matrix) use, so they apply unchanged:
 
@@ -56,13 +56,13 @@ from typing import Any
 
 import yaml
 
+from e2e import binaries
 from e2e.atomic_write import write_atomic
 from e2e.cache import cache_root
 from e2e.errors import EnvironmentMissing, HarnessError, ManifestError, UsageError
 from e2e.images import is_retired
 from e2e.imageset import serving
 from e2e.imageset.docker_image import ImageContent, ImageRecipe, build_image, file_sha256, is_current
-from e2e.local import binaries
 from e2e.manifests import ReleaseFiles, ReleaseManifest, load_release_manifest, serving_images, sha256_hex
 from e2e.matrix import KServeRelease, Matrix, load_matrix
 from e2e.text import one_line

@@ -50,6 +50,7 @@ from typing import Any
 
 from tenacity import RetryError, Retrying, before_sleep_log, retry_if_result, stop_after_delay, wait_fixed
 
+from e2e import binaries
 from e2e.cache import cache_root
 from e2e.errors import EnvironmentMissing, UsageError
 from e2e.imageset.docker_image import (
@@ -64,7 +65,7 @@ from e2e.imageset.docker_image import (
     is_current,
     recorded_recipe,
 )
-from e2e.local import binaries, kubeadm
+from e2e.local import kubeadm
 from e2e.local.kubeadm import binary_version_for_image
 from e2e.text import one_line
 

@@ -86,7 +86,7 @@ class LocalImageSet:
         """kind and kubectl built from their Go modules (pytest-kind would download them);
         kubectl of the cluster's own version (the node image has it built already), so no
         minor is ever outside kubectl's one-minor skew."""
-        from e2e.local import binaries
+        from e2e import binaries
 
         return ToolBinaries(
             kind=binaries.ensure("kind"),

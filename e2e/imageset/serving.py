@@ -30,6 +30,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from e2e import binaries
 from e2e.imageset import node
 from e2e.imageset.docker_image import (
     RECIPE_LABEL,
@@ -40,7 +41,7 @@ from e2e.imageset.docker_image import (
     image_label,
     is_current,
 )
-from e2e.local import binaries, sklearnserver
+from e2e.local import sklearnserver
 from e2e.local.sklearnserver import SklearnServerEnv
 from e2e.text import one_line
 

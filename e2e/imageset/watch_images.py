@@ -40,13 +40,12 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from e2e import __version__
+from e2e import __version__, binaries
 from e2e.errors import EnvironmentMissing, HarnessError, UsageError
 from e2e.imageset import node
 from e2e.imageset.components import BUILT, FAILED, MISSING, UNAVAILABLE, PlannedImage
 from e2e.imageset.docker_image import ImageBuildFailed, ImageRecipe, docker, is_current
 from e2e.imageset.serving import PYTHON_BASE_PACKAGES, commit_image, copy_python, python_base_recipe
-from e2e.local import binaries
 
 log = logging.getLogger(__name__)
 

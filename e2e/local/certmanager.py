@@ -36,8 +36,8 @@ import tenacity
 from kubernetes import client as k8s_client
 from kubernetes.client.exceptions import ApiException
 
+from e2e import binaries
 from e2e.errors import HarnessError, WorkloadFailed, WorkloadUnavailable
-from e2e.local import binaries
 from e2e.local.processes import (
     ManagedProcess,
     ProcessExitedEarly,

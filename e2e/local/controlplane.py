@@ -77,12 +77,13 @@ class ControlPlaneBinaries:
 def resolve_binaries(
     kubernetes_version: str | None = None, *, with_controllers: bool = False, build: bool = True
 ) -> ControlPlaneBinaries:
-    """Find (or, with ``build``, compile) the control plane binaries via ``e2e.local.binaries``.
+    """Find (or, with ``build``, compile) the control plane binaries via ``e2e.binaries``.
 
     Raises ``EnvironmentMissing`` (or the binaries module's build errors) naming the first
     binary that cannot be had.
     """
-    from e2e.local import binaries, kubeadm  # the build machinery is only needed here
+    from e2e import binaries
+    from e2e.local import kubeadm  # the build machinery is only needed here
 
     version = kubernetes_version or binaries.KUBERNETES_VERSION
     # etcd as that version's kubeadm deploys it (v1.34: 3.6.5, v1.35: 3.6.6, ...); the default

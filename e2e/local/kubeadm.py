@@ -13,8 +13,8 @@ import functools
 import re
 import subprocess
 
+from e2e import binaries
 from e2e.errors import HarnessError
-from e2e.local import binaries
 from e2e.text import one_line
 
 

@@ -44,9 +44,9 @@ from typing import Any, Self
 
 import requests
 
+from e2e import binaries
 from e2e.errors import HarnessError, WorkloadUnavailable
 from e2e.images import ImageReference
-from e2e.local import binaries
 from e2e.local.metrics_upstream import MetricsUpstream
 from e2e.local.pki import ClusterPki, write_private_file
 from e2e.local.processes import ManagedProcess, OneProcess, StartsAndStops

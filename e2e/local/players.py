@@ -17,8 +17,9 @@ from typing import Any
 
 from kubernetes import client as k8s_client
 
+from e2e import binaries
 from e2e.errors import WorkloadFailed, WorkloadUnavailable
-from e2e.local import binaries, certmanager, predictor, sklearnserver
+from e2e.local import certmanager, predictor, sklearnserver
 from e2e.local.certmanager import CertManager
 from e2e.local.controlplane import ControlPlane
 from e2e.local.manager import (

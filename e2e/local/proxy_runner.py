@@ -19,9 +19,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Self
 
+from e2e import binaries
 from e2e.errors import UsageError, WorkloadUnavailable
 from e2e.images import ImageReference
-from e2e.local import binaries
 from e2e.local.processes import ManagedProcess, OneProcess, free_loopback_port
 from e2e.secrets import redact
 

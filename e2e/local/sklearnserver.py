@@ -41,10 +41,10 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from e2e import binaries
 from e2e.cache import cache_root
 from e2e.errors import ImageReferenceError, WorkloadUnavailable
 from e2e.images import ImageReference
-from e2e.local import binaries
 from e2e.local.processes import ManagedProcess, OneProcess, wait_ready
 from e2e.secrets import redact
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import requests
 import tenacity
 
+from e2e import binaries
 from e2e.cache import cache_root
 from e2e.errors import (
     EnvironmentMissing,
@@ -22,7 +23,6 @@ from e2e.errors import (
     UsageError,
 )
 from e2e.http_retry import retry_after_seconds
-from e2e.local import binaries
 from e2e.manifests.lock import ManifestLock, sha256_hex
 from e2e.manifests.release_file import RELEASE_URLS, ReleaseFile, cert_manager_crds_file, kserve_file
 

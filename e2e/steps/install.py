@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from e2e import binaries
 from e2e.cell import CellRun
-from e2e.local import binaries
 from e2e.matrix import MatrixCell
 from e2e.results import CheckStatus, timed_check
 from e2e.scenario import PlanContext, Step

@@ -1,6 +1,6 @@
 """``kserve-compat binaries``: build or locate the local tier's binaries, and derive the
 kube-rbac-proxy flag contracts from them (``--flag-contracts``). The command line only: the
-build machinery is ``e2e.local.binaries``, the contracts ``e2e.proxy_flags``."""
+build machinery is ``e2e.binaries``, the contracts ``e2e.proxy_flags``."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import os
 import re
 
 from e2e import proxy_flags
-from e2e.errors import UsageError
-from e2e.local.binaries import (
+from e2e.binaries import (
     ALL_COMPONENTS,
     COMPONENTS,
     ENV_FROM_IMAGE,
@@ -25,6 +24,7 @@ from e2e.local.binaries import (
     requested_recipes,
     status,
 )
+from e2e.errors import UsageError
 from e2e.matrix import packaged_matrix
 
 log = logging.getLogger(__name__)
