@@ -56,6 +56,8 @@ from e2e.cluster.kind import (
     port_forward_argv,
     resolve_tools,
 )
+from e2e.cluster.kind import cluster as kind_cluster
+from e2e.cluster.kind import forwarding as kind_forwarding
 from e2e.errors import EnvironmentMissing, HarnessError, UsageError
 from e2e.matrix import load_matrix
 from e2e.targets import ServiceTarget
@@ -549,10 +551,10 @@ def test_a_kubectl_that_never_says_forwarding_from_is_a_one_line_error(tmp_path:
 
 def test_kubectl_lines_that_mean_the_pod_is_gone() -> None:
     lines = recorded("kubectl-port-forward-pod-gone.stderr").format(port=40123).splitlines()
-    assert all(kind_tier._FORWARD_LOST.search(line) for line in lines)
+    assert all(kind_forwarding.FORWARD_LOST.search(line) for line in lines)
     healthy = recorded("kubectl-port-forward.stdout").format(port=40123).splitlines()
     healthy += recorded("kubectl-port-forward-pod-pending.stderr").splitlines()
-    assert not any(kind_tier._FORWARD_LOST.search(line) for line in healthy)
+    assert not any(kind_forwarding.FORWARD_LOST.search(line) for line in healthy)
 
 
 def tuple_of(address: str) -> tuple[str, int]:
@@ -693,7 +695,7 @@ def test_a_reused_cluster_whose_nodes_would_pull_past_the_mirrors_is_refused(
 def test_keep_options(
     kind_bin: StandIn, options: KindOptions, failed: bool, deleted: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(kind_tier, "LATE_NODE_QUIET_S", 0.0)  # never created: nothing in flight here
+    monkeypatch.setattr(kind_cluster, "LATE_NODE_QUIET_S", 0.0)  # never created: nothing in flight here
     kind_bin.rules([{"prefix": ["delete", "cluster"]}])
     cluster = make_cluster(kind_bin, options)
     if failed:
@@ -706,8 +708,8 @@ def test_keep_options(
 def late_node_listing(monkeypatch: pytest.MonkeyPatch) -> Callable[[list[list[str]]], None]:
     """Stand-in listings of the cluster's node containers, one per look (then none), and a
     short quiet window."""
-    monkeypatch.setattr(kind_tier, "LATE_NODE_QUIET_S", 0.5)
-    monkeypatch.setattr(kind_tier, "LATE_NODE_RECHECK_S", 0.01)
+    monkeypatch.setattr(kind_cluster, "LATE_NODE_QUIET_S", 0.5)
+    monkeypatch.setattr(kind_cluster, "LATE_NODE_RECHECK_S", 0.01)
     monkeypatch.setattr(KindCluster, "_describe_containers", staticmethod(lambda ids: " ".join(ids)))
 
     def listed(listings: list[list[str]]) -> None:
@@ -748,9 +750,9 @@ def test_a_node_container_that_never_goes_ends_the_watch_with_the_command_to_rem
 ) -> None:
     kind_bin.rules([{"prefix": ["delete", "cluster"]}])
     late_node_listing([["0123456789abcdef"]] * 10_000)
-    monkeypatch.setattr(kind_tier, "LATE_NODE_LIMIT_S", 0.2)
+    monkeypatch.setattr(kind_cluster, "LATE_NODE_LIMIT_S", 0.2)
     cluster = make_cluster(kind_bin)
-    with caplog.at_level(logging.ERROR, logger=kind_tier.log.name):
+    with caplog.at_level(logging.ERROR, logger=kind_cluster.log.name):
         cluster.delete()
     assert "still there after" in caplog.text
     assert "docker rm -f 0123456789ab" in caplog.text
