@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import selectors
 import socket
 import socketserver
 import threading
@@ -32,10 +31,10 @@ from collections.abc import Callable
 from typing import Self
 
 from e2e.local.processes import StartsAndStops
+from e2e.tcp_pump import pump
 
 log = logging.getLogger(__name__)
 
-_CHUNK = 64 * 1024
 RESOLVE_EVERY_S = 1.0
 
 
@@ -107,7 +106,7 @@ class ServiceRelay(StartsAndStops):
         with self._lock:
             self._connections[client] = (upstream, address)
         try:
-            _pump(client, upstream)
+            pump(client, upstream)
         finally:
             with self._lock:
                 self._connections.pop(client, None)
@@ -146,23 +145,3 @@ def _cut(connection: socket.socket) -> None:
         connection.shutdown(socket.SHUT_RDWR)
     with contextlib.suppress(OSError):
         connection.close()
-
-
-def _pump(first: socket.socket, second: socket.socket) -> None:
-    """Copy bytes both ways until both sides have closed (an end of stream from one side is
-    passed on as a half-close), either socket fails, or ``stop()`` closes them."""
-    peer = {first: second, second: first}
-    with contextlib.suppress(OSError, ValueError), selectors.DefaultSelector() as selector:
-        selector.register(first, selectors.EVENT_READ)
-        selector.register(second, selectors.EVENT_READ)
-        reading = 2
-        while reading and first.fileno() >= 0 and second.fileno() >= 0:
-            for key, _ in selector.select(timeout=1.0):
-                source: socket.socket = key.fileobj  # type: ignore[assignment]
-                data = source.recv(_CHUNK)
-                if data:
-                    peer[source].sendall(data)
-                    continue
-                selector.unregister(source)
-                peer[source].shutdown(socket.SHUT_WR)
-                reading -= 1

@@ -7,7 +7,6 @@ import contextlib
 import logging
 import queue
 import re
-import selectors
 import socket
 import subprocess
 import threading
@@ -18,6 +17,7 @@ import tenacity
 
 from e2e.cluster.kind.commands import parse_forwarding_port
 from e2e.errors import HarnessError
+from e2e.tcp_pump import pump
 
 if TYPE_CHECKING:
     pass
@@ -170,7 +170,7 @@ class _Relay:
         try:
             backend = self._connect()
             if backend is not None:
-                self._pipe(client, backend)
+                pump(client, backend)
         except OSError as exc:  # a reset mid-stream: the client sees its connection close
             log.debug("relay for %s: connection ended: %s", self._where, exc)
         finally:
@@ -227,20 +227,6 @@ class _Relay:
                 return None, 0
             log.info("kubectl port-forward %s: forwarding again (kubectl port %d)", self._where, self._port)
             return self._forward, self._port
-
-    def _pipe(self, client: socket.socket, backend: socket.socket) -> None:
-        """Copy bytes both ways until either side closes (no half-close: HTTP needs none)."""
-        peers = {client: backend, backend: client}
-        with selectors.DefaultSelector() as selector:
-            for sock, peer in peers.items():
-                selector.register(sock, selectors.EVENT_READ, (sock, peer))
-            while not self._stopping.is_set():
-                for key, _ in selector.select(timeout=0.5):
-                    source, sink = key.data
-                    data = source.recv(65536)
-                    if not data:
-                        return
-                    sink.sendall(data)
 
     def close(self) -> None:
         """Stop accepting, end every connection and wait for the relay threads."""
