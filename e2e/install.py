@@ -20,11 +20,11 @@ from e2e.apply import Applier
 from e2e.cluster.provider import ClusterProvider, ServiceTarget
 from e2e.errors import HarnessError, NotInOfflineDirectory, WorkloadUnavailable
 from e2e.images import RegistryMirrors
-from e2e.imageset.offline import images_of
 from e2e.manifests import (
     ReleaseFile,
     ReleaseFiles,
     ReleaseManifest,
+    container_images,
     load_release_manifest,
     load_yaml_documents,
     patched_manifest,
@@ -244,7 +244,7 @@ class Installer:
             cluster.deviations.append(f"cert-manager CRDs {substitute} used instead of {version} (offline directory)")
         documents = load_yaml_documents(text, remember=True)
         if not local:
-            cluster.provider.load_images(images_of(documents))  # their hosts' pull-through mirrors
+            cluster.provider.load_images(container_images(documents))  # their hosts' pull-through mirrors
         return documents
 
     def _newest_offline(self, project: str) -> str | None:

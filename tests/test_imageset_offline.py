@@ -17,7 +17,7 @@ from release_files import SessionReleaseFiles
 from e2e.cluster.kind import cluster_config
 from e2e.errors import WorkloadUnavailable
 from e2e.imageset import offline
-from e2e.manifests import ReleaseFile, load_yaml_documents, serving_images
+from e2e.manifests import ReleaseFile, container_images, load_yaml_documents, serving_images
 
 PRESENT = ("quay.io/brancz/kube-rbac-proxy:v0.18.0", "kserve/kserve-controller:v0.14.0")
 
@@ -63,7 +63,7 @@ def test_missing_lists_what_the_engine_lacks_in_order(fake_docker: str) -> None:
     assert image_set.missing(wanted) == ["kserve/sklearnserver:v0.14.0", "kserve/storage-initializer:v0.14.0"]
 
 
-def test_images_of_lists_workload_images_once_in_order() -> None:
+def test_container_images_lists_workload_images_once_in_order() -> None:
     documents = [
         deployment(
             [{"name": "a", "image": "one:1"}, {"name": "b", "image": "two:2"}], init=[{"name": "i", "image": "zero:0"}]
@@ -71,7 +71,7 @@ def test_images_of_lists_workload_images_once_in_order() -> None:
         {"kind": "DaemonSet", "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "one:1"}]}}}},
         {"kind": "Service", "spec": {"containers": [{"image": "not-a-workload:1"}]}},
     ]
-    assert offline.images_of(documents) == ["zero:0", "one:1", "two:2"]
+    assert container_images(documents) == ["zero:0", "one:1", "two:2"]
 
 
 def test_serving_images_of_a_real_release_are_the_sklearn_server_and_the_storage_initializer(

@@ -19,7 +19,7 @@ from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
 from e2e.errors import HarnessError, WorkloadUnavailable
-from e2e.imageset.offline import images_of
+from e2e.manifests import container_images
 from e2e.targets import ServiceTarget
 
 if TYPE_CHECKING:
@@ -137,7 +137,7 @@ class ClusterProvider(abc.ABC):
         """Make the release's images pullable before ``documents`` are applied; returns notes.
         By default their hosts' (pull-through) mirrors fetch them; without a kubelet nothing pulls."""
         if self.runs_pods:
-            self.load_images(images_of(documents))
+            self.load_images(container_images(documents))
         return []
 
     def serve_samples(self, release: KServeRelease, images: list[str]) -> SamplesServing:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -114,20 +114,3 @@ class LocalImageSet:
             log.info("%s: retired registry, never built here: the kubelet's pull will fail for real", image)
             return False
         raise WorkloadUnavailable(f"{image}: not in the local image set; {BUILD_HINT}")
-
-
-def images_of(documents: Sequence[dict[str, Any]]) -> list[str]:
-    """Every container image the workloads of ``documents`` name, in order, once."""
-    found: dict[str, None] = {}
-    for doc in documents:
-        for container in _containers(doc):
-            if container.get("image"):
-                found[str(container["image"])] = None
-    return list(found)
-
-
-def _containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    if doc.get("kind") not in ("Deployment", "DaemonSet", "StatefulSet", "Job"):
-        return []
-    spec = ((doc.get("spec") or {}).get("template") or {}).get("spec") or {}
-    return [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]

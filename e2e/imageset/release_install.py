@@ -23,16 +23,16 @@ from e2e import model_store
 from e2e.apply import Applier
 from e2e.cluster.provider import CertManagerInstall, ClusterProvider, SamplesServing
 from e2e.imageset import serving
-from e2e.imageset.offline import LocalImageSet, images_of
+from e2e.imageset.offline import LocalImageSet
 from e2e.local import sklearnserver
-from e2e.manifests import load_yaml_documents
+from e2e.manifests import container_images, load_yaml_documents
 from e2e.matrix import KServeRelease
 
 
 def cert_manager(image_set: LocalImageSet, provider: ClusterProvider, release: KServeRelease) -> CertManagerInstall:
     version, text = image_set.cert_manager_manifest()
     documents = load_yaml_documents(text, remember=True)
-    provider.load_images(images_of(documents))
+    provider.load_images(container_images(documents))
     deviations = []
     if version != release.cert_manager:
         deviations.append(
@@ -66,7 +66,7 @@ def make_pullable(
     provider.load_images(needed)
     # The release's other workloads (local model controller, ...): loaded when built here;
     # the install waits only for the controller, so a missing one is a note, not a failure.
-    others = [image for image in images_of(documents) if image not in needed and image not in proxy]
+    others = [image for image in container_images(documents) if image not in needed and image not in proxy]
     missing = image_set.missing(others)
     provider.load_images([image for image in others if image not in missing])
     if not missing:

@@ -49,7 +49,13 @@ from e2e.manifests.files import (
 )
 from e2e.manifests.lock import DEFAULT_LOCK_FILE, ManifestLock, sha256_hex
 from e2e.manifests.patch import apply_strategic_merge, cell_proxy_args, deployment_diff, patched_manifest, proxy_patch
-from e2e.manifests.release import ReleaseManifest, load_release_manifest, serving_images, shipped_proxy
+from e2e.manifests.release import (
+    ReleaseManifest,
+    container_images,
+    load_release_manifest,
+    serving_images,
+    shipped_proxy,
+)
 from e2e.manifests.release_file import ReleaseFile, cert_manager_crds_file, kserve_file
 from e2e.manifests.yaml_text import (
     PARSED_CACHE_MIN_BYTES,
@@ -75,6 +81,7 @@ __all__ = [
     "apply_strategic_merge",
     "cell_proxy_args",
     "cert_manager_crds_file",
+    "container_images",
     "deployment_diff",
     "kserve_file",
     "load_release_manifest",

@@ -265,6 +265,18 @@ def shipped_proxy(release: KServeRelease, manifest: ReleaseManifest) -> ShippedP
 _POD_TEMPLATE_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
 
 
+def container_images(documents: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Every container image the pods and pod templates of ``documents`` name (init
+    containers first, as they start), in order, once."""
+    found: dict[str, None] = {}
+    for document in documents:
+        spec = _pod_spec_or_none(document) or {}
+        for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+            if container.get("image"):
+                found[str(container["image"])] = None
+    return list(found)
+
+
 def _pod_spec_or_none(document: Mapping[str, Any]) -> dict[str, Any] | None:
     kind = document.get("kind")
     spec = document.get("spec") or {}
