@@ -8,16 +8,13 @@ under ``CI=true``).
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from release_files import session_release_files
+from scenario_runs import run_local_scenarios
 
 from e2e import binaries
 from e2e.availability import unavailable
@@ -49,16 +46,8 @@ def proxy_binary(version: str) -> Path:
 
 
 def run_scenarios(tmp_path: Path, manifest_dir: Path, *args: str) -> tuple[int, str, list[dict[str, Any]]]:
-    reports = tmp_path / "reports"
-    env = {**os.environ, "KSERVE_COMPAT_MANIFEST_DIR": str(manifest_dir)}
-    completed = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--provider", "local",
-         "--reports-dir", str(reports), "scenarios/test_fresh_install.py", *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False,
-    )
-    output = completed.stdout + completed.stderr
-    results = json.loads((reports / "report.json").read_text()) if (reports / "report.json").exists() else []
-    return completed.returncode, output, results
+    run = run_local_scenarios(tmp_path, "scenarios/test_fresh_install.py", *args, manifest_dir=manifest_dir)
+    return run.code, run.output, run.results
 
 
 def test_a_patched_build_runs_as_an_adhoc_image(tmp_path: Path, manifest_dir: Path) -> None:

@@ -20,8 +20,6 @@ import signal
 import socket
 import ssl
 import stat
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +33,8 @@ from cryptography import x509
 from kubernetes import client as k8s_client
 from prometheus_client.parser import text_string_to_metric_families
 from real_cluster import real_control_plane
-from release_files import SessionReleaseFiles, session_release_files
+from release_files import SessionReleaseFiles
+from scenario_runs import run_local_scenarios
 
 from e2e import binaries, checks, kserve
 from e2e.apply import Applier
@@ -728,37 +727,10 @@ def test_an_older_release_gets_its_certificate_from_cert_manager_and_its_crd_con
 
 
 def run_scenarios(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, dict[str, Any]]:
-    reports = tmp_path / "reports"
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "no:cacheprovider",
-            "-q",
-            "--provider",
-            "local",
-            "--reports-dir",
-            str(reports),
-            "scenarios/test_fresh_install.py",
-            *args,
-        ],
-        cwd=REPO,
-        env={
-            **os.environ,
-            "KSERVE_COMPAT_MANIFEST_DIR": str(session_release_files().offline_directory()),
-            **(env or {}),
-        },
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    output = completed.stdout + completed.stderr
-    results = json.loads((reports / "report.json").read_text()) if (reports / "report.json").exists() else []
-    assert len(results) == 1, output[-3000:]
-    return completed.returncode, output, results[0]
+    """The fresh-install scenario of one cell; its one result."""
+    run = run_local_scenarios(tmp_path, "scenarios/test_fresh_install.py", *args, env=env)
+    assert len(run.results) == 1, run.output[-3000:]
+    return run.code, run.output, run.results[0]
 
 
 def checks_of(result: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -8,7 +8,6 @@ sees. Slow: each run creates a control plane and installs a release.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -20,6 +19,7 @@ from typing import Any
 
 import pytest
 from release_files import session_release_files
+from scenario_runs import run_local_scenarios
 
 from e2e import binaries
 from e2e.availability import unavailable
@@ -45,16 +45,8 @@ def local_tier_ready() -> None:
 
 
 def run_scenarios(tmp_path: Path, *args: str, timeout: float = 900) -> tuple[int, str, list[dict[str, Any]]]:
-    reports = tmp_path / "reports"
-    env = {**os.environ, "KSERVE_COMPAT_MANIFEST_DIR": str(session_release_files().offline_directory())}
-    completed = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--provider", "local",
-         "--reports-dir", str(reports), *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False,
-    )
-    output = completed.stdout + completed.stderr
-    results = json.loads((reports / "report.json").read_text()) if (reports / "report.json").exists() else []
-    return completed.returncode, output, results
+    run = run_local_scenarios(tmp_path, *args, timeout=timeout)
+    return run.code, run.output, run.results
 
 
 def by_id(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
