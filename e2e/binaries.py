@@ -839,10 +839,16 @@ def _install(built: Path, rec: Recipe, info: dict[str, Any]) -> Path:
     """Move a fresh binary into the cache atomically and record how it was built."""
     target = binary_path(rec.component, rec.version)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staged = target.with_name(f".{target.name}.new")
-    shutil.copy2(built, staged)
-    staged.chmod(0o755)
-    os.replace(staged, target)
+    # Beside the target under a name of its own (two builds never share it), then renamed.
+    descriptor, staged = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    os.close(descriptor)
+    try:
+        shutil.copy2(built, staged)
+        os.chmod(staged, 0o755)
+        os.replace(staged, target)
+    except BaseException:
+        Path(staged).unlink(missing_ok=True)
+        raise
     record = {
         "recipe": rec.key(),
         "module": rec.module,

@@ -33,7 +33,10 @@ def run(args: argparse.Namespace) -> int:
     from e2e.scenario import SCENARIOS_DIR
 
     passed = list(args.pytest_args)
-    if passed[:1] == ["--"]:  # what ends kserve-compat's own options (e2e.cli), not pytest's
-        passed = passed[1:]
+    # The `--` e2e.cli puts after `run`, and one the user may have typed there: both end
+    # kserve-compat's own options, neither is pytest's.
+    for _ in range(2):
+        if passed[:1] == ["--"]:
+            passed = passed[1:]
     plugins = ["-p", "e2e.pytest_redaction", "-p", "e2e.plugin", "-p", "no:cacheprovider"]
     return int(pytest.main([str(SCENARIOS_DIR), *plugins, "-ra", *passed]))

@@ -77,3 +77,16 @@ def test_the_image_runs_kserve_compat_as_nonroot_and_is_not_built_again() -> Non
     again = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", reference], capture_output=True,
                            text=True, check=True).stdout.strip()  # fmt: skip
     assert again == config[0]
+
+
+def test_the_wheel_sources_hold_every_folder_pyproject_builds_from() -> None:
+    """The watch-images image is built from a wheel of these paths alone: a package pyproject
+    maps from elsewhere (scenarios/ is e2e.scenarios) must be among them."""
+    import tomllib
+
+    from e2e.imageset.watch_images import WHEEL_SOURCES
+
+    repo = Path(__file__).resolve().parents[1]
+    config = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]
+    mapped = {source.split("/")[0] for source in config.get("package-dir", {}).values()}
+    assert mapped <= set(WHEEL_SOURCES), mapped - set(WHEEL_SOURCES)

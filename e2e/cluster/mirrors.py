@@ -36,6 +36,7 @@ from typing import Self
 import requests
 import yaml
 
+from e2e.atomic_write import write_atomic
 from e2e.cache import cache_root
 from e2e.errors import EnvironmentMissing, HarnessError
 from e2e.images import ImageReference
@@ -337,9 +338,7 @@ def registry_name(image: str, registry: str) -> str:
 
 def _write(path: Path, text: str) -> None:
     """Replace ``path`` at once: containerd may read it while it is written."""
-    partial = path.with_name(f".{path.name}.part")
-    partial.write_text(text)
-    partial.replace(path)
+    write_atomic(path, text, mode=0o644)
 
 
 def _split(name: str) -> tuple[str, str]:

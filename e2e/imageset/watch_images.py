@@ -55,8 +55,9 @@ LAYOUT_REVISION = 1
 VENV = "/opt/kserve-compat/venv"
 USER = "65532"  # nonroot, as distroless's; the manifest's runAsUser
 COMMAND = ("watch-images", "--listen", "0.0.0.0:9400")
-# What the wheel is built from: the package and what pyproject.toml reads besides it.
-WHEEL_SOURCES = ("pyproject.toml", "README.md", "e2e")
+# What the wheel is built from: the package and what pyproject.toml reads besides it (the
+# README, and scenarios/, which it maps to the package e2e.scenarios).
+WHEEL_SOURCES = ("pyproject.toml", "README.md", "e2e", "scenarios")
 PIP_TIMEOUT_SECONDS = 15 * 60
 _TAIL_LINES = 3
 

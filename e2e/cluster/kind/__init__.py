@@ -18,7 +18,7 @@ importing this package calls it once (``tools``). Exporting the variables before
 starts (nox, CI) makes the order irrelevant.
 
 One module per concern: ``tools`` (versions, the tool cache, Docker's preflight),
-``commands`` (pure decisions and command lines, tested without Docker), ``port_forward``,
+``commands`` (pure decisions and command lines, tested without Docker), ``forwarding``,
 ``cluster`` (``KindCluster``: one group's cluster), ``factory`` (``KindProviderFactory``).
 This face names what the rest of the harness uses.
 """

@@ -116,8 +116,9 @@ class _Relay:
     relay owns the address instead. Each accepted connection is piped (one thread each, at
     most ``max_connections``) to the current kubectl; when kubectl has exited, reported a
     lost pod or refuses the connection, the relay restarts it (bounded, with backoff) and
-    retries that connection once. Connections already piped to a dead kubectl just close:
-    that is the outage window the prober must count.
+    retries that connection once. Connections already piped to a dead kubectl end (their
+    bytes are copied by ``tcp_pump``, as the local tier's relay copies them): that is the
+    outage window the prober must count.
     """
 
     def __init__(
