@@ -6,14 +6,16 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from helpers.live_kserve import PUSHED, Releases
+from helpers.real_cluster import real_control_plane
+from helpers.registry_server import (
+    RunningRegistry,
+    registry_serving,
+)
+from helpers.release_files import SessionReleaseFiles, start_session
 from hypothesis import HealthCheck, settings
 from kubernetes import client as k8s_client
-from live_kserve import PUSHED, Releases
-from real_cluster import real_control_plane
-from registry_server import RunningRegistry, push_image, registry_binary, run_registry
-from release_files import SessionReleaseFiles, start_session
 
-from e2e.availability import unavailable
 from e2e.local.controlplane import ControlPlane
 from e2e.manifests import ReleaseFiles
 
@@ -60,18 +62,12 @@ def api(control_plane: ControlPlane) -> Iterator[k8s_client.ApiClient]:
         yield client
 
 
-# -- a live cluster with KServe installed (tests/live_kserve.py): preflight and migrate --------------
+# -- a live cluster with KServe installed (tests/helpers/live_kserve.py): preflight and migrate --------------
 
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRegistry]:
-    binary = registry_binary()
-    if binary is None:
-        unavailable("docker-registry not installed (apt-get install docker-registry)")
-    with run_registry(binary, tmp_path_factory.mktemp("registry")) as running:
-        for repository, tags in PUSHED.items():
-            for tag in tags:
-                push_image(running.url, repository, tag)
+    with registry_serving(tmp_path_factory.mktemp("registry"), PUSHED) as running:
         yield running
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from release_files import session_release_files
+from helpers.release_files import session_release_files
 
 from e2e.errors import NotInOfflineDirectory
 from e2e.manifests import (
@@ -37,7 +37,7 @@ SHIPPED_ARGS = (
 
 @pytest.fixture(scope="module")
 def files() -> ReleaseFiles:
-    """The tests' one resolver (``tests/release_files.py``): a run never pins into the repository."""
+    """The tests' one resolver (``tests/helpers/release_files.py``): a run never pins into the repository."""
     return session_release_files()
 
 

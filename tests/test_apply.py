@@ -2,7 +2,7 @@
 
 The control plane is real etcd + kube-apiserver processes (``e2e.local.controlplane``); the
 manifests are real KServe and cert-manager releases, obtained through the harness's own
-resolver (``tests/release_files.py``: offline directory, cache, download). No
+resolver (``tests/helpers/release_files.py``: offline directory, cache, download). No
 controllers run, so nothing but this test writes to the objects it applies.
 """
 

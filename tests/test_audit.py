@@ -12,8 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from registry_server import RunningRegistry, push_image, registry_binary, run_registry
-from release_files import MIRRORED_KSERVE_VERSIONS, SessionReleaseFiles
+from helpers.paths import REPO
+from helpers.registry_server import (
+    RunningRegistry,
+    registry_serving,
+)
+from helpers.release_files import MIRRORED_KSERVE_VERSIONS, SessionReleaseFiles
 
 from e2e.audit import (
     EXIT_CLEAN,
@@ -27,12 +31,10 @@ from e2e.audit import (
     render_markdown,
     render_table,
 )
-from e2e.availability import unavailable
 from e2e.errors import UsageError
 from e2e.manifests import kserve_file
 from e2e.matrix import version_key
 
-REPO = Path(__file__).resolve().parents[1]
 GCR_PROXY = "gcr.io/kubebuilder/kube-rbac-proxy:v0.13.1"
 QUAY_PROXY = "quay.io/brancz/kube-rbac-proxy:v0.18.0"
 SHA = "sha256:" + "c" * 64
@@ -45,7 +47,12 @@ def kserve_compat(*args: str, stdin: str | None = None) -> subprocess.CompletedP
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(
         [sys.executable, "-c", CLI, *args],
-        input=stdin, capture_output=True, text=True, env=env, cwd=REPO, timeout=120,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=120,
     )
 
 
@@ -69,9 +76,9 @@ def test_every_release_is_judged_by_its_proxy_image(
     for version, report in release_reports.items():
         manifest = release_files.kserve_path(version)
         proxies = [
-            image for image in report.images
-            if any(use.container == "kube-rbac-proxy" and use.name == "kserve-controller-manager"
-                   for use in image.uses)
+            image
+            for image in report.images
+            if any(use.container == "kube-rbac-proxy" and use.name == "kserve-controller-manager" for use in image.uses)
         ]
         assert len(proxies) == 1, version
         proxy = proxies[0]
@@ -79,9 +86,7 @@ def test_every_release_is_judged_by_its_proxy_image(
             assert proxy.image == GCR_PROXY, version
             assert [image.image for image in report.retired] == [GCR_PROXY], version
             assert proxy.retirement is not None
-            assert proxy.retirement.replacements[0] == (
-                "registry.k8s.io/kubebuilder/kube-rbac-proxy:v0.13.1", "frozen"
-            )
+            assert proxy.retirement.replacements[0] == ("registry.k8s.io/kubebuilder/kube-rbac-proxy:v0.13.1", "frozen")
             assert report.exit_code == EXIT_RETIRED, version
         else:
             assert proxy.image == QUAY_PROXY, version
@@ -89,7 +94,9 @@ def test_every_release_is_judged_by_its_proxy_image(
             assert report.exit_code == EXIT_CLEAN, version
         use = proxy.uses[0]
         assert (use.kind, use.namespace, use.field) == (
-            "Deployment", "kserve", "spec.template.spec.containers[1].image"
+            "Deployment",
+            "kserve",
+            "spec.template.spec.containers[1].image",
         )
         assert manifest.read_text().splitlines()[use.line - 1].strip() == f"image: {proxy.image}"
 
@@ -129,7 +136,8 @@ def test_cli_reads_stdin_and_a_directory_and_writes_json(release_files: SessionR
     assert [image["image"] for image in retired] == [GCR_PROXY]
     assert retired[0]["uses"][0]["source"] == "<stdin>"
     assert retired[0]["retired"]["replacements"][1] == {
-        "image": "quay.io/brancz/kube-rbac-proxy:v0.13.1", "status": "maintained"
+        "image": "quay.io/brancz/kube-rbac-proxy:v0.13.1",
+        "status": "maintained",
     }
 
     mirror = release_files.materialize([kserve_file(v) for v in MIRRORED_KSERVE_VERSIONS], tmp_path / "mirror")
@@ -273,12 +281,8 @@ def test_empty_directory_is_a_usage_error(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRegistry]:
-    binary = registry_binary()
-    if binary is None:
-        unavailable("docker-registry not installed (apt-get install docker-registry)")
-    with run_registry(binary, tmp_path_factory.mktemp("audit-registry")) as running:
-        push_image(running.url, "kubebuilder/kube-rbac-proxy", "v0.13.1")
-        push_image(running.url, "brancz/kube-rbac-proxy", "v0.18.0")
+    images = {"kubebuilder/kube-rbac-proxy": ["v0.13.1"], "brancz/kube-rbac-proxy": ["v0.18.0"]}
+    with registry_serving(tmp_path_factory.mktemp("audit-registry"), images) as running:
         yield running
 
 
@@ -292,9 +296,15 @@ def _deployment(*images: str) -> str:
 
 def test_probe_through_a_mirror_retired_but_available(registry: RunningRegistry) -> None:
     result = kserve_compat(
-        "audit", "-", "--probe", "--format", "json",
-        "--registry-mirror", f"gcr.io/kubebuilder={registry.host}/kubebuilder",
-        "--registry-mirror", f"quay.io/brancz={registry.host}/brancz",
+        "audit",
+        "-",
+        "--probe",
+        "--format",
+        "json",
+        "--registry-mirror",
+        f"gcr.io/kubebuilder={registry.host}/kubebuilder",
+        "--registry-mirror",
+        f"quay.io/brancz={registry.host}/brancz",
         stdin=_deployment(GCR_PROXY, QUAY_PROXY),
     )
     assert result.returncode == EXIT_RETIRED, result.stderr
@@ -307,8 +317,11 @@ def test_probe_through_a_mirror_retired_but_available(registry: RunningRegistry)
 
 def test_probe_missing_image_exits_4_even_with_a_retired_one(registry: RunningRegistry) -> None:
     result = kserve_compat(
-        "audit", "-", "--probe",
-        "--registry-mirror", f"gcr.io/kubebuilder={registry.host}/kubebuilder",
+        "audit",
+        "-",
+        "--probe",
+        "--registry-mirror",
+        f"gcr.io/kubebuilder={registry.host}/kubebuilder",
         stdin=_deployment(GCR_PROXY, f"{registry.host}/brancz/kube-rbac-proxy:v0.0.1"),
     )
     assert result.returncode == EXIT_UNAVAILABLE, result.stderr
@@ -320,8 +333,13 @@ def test_probe_missing_image_exits_4_even_with_a_retired_one(registry: RunningRe
 def test_probe_of_a_registry_that_does_not_answer_is_could_not_check_not_gone() -> None:
     # A closed loopback port: the connection is refused, as when offline or the registry is down.
     result = kserve_compat(
-        "audit", "-", "--probe", "--timeout", "2",
-        "--registry-mirror", "quay.io/brancz=127.0.0.1:1/brancz",
+        "audit",
+        "-",
+        "--probe",
+        "--timeout",
+        "2",
+        "--registry-mirror",
+        "quay.io/brancz=127.0.0.1:1/brancz",
         stdin=_deployment(QUAY_PROXY),
     )
     assert result.returncode == EXIT_UNCHECKED, result.stdout + result.stderr
@@ -334,8 +352,13 @@ def test_probe_of_a_registry_that_does_not_answer_is_could_not_check_not_gone() 
 
 def test_a_gone_image_outranks_one_that_could_not_be_checked(registry: RunningRegistry) -> None:
     result = kserve_compat(
-        "audit", "-", "--probe", "--timeout", "2",
-        "--registry-mirror", "quay.io/brancz=127.0.0.1:1/brancz",
+        "audit",
+        "-",
+        "--probe",
+        "--timeout",
+        "2",
+        "--registry-mirror",
+        "quay.io/brancz=127.0.0.1:1/brancz",
         stdin=_deployment(QUAY_PROXY, f"{registry.host}/brancz/kube-rbac-proxy:v0.0.1"),
     )
     assert result.returncode == EXIT_UNAVAILABLE, result.stderr

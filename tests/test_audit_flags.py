@@ -9,9 +9,9 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
-from release_files import MIRRORED_KSERVE_VERSIONS, SessionReleaseFiles
+from helpers.paths import REPO
+from helpers.release_files import MIRRORED_KSERVE_VERSIONS, SessionReleaseFiles
 
 from e2e.audit import (
     EXIT_CLEAN,
@@ -24,7 +24,6 @@ from e2e.audit import (
 )
 from e2e.matrix import version_key
 
-REPO = Path(__file__).resolve().parents[1]
 CLI = "import sys, e2e.cli as cli; sys.exit(cli.main(sys.argv[1:]))"
 
 

@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.paths import REPO
 
 from e2e import bench
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def figures(verdicts: dict[str, int], pytest_exit: int = 0) -> dict[str, Any]:

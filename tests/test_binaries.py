@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers.paths import TEST_DATA
 
 from e2e import binaries, binaries_cli
 from e2e.availability import unavailable
@@ -257,7 +258,7 @@ def test_missing_go_is_an_environment_error(empty_cache: Path, tmp_path: Path, m
 
 # ---------------------------------------------------------------------------- out of the published image
 
-FAKE_DOCKER_DIR = Path(__file__).resolve().parent / "data" / "fake-docker"
+FAKE_DOCKER_DIR = TEST_DATA / "fake-docker"
 
 
 def refused(version: str) -> str:

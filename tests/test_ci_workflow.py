@@ -25,12 +25,12 @@ from typing import Any
 
 import pytest
 import yaml
-from release_files import session_release_files
+from helpers.paths import REPO
+from helpers.release_files import session_release_files
 
 from e2e import binaries
 from e2e.availability import unavailable
 
-REPO = Path(__file__).resolve().parents[1]
 WORKFLOW = REPO / ".github" / "workflows" / "e2e.yaml"
 
 pytestmark = pytest.mark.slow

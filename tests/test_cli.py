@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.paths import REPO
 
 from e2e import cli
 from e2e.matrix import load_matrix
 
-REPO = Path(__file__).resolve().parents[1]
 MATRIX_LINES = "the matrix has v0.10..v0.20"
 
 

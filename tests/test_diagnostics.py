@@ -13,14 +13,13 @@ import datetime
 import secrets as stdlib_secrets
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
+from helpers.providers import StandInProvider
 from kubernetes import client as k8s_client
 
 from e2e.checks import check_image_in_use
-from e2e.cluster.provider import ClusterInfo, ClusterProvider, no_endpoint_change
 from e2e.diagnostics import (
     collect,
     describe_pod,
@@ -32,7 +31,6 @@ from e2e.diagnostics import (
 from e2e.local.controlplane import ControlPlane
 from e2e.results import CellResult, CheckStatus
 from e2e.secrets import register
-from e2e.targets import ServiceTarget
 
 NAMESPACE = "kserve"
 DEPLOYMENT = "kserve-controller-manager"
@@ -157,30 +155,15 @@ def test_summary_lines_of_a_directory_without_summary(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- real API server
 
 
-class StandInProvider(ClusterProvider):
-    """Logs are canned text; everything Kubernetes is the real control plane's."""
+class CrashLoopLogs(StandInProvider):
+    """Canned logs of a crash-looping controller; everything Kubernetes is the real control plane's."""
 
     def __init__(self, plane: ControlPlane, token: str) -> None:
+        super().__init__(plane.kubeconfig, name="diagnostics-test")
         self.plane = plane
         self.token = token
-        self.info = ClusterInfo(provider="stand-in", name="diagnostics-test")
-        self.log_requests: list[tuple[str, str, str, bool]] = []
 
-    @property
-    def kubeconfig(self) -> Path:
-        return self.plane.kubeconfig
-
-    def endpoint(self, target: ServiceTarget) -> Any:
-        return no_endpoint_change("127.0.0.1:1")
-
-    def load_images(self, images: Any) -> None:
-        pass
-
-    def sync_workloads(self) -> list[str]:
-        return []
-
-    def container_logs(self, namespace: str, pod_selector: str, container: str, previous: bool = False) -> str:
-        self.log_requests.append((namespace, pod_selector, container, previous))
+    def logs_for(self, container: str, previous: bool) -> str:
         if container == "kube-rbac-proxy":
             return proxy_log_text(self.token)
         if previous:  # what `kubectl logs --previous` says for a container that never restarted
@@ -190,9 +173,6 @@ class StandInProvider(ClusterProvider):
     def export_logs(self, directory: Path) -> None:
         self.plane.export_logs(directory / "control-plane")
         (directory / "kubelet.log").write_text(f"Mar 12 kubelet[1]: bearer {self.token} rejected\n")
-
-    def delete(self) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -259,7 +239,7 @@ def all_written_text(directory: Path) -> str:
 def test_collect_writes_every_part_redacted(
     api: k8s_client.ApiClient, control_plane: ControlPlane, leaked_token: str, tmp_path: Path
 ) -> None:
-    provider = StandInProvider(control_plane, leaked_token)
+    provider = CrashLoopLogs(control_plane, leaked_token)
     directory = collect(api, provider, [NAMESPACE, "default"], tmp_path / "diag", deployment=DEPLOYMENT)
 
     events = (directory / "events.txt").read_text()
@@ -296,7 +276,7 @@ def test_collect_writes_every_part_redacted(
 def test_collect_survives_a_provider_that_fails(
     api: k8s_client.ApiClient, control_plane: ControlPlane, leaked_token: str, tmp_path: Path
 ) -> None:
-    class BrokenProvider(StandInProvider):
+    class BrokenProvider(CrashLoopLogs):
         def container_logs(self, namespace: str, pod_selector: str, container: str, previous: bool = False) -> str:
             raise RuntimeError(f"port-forward died (token {self.token})")
 
@@ -315,7 +295,7 @@ def test_collect_survives_a_provider_that_fails(
 def test_pod_failure_evidence_from_the_api_server(
     api: k8s_client.ApiClient, control_plane: ControlPlane, leaked_token: str
 ) -> None:
-    provider = StandInProvider(control_plane, leaked_token)
+    provider = CrashLoopLogs(control_plane, leaked_token)
     evidence = pod_failure_evidence(
         api,
         NAMESPACE,

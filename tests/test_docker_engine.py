@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.paths import REPO, TEST_DATA
 
-ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / ".ci" / "docker-engine"
-RUNTIME = ROOT / ".ci" / "runc-strip-sys-resource"
-CAPS_ERROR = (Path(__file__).resolve().parent / "data" / "kind" / "docker-run-privileged-no-caps.stderr").read_text()
+SCRIPT = REPO / ".ci" / "docker-engine"
+RUNTIME = REPO / ".ci" / "runc-strip-sys-resource"
+CAPS_ERROR = (TEST_DATA / "kind" / "docker-run-privileged-no-caps.stderr").read_text()
 
 SETS = ("bounding", "effective", "permitted", "inheritable", "ambient")
 # What docker asks for a privileged container, CAP_SYS_RESOURCE among them.

@@ -1,4 +1,4 @@
-"""The pure parts of ``e2e.kserve`` against the real release manifests (``tests/release_files.py``).
+"""The pure parts of ``e2e.kserve`` against the real release manifests (``tests/helpers/release_files.py``).
 
 For every mirrored release: its ``inferenceservice-config`` ConfigMap switched to raw
 deployment mode, its admission webhooks found; and the predictor Service read from an
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from release_files import MIRRORED_KSERVE_VERSIONS
+from helpers.release_files import MIRRORED_KSERVE_VERSIONS
 
 from e2e.kserve import (
     SAMPLES_NAMESPACE,

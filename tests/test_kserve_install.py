@@ -1,10 +1,10 @@
 """Installing real KServe releases (``e2e.kserve``) into a real kube-apiserver.
 
-Per release (v0.12.1 and v0.14.0, through ``tests/release_files.py``) one control plane of
+Per release (v0.12.1 and v0.14.0, through ``tests/helpers/release_files.py``) one control plane of
 etcd + kube-apiserver processes is started and the release installed exactly as the local
 tier does it: cert-manager's CRDs, then ``install_kserve(controller_runs=False)`` with the
 release's ServingRuntimes, then the sample InferenceServices. Unlike the local tier, no
-manager is played here (``tests/test_local_manager.py`` plays it), so the admission
+manager is played here (``tests/local/test_manager.py`` plays it), so the admission
 webhooks, which nothing would serve, are removed first (``remove_admission_webhooks``). The control plane is
 module-scoped per release (parametrized), so the two releases never share a cluster, just
 as the harness gives each (release x Kubernetes) group a cluster of its own.
@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 import yaml
+from helpers.real_cluster import real_control_plane
 from kubernetes import client as k8s_client
-from real_cluster import real_control_plane
 
 from e2e import kserve
 from e2e.apply import ApplyError, ApplyReport

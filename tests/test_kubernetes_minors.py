@@ -1,6 +1,6 @@
 """Every Kubernetes minor of the matrix, on both tiers: each group runs its minor's own build
 (control plane and etcd for the local tier, node image and kubectl for kind). Nothing is
-started here; the real runs are in tests/test_local_minor.py and the kind group of .ci/run."""
+started here; the real runs are in tests/local/test_minor.py and the kind group of .ci/run."""
 
 from __future__ import annotations
 

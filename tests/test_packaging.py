@@ -11,12 +11,11 @@ import venv
 from pathlib import Path
 
 import pytest
+from helpers.paths import REPO
 
 from e2e import __version__
 from e2e.report import save_result
 from e2e.results import CellResult, Verdict
-
-REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.slow
 

@@ -1,5 +1,5 @@
 """``--plan``: the ordered plan of a run, rendered from the Scenarios and the real release
-manifests of the offline directory (``tests/release_files.py``), and proven to touch nothing
+manifests of the offline directory (``tests/helpers/release_files.py``), and proven to touch nothing
 (no process, no file, no connection).
 
 Also the pytest entry point (``pytest scenarios --plan``) and the kind tier's refusal to
@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from release_files import session_release_files
+from helpers.paths import REPO
+from helpers.release_files import session_release_files
 
 import e2e.manifests
 import e2e.manifests.files
@@ -30,8 +31,6 @@ from e2e.matrix import MatrixCell, Selection, load_matrix
 from e2e.plan import planned_steps, render_plan
 from e2e.run import HarnessOptions, RunPlan
 from e2e.scenario import Scenario, load_scenarios, ordered_runs
-
-REPO = Path(__file__).resolve().parents[1]
 
 GCR_PROXY = "gcr.io/kubebuilder/kube-rbac-proxy:v0.13.1"
 QUAY_PROXY = "quay.io/brancz/kube-rbac-proxy:v0.18.0"

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from release_files import SessionReleaseFiles
+from helpers.paths import REPO, TEST_DATA
+from helpers.release_files import SessionReleaseFiles
 
 from e2e import binaries
 from e2e.audit import EXIT_RETIRED, EXIT_UNAVAILABLE, EXIT_UNCHECKED, EXIT_UNKNOWN_FLAG, AuditReport
@@ -43,8 +44,7 @@ from e2e.proxy_flags import (
     variant_flags,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-RECORDED = Path(__file__).resolve().parent / "data" / "kube-rbac-proxy-flags"
+RECORDED = TEST_DATA / "kube-rbac-proxy-flags"
 CLI = "import sys, e2e.cli as cli; sys.exit(cli.main(sys.argv[1:]))"
 # What every KServe release ships (checked against the release manifests below).
 KSERVE_ARGS = [

@@ -20,13 +20,11 @@ import subprocess
 import sys
 import textwrap
 import threading
-from pathlib import Path
 
 import pytest
+from helpers.paths import REPO
 
 from e2e.secrets import REDACTED, register
-
-REPO = Path(__file__).resolve().parents[1]
 
 INNER_CONFTEST = '''
 import json

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 import requests
-from registry_server import (
+from helpers.registry_server import (
     TOKEN_ISSUER,
     TOKEN_SERVICE,
     RunningRegistry,
     TokenService,
     TokenSigner,
     push_image,
-    registry_binary,
+    require_registry_binary,
     run_registry,
     scripted_handler,
     serve_http,
@@ -45,12 +45,7 @@ PULL_PASSWORD = "pull-secret-password-for-tests"  # a pull secret's password (se
 
 @pytest.fixture(scope="module")
 def binary() -> str:
-    found = registry_binary()
-    if found is None:
-        from e2e.availability import unavailable
-
-        unavailable("docker-registry not installed (apt-get install docker-registry)")
-    return found
+    return require_registry_binary()
 
 
 @pytest.fixture(scope="module")
@@ -327,7 +322,7 @@ def test_hung_registry_is_unreachable() -> None:
 
 
 def test_refused_connection_is_unreachable() -> None:
-    from registry_server import free_port
+    from helpers.registry_server import free_port
 
     probe, _ = fast_probe()
     port = free_port()
@@ -349,8 +344,7 @@ def test_unresolvable_host_is_unreachable() -> None:
 
 def test_parse_bearer_challenge() -> None:
     challenge = parse_bearer_challenge(
-        'Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
-        'scope="repository:library/nginx:pull"'
+        'Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/nginx:pull"'
     )
     assert challenge is not None
     assert challenge.realm == "https://auth.docker.io/token"

@@ -1,7 +1,7 @@
 """Where the tests get release manifests, the committed pins, and a clone that has none.
 
 The tests read release manifests only through the harness's resolver
-(``tests/release_files.py``). Without a source for a file they skip locally and fail with
+(``tests/helpers/release_files.py``). Without a source for a file they skip locally and fail with
 ``CI=true``, in one line naming ``KSERVE_COMPAT_MANIFEST_DIR``; the last test proves it on a
 real ``git clone`` with no ``../shared`` beside it. The pins of
 ``e2e/data/release-manifests.lock.json`` are checked against the real files and enforced.
@@ -21,7 +21,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from release_files import SessionReleaseFiles
+from helpers.paths import REPO
+from helpers.release_files import SessionReleaseFiles
 
 from e2e import binaries
 from e2e.availability import unavailable
@@ -29,7 +30,6 @@ from e2e.errors import LockMismatch
 from e2e.manifests import DEFAULT_LOCK_FILE, ManifestLock, ReleaseFile, kserve_file
 from e2e.matrix import load_matrix
 
-REPO = Path(__file__).resolve().parents[1]
 VARIABLE = "KSERVE_COMPAT_MANIFEST_DIR"
 
 

@@ -7,22 +7,10 @@ import secrets as random_secrets
 import time
 
 import pytest
+from helpers.cells import new_cell
 
 from e2e.results import CellResult, CheckResult, CheckStatus, SecurityFinding, Verdict, timed_check
 from e2e.secrets import REDACTED, register
-
-
-def new_cell(**overrides: object) -> CellResult:
-    fields: dict[str, object] = {
-        "cell_id": "kserve-v0.14.0--quay-v0.18.0--k8s-1.33",
-        "provider": "local",
-        "kserve_version": "v0.14.0",
-        "proxy_alias": "quay-v0.18.0",
-        "proxy_image": "quay.io/brancz/kube-rbac-proxy:v0.18.0",
-        "kubernetes_version": "1.33",
-    }
-    fields.update(overrides)
-    return CellResult(**fields)  # type: ignore[arg-type]
 
 
 def check(name: str, status: CheckStatus, detail: str = "") -> CheckResult:

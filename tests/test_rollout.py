@@ -20,8 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
+from helpers.real_cluster import real_control_plane
 from kubernetes import client as k8s_client
-from real_cluster import real_control_plane
 
 from e2e import kserve
 from e2e.apply import Applier

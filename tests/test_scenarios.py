@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from release_files import session_release_files
+from helpers.paths import REPO
+from helpers.release_files import session_release_files
 
 from e2e import binaries
 from e2e.availability import unavailable
 from e2e.plan import planned_steps
 from e2e.scenario import load_scenarios
-
-REPO = Path(__file__).resolve().parents[1]
 
 # A harness whose provider creates no cluster: the steps below never ask for one.
 INNER_COMMON = """

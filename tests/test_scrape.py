@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 import yaml
+from helpers.cells import new_cell
+from helpers.paths import REPO
 from kubernetes import client as k8s_client
 
 from e2e import binaries, scrape
@@ -37,11 +39,10 @@ from e2e.local.processes import free_loopback_port, running_processes
 from e2e.local.prometheus import PrometheusProcess
 from e2e.local.proxy_runner import ProxyProcess
 from e2e.local.service_relay import ServiceRelay
-from e2e.results import CellResult, CheckStatus
+from e2e.results import CheckStatus
 from e2e.scrape import NO_ACCESS_JOB, READER_JOB, PrometheusAPI, ScrapeJob, check_metrics_scrape
 from e2e.tokens import ensure_service_account, kubeconfig_for_service_account, mint_token
 
-REPO = Path(__file__).resolve().parents[1]
 NAMESPACE = "scrape-test"
 PROXY_VERSION = "v0.22.1"
 # KServe's sidecar args (kserve.yaml v0.14.0 and later); the two addresses get remapped.
@@ -62,17 +63,6 @@ def prometheus_binary() -> Path:
     return binary
 
 
-def new_cell() -> CellResult:
-    return CellResult(
-        cell_id="kserve-v0.14.0--quay-v0.22.1--k8s-1.34",
-        provider="local",
-        kserve_version="v0.14.0",
-        proxy_alias="quay-v0.22.1",
-        proxy_image="quay.io/brancz/kube-rbac-proxy:v0.22.1",
-        kubernetes_version="1.34",
-    )
-
-
 # -- without a cluster -------------------------------------------------------------------
 
 
@@ -85,18 +75,21 @@ def test_missing_prometheus_fails_the_test_in_ci(monkeypatch: pytest.MonkeyPatch
         local_prometheus.require()
 
 
-@pytest.mark.parametrize(("error", "ci", "status"), [
-    (EnvironmentMissing("no prometheus binary on PATH"), "true", CheckStatus.ERROR),
-    (EnvironmentMissing("no prometheus binary on PATH"), "", CheckStatus.SKIPPED),
-    (HarnessError("kind tier: no Prometheus is started yet"), "true", CheckStatus.SKIPPED),
-])
+@pytest.mark.parametrize(
+    ("error", "ci", "status"),
+    [
+        (EnvironmentMissing("no prometheus binary on PATH"), "true", CheckStatus.ERROR),
+        (EnvironmentMissing("no prometheus binary on PATH"), "", CheckStatus.SKIPPED),
+        (HarnessError("kind tier: no Prometheus is started yet"), "true", CheckStatus.SKIPPED),
+    ],
+)
 def test_a_cell_without_prometheus_records_why_and_fails_only_for_a_missing_binary_in_ci(
     monkeypatch: pytest.MonkeyPatch, error: HarnessError, ci: str, status: CheckStatus
 ) -> None:
     from e2e.steps import metrics_scrape
 
     monkeypatch.setenv("CI", ci)
-    run: Any = SimpleNamespace(result=new_cell(), cluster=None)
+    run: Any = SimpleNamespace(result=new_cell(proxy="quay-v0.22.1"), cluster=None)
     run.group_cluster = lambda: SimpleNamespace(prometheus_error=error)
     metrics_scrape.act(run)
     (check,) = run.result.checks
@@ -108,9 +101,9 @@ def test_a_prometheus_that_died_is_an_error_with_its_last_words(monkeypatch: pyt
     from e2e.steps import metrics_scrape
 
     def dead() -> None:
-        raise WorkloadFailed("prometheus exited: code 1", ["exit code 1", "err=\"opening storage failed\""])
+        raise WorkloadFailed("prometheus exited: code 1", ["exit code 1", 'err="opening storage failed"'])
 
-    run: Any = SimpleNamespace(result=new_cell(), cluster=None)
+    run: Any = SimpleNamespace(result=new_cell(proxy="quay-v0.22.1"), cluster=None)
     provider = SimpleNamespace(prometheus_endpoint=dead)
     run.group_cluster = lambda: SimpleNamespace(prometheus_error=None, provider=provider)
     metrics_scrape.act(run)
@@ -144,7 +137,7 @@ def test_the_local_config_is_the_sample_servicemonitor_as_a_scrape_config(tmp_pa
         assert stat.S_IMODE(Path(entry["bearer_token_file"]).stat().st_mode) == 0o600
     assert "token-value" not in process.config_path.read_text()
     assert not any("token-value" in arg for arg in process.process.argv)
-    promtool = (prometheus_binary().parent / "promtool")
+    promtool = prometheus_binary().parent / "promtool"
     if promtool.exists():
         checked = subprocess.run([promtool, "check", "config", process.config_path], capture_output=True, text=True)
         assert checked.returncode == 0, checked.stdout + checked.stderr
@@ -191,10 +184,11 @@ def test_readme_and_kind_manifest_show_the_config_the_local_tier_runs() -> None:
 
 
 def test_an_unreachable_prometheus_is_an_error_not_a_failure(unused_port: int) -> None:
-    cell = new_cell()
+    cell = new_cell(proxy="quay-v0.22.1")
     jobs = [ScrapeJob(READER_JOB, TARGET, "prometheus", "t")]
-    check = check_metrics_scrape(cell, PrometheusAPI(f"http://127.0.0.1:{unused_port}"), jobs, time.time(),
-                                 timeout_s=1.0)
+    check = check_metrics_scrape(
+        cell, PrometheusAPI(f"http://127.0.0.1:{unused_port}"), jobs, time.time(), timeout_s=1.0
+    )
     assert check.status is CheckStatus.ERROR
     assert "did not answer" in check.detail
     assert cell.checks == [check]
@@ -215,10 +209,12 @@ def control_plane(control_plane: ControlPlane) -> ControlPlane:
         rbac = k8s_client.RbacAuthorizationV1Api(api)
         roles = {
             "scrape-test-proxy": [
-                k8s_client.V1PolicyRule(api_groups=["authentication.k8s.io"], resources=["tokenreviews"],
-                                        verbs=["create"]),
-                k8s_client.V1PolicyRule(api_groups=["authorization.k8s.io"], resources=["subjectaccessreviews"],
-                                        verbs=["create"]),
+                k8s_client.V1PolicyRule(
+                    api_groups=["authentication.k8s.io"], resources=["tokenreviews"], verbs=["create"]
+                ),
+                k8s_client.V1PolicyRule(
+                    api_groups=["authorization.k8s.io"], resources=["subjectaccessreviews"], verbs=["create"]
+                ),
             ],
             "scrape-test-metrics-reader": [k8s_client.V1PolicyRule(non_resource_urls=["/metrics"], verbs=["get"])],
         }
@@ -266,23 +262,36 @@ def scraped(control_plane: ControlPlane, tmp_path: Path, name: str, *, reader_ha
         proxy_account = f"proxy-{name}"
         _account(api, proxy_account, "scrape-test-proxy")
         kubeconfig = kubeconfig_for_service_account(
-            api, server=control_plane.server, ca=control_plane.ca_file, namespace=NAMESPACE,
-            service_account=proxy_account, path=tmp_path / "proxy.kubeconfig",
+            api,
+            server=control_plane.server,
+            ca=control_plane.ca_file,
+            namespace=NAMESPACE,
+            service_account=proxy_account,
+            path=tmp_path / "proxy.kubeconfig",
         )
         jobs = [
-            ScrapeJob(READER_JOB, TARGET, f"reader-{name}",
-                      _account(api, f"reader-{name}", "scrape-test-metrics-reader" if reader_has_rbac else None)),
-            ScrapeJob(NO_ACCESS_JOB, TARGET, f"no-access-{name}", _account(api, f"no-access-{name}", None),
-                      allowed=False),
+            ScrapeJob(
+                READER_JOB,
+                TARGET,
+                f"reader-{name}",
+                _account(api, f"reader-{name}", "scrape-test-metrics-reader" if reader_has_rbac else None),
+            ),
+            ScrapeJob(
+                NO_ACCESS_JOB, TARGET, f"no-access-{name}", _account(api, f"no-access-{name}", None), allowed=False
+            ),
         ]
         proxy = ProxyProcess.from_container_args(
             binary, KSERVE_PROXY_ARGS, upstream_url=upstream.url, kubeconfig=kubeconfig, workdir=tmp_path
         )
         started = time.time()
         # As on the local tier: Prometheus reaches the "Service" through a relay.
-        with proxy, ServiceRelay(lambda: proxy.address, "metrics") as relay, PrometheusProcess(
-            prometheus_bin, jobs, {j.name: relay.address for j in jobs}, tmp_path / "prometheus"
-        ) as prometheus:
+        with (
+            proxy,
+            ServiceRelay(lambda: proxy.address, "metrics") as relay,
+            PrometheusProcess(
+                prometheus_bin, jobs, {j.name: relay.address for j in jobs}, tmp_path / "prometheus"
+            ) as prometheus,
+        ):
             prometheus.wait_ready()
             _wait_for_targets(PrometheusAPI(prometheus.url), len(jobs))
             yield Scraped(prometheus, relay, upstream, jobs, started)
@@ -302,7 +311,7 @@ def test_prometheus_gets_the_metrics_with_rbac_and_a_403_without(
 ) -> None:
     caplog.set_level(logging.INFO)
     with scraped(control_plane, tmp_path, "healthy", reader_has_rbac=True) as run:
-        cell = new_cell()
+        cell = new_cell(proxy="quay-v0.22.1")
         check = check_metrics_scrape(cell, run.api, run.jobs, run.started)
         assert check.status is CheckStatus.PASS, (check.detail, check.evidence)
         assert f"job {READER_JOB} up == 1" in check.detail
@@ -325,7 +334,7 @@ def test_a_proxy_that_refuses_the_reader_fails_the_check_with_the_403(
     control_plane: ControlPlane, tmp_path: Path
 ) -> None:
     with scraped(control_plane, tmp_path, "refused", reader_has_rbac=False) as run:
-        check = check_metrics_scrape(new_cell(), run.api, run.jobs, run.started, timeout_s=4.0)
+        check = check_metrics_scrape(new_cell(proxy="quay-v0.22.1"), run.api, run.jobs, run.started, timeout_s=4.0)
     assert check.status is CheckStatus.FAIL
     assert f"job {READER_JOB}: expected up == 1, got up == 0" in check.detail
     reader_line = next(line for line in check.evidence if line.startswith(f"job {READER_JOB} "))
@@ -337,7 +346,7 @@ def test_a_proxy_whose_upstream_is_down_fails_the_check_with_the_proxy_answer(
 ) -> None:
     with scraped(control_plane, tmp_path, "no-upstream", reader_has_rbac=True) as run:
         run.upstream.stop()
-        check = check_metrics_scrape(new_cell(), run.api, run.jobs, time.time(), timeout_s=4.0)
+        check = check_metrics_scrape(new_cell(proxy="quay-v0.22.1"), run.api, run.jobs, time.time(), timeout_s=4.0)
     assert check.status is CheckStatus.FAIL
     assert f"job {READER_JOB}: expected up == 1" in check.detail
     reader_line = next(line for line in check.evidence if line.startswith(f"job {READER_JOB} "))
@@ -347,7 +356,7 @@ def test_a_proxy_whose_upstream_is_down_fails_the_check_with_the_proxy_answer(
 def test_only_scrapes_after_the_swap_count(control_plane: ControlPlane, tmp_path: Path) -> None:
     """A swap in the future: no scrape is newer, so the check fails saying it saw none."""
     with scraped(control_plane, tmp_path, "future", reader_has_rbac=True) as run:
-        check = check_metrics_scrape(new_cell(), run.api, run.jobs, time.time() + 60, timeout_s=1.5)
+        check = check_metrics_scrape(new_cell(proxy="quay-v0.22.1"), run.api, run.jobs, time.time() + 60, timeout_s=1.5)
     assert check.status is CheckStatus.FAIL
     assert "no scrape since the swap yet" in check.detail
 

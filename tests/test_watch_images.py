@@ -28,10 +28,16 @@ from typing import Any, TypeVar
 import pytest
 import requests
 import yaml
+from helpers.paths import REPO
+from helpers.registry_server import (
+    RunningRegistry,
+    push_image,
+    require_registry_binary,
+    run_registry,
+)
 from kubernetes import client as k8s_client
 from kubernetes.client.exceptions import ApiException
 from prometheus_client.parser import text_string_to_metric_families
-from registry_server import RunningRegistry, push_image, registry_binary, run_registry
 
 from e2e.availability import unavailable
 from e2e.data import MANIFESTS_DIR
@@ -41,7 +47,6 @@ from e2e.local.processes import free_loopback_port
 
 pytestmark = pytest.mark.needs_binaries
 
-ROOT = Path(__file__).resolve().parents[1]
 RULES = MANIFESTS_DIR / "watch-images-rules.yaml"
 T = TypeVar("T")
 
@@ -62,10 +67,7 @@ def eventually(what: str, check: Callable[[], T | None], timeout: float = 60.0) 
 
 @pytest.fixture(scope="module")
 def images_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningRegistry, dict[str, str]]]:
-    binary = registry_binary()
-    if binary is None:
-        unavailable("docker-registry not installed (apt-get install docker-registry)")
-    with run_registry(binary, tmp_path_factory.mktemp("registry")) as running:
+    with run_registry(require_registry_binary(), tmp_path_factory.mktemp("registry")) as running:
         digests = {
             "kserve/kserve-controller:v0.14.0": push_image(running.url, "kserve/kserve-controller", "v0.14.0"),
             "brancz/kube-rbac-proxy:v0.22.1": push_image(running.url, "brancz/kube-rbac-proxy", "v0.22.1"),
@@ -130,7 +132,7 @@ def watcher(control_plane: Any, cluster: dict[str, str]) -> Iterator[str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "e2e.cli", "watch-images", "--kubeconfig", str(control_plane.kubeconfig),
          "--interval", "1", "--listen", f"127.0.0.1:{port}", "--timeout", "2"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         yield f"http://127.0.0.1:{port}/metrics"
@@ -184,6 +186,7 @@ def test_a_deleted_image_flips_its_metric_and_its_alert_while_an_unreachable_reg
         stdout=subprocess.DEVNULL, stderr=(tmp_path / "prometheus.log").open("w"),
     )  # fmt: skip
     try:
+
         def alerts() -> list[dict[str, Any]] | None:
             body = requests.get(f"http://127.0.0.1:{port}/api/v1/alerts", timeout=5).json()
             found: list[dict[str, Any]] = body["data"]["alerts"]
@@ -206,7 +209,7 @@ def test_once_exits_4_when_an_image_is_gone_even_with_a_registry_unreachable(
     done = subprocess.run(
         [sys.executable, "-m", "e2e.cli", "watch-images", "--kubeconfig", str(control_plane.kubeconfig), "--once",
          "--timeout", "2"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False, env={**os.environ},
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False, env={**os.environ},
     )  # fmt: skip
     lines = dict(line.split("  ")[:2] for line in done.stdout.splitlines())
     assert lines[cluster["manager"]] == "available", done.stdout
@@ -216,7 +219,7 @@ def test_once_exits_4_when_an_image_is_gone_even_with_a_registry_unreachable(
 
 
 def test_a_bad_listen_address_is_one_line() -> None:
-    done = subprocess.run([sys.executable, "-m", "e2e.cli", "watch-images", "--listen", "nowhere"], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "e2e.cli", "watch-images", "--listen", "nowhere"], cwd=REPO,
                           capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0
     assert "--listen nowhere: expected HOST:PORT" in done.stderr
@@ -279,7 +282,7 @@ def test_the_printed_manifest_applies_and_its_service_account_reads_what_a_round
     from e2e.tokens import mint_token
     from e2e.watch_images import images_in_use
 
-    printed = subprocess.run([sys.executable, "-m", "e2e.cli", "watch-images", "--print-manifest"], cwd=ROOT,
+    printed = subprocess.run([sys.executable, "-m", "e2e.cli", "watch-images", "--print-manifest"], cwd=REPO,
                              capture_output=True, text=True, timeout=60, check=True).stdout  # fmt: skip
     documents = [d for d in yaml.safe_load_all(printed) if d]
     crds = [monitoring_crd("servicemonitors", "ServiceMonitor"), monitoring_crd("prometheusrules", "PrometheusRule")]

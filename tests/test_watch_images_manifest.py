@@ -6,18 +6,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from helpers.paths import REPO
 
 from e2e import __version__, cli
 from e2e.imageset.watch_images import image_reference
 from e2e.preflight.cluster import LISTED_WORKLOADS
 from e2e.watch_images import RULES
 
-ROOT = Path(__file__).resolve().parents[1]
 KINDS = {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service",
          "ServiceMonitor", "PrometheusRule"}  # fmt: skip
 OPTIONS = ("--namespace", "kserve-prod", "--interval", "120", "--timeout", "5",
@@ -135,7 +134,7 @@ def test_the_watcher_runs_locked_down_and_is_scraped_through_its_service(capsys:
     ],
 )
 def test_a_bad_manifest_option_is_one_line(args: tuple[str, ...], expected: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "e2e.cli", "watch-images", *args], cwd=ROOT, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "e2e.cli", "watch-images", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=60, check=False)  # fmt: skip
     assert (done.returncode, done.stdout) == (2, ""), done.stderr
     assert done.stderr.strip().count("\n") == 0 and expected in done.stderr, done.stderr

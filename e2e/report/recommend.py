@@ -15,7 +15,7 @@ from e2e.secrets import redact
 
 # Used only when no matrix describes a release: the names every KServe release v0.10-v0.20
 # uses for its controller (checked against each release's install/<version>/kserve.yaml by
-# tests/test_manifests.py), and the registry path whose pulls fail since about 2026-03-06.
+# tests/manifests/test_manifests.py), and the registry path whose pulls fail since about 2026-03-06.
 _FALLBACK_NAMESPACE = "kserve"
 _FALLBACK_DEPLOYMENT = "kserve-controller-manager"
 _FALLBACK_PROXY_CONTAINER = "kube-rbac-proxy"

@@ -1,4 +1,4 @@
-# A stand-in `kubectl port-forward svc/NAME :PORT` that really forwards (tests/test_kind.py).
+# A stand-in `kubectl port-forward svc/NAME :PORT` that really forwards (tests/cluster/kind/test_kind.py).
 #
 # Like kubectl it picks the Service's pod once, at start: the "pod" is the TCP port written
 # in the file `endpoints` next to this script (missing or empty: the pod is not running,

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from release_files import session_release_files
+from helpers.paths import REPO
+from helpers.release_files import session_release_files
 
 from e2e.availability import unavailable
 from e2e.cluster.kind import cluster_name, docker_preflight, parse_kind_clusters
@@ -39,7 +40,6 @@ from e2e.errors import HarnessError
 
 pytestmark = [pytest.mark.kind_faults, pytest.mark.needs_docker, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[1]
 KSERVE, K8S = "v0.20.0", "1.34"
 GROUP_ID = f"kserve-{KSERVE}--k8s-{K8S}"
 CLUSTER = cluster_name(GROUP_ID)  # kcompat-v0-20-0-k8s-1-34

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.paths import REPO
 from kubernetes import client as k8s_client
 from kubernetes import watch as k8s_watch
 
@@ -317,7 +318,7 @@ def test_a_signalled_run_stops_its_processes_and_removes_its_directory(signum: i
     import json
 
     binaries = _binaries()
-    repo_root = Path(__file__).resolve().parents[1]
+    repo_root = REPO
     runner = ManagedProcess(
         "interrupted-run",
         [sys.executable, "-c", _INTERRUPTED_RUN, binaries.etcd, binaries.kube_apiserver],

@@ -18,6 +18,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from helpers.paths import REPO
 
 from e2e import report
 from e2e.cli import COMMANDS
@@ -27,7 +28,6 @@ from e2e.pytest_report import record
 from e2e.results import CellResult, CheckResult, CheckStatus, SecurityFinding, Verdict
 from e2e.secrets import register
 
-ROOT = Path(__file__).resolve().parent.parent
 # Long and JWT-shaped, as a real ServiceAccount token is; never a real credential.
 FAKE_TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJmYWtlLWJ1dC1sb25nLXRva2VuIn0.ZmFrZS1zaWduYXR1cmUtZm9yLXRlc3Rz"
 
@@ -625,7 +625,7 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     environment = {k: v for k, v in os.environ.items() if k != "GITHUB_STEP_SUMMARY"} | (env or {})
     return subprocess.run(
         [sys.executable, *entry, "report", *args],
-        cwd=ROOT,
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=60,

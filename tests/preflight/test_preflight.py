@@ -1,7 +1,7 @@
 """``kserve-compat preflight`` against a real API server with real KServe releases installed.
 
 One control plane (etcd + kube-apiserver processes) serves the whole module. KServe v0.14.0
-and v0.12.1 are installed from the real release manifests (``tests/release_files.py``) with
+and v0.12.1 are installed from the real release manifests (``tests/helpers/release_files.py``) with
 server-side apply: CRDs, RBAC, the controller Deployment, Services. The admission webhooks
 are deleted after the apply since no controller serves them (and so is the InferenceService
 CRD's conversion webhook, see ``live_kserve.without_conversion_webhook``), and no pod ever runs (no
@@ -25,11 +25,12 @@ from typing import Any
 
 import pytest
 import yaml
+from helpers.live_kserve import DEPLOYMENT, NAMESPACE, Releases
+from helpers.paths import REPO
+from helpers.registry_server import free_port
 from kubernetes import client as k8s_client
 from kubernetes import dynamic
 from kubernetes.client.exceptions import ApiException
-from live_kserve import DEPLOYMENT, NAMESPACE, Releases
-from registry_server import free_port
 from tenacity import Retrying, retry_if_exception_type, retry_if_result, stop_after_delay, wait_fixed
 
 from e2e import cli
@@ -40,7 +41,6 @@ from e2e.preflight import EXIT_REJECTED, MANAGED_BY
 
 pytestmark = pytest.mark.needs_binaries
 
-ROOT = Path(__file__).resolve().parents[1]
 PROXY_BINDING = "kserve-proxy-rolebinding"
 
 def preflight(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
@@ -358,7 +358,7 @@ def test_check_metrics_sigterm_cleans_up(
     api: k8s_client.ApiClient, releases: Releases, kubeconfig: str
 ) -> None:
     """SIGTERM while the check waits on a hung endpoint: the process removes what it created."""
-    from registry_server import silent_server
+    from helpers.registry_server import silent_server
 
     releases.install("v0.14.0")
     before = snapshot(api)
@@ -366,7 +366,7 @@ def test_check_metrics_sigterm_cleans_up(
         process = subprocess.Popen(
             [sys.executable, "-m", "e2e.cli", "preflight", "--kubeconfig", kubeconfig, "--no-probe",
              "--check-metrics", "--metrics-url", f"https://{hung}/metrics"],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         try:
             # Wait (bounded) until its temporary objects exist, i.e. it is in the writing phase.
@@ -454,7 +454,7 @@ def test_all_namespaces_finds_a_retired_image_outside_kserve(
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "e2e.cli", "preflight", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "KUBECONFIG": "/nonexistent"},
+        cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, "KUBECONFIG": "/nonexistent"},
     )
 
 

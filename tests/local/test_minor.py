@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from release_files import session_release_files
+from helpers.paths import REPO
+from helpers.release_files import session_release_files
 
 from e2e import binaries
 from e2e.availability import in_ci, unavailable
@@ -25,7 +26,6 @@ from e2e.errors import HarnessError
 from e2e.local import kubeadm
 from e2e.matrix import load_matrix
 
-REPO = Path(__file__).resolve().parents[1]
 MINOR = "1.35"
 RELEASE = "v0.12.1"
 

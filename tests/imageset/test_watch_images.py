@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers.paths import REPO
 
 from e2e import __version__, binaries
 from e2e.imageset import watch_images
 from e2e.imageset.components import BUILT
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def wheel(path: Path, files: dict[str, bytes], date: tuple[int, int, int, int, int, int]) -> Path:
@@ -38,7 +37,7 @@ def test_the_recipe_sees_the_wheels_files_not_its_timestamps(tmp_path: Path) -> 
 
 def test_the_images_command_takes_it_alone() -> None:
     done = subprocess.run([sys.executable, "-m", "e2e.cli", "images", "list", "--watch-images", "--kserve", "v0.14.0"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+                          cwd=REPO, capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert (done.returncode, done.stdout) == (2, ""), done.stderr
     assert done.stderr.strip() == (
         "kserve-compat images: images list --watch-images --kserve: the watch-images image has no selection"
@@ -86,7 +85,7 @@ def test_the_wheel_sources_hold_every_folder_pyproject_builds_from() -> None:
 
     from e2e.imageset.watch_images import WHEEL_SOURCES
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = REPO
     config = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]
     mapped = {source.split("/")[0] for source in config.get("package-dir", {}).values()}
     assert mapped <= set(WHEEL_SOURCES), mapped - set(WHEEL_SOURCES)

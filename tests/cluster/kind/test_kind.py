@@ -32,6 +32,7 @@ from typing import Any
 
 import pytest
 import yaml
+from helpers.paths import REPO, TEST_DATA
 
 from e2e.availability import unavailable
 from e2e.cluster import kind as kind_tier
@@ -62,9 +63,8 @@ from e2e.errors import EnvironmentMissing, HarnessError, UsageError
 from e2e.matrix import load_matrix
 from e2e.targets import ServiceTarget
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = Path(__file__).resolve().parent / "data" / "kind"
-WORKFLOW = ROOT / ".github" / "workflows" / "e2e.yaml"
+DATA = TEST_DATA / "kind"
+WORKFLOW = REPO / ".github" / "workflows" / "e2e.yaml"
 ACTIONLINT_VERSION = "v1.7.12"
 NODE_IMAGE = "kindest/node:v1.34.8@sha256:02722c2dedddcfc00febf5d27fbeb9b7b2c14294c82109ff4a85d89ac9ba3256"
 TARGET = ServiceTarget(namespace="kserve", name="kserve-controller-manager-metrics-service", port=8443)
@@ -1104,7 +1104,7 @@ def _versions_seen_by_pytest_kind(code: str, **env: str) -> str:
     environ = {k: v for k, v in os.environ.items() if k not in ("KIND_VERSION", "KUBECTL_VERSION")}
     environ.update(env)
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=environ, capture_output=True, text=True, check=True
+        [sys.executable, "-c", code], cwd=REPO, env=environ, capture_output=True, text=True, check=True
     )
     return result.stdout.strip()
 

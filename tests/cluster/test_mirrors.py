@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from registry_server import registry_binary as find_registry_binary
-from registry_server import run_registry
+from helpers.registry_server import require_registry_binary, run_registry
 
 from e2e.availability import unavailable
 from e2e.cluster.mirrors import (
@@ -37,14 +36,18 @@ QUAY_PROXY = "brancz/kube-rbac-proxy"
 
 @pytest.fixture(autouse=True)
 def registry_installed() -> None:
-    if find_registry_binary() is None:
-        unavailable("docker-registry not installed (apt-get install docker-registry)")
+    require_registry_binary()
 
 
 @pytest.fixture
 def offline(tmp_path: Path) -> Iterator[NodeMirrors]:
-    mirrors = NodeMirrors(tmp_path / "certs.d", tmp_path / "work", MirrorMode.offline(), lambda: "127.0.0.1",
-                          storage_root=tmp_path / "storage")
+    mirrors = NodeMirrors(
+        tmp_path / "certs.d",
+        tmp_path / "work",
+        MirrorMode.offline(),
+        lambda: "127.0.0.1",
+        storage_root=tmp_path / "storage",
+    )
     mirrors.prepare()
     try:
         yield mirrors
@@ -80,7 +83,9 @@ def test_upstream_names_are_what_containerd_asks_the_hosts_mirror_for() -> None:
     assert upstream_name("busybox") == ("docker.io", "library/busybox:latest")
     assert upstream_name("quay.io/brancz/kube-rbac-proxy:v0.18.0") == ("quay.io", f"{QUAY_PROXY}:v0.18.0")
     assert upstream_name("gcr.io/kubebuilder/kube-rbac-proxy:v0.13.1") == (
-        "gcr.io", "kubebuilder/kube-rbac-proxy:v0.13.1")
+        "gcr.io",
+        "kubebuilder/kube-rbac-proxy:v0.13.1",
+    )
     digest = "sha256:" + "a" * 64
     assert upstream_name(f"registry.k8s.io/pause@{digest}") == ("registry.k8s.io", f"pause@{digest}")
 
@@ -108,7 +113,7 @@ def test_online_a_host_without_a_mirror_is_pulled_from_directly(tmp_path: Path) 
 def test_a_mirror_serves_what_was_pushed_and_404_for_the_rest_through_the_nodes_address(
     offline: NodeMirrors,
 ) -> None:
-    from registry_server import push_image
+    from helpers.registry_server import push_image
 
     quay = offline.mirror("quay.io")
     assert (offline.certs_dir / "quay.io" / "hosts.toml").read_text() == hosts_toml(quay.node_url)
@@ -139,17 +144,21 @@ def test_stopped_mirrors_leave_no_process_and_no_listener(offline: NodeMirrors) 
 
 
 def test_a_pull_through_mirror_keeps_what_it_fetched_for_the_next_run(tmp_path: Path) -> None:
-    from registry_server import push_image
+    from helpers.registry_server import push_image
 
-    binary = find_registry_binary()
-    assert binary is not None
+    binary = require_registry_binary()
     storage = tmp_path / "storage"
     name = f"{QUAY_PROXY}:v0.22.1"
 
     def run(index: int, upstream: str) -> tuple[int, int]:
         """(manifest status, layer status) through run ``index``'s mirror of quay.io."""
-        mirrors = NodeMirrors(tmp_path / f"certs{index}", tmp_path / f"work{index}",
-                              MirrorMode.online({"quay.io": upstream}), lambda: "127.0.0.1", storage_root=storage)
+        mirrors = NodeMirrors(
+            tmp_path / f"certs{index}",
+            tmp_path / f"work{index}",
+            MirrorMode.online({"quay.io": upstream}),
+            lambda: "127.0.0.1",
+            storage_root=storage,
+        )
         mirrors.prepare()
         try:
             quay = mirrors.mirror("quay.io")
@@ -180,13 +189,15 @@ def test_docker_push_from_the_local_engine_keeps_the_image_id(offline: NodeMirro
     image = "kserve-compat.local/mirror-test:v1"
     import_one_file_image(image, tmp_path.name.encode())  # unique per run: the push is never a no-op
     try:
-        image_id = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", image], check=True,
-                                  capture_output=True, text=True).stdout.strip()
+        image_id = subprocess.run(
+            ["docker", "image", "inspect", "--format", "{{.Id}}", image], check=True, capture_output=True, text=True
+        ).stdout.strip()
         own = offline.mirror("kserve-compat.local")
         own.push(image, "mirror-test:v1")
         assert own.config_digest("mirror-test:v1") == image_id
-        listed = subprocess.run(["docker", "image", "ls", "--format", "{{.Repository}}"], check=True,
-                                capture_output=True, text=True).stdout
+        listed = subprocess.run(
+            ["docker", "image", "ls", "--format", "{{.Repository}}"], check=True, capture_output=True, text=True
+        ).stdout
         assert "127.0.0.1:" not in listed  # the push's temporary tag is gone
     finally:
         subprocess.run(["docker", "rmi", "-f", image], capture_output=True, check=False)
@@ -257,8 +268,10 @@ def test_a_pull_that_failed_because_a_mirror_died_is_an_error_not_image_unavaila
 
     not_found = ImageUnavailable(
         "gcr.io/kubebuilder/kube-rbac-proxy:v0.13.1: ErrImagePull",
-        ['rpc error: code = NotFound desc = failed to pull and unpack image "gcr.io/kubebuilder/kube-rbac-proxy:'
-         'v0.13.1": failed to resolve reference: not found'],
+        [
+            'rpc error: code = NotFound desc = failed to pull and unpack image "gcr.io/kubebuilder/kube-rbac-proxy:'
+            'v0.13.1": failed to resolve reference: not found'
+        ],
     )
     died = ["mirror of quay.io (http://gw:1): exited with -9", "last line"]
     cases = [
@@ -294,15 +307,21 @@ def test_images_push_seeds_a_users_registry_under_upstream_paths(
         components.PlannedImage(image, "kube-rbac-proxy", "v1", components.BUILT),
         components.PlannedImage("kserve-compat/kind-node:v1.34.4", "node", "v1.34.4", components.BUILT),
         # required_images lists cert-manager's rendered manifest too: a file, never pushed.
-        components.PlannedImage(str(tmp_path / "cert-manager.yaml"), "cert-manager-manifest", "v1.11.5",
-                                components.BUILT),
-        components.PlannedImage("quay.io/brancz/kube-rbac-proxy:v0.13.1", "kube-rbac-proxy", "v0.13.1",
-                                components.UNAVAILABLE, "the Go module proxy refuses v0.13.1"),
+        components.PlannedImage(
+            str(tmp_path / "cert-manager.yaml"), "cert-manager-manifest", "v1.11.5", components.BUILT
+        ),
+        components.PlannedImage(
+            "quay.io/brancz/kube-rbac-proxy:v0.13.1",
+            "kube-rbac-proxy",
+            "v0.13.1",
+            components.UNAVAILABLE,
+            "the Go module proxy refuses v0.13.1",
+        ),
     ]
-    missing = components.PlannedImage("kserve/kserve-controller:v0.14.0", "kserve-controller", "v0.14.0",
-                                      components.MISSING, "binary not built yet")
-    binary = find_registry_binary()
-    assert binary is not None
+    missing = components.PlannedImage(
+        "kserve/kserve-controller:v0.14.0", "kserve-controller", "v0.14.0", components.MISSING, "binary not built yet"
+    )
+    binary = require_registry_binary()
     try:
         with run_registry(binary, tmp_path / "site") as site:
             monkeypatch.setattr(components, "required_images", lambda **_: planned)

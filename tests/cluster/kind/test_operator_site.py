@@ -51,8 +51,9 @@ from typing import Any
 
 import pytest
 import yaml
-from kind_runs import kind_network_gateway, run_to_the_end
-from release_files import session_release_files
+from helpers.kind_runs import kind_network_gateway, run_to_the_end
+from helpers.paths import REPO
+from helpers.release_files import session_release_files
 
 from e2e import binaries
 from e2e.availability import unavailable
@@ -63,7 +64,6 @@ from e2e.imageset.offline import LocalImageSet, image_present
 
 pytestmark = [pytest.mark.slow, pytest.mark.needs_docker]
 
-REPO = Path(__file__).resolve().parents[1]
 KSERVE, K8S, PROXY, RETIRED = "v0.13.1", "1.34", "quay-v0.22.1", "gcr-v0.13.1"
 PROXY_IMAGE = "quay.io/brancz/kube-rbac-proxy:v0.22.1"
 RETIRED_IMAGE = "gcr.io/kubebuilder/kube-rbac-proxy:v0.13.1"

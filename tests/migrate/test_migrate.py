@@ -4,7 +4,7 @@ The control plane has no kubelet and no Deployment controller (see ``live_kserve
 rollout ever completes here: what these tests prove is the guard around the change (the
 refusals, the tool-owned Deployment, the dry run, nothing written on a no-go) and the
 rollback and Ctrl-C paths, whose outcome is read back from the API server. A migration
-that rolls out and serves metrics runs on kind (``tests/test_kind_operator_site.py``).
+that rolls out and serves metrics runs on kind (``tests/cluster/kind/test_operator_site.py``).
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.live_kserve import DEPLOYMENT, NAMESPACE, Releases
+from helpers.paths import REPO
 from kubernetes import client as k8s_client
-from live_kserve import DEPLOYMENT, NAMESPACE, Releases
 
 from e2e import cli
 
 pytestmark = pytest.mark.needs_binaries
 
-ROOT = Path(__file__).resolve().parents[1]
 TARGET = "quay-v0.22.1"
 SHIPPED = "quay.io/brancz/kube-rbac-proxy:v0.18.0"  # what v0.14.0 ships
 # A closed port: the metrics are "unreachable before the change", as in an outage.
@@ -197,7 +197,7 @@ def test_ctrl_c_during_the_rollout_ends_on_the_recorded_deployment_and_says_so(
     v0_14: Releases, api: k8s_client.ApiClient, kubeconfig: str, mirrors: list[str], tmp_path: Path
 ) -> None:
     template_before = deployment(api)["spec"]["template"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen(
         [sys.executable, "-m", "e2e.cli", "migrate", "--to", TARGET, "--kubeconfig", kubeconfig, *mirrors,
          "--report-dir", str(tmp_path), "--metrics-url", CLOSED_METRICS, "--rollout-timeout", "600"],

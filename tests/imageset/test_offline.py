@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from release_files import SessionReleaseFiles
+from helpers.release_files import SessionReleaseFiles
 
 from e2e.cluster.kind import cluster_config
 from e2e.errors import WorkloadUnavailable

@@ -39,7 +39,14 @@ from e2e.manifests import (
 # README lists them. Tests parametrized over "every mirrored release" use this list, so that
 # collecting them needs no directory; each case then asks the resolver for its file.
 MIRRORED_KSERVE_VERSIONS = (
-    "v0.10.1", "v0.12.1", "v0.13.0-rc0", "v0.14.0", "v0.15.2", "v0.16.0", "v0.18.0", "v0.20.0",
+    "v0.10.1",
+    "v0.12.1",
+    "v0.13.0-rc0",
+    "v0.14.0",
+    "v0.15.2",
+    "v0.16.0",
+    "v0.18.0",
+    "v0.20.0",
 )
 
 HOW_TO_PROVIDE = (

@@ -2,7 +2,7 @@
 
 Release manifests from v0.14 run ``kserve-localmodel-controller-manager`` (image
 ``kserve/kserve-localmodel-controller:<version>``, built from the release's
-``cmd/localmodel``). The unit tests use the stand-in world of ``test_imageset_components``;
+``cmd/localmodel``). The unit tests use the stand-in world of ``helpers.imageset_world``;
 the integration test builds the real image from the real binary with a Docker engine
 (skipped without one, failing with ``CI=true``).
 """
@@ -16,16 +16,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from release_files import SessionReleaseFiles
-from test_imageset_components import (  # noqa: F401 - fixtures used by name
+from helpers.imageset_world import (
     FakeWorld,
     by_reference,
     docker_run,
-    manifest_files,
     release_manifest,
     require_docker_engine,
-    world,
 )
+from helpers.release_files import SessionReleaseFiles
 
 from e2e import binaries
 from e2e.availability import unavailable
@@ -164,7 +162,7 @@ def test_the_reference_is_read_from_the_release_manifest(release_files: SessionR
 
 
 def test_a_localmodel_image_is_planned_only_for_a_release_that_runs_it(
-    world: FakeWorld,  # noqa: F811
+    world: FakeWorld,
     localmodel_files: ReleaseFiles,
 ) -> None:
     images = components.required_images(["v0.13.1", "v0.14.0"], ["quay-v0.18.0"], ["1.34"], files=localmodel_files)
@@ -175,7 +173,7 @@ def test_a_localmodel_image_is_planned_only_for_a_release_that_runs_it(
 
 
 def test_a_refused_release_makes_its_localmodel_image_unavailable_with_the_reason(
-    world: FakeWorld,  # noqa: F811
+    world: FakeWorld,
     localmodel_files: ReleaseFiles,
 ) -> None:
     world.unavailable_binaries[(LOCALMODEL, "v0.14.0")] = "github.com/kserve/kserve@v0.14.0: 403"
@@ -185,7 +183,7 @@ def test_a_refused_release_makes_its_localmodel_image_unavailable_with_the_reaso
 
 
 def test_the_controller_and_localmodel_binaries_come_from_one_build(
-    world: FakeWorld,  # noqa: F811
+    world: FakeWorld,
     localmodel_files: ReleaseFiles,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

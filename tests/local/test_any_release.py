@@ -13,14 +13,13 @@ from typing import Any
 
 import pytest
 import yaml
-from release_files import session_release_files
-from scenario_runs import run_local_scenarios
+from helpers.release_files import session_release_files
+from helpers.scenario_runs import run_local_scenarios
 
 from e2e import binaries
 from e2e.availability import unavailable
 from e2e.matrix import DEFAULT_MATRIX_FILE
 
-REPO = Path(__file__).resolve().parents[1]
 PATCHED = "quay.io/me/kube-rbac-proxy:v0.18.0-fix1"
 
 pytestmark = pytest.mark.slow

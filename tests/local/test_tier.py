@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from release_files import session_release_files
-from scenario_runs import run_local_scenarios
+from helpers.paths import REPO
+from helpers.release_files import session_release_files
+from helpers.scenario_runs import run_local_scenarios
 
 from e2e import binaries
 from e2e.availability import unavailable
 
-REPO = Path(__file__).resolve().parents[1]
 JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
 # The one JWT-shaped string the harness sends on purpose: a token no API server issued.
 GARBAGE_TOKEN_PREFIX = "eyJhbGciOiJub25lIn0."

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from release_files import session_release_files
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers.paths import REPO
+from helpers.release_files import session_release_files
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Release manifests: the offline directory, the cache, downloads, the lock, parsing, patches.
 
 Parsing and patching run against the real KServe release manifests, obtained through the
-harness's resolver (``tests/release_files.py``; ``.ci/run`` points its offline directory at
+harness's resolver (``tests/helpers/release_files.py``; ``.ci/run`` points its offline directory at
 ../shared/fixtures, as a user with an air-gapped mirror would). The offline directory's own
 tests need that directory.
 Downloads run against a real HTTP server on 127.0.0.1 with scripted answers.
@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import requests
-from release_files import MIRRORED_KSERVE_VERSIONS, SessionReleaseFiles
+from helpers.release_files import MIRRORED_KSERVE_VERSIONS, SessionReleaseFiles
 
 from e2e.errors import LockMismatch, ManifestError, NotInOfflineDirectory, UsageError
 from e2e.manifests import (

@@ -25,7 +25,7 @@ import time
 import urllib.parse
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +39,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
+
+from e2e.availability import unavailable
 
 REGISTRY_BINARY = "docker-registry"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
@@ -107,6 +109,24 @@ def run_registry(binary: str, workdir: Path, auth: dict[str, Any] | None = None)
             process.wait()
 
 
+def require_registry_binary() -> str:
+    """Debian's docker-registry; without it the test is skipped (failed with ``CI=true``)."""
+    binary = registry_binary()
+    if binary is None:
+        unavailable("docker-registry not installed (apt-get install docker-registry)")
+    return binary
+
+
+@contextmanager
+def registry_serving(workdir: Path, images: Mapping[str, Iterable[str]]) -> Iterator[RunningRegistry]:
+    """A real registry holding ``images`` (repository -> tags), each a small image pushed here."""
+    with run_registry(require_registry_binary(), workdir) as running:
+        for repository, tags in images.items():
+            for tag in tags:
+                push_image(running.url, repository, tag)
+        yield running
+
+
 def _digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
@@ -122,9 +142,7 @@ def _layer(content: bytes) -> bytes:
     return gzip.compress(raw.getvalue(), mtime=0)
 
 
-def push_image(
-    registry_url: str, repository: str, tag: str, session: requests.Session | None = None
-) -> str:
+def push_image(registry_url: str, repository: str, tag: str, session: requests.Session | None = None) -> str:
     """Push a one-layer image through the registry API; returns the manifest digest."""
     http = session or requests.Session()
     layer = _layer(f"{repository}:{tag}\n".encode())

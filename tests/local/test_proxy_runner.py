@@ -19,9 +19,9 @@ import pytest
 import requests
 import urllib3
 import yaml
+from helpers.real_cluster import real_control_plane
+from helpers.release_files import session_release_files
 from kubernetes import client as k8s_client
-from real_cluster import real_control_plane
-from release_files import session_release_files
 
 from e2e.availability import in_ci, unavailable
 from e2e.errors import HarnessError

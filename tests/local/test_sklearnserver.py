@@ -14,13 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.cells import new_cell
 
 from e2e import binaries, checks
 from e2e.availability import in_ci, unavailable
 from e2e.checks.inference import IRIS_EXPECTED, IRIS_INPUT, infer_v2, predict_v1
 from e2e.local import sklearnserver
 from e2e.local.predictor import StorageInitializer, deviation, place_model
-from e2e.results import CellResult, CheckStatus
+from e2e.results import CheckStatus
 
 RELEASE = "v0.20.0"
 
@@ -198,17 +199,6 @@ def test_the_model_is_placed_only_where_a_storage_initializer_would_fetch_it(tmp
     assert line.startswith("ns/p container kserve-container played by sklearnserver v0.20.0 (python/ of ")
 
 
-def _cell() -> CellResult:
-    return CellResult(
-        cell_id="kserve-v0.20.0--quay-v0.22.1--k8s-1.34",
-        provider="local",
-        kserve_version=RELEASE,
-        proxy_alias="quay-v0.22.1",
-        proxy_image="quay.io/brancz/kube-rbac-proxy:v0.22.1",
-        kubernetes_version="v1.34.4",
-    )
-
-
 # -- the real server -------------------------------------------------------------------------
 
 
@@ -255,7 +245,7 @@ def test_the_venv_records_what_it_was_built_from(release_env: sklearnserver.Skle
 def test_the_releases_server_answers_kserves_e2e_request_over_v1_and_v2(served: str) -> None:
     assert predict_v1(served, "sklearn-iris", IRIS_INPUT) == IRIS_EXPECTED
     assert infer_v2(served, "sklearn-iris", IRIS_INPUT) == IRIS_EXPECTED
-    cell = _cell()
+    cell = new_cell(RELEASE, "quay-v0.22.1")
     result = checks.check_inference(cell, served, "sklearn-iris", "v2")
     assert result.status is CheckStatus.PASS, result.detail
 
@@ -278,7 +268,7 @@ def test_without_a_placed_model_the_server_starts_empty_and_inference_fails(
     )
     with server:
         server.wait_ready()
-        cell = _cell()
+        cell = new_cell(RELEASE, "quay-v0.22.1")
         result = checks.check_inference(cell, f"http://{server.address}", "sklearn-iris", "v1")
         assert "failed to locate model file for model sklearn-iris" in server.logs()
     assert result.status is CheckStatus.FAIL

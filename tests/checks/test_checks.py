@@ -5,7 +5,7 @@ status codes per bearer token so that each check's verdict, detail and evidence 
 tested. It is not kube-rbac-proxy; the end-to-end run against the real proxy binary is a
 scenario. Likewise the inference server is a stand-in that answers the v1/v2 shapes of KServe's
 own e2e (kserve/kserve test/e2e/predictor/test_sklearn.py); the checks against a release's
-real sklearnserver are in tests/test_sklearnserver.py.
+real sklearnserver are in tests/local/test_sklearnserver.py.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 import trustme
+from helpers.cells import new_cell
 
 from e2e import checks
 from e2e.checks import (
@@ -89,17 +90,6 @@ def service_account_jwt(subject: str) -> str:
             _b64url(json.dumps(payload, separators=(",", ":")).encode()),
             _b64url(stdlib_secrets.token_bytes(256)),
         ]
-    )
-
-
-def new_cell() -> CellResult:
-    return CellResult(
-        cell_id="v0.14.1-quay-v0.18.0-k8s-v1.31.0",
-        provider="local",
-        kserve_version="v0.14.1",
-        proxy_alias="quay-v0.18.0",
-        proxy_image="quay.io/brancz/kube-rbac-proxy:v0.18.0",
-        kubernetes_version="v1.31.0",
     )
 
 
@@ -205,7 +195,7 @@ def no_access_token() -> str:
 
 
 def proxy_like_responder(reader: str, no_access: str, body: str = PROMETHEUS_TEXT) -> Responder:
-    """Answers as kube-rbac-proxy does (tests/test_proxy_runner.py measures it), keyed on the bearer token."""
+    """Answers as kube-rbac-proxy does (tests/local/test_proxy_runner.py measures it), keyed on the bearer token."""
 
     def respond(method: str, path: str, headers: dict[str, str], _: bytes) -> Answer:
         if path != "/metrics":

@@ -30,11 +30,12 @@ import requests
 import tenacity
 import yaml
 from cryptography import x509
+from helpers.cells import new_cell
+from helpers.real_cluster import real_control_plane
+from helpers.release_files import SessionReleaseFiles
+from helpers.scenario_runs import run_local_scenarios
 from kubernetes import client as k8s_client
 from prometheus_client.parser import text_string_to_metric_families
-from real_cluster import real_control_plane
-from release_files import SessionReleaseFiles
-from scenario_runs import run_local_scenarios
 
 from e2e import binaries, checks, kserve
 from e2e.apply import Applier
@@ -51,11 +52,10 @@ from e2e.local.players import SERVING_CERT_DEVIATION
 from e2e.local.processes import free_loopback_port
 from e2e.manifests import load_release_manifest
 from e2e.matrix import DEFAULT_MATRIX_FILE, load_matrix
-from e2e.results import CellResult, CheckStatus, Verdict
+from e2e.results import CheckStatus, Verdict
 from e2e.targets import ServiceTarget
 from e2e.tokens import mint_token
 
-REPO = Path(__file__).resolve().parents[1]
 RELEASE = "v0.20.0"
 SHIPPED_MANAGER_ARGS = ["--metrics-addr=127.0.0.1:8080", "--leader-elect"]
 
@@ -194,10 +194,6 @@ def test_a_releases_manager_and_llmisvc_are_built_in_one_go_build(monkeypatch: p
     assert together == [([binaries.KSERVE_LLMISVC, binaries.KSERVE_MANAGER], "v0.16.0")]
 
 
-def new_cell() -> CellResult:
-    return CellResult("c", "local", RELEASE, "quay-v0.22.1", "quay.io/brancz/kube-rbac-proxy:v0.22.1", "1.34")
-
-
 RECONCILES = (
     "# TYPE controller_runtime_reconcile_total counter\n"
     'controller_runtime_reconcile_total{{controller="inferenceservice",result="success"}} {count}\n'
@@ -207,7 +203,7 @@ RECONCILES = (
 def test_metrics_content_waits_for_the_first_reconciles() -> None:
     answers = iter([RECONCILES.format(count=0), RECONCILES.format(count=0), RECONCILES.format(count=6)])
     result = checks.check_metrics_content(
-        new_cell(), RECONCILES.format(count=0), refetch=lambda: next(answers), wait_s=10
+        new_cell(RELEASE, "quay-v0.22.1"), RECONCILES.format(count=0), refetch=lambda: next(answers), wait_s=10
     )
     assert result.status is CheckStatus.PASS, result.detail
     assert "total 6" in result.detail
@@ -215,7 +211,7 @@ def test_metrics_content_waits_for_the_first_reconciles() -> None:
 
 def test_metrics_content_fails_when_nothing_was_reconciled() -> None:
     body = RECONCILES.format(count=0)
-    result = checks.check_metrics_content(new_cell(), body, refetch=lambda: body, wait_s=0.5)
+    result = checks.check_metrics_content(new_cell(RELEASE, "quay-v0.22.1"), body, refetch=lambda: body, wait_s=0.5)
     assert result.status is CheckStatus.FAIL
     assert "is 0 (read again for up to 0s): the controller reconciled no InferenceService" in result.detail
 
@@ -224,7 +220,7 @@ def test_a_stand_ins_output_is_labelled_in_the_result() -> None:
     from e2e.local.metrics_upstream import MetricsUpstream
 
     body = MetricsUpstream(stand_in_reason="kserve-manager v0.18.0 unavailable: 403").body().decode()
-    result = checks.check_metrics_content(new_cell(), body)
+    result = checks.check_metrics_content(new_cell(RELEASE, "quay-v0.22.1"), body)
     assert result.status is CheckStatus.PASS
     assert result.detail.startswith("STAND-IN RESULT, not KServe's manager (kserve-manager v0.18.0 unavailable: 403)")
     assert result.evidence[0].startswith("served by kserve-compat's stand-in")
@@ -467,7 +463,7 @@ def test_metrics_through_the_proxy_come_from_the_real_manager(installed: Install
     api = installed.api
     Applier(api).apply(kserve.load_documents(kserve.MANIFESTS_DIR / "metrics-access.yaml"))
     profile = load_matrix().release(RELEASE).profile
-    cell = new_cell()
+    cell = new_cell(RELEASE, "quay-v0.22.1")
     with installed.cluster.endpoint(
         ServiceTarget(profile.namespace, profile.metrics_service, profile.metrics_port)
     ) as address:
@@ -539,7 +535,7 @@ def test_the_predictor_pods_are_played_by_the_releases_sklearnserver(installed: 
     _need_sklearnserver()
     for name, protocol in SAMPLE_MODELS:
         with kserve.inference_endpoint(installed.cluster, kserve.SAMPLES_NAMESPACE, name, timeout_s=120) as address:
-            result = checks.check_inference(new_cell(), f"http://{address}", name, protocol)
+            result = checks.check_inference(new_cell(RELEASE, "quay-v0.22.1"), f"http://{address}", name, protocol)
         assert result.status is CheckStatus.PASS, result.detail
     played = [p for p in installed.cluster._played.values() if p.role == "model-server"]
     assert sorted(p.deployment for p in played) == ["sklearn-iris-predictor", "sklearn-iris-v2-predictor"]
@@ -570,7 +566,7 @@ def test_a_manager_denied_by_rbac_leaves_the_model_not_ready_and_fails_inference
     InferenceService's conditions, and the inference check fails at once with those words."""
     profile = load_matrix().release(RELEASE).profile
     with _install(release_files, "rbac-test", _without_creating_deployments) as denied:
-        cell = new_cell()
+        cell = new_cell(RELEASE, "quay-v0.22.1")
         with (
             pytest.raises(kserve.InferenceServiceNotReady) as not_ready,
             kserve.inference_endpoint(

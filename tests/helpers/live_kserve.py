@@ -1,7 +1,7 @@
 """A real API server with real KServe releases installed, for the commands that read or change
 a live cluster (``preflight``, ``migrate``): their shared helpers (the fixtures are in conftest).
 
-KServe is installed from the real release manifests (``tests/release_files.py``) with
+KServe is installed from the real release manifests (``tests/helpers/release_files.py``) with
 server-side apply: CRDs, RBAC, the controller Deployment, Services. The admission webhooks
 are deleted after the apply since no controller serves them (and so is the InferenceService
 CRD's conversion webhook, see ``without_conversion_webhook``), and no pod ever runs (no
