@@ -533,6 +533,17 @@ def migration_start_image(cell: MatrixCell, shipped: str | None = None) -> str:
     return replacement(image) or image
 
 
+def no_image_change(cell: MatrixCell, change: str) -> str | None:
+    """Why ``change`` (migrate to the cell's image, roll back from it) has nothing to do, or
+    None: the cell's image is the one the release starts from, or a retired image, which
+    never runs (the retired-image scenario covers it)."""
+    if cell.proxy.image == migration_start_image(cell):
+        return f"the cell runs the image the release starts from: nothing to {change}"
+    if cell.proxy.retired:
+        return f"a retired image never runs: nothing to {change}; the retired-image scenario covers it"
+    return None
+
+
 def github_actions_matrix_json(cells: Sequence[MatrixCell]) -> str:
     return json.dumps(github_actions_matrix(cells), separators=(",", ":"))
 

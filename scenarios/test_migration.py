@@ -8,7 +8,7 @@ may be lost; the metrics outage window is measured; then the fresh-install check
 
 from __future__ import annotations
 
-from e2e.matrix import MatrixCell, migration_start_image
+from e2e.matrix import MatrixCell, no_image_change
 from e2e.run import Harness
 from e2e.scenario import Scenario
 from e2e.steps.check_image import check_image_in_use
@@ -23,11 +23,7 @@ from e2e.steps.token_leak import check_token_leak
 
 
 def _migrates(cell: MatrixCell, provider: str) -> str | None:
-    if cell.proxy.image == migration_start_image(cell):
-        return "the cell runs the image the release starts from: nothing to migrate"
-    if cell.proxy.retired:
-        return "migrating to a retired image: the retired-image scenario covers it"
-    return None
+    return no_image_change(cell, "migrate")
 
 
 SCENARIO = Scenario(

@@ -9,7 +9,7 @@ on the image the cluster ends on.
 
 from __future__ import annotations
 
-from e2e.matrix import MatrixCell, migration_start_image
+from e2e.matrix import MatrixCell, no_image_change
 from e2e.run import Harness
 from e2e.scenario import Scenario
 from e2e.steps.check_image import check_image_in_use
@@ -23,11 +23,7 @@ from e2e.steps.swap import swap_proxy_image
 
 
 def _rolls_back(cell: MatrixCell, provider: str) -> str | None:
-    if cell.proxy.image == migration_start_image(cell):
-        return "the cell runs the image the release starts from: nothing to roll back"
-    if cell.proxy.retired:
-        return "a retired image never runs: there is nothing to roll back from"
-    return None
+    return no_image_change(cell, "roll back")
 
 
 SCENARIO = Scenario(
