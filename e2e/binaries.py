@@ -55,8 +55,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from e2e import docker_cli
 from e2e.atomic_write import write_atomic
 from e2e.cache import cache_root
+from e2e.command import last_lines, run
 from e2e.errors import EnvironmentMissing, HarnessError, UsageError
 from e2e.text import one_line
 
@@ -463,9 +465,7 @@ def go_binary() -> str:
 
 @lru_cache(maxsize=1)
 def go_version() -> str:
-    result = subprocess.run(
-        [go_binary(), "env", "GOVERSION"], capture_output=True, text=True, env=_go_env(), check=False
-    )
+    result = run([go_binary(), "env", "GOVERSION"], "go's version", env=_go_env(), timeout=60, check=False)
     return result.stdout.strip() or "unknown"
 
 
@@ -478,7 +478,10 @@ def _go_error(text: str, prefix: str = "") -> str:
 
 def _go_json(args: Sequence[str], cwd: Path, env: Mapping[str, str]) -> dict[str, Any]:
     """Run a ``go ... -json`` command that prints one object (with "Error" on failure)."""
-    result = subprocess.run([go_binary(), *args], cwd=cwd, capture_output=True, text=True, env=dict(env), check=False)
+    # A download of a large module (Kubernetes') through a slow proxy takes minutes.
+    result = run(
+        [go_binary(), *args], f"go {' '.join(args)}", cwd=cwd, env=env, timeout=BUILD_TIMEOUT_SECONDS, check=False
+    )
     try:
         data = json.loads(result.stdout)
     except ValueError:
@@ -555,7 +558,7 @@ def cached_module_dir(module: str, version: str) -> Path | None:
         go = go_binary()
     except EnvironmentMissing:
         return None
-    result = subprocess.run([go, "env", "GOMODCACHE"], capture_output=True, text=True, check=False)
+    result = run([go, "env", "GOMODCACHE"], "go's module cache", timeout=60, check=False)
     directory = Path(result.stdout.strip()) / f"{module}@{version}"
     return directory if result.stdout.strip() and directory.is_dir() else None
 
@@ -615,33 +618,16 @@ def buildable(component: str, version: str | None = None) -> tuple[bool, str]:
 # ---------------------------------------------------------------------------- from the image
 
 
-def _docker(args: Sequence[str], timeout: float = DOCKER_TIMEOUT_SECONDS) -> subprocess.CompletedProcess[str]:
-    docker = shutil.which("docker")
-    if not docker:
-        raise ExtractFailed("docker: not found on PATH")
-    try:
-        return subprocess.run([docker, *args], capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        raise ExtractFailed(f"docker {args[0]}: no answer within {timeout:.0f}s") from None
-
-
-def _docker_error(result: subprocess.CompletedProcess[str], what: str) -> ExtractFailed:
-    # docker's last stderr line is its error; earlier ones are progress ("Unable to find image").
-    lines = [line for line in (result.stderr or result.stdout).splitlines() if line.strip()]
-    detail = one_line(lines[-1]).removeprefix("docker: ") if lines else f"exit status {result.returncode}"
-    return ExtractFailed(f"docker {what} failed: {detail}")
-
-
 def docker_engine_unreachable_reason() -> str | None:
     """Why no Docker engine answers here (None when one does). Cheap: no image is pulled."""
     try:
-        result = _docker(["version", "--format", "{{.Server.Version}}"], timeout=30)
-    except ExtractFailed as exc:
+        result = docker_cli.docker(
+            ["version", "--format", "{{.Server.Version}}"], "docker version", timeout=30, check=False
+        )
+    except HarnessError as exc:
         return str(exc)
     if result.returncode != 0 or not result.stdout.strip():
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        detail = one_line(lines[-1]) if lines else f"exit status {result.returncode}"
-        return f"no Docker engine answers (docker version: {detail})"
+        return f"no Docker engine answers (docker version: {last_lines(result.stderr)})"
     return None
 
 
@@ -664,22 +650,27 @@ def extract_proxy(version: str) -> Path:
         raise ExtractFailed(engine)
     log.info("taking kube-rbac-proxy %s out of %s (docker create + docker cp)", rec.version, image)
     started = time.monotonic()
-    created = _docker(["create", "--platform", f"linux/{_go_arch()}", image])
+    created = docker_cli.docker(
+        ["create", "--platform", f"linux/{_go_arch()}", image],
+        "a container of the image",
+        error=ExtractFailed,
+        timeout=DOCKER_TIMEOUT_SECONDS,
+    )
     container = created.stdout.strip().splitlines()[-1] if created.stdout.strip() else ""
-    if created.returncode != 0 or not container:
-        raise _docker_error(created, f"create {image}")
+    if not container:
+        raise ExtractFailed(f"docker create {image}: no container id printed")
     try:
         with tempfile.TemporaryDirectory(prefix="kserve-compat-extract-") as tmp:
             target = Path(tmp) / PROXY
-            copied = _docker(["cp", f"{container}:{PROXY_PATH_IN_IMAGE}", str(target)])
-            if copied.returncode != 0:
-                raise _docker_error(copied, f"cp {image}:{PROXY_PATH_IN_IMAGE}")
+            docker_cli.docker(
+                ["cp", f"{container}:{PROXY_PATH_IN_IMAGE}", str(target)],
+                f"copying {PROXY_PATH_IN_IMAGE} out of its container",
+                error=ExtractFailed,
+                timeout=DOCKER_TIMEOUT_SECONDS,
+            )
             if not target.is_file() or target.stat().st_size == 0:
                 raise ExtractFailed(f"docker cp {image}:{PROXY_PATH_IN_IMAGE}: no file came out")
-            digests = ""
-            inspected = _docker(["image", "inspect", "--format", "{{json .RepoDigests}}", image], timeout=60)
-            if inspected.returncode == 0:
-                digests = inspected.stdout.strip()
+            digests = docker_cli.inspect_image(image, "{{json .RepoDigests}}") or ""
             installed = _install(
                 target,
                 rec,
@@ -694,9 +685,7 @@ def extract_proxy(version: str) -> Path:
                 },
             )
     finally:
-        removed = _docker(["rm", "-f", container], timeout=120)
-        if removed.returncode != 0:
-            log.warning("docker rm %s: %s", container, one_line(removed.stderr))
+        docker_cli.remove_container(container)
     log.info("took kube-rbac-proxy %s out of %s: %s", rec.version, image, installed)
     return installed
 

@@ -43,7 +43,6 @@ import json
 import logging
 import os
 import re
-import subprocess
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +52,7 @@ from typing import Any, Literal
 
 from e2e import binaries
 from e2e.atomic_write import write_atomic
+from e2e.command import run
 from e2e.data import PROXY_FLAGS_FILE
 from e2e.errors import EnvironmentMissing, HarnessError, UsageError
 from e2e.matrix import Matrix, load_matrix, version_key
@@ -413,21 +413,15 @@ def _run(binary: Path, args: Sequence[str], timeout: float, *, stdout_only: bool
     ``stdout_only``: for answers whose stderr is commentary (cobra's completion)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
     with tempfile.TemporaryDirectory(prefix="kserve-compat-flags-") as cwd:
-        try:
-            result = subprocess.run(
-                [str(binary), *args],
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                env=env,
-                cwd=cwd,
-                stdin=subprocess.DEVNULL,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            raise ProbeFailed(f"{binary} {' '.join(args)}: no answer within {timeout:.0f}s") from None
-        except OSError as exc:
-            raise ProbeFailed(f"{binary}: cannot run it ({one_line(exc)})") from None
+        result = run(
+            [binary, *args],
+            f"`{' '.join(args)}` of {binary}",
+            error=ProbeFailed,
+            timeout=timeout,
+            env=env,
+            cwd=cwd,
+            check=False,
+        )
     return result.returncode, result.stdout if stdout_only else result.stdout + result.stderr
 
 
@@ -568,16 +562,13 @@ _KLOG_FLAG = re.compile(r'commandLine\.\w*Var\(\s*&[\w.]+,\s*"([\w-]+)"')
 
 def klog_modules(binary: Path) -> list[tuple[str, str]]:
     """(module, version) of klog as the binary records its build (``go version -m``)."""
-    result = subprocess.run(
-        [binaries.go_binary(), "version", "-m", str(binary)],
-        capture_output=True,
-        text=True,
+    result = run(
+        [binaries.go_binary(), "version", "-m", binary],
+        f"the build record of {binary}",
+        error=ProbeFailed,
         env=binaries.go_environment(),
         timeout=60,
-        check=False,
     )
-    if result.returncode != 0:
-        raise ProbeFailed(f"go version -m {binary}: {one_line(result.stderr) or f'exit {result.returncode}'}")
     return sorted(set(_KLOG_MODULE.findall(result.stdout)))
 
 

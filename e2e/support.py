@@ -23,13 +23,13 @@ import datetime
 import functools
 import json
 import re
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from e2e.command import run
 from e2e.data import SUPPORT_FILE
 from e2e.errors import EnvironmentMissing, HarnessError
 from e2e.matrix import KServeRelease, MatrixCell, version_key
@@ -106,8 +106,7 @@ def verdict(cell: MatrixCell, data: dict[str, ReleaseSupport] | None = None) -> 
         why = (
             f"the Go module proxy answered {known.unavailable}"
             if known and known.unavailable
-            else "not in the support data (kserve-compat matrix --refresh-support --kserve "
-            f"{cell.release.version})"
+            else f"not in the support data (kserve-compat matrix --refresh-support --kserve {cell.release.version})"
         )
         short = f"go.mod unread, documented minimum {lowest}" if lowest else "go.mod unread"
         if lowest and _minor(minor) < _minor(lowest):
@@ -149,13 +148,14 @@ def read_release(version: str) -> ReleaseSupport:
     from e2e import binaries
 
     with tempfile.TemporaryDirectory(prefix="kserve-compat-gomod-") as work:
-        try:
-            done = subprocess.run(
-                [binaries.go_binary(), "list", "-m", "-json", f"{KSERVE_MODULE}@{version}"],
-                cwd=work, env=binaries.go_environment(), capture_output=True, text=True, timeout=120, check=False,
-            )  # fmt: skip
-        except subprocess.TimeoutExpired:
-            raise HarnessError(f"go list -m {KSERVE_MODULE}@{version}: no answer in 120 s") from None
+        done = run(
+            [binaries.go_binary(), "list", "-m", "-json", f"{KSERVE_MODULE}@{version}"],
+            f"the go.mod of {KSERVE_MODULE}@{version}",
+            cwd=work,
+            env=binaries.go_environment(),
+            timeout=120,
+            check=False,
+        )
     if done.returncode != 0:
         answer = one_line(done.stderr).removeprefix("go: ")
         refused = re.search(r"(\d{3} [A-Za-z ]+?)\s+server response: (.*)$", answer)

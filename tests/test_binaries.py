@@ -342,7 +342,7 @@ def test_a_refused_version_falls_back_to_the_image(
         ),
         (
             "FAKE_DOCKER_NO_REGISTRY",
-            "docker create quay.io/brancz/kube-rbac-proxy:v0.13.1 failed: Error response from daemon: "
+            "a container of the image: docker create exited 125: "
             'Get "https://quay.io/v2/": dial tcp: lookup quay.io: no such host',
         ),
     ],

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import subprocess
 import threading
 import uuid
 from collections.abc import Callable, Mapping
@@ -36,6 +35,7 @@ from typing import Self
 import requests
 import yaml
 
+from e2e import docker_cli
 from e2e.atomic_write import write_atomic
 from e2e.cache import cache_root
 from e2e.errors import EnvironmentMissing, HarnessError
@@ -322,11 +322,11 @@ class NodeMirrors:
 
 def push_from_engine(image: str, target: str, docker: str = "docker") -> None:
     """``docker push`` of the local ``image`` as ``target`` (a temporary tag, removed after)."""
-    _docker([docker, "tag", image, target], f"docker tag {image} {target}")
+    docker_cli.docker(["tag", image, target], f"tag {image} as {target}", client=docker, timeout=120)
     try:
-        _docker([docker, "push", target], f"docker push {target}", PUSH_TIMEOUT_S)
+        docker_cli.docker(["push", target], f"push {target}", client=docker, timeout=PUSH_TIMEOUT_S)
     finally:
-        subprocess.run([docker, "rmi", target], capture_output=True, check=False)
+        docker_cli.remove_image(target, client=docker)
 
 
 def registry_name(image: str, registry: str) -> str:
@@ -351,13 +351,3 @@ def _split(name: str) -> tuple[str, str]:
 
 def _slug(host: str) -> str:
     return host.replace(":", "_")
-
-
-def _docker(argv: list[str], what: str, timeout: float = 120.0) -> None:
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        raise HarnessError(f"{what}: no answer in {timeout:.0f}s") from None
-    if done.returncode != 0:
-        last = (done.stderr or done.stdout).strip().splitlines()[-1:] or [f"exit {done.returncode}"]
-        raise HarnessError(f"{what}: {last[0]}")

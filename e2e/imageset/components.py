@@ -47,7 +47,6 @@ import importlib
 import json
 import logging
 import os
-import subprocess
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -59,13 +58,13 @@ import yaml
 from e2e import binaries
 from e2e.atomic_write import write_atomic
 from e2e.cache import cache_root
+from e2e.command import run
 from e2e.errors import EnvironmentMissing, HarnessError, ManifestError, UsageError
 from e2e.images import is_retired
 from e2e.imageset import serving
 from e2e.imageset.docker_image import ImageContent, ImageRecipe, build_image, file_sha256, is_current
 from e2e.manifests import ReleaseFiles, ReleaseManifest, load_release_manifest, serving_images, sha256_hex
 from e2e.matrix import KServeRelease, Matrix, load_matrix
-from e2e.text import one_line
 
 log = logging.getLogger(__name__)
 
@@ -357,15 +356,7 @@ def _helm_template(helm: Path, chart: Path, scratch: Path) -> str:
     args += [f"--namespace={CERT_MANAGER_NAMESPACE}"]
     args += [f"--set={value}" for value in CERT_MANAGER_HELM_VALUES]
     args += ["cert-manager", str(chart)]
-    try:
-        result = subprocess.run(
-            args, capture_output=True, text=True, env=env, timeout=HELM_TIMEOUT_SECONDS, check=False
-        )
-    except subprocess.TimeoutExpired:
-        raise HarnessError(f"helm template {chart}: no answer within {HELM_TIMEOUT_SECONDS}s") from None
-    if result.returncode != 0:
-        raise HarnessError(f"helm template {chart} exited {result.returncode}: {one_line(result.stderr)}")
-    return result.stdout
+    return run(args, f"cert-manager's chart {chart}", env=env, timeout=HELM_TIMEOUT_SECONDS).stdout
 
 
 def _assemble_manifest(namespace: str, rendered: str) -> str:

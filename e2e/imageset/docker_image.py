@@ -12,20 +12,20 @@ import hashlib
 import io
 import json
 import logging
-import subprocess
 import tarfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from e2e.errors import EnvironmentMissing, HarnessError
-from e2e.text import one_line
+from e2e import docker_cli
+from e2e.errors import HarnessError
 
 log = logging.getLogger(__name__)
 
 RECIPE_LABEL = "io.kserve-compat.recipe"
 DOCKER_TIMEOUT_SECONDS = 15 * 60
+DOCKER_HINT = "the image set is built with a Docker engine"
 
 
 class ImageBuildFailed(HarnessError):
@@ -63,38 +63,15 @@ class ImageContent:
 def docker(
     args: Sequence[str], what: str, *, input_bytes: bytes | None = None, timeout: float = DOCKER_TIMEOUT_SECONDS
 ) -> str:
-    """Run ``docker ARGS``; ImageBuildFailed with docker's last line when it fails."""
-    try:
-        result = subprocess.run(["docker", *args], input=input_bytes, capture_output=True, timeout=timeout, check=False)
-    except FileNotFoundError:
-        raise EnvironmentMissing(
-            "docker: no docker client on PATH; the image set is built with a Docker engine"
-        ) from None
-    except subprocess.TimeoutExpired:
-        raise ImageBuildFailed(f"{what}: docker {args[0]} did not finish in {timeout:.0f}s") from None
-    if result.returncode != 0:
-        stderr = result.stderr.decode(errors="replace").strip()
-        raise ImageBuildFailed(
-            f"{what}: docker {args[0]} exited {result.returncode}: {one_line(stderr) or 'no output'}"
-        )
-    return result.stdout.decode(errors="replace")
-
-
-def image_label(reference: str, name: str) -> str | None:
-    """The value of label ``name`` on an image, or None when there is no such image (or label)."""
-    result = subprocess.run(
-        ["docker", "image", "inspect", "--format", f'{{{{ index .Config.Labels "{name}" }}}}', reference],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    label = result.stdout.strip()
-    return label if result.returncode == 0 and label and label != "<no value>" else None
+    """``docker ARGS``'s output; ImageBuildFailed with docker's last line when it fails."""
+    return docker_cli.docker(
+        args, what, error=ImageBuildFailed, input_bytes=input_bytes, timeout=timeout, hint=DOCKER_HINT
+    ).stdout
 
 
 def recorded_recipe(reference: str) -> str | None:
     """The recipe digest an image carries, or None when there is no such image (or label)."""
-    return image_label(reference, RECIPE_LABEL)
+    return docker_cli.image_label(reference, RECIPE_LABEL)
 
 
 def is_current(recipe: ImageRecipe) -> bool:

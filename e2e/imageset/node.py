@@ -50,9 +50,10 @@ from typing import Any
 
 from tenacity import RetryError, Retrying, before_sleep_log, retry_if_result, stop_after_delay, wait_fixed
 
-from e2e import binaries
+from e2e import binaries, command, docker_cli
 from e2e.cache import cache_root
-from e2e.errors import EnvironmentMissing, UsageError
+from e2e.command import failure_line
+from e2e.errors import EnvironmentMissing, HarnessError, UsageError
 from e2e.imageset.docker_image import (
     RECIPE_LABEL,
     ImageBuildFailed,
@@ -67,7 +68,6 @@ from e2e.imageset.docker_image import (
 )
 from e2e.local import kubeadm
 from e2e.local.kubeadm import binary_version_for_image
-from e2e.text import one_line
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,7 @@ def node_kubernetes_versions() -> dict[str, str]:
     from e2e.matrix import packaged_matrix
 
     return {kube.version: kube.build for kube in packaged_matrix().kubernetes}
+
 
 DEBIAN_SUITE = "bookworm"
 DEBIAN_DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -469,53 +470,29 @@ def docker_stream(args: Sequence[str], what: str, stdin_args: Sequence[str]) -> 
     with tempfile.TemporaryFile() as errors_file:
         producer = subprocess.Popen(list(stdin_args), stdout=subprocess.PIPE, stderr=errors_file)
         assert producer.stdout is not None
-        consumer = subprocess.run(
-            ["docker", *args], stdin=producer.stdout, capture_output=True, check=False, timeout=30 * 60
+        consumer = docker_cli.docker(
+            args, what, error=ImageBuildFailed, stdin=producer.stdout, timeout=30 * 60, check=False
         )
         producer.stdout.close()
         produced = producer.wait(timeout=60)
         errors_file.seek(0)
         producer_errors = errors_file.read().decode(errors="replace")
     if produced != 0:
-        raise ImageBuildFailed(f"{what}: {stdin_args[0]} exited {produced}: {one_line(producer_errors) or 'no output'}")
-    if consumer.returncode != 0:
-        detail = one_line(consumer.stderr.decode(errors="replace")) or "no output"
-        raise ImageBuildFailed(f"{what}: docker {args[0]} exited {consumer.returncode}: {detail}")
-
-
-def _run(args: Sequence[str], what: str, *, timeout: float = 10 * 60, log_file: Path | None = None) -> str:
-    try:
-        result = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, check=False)
-    except FileNotFoundError:
-        raise EnvironmentMissing(f"{what}: {args[0]} not found on PATH") from None
-    except subprocess.TimeoutExpired:
-        raise ImageBuildFailed(f"{what}: {args[0]} did not finish in {timeout:.0f}s") from None
-    if log_file is not None:
-        log_file.write_text(result.stdout + result.stderr)
-    if result.returncode != 0:
-        lines = [line for line in (result.stderr or result.stdout).splitlines() if line.strip()]
-        where = f" (full output: {log_file})" if log_file is not None else ""
         raise ImageBuildFailed(
-            f"{what}: {args[0]} exited {result.returncode}: {one_line(' / '.join(lines[-3:])) or 'no output'}{where}"
+            failure_line(subprocess.CompletedProcess(stdin_args, produced, "", producer_errors), what)
         )
-    return result.stdout
-
-
-def image_id(reference: str) -> str | None:
-    result = subprocess.run(
-        ["docker", "image", "inspect", "--format", "{{.Id}}", reference], capture_output=True, text=True, check=False
-    )
-    return result.stdout.strip() if result.returncode == 0 and result.stdout.strip() else None
+    if consumer.returncode != 0:
+        raise ImageBuildFailed(failure_line(consumer, what))
 
 
 def drop_replaced(reference: str, previous: str | None) -> None:
     """Remove the image ``reference`` named before a rebuild (else each rebuild leaves a
     dangling 1 GB image); one still used by a container stays, with docker's word for it."""
-    if previous is None or previous == image_id(reference):
+    if previous is None or previous == docker_cli.image_id(reference):
         return
-    result = subprocess.run(["docker", "rmi", previous], capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        log.info("kept the replaced %s image %s: %s", reference, previous[:19], one_line(result.stderr))
+    kept = docker_cli.remove_image(previous)
+    if kept is not None:
+        log.info("kept the replaced %s image %s: %s", reference, previous[:19], kept)
 
 
 def _require_engine() -> None:
@@ -583,10 +560,10 @@ def _unmount_below(rootfs: Path) -> None:
     """Unmount what debootstrap mounted in the rootfs (/proc, /sys) if it was stopped before
     its own cleanup, so deleting the temp dir never walks into the host's /proc or /sys."""
     prefix = str(rootfs.resolve()) + "/"
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError, HarnessError):
         mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
         for mount in sorted((m for m in mounts if m.startswith(prefix)), key=len, reverse=True):
-            subprocess.run(["umount", "-l", mount], capture_output=True, check=False, timeout=60)
+            command.run(["umount", "-l", mount], f"unmount {mount}", timeout=60, check=False)
 
 
 def ensure_base_image(timings: dict[str, float] | None = None) -> str:
@@ -626,7 +603,7 @@ def debootstrap_image(
         rootfs = Path(tmp) / "rootfs"
         with _stage(f"debootstrap {DEBIAN_SUITE} from {mirror} for {recipe.name}", timings):
             try:
-                _run(
+                command.run(
                     [
                         "debootstrap",
                         "--variant=minbase",
@@ -636,8 +613,10 @@ def debootstrap_image(
                         mirror,
                     ],
                     f"debootstrap {DEBIAN_SUITE}",
+                    error=ImageBuildFailed,
                     timeout=DEBOOTSTRAP_TIMEOUT_SECONDS,
                     log_file=work / "debootstrap.log",
+                    tail=3,
                 )
             finally:
                 _unmount_below(rootfs)
@@ -659,11 +638,13 @@ def debootstrap_image(
 
 
 def _kubeadm_image_list(kubeadm: Path, kubernetes_version: str) -> dict[str, str]:
-    out = _run(
+    out = command.run(
         [str(kubeadm), "config", "images", "list", "--kubernetes-version", kubernetes_version],
         "kubeadm config images list",
+        error=ImageBuildFailed,
         timeout=120,
-    )
+        tail=3,
+    ).stdout
     return kubeadm_images(out.splitlines())
 
 
@@ -733,13 +714,15 @@ def _compile_pause(source: Path, kubernetes_version: str, work: Path) -> Path:
     if shutil.which("gcc") is None:
         raise EnvironmentMissing("gcc: not found on PATH; the pause image is compiled with it (apt-get install gcc)")
     output = work / "pause"
-    _run(
+    command.run(
         ["gcc", "-Os", "-Wall", "-Werror", "-static", f"-DVERSION=kserve-compat-{kubernetes_version}", "-o",
          str(output), str(source)],
         "pause.c",
+        error=ImageBuildFailed,
         timeout=300,
+        tail=3,
     )  # fmt: skip
-    _run(["strip", str(output)], "strip pause", timeout=60)
+    command.run(["strip", str(output)], "strip pause", error=ImageBuildFailed, timeout=60, tail=3)
     return output
 
 
@@ -786,7 +769,7 @@ def _build_kube_proxy_image(image: ControlPlaneImage, base: str) -> None:
         }
     )
     log.info("building image %s", image.reference)
-    previous = image_id(image.reference)
+    previous = docker_cli.image_id(image.reference)
     docker(["build", "--quiet", "-t", image.reference, "-"], f"image {image.reference}", input_bytes=context)
     drop_replaced(image.reference, previous)
 
@@ -860,8 +843,12 @@ def _node_binaries(kubernetes_version: str, *, build: bool = True) -> dict[str, 
 
 def _wait_for_containerd(container: str) -> None:
     def answers() -> bool:
-        result = subprocess.run(
-            ["docker", "exec", container, "ctr", "version"], capture_output=True, check=False, timeout=30
+        result = docker_cli.docker(
+            ["exec", container, "ctr", "version"],
+            "containerd's answer",
+            error=ImageBuildFailed,
+            timeout=30,
+            check=False,
         )
         return result.returncode == 0
 
@@ -946,7 +933,7 @@ def _assemble_node(inputs: Inputs, kind_dir: Path, timings: dict[str, float]) ->
             input_bytes=(json.dumps(record, indent=2, sort_keys=True) + "\n").encode(),
         )
         with _stage(f"commit {reference}", timings):
-            previous = image_id(reference)
+            previous = docker_cli.image_id(reference)
             docker(
                 ["commit",
                  "--change", 'ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]',
@@ -957,7 +944,7 @@ def _assemble_node(inputs: Inputs, kind_dir: Path, timings: dict[str, float]) ->
             )  # fmt: skip
             drop_replaced(reference, previous)
     finally:
-        subprocess.run(["docker", "rm", "-f", "-v", container], capture_output=True, check=False, timeout=120)
+        docker_cli.remove_container(container)
 
 
 def _node_inputs(

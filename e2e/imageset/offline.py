@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from e2e.docker_cli import image_exists
 from e2e.errors import EnvironmentMissing, WorkloadUnavailable
 from e2e.images import is_retired
 
@@ -38,12 +38,6 @@ BUILD_HINT = "`kserve-compat images list` says why; `nox -s images -- [selection
 def local_images_requested(flag: bool = False) -> bool:
     """The switch: the pytest option, or the environment variable set to 1."""
     return flag or os.environ.get(ENV_LOCAL_IMAGES, "") == "1"
-
-
-def image_present(image: str, docker: str = "docker") -> bool:
-    """Whether the local Docker engine holds ``image`` (by the exact reference)."""
-    inspect = [docker, "image", "inspect", "--format", "{{.Id}}", image]
-    return subprocess.run(inspect, capture_output=True, check=False).returncode == 0
 
 
 @dataclass(frozen=True)
@@ -103,12 +97,12 @@ class LocalImageSet:
         return version, components.cert_manager_manifest(version).read_text()
 
     def missing(self, images: Iterable[str]) -> list[str]:
-        return [image for image in images if not image_present(image, self.docker)]
+        return [image for image in images if not image_exists(image, client=self.docker)]
 
     def check_loadable(self, image: str) -> bool:
         """True when ``image`` is in the set (load it); False for a retired image (leave it
         to the kubelet, whose pull fails for real); WorkloadUnavailable otherwise."""
-        if image_present(image, self.docker):
+        if image_exists(image, client=self.docker):
             return True
         if is_retired(image):
             log.info("%s: retired registry, never built here: the kubelet's pull will fail for real", image)

@@ -10,9 +10,9 @@ the kubelet pulls it.
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
+from e2e.command import run
 from e2e.errors import HarnessError
 from e2e.imageset.docker_image import ImageContent, ImageRecipe, build_image, file_sha256
 from e2e.local import prometheus as local_prometheus
@@ -42,18 +42,14 @@ def prometheus_version(version_output: str) -> str:
     return match.group(1)
 
 
-def _run(argv: list[str]) -> str:
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
-    if result.returncode != 0:
-        raise HarnessError(f"{' '.join(argv)} exited {result.returncode}: {result.stderr.strip()[:200]}")
-    return result.stdout + result.stderr
-
-
 def build_prometheus_image() -> str:
     """The image of the local Prometheus binary (built unless current); its reference."""
     binary = local_prometheus.require()
-    version = prometheus_version(_run([str(binary), "--version"]))
-    libraries = shared_libraries(_run(["ldd", str(binary)]))
+    # Both streams are read: which one a tool answers on is not part of its interface.
+    answer = run([binary, "--version"], "the Prometheus version", timeout=60)
+    version = prometheus_version(answer.stdout + answer.stderr)
+    linked = run(["ldd", binary], "the libraries Prometheus links", timeout=60)
+    libraries = shared_libraries(linked.stdout + linked.stderr)
     files: dict[str, Path | bytes] = {BINARY_IN_IMAGE: binary}
     for library in libraries:
         files[library] = Path(library).resolve()  # the loader opens the name; store the file there

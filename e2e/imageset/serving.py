@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from e2e import binaries
+from e2e import binaries, docker_cli
+from e2e.command import failure_line
 from e2e.imageset import node
 from e2e.imageset.docker_image import (
     RECIPE_LABEL,
@@ -38,12 +38,10 @@ from e2e.imageset.docker_image import (
     ImageRecipe,
     docker,
     file_sha256,
-    image_label,
     is_current,
 )
 from e2e.local import sklearnserver
 from e2e.local.sklearnserver import SklearnServerEnv
-from e2e.text import one_line
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +205,7 @@ def build(images: ServingImages) -> ServingImages:
             [*common, f"WORKDIR {STORAGE_WORKDIR}", f"ENTRYPOINT {json.dumps([STORAGE_ENTRYPOINT])}"],
         )
     finally:
-        subprocess.run(["docker", "rm", "-f", "-v", container], capture_output=True, check=False, timeout=120)
+        docker_cli.remove_container(container)
     return images
 
 
@@ -234,18 +232,16 @@ def _fill(container: str, env: SklearnServerEnv, entrypoint: Path) -> None:
         (["python", "-c", "import sklearnserver, joblib, sklearn"], None),
         ([STORAGE_ENTRYPOINT], "Usage: initializer-entrypoint"),
     ):
-        result = subprocess.run(
-            ["docker", "exec", "-u", SERVING_USER, "-e", path, "-w", "/tmp", container, *check],
-            capture_output=True,
-            text=True,
-            check=False,
+        what = f"serving image of {env.release}: `{' '.join(check)}` as user {SERVING_USER}"
+        result = docker_cli.docker(
+            ["exec", "-u", SERVING_USER, "-e", path, "-w", "/tmp", container, *check],
+            what,
+            error=ImageBuildFailed,
             timeout=300,
+            check=False,
         )
         if (proof is None and result.returncode != 0) or (proof is not None and proof not in result.stdout):
-            raise ImageBuildFailed(
-                f"serving image of {env.release}: `{' '.join(check)}` as user {SERVING_USER} exited "
-                f"{result.returncode}: {one_line(result.stderr.strip().splitlines()[-1:] or 'no output')}"
-            )
+            raise ImageBuildFailed(failure_line(result, what))
 
 
 def copy_python(container: str, prefix: Path, *also: Path) -> None:
@@ -267,7 +263,7 @@ def commit_image(container: str, recipe: ImageRecipe, changes: list[str]) -> Non
     args = ["commit"]
     for change in [*changes, f"LABEL {RECIPE_LABEL}={recipe.digest()}"]:
         args += ["--change", change]
-    previous = node.image_id(recipe.name)
+    previous = docker_cli.image_id(recipe.name)
     docker([*args, container, recipe.name], f"image {recipe.name}")
     node.drop_replaced(recipe.name, previous)
     log.info("built %s", recipe.name)
@@ -275,5 +271,5 @@ def commit_image(container: str, recipe: ImageRecipe, changes: list[str]) -> Non
 
 def iris_model_path(image: str) -> str | None:
     """Where the sklearnserver image built here holds the iris model (its label), or None."""
-    label = image_label(image, IRIS_MODEL_LABEL)
+    label = docker_cli.image_label(image, IRIS_MODEL_LABEL)
     return label if label is not None and label.startswith("/") else None

@@ -30,17 +30,16 @@ import json
 import logging
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import uuid
 import zipfile
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from e2e import __version__, binaries
+from e2e import __version__, binaries, docker_cli
+from e2e.command import failure_line, run
 from e2e.errors import EnvironmentMissing, HarnessError, UsageError
 from e2e.imageset import node
 from e2e.imageset.components import BUILT, FAILED, MISSING, UNAVAILABLE, PlannedImage
@@ -168,7 +167,7 @@ def build_watch_images_image() -> str:
                 ],
             )
         finally:
-            subprocess.run(["docker", "rm", "-f", "-v", container], capture_output=True, check=False, timeout=120)
+            docker_cli.remove_container(container)
     return wanted.name
 
 
@@ -191,17 +190,15 @@ def _fill(container: str, wheelhouse: Path) -> None:
         + (f" && chmod 0755 {parents}" if parents else "")
     )
     docker(["exec", container, "sh", "-c", script], f"venv {VENV} and user nonroot in {container}")
-    as_user = ["docker", "exec", "-u", USER, "-e", f"PATH={VENV}/bin:{node.PATH_ENV}", "-w", "/tmp", container]
+    as_user = ["exec", "-u", USER, "-e", f"PATH={VENV}/bin:{node.PATH_ENV}", "-w", "/tmp", container]
     for check, proof in (
         (["kserve-compat", "--version"], f"kserve-compat {__version__}"),
         (["kserve-compat", "watch-images", "--print-manifest"], "kind: PrometheusRule"),
     ):
-        result = subprocess.run([*as_user, *check], capture_output=True, text=True, check=False, timeout=300)
+        what = f"the watch-images image: `{' '.join(check)}` as user {USER}"
+        result = docker_cli.docker([*as_user, *check], what, error=ImageBuildFailed, timeout=300, check=False)
         if result.returncode != 0 or proof not in result.stdout:
-            last = (result.stderr.strip().splitlines() or [result.stdout.strip()[:200] or "no output"])[-1]
-            raise ImageBuildFailed(
-                f"the watch-images image: `{' '.join(check)}` as user {USER} exited {result.returncode}: {last}"
-            )
+            raise ImageBuildFailed(failure_line(result, what))
 
 
 def _pip(args: Sequence[str], what: str) -> None:
@@ -209,13 +206,7 @@ def _pip(args: Sequence[str], what: str) -> None:
     (what it could not get is what this machine cannot build from)."""
     command = [sys.executable, "-m", "pip", *args, "--disable-pip-version-check", "--no-input", "--progress-bar", "off"]
     log.info("pip %s: %s", args[0], what)
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=PIP_TIMEOUT_SECONDS, check=False)
-    except subprocess.TimeoutExpired:
-        raise binaries.BuildUnavailable(f"{what}: pip {args[0]} did not finish in {PIP_TIMEOUT_SECONDS}s") from None
-    if result.returncode != 0:
-        tail = deque((line for line in result.stderr.splitlines() if line.strip()), maxlen=_TAIL_LINES)
-        raise binaries.BuildUnavailable(f"{what}: pip {args[0]} exited {result.returncode}: {' | '.join(tail)}")
+    run(command, what, error=binaries.BuildUnavailable, timeout=PIP_TIMEOUT_SECONDS, tail=_TAIL_LINES)
 
 
 # -- in the image set's listing (`kserve-compat images list|build|push --watch-images`) ---------------

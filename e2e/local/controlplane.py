@@ -17,7 +17,6 @@ import functools
 import logging
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ import yaml
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
+from e2e.command import run
 from e2e.errors import EnvironmentMissing, HarnessError
 from e2e.local.pki import ClusterPki, create_cluster_pki, write_private_file
 from e2e.local.processes import ManagedProcess, StartsAndStops, free_loopback_port, wait_ready
@@ -484,5 +484,5 @@ def _b64(data: bytes) -> str:
 
 def binary_version(binary: Path) -> str:
     """What ``binary --version`` prints, e.g. ``Kubernetes v1.34.4``."""
-    result = subprocess.run([os.fspath(binary), "--version"], capture_output=True, text=True, timeout=30, check=False)
+    result = run([binary, "--version"], f"the version of {binary}", timeout=30, check=False)
     return (result.stdout or result.stderr).strip()

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import functools
 import re
-import subprocess
 
 from e2e import binaries
+from e2e.command import run
 from e2e.errors import HarnessError
-from e2e.text import one_line
 
 
 def binary_version_for_image(name: str, tag: str) -> str:
@@ -44,15 +43,7 @@ def named_images(kubernetes_version: str, *, build: bool = True) -> dict[str, st
         binaries.ensure_together(["kubeadm", *binaries.KUBERNETES_COMPONENTS], kubernetes_version)
     kubeadm = binaries.ensure("kubeadm", kubernetes_version, build=build)
     argv = [str(kubeadm), "config", "images", "list", "--kubernetes-version", kubernetes_version]
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise HarnessError(f"kubeadm {kubernetes_version} config images list: {exc}") from None
-    if done.returncode != 0:
-        raise HarnessError(
-            f"kubeadm {kubernetes_version} config images list exited {done.returncode}: "
-            f"{one_line(done.stderr or done.stdout) or 'no output'}"
-        )
+    done = run(argv, f"kubeadm {kubernetes_version} config images list", timeout=120)
     return image_list(done.stdout.splitlines())
 
 

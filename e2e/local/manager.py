@@ -37,7 +37,6 @@ import os
 import shutil
 import socket
 import ssl
-import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
@@ -45,6 +44,7 @@ from typing import Any, Self
 import requests
 
 from e2e import binaries
+from e2e.command import run
 from e2e.errors import HarnessError, WorkloadUnavailable
 from e2e.images import ImageReference
 from e2e.local.metrics_upstream import MetricsUpstream
@@ -160,9 +160,7 @@ def build_controllers_together(images: Iterable[str]) -> None:
 
 @functools.lru_cache(maxsize=32)
 def _flags_of(binary: str, mtime: float) -> frozenset[str]:
-    result = subprocess.run(
-        [binary, "-help"], capture_output=True, text=True, timeout=60, check=False, stdin=subprocess.DEVNULL
-    )
+    result = run([binary, "-help"], f"the flags of {binary}", timeout=60, check=False)
     names = set()
     for line in (result.stdout + result.stderr).splitlines():
         word = line.strip().split(" ", 1)[0]

@@ -27,22 +27,22 @@ from e2e.cluster.kind.commands import (
     KindCommands,
     allow_cgroup_v1_deviation,
     cluster_config_yaml,
-    docker_error_line,
     engine_cgroup_version,
     kubectl_environment,
     kubelet_refuses_cgroup_v1,
     parse_kind_clusters,
     port_forward_argv,
-    run_command,
 )
 from e2e.cluster.kind.forwarding import NotReady, port_forward
 from e2e.cluster.kind.tools import PRIVILEGED_CAPS_HINT, ToolPaths, pin_tool_versions, privileged_containers_refused
 from e2e.cluster.mirrors import NODE_CERTS_DIR, MirrorMode, NodeMirrors, upstream_name
 from e2e.cluster.provider import CertManagerInstall, ClusterInfo, ClusterProvider, SamplesServing
+from e2e.command import last_lines, run
 from e2e.data import MANIFESTS_DIR
+from e2e.docker_cli import image_exists, image_id
 from e2e.errors import EnvironmentMissing, HarnessError, UsageError, WorkloadFailed, WorkloadUnavailable
 from e2e.imageset import release_install
-from e2e.imageset.offline import LocalImageSet, image_present
+from e2e.imageset.offline import LocalImageSet
 from e2e.matrix import KServeRelease
 from e2e.rollout import wait_for_rollout
 from e2e.targets import ServiceTarget
@@ -136,7 +136,7 @@ class KindCluster(ClusterProvider):
         for tool in (self.commands.kind, Path(self._kind.kubectl_path)):
             tool.parent.mkdir(parents=True, exist_ok=True)
         self._ensure_tools()
-        existing = parse_kind_clusters(run_command(self.commands.get_clusters(), "kind get clusters").stdout)
+        existing = parse_kind_clusters(run(self.commands.get_clusters(), "kind get clusters").stdout)
         if self.name in existing:
             if not self.options.reuse_cluster:
                 raise UsageError(
@@ -147,7 +147,7 @@ class KindCluster(ClusterProvider):
             self.reused = True
             self.kubeconfig.parent.mkdir(parents=True, exist_ok=True)
             # pytest-kind only touches the kubeconfig of a cluster it finds: fetch the real one.
-            run_command(self.commands.export_kubeconfig(), f"kind export kubeconfig {self.name}")
+            run(self.commands.export_kubeconfig(), f"kind export kubeconfig {self.name}")
             self.mirrors.certs_dir = self._reused_certs_dir()
             self.mirrors.prepare()
         else:
@@ -186,11 +186,11 @@ class KindCluster(ClusterProvider):
         mirrors write their hosts.toml there. It is fixed when the nodes are created, so a
         cluster made from another folder keeps that one; a node without it (made by hand or by
         an older kserve-compat) or one whose folder is gone would pull past the mirrors."""
-        listed = run_command(self.docker.node_states(self.name), f"docker ps (nodes of {self.name})").stdout
+        listed = run(self.docker.node_states(self.name), f"docker ps (nodes of {self.name})").stdout
         nodes = [line.split("\t", 1)[0] for line in listed.splitlines() if line.strip()]
         if not nodes:
             raise UsageError(f"kind cluster {self.name}: no node container found to reuse")
-        inspected = run_command(self.docker.certs_mounts(nodes), f"docker inspect (nodes of {self.name})").stdout
+        inspected = run(self.docker.certs_mounts(nodes), f"docker inspect (nodes of {self.name})").stdout
         sources = {
             name.lstrip("/"): source.strip()
             for name, _, source in (line.partition("\t") for line in inspected.splitlines() if line.strip())
@@ -224,7 +224,7 @@ class KindCluster(ClusterProvider):
     def _gateway(self) -> str:
         """The node's gateway on the kind network: the one address of this host it reaches."""
         node = f"{self.name}-control-plane"
-        listing = run_command(
+        listing = run(
             [
                 self.options.docker,
                 "inspect",
@@ -284,7 +284,7 @@ class KindCluster(ClusterProvider):
     def recover(self) -> str | None:
         """After a failed cell: a node container that is not running (killed, out of memory)
         is the cause the cell's result names; the harness then replaces the cluster."""
-        listed = subprocess.run(self.docker.node_states(self.name), capture_output=True, text=True, check=False)
+        listed = run(self.docker.node_states(self.name), f"docker ps (nodes of {self.name})", timeout=60, check=False)
         down = [
             f"{name} {state} ({status})"
             for name, state, status in (
@@ -381,11 +381,10 @@ class KindCluster(ClusterProvider):
         start, die with its exit code, destroy), in order; kind removes the nodes of a failed
         create, so these events are what is left to tell how a node ended."""
         try:
-            listed = subprocess.run(
-                self.docker.node_events(self.name, since, time.time()),
-                capture_output=True, text=True, timeout=30, check=False,
-            )  # fmt: skip
-        except (OSError, subprocess.TimeoutExpired) as exc:
+            listed = run(
+                self.docker.node_events(self.name, since, time.time()), "docker events", timeout=30, check=False
+            )
+        except HarnessError as exc:
             return f"(docker events did not answer: {exc})"
         events = [
             " ".join(line.replace("<no value>", "").split())  # only "die" has an exit code
@@ -394,15 +393,14 @@ class KindCluster(ClusterProvider):
         ]
         # exec_* events are kind's own commands inside the node: not how a node ends.
         shown = [event for event in events if not event.startswith("exec_")]
-        return ", ".join(shown) or f"(no event; docker events: {docker_error_line(listed.stderr)})"
+        return ", ".join(shown) or f"(no event; docker events: {last_lines(listed.stderr)})"
 
     @staticmethod
     def _describe_containers(container_ids: list[str]) -> str:
         """``id state`` of each container (evidence of how it came to be), or the ids alone."""
-        listed = subprocess.run(
+        listed = run(
             ["docker", "inspect", "--format", "{{.Id}} {{.State.Status}}", *container_ids],
-            capture_output=True,
-            text=True,
+            "docker inspect (late node containers)",
             timeout=60,
             check=False,
         )
@@ -412,10 +410,9 @@ class KindCluster(ClusterProvider):
 
     def _node_container_ids(self) -> list[str]:
         """Full ids of this cluster's node containers (empty when the engine does not answer)."""
-        listed = subprocess.run(
+        listed = run(
             ["docker", "ps", "-aq", "--no-trunc", "--filter", f"label=io.x-k8s.kind.cluster={self.name}"],
-            capture_output=True,
-            text=True,
+            f"docker ps (node containers of {self.name})",
             timeout=60,
             check=False,
         )
@@ -492,10 +489,12 @@ class KindCluster(ClusterProvider):
             if self.image_set is not None:
                 if not self.image_set.check_loadable(image):
                     continue
-            elif not image_present(image, self.options.docker):
+            elif not image_exists(image, client=self.options.docker):
                 log.info("%s: not in the local Docker engine; the kubelet's pull from the mirror will tell", image)
                 continue
-            local_id = run_command(self.docker.image_inspect_id(image), f"docker image inspect {image}").stdout.strip()
+            local_id = image_id(image, client=self.options.docker)
+            if local_id is None:
+                raise HarnessError(f"docker image inspect {image}: no such image in the local Docker engine")
             if mirror.config_digest(name) == local_id:
                 log.info("%s: already in the mirror of %s", image, host)
                 continue
@@ -557,4 +556,4 @@ class KindCluster(ClusterProvider):
 
     def export_logs(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        run_command(self.commands.export_logs(directory), f"kind export logs {self.name}")
+        run(self.commands.export_logs(directory), f"kind export logs {self.name}")

@@ -1,15 +1,12 @@
 """The kind tier's pure decisions and command lines (tested without Docker): cluster names,
-the cluster config, kind's and docker's argv, cgroup rules, and one command run with a
-one-line error."""
+the cluster config, kind's and docker's argv, cgroup rules."""
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import platform
 import re
-import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +15,12 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from e2e.cluster.mirrors import NODE_CERTS_DIR
+from e2e.command import run
 from e2e.errors import HarnessError
 from e2e.targets import ServiceTarget
 
 if TYPE_CHECKING:
     pass
-
-log = logging.getLogger(__name__)
 
 CLUSTER_NAME_PREFIX = "kcompat-"
 CLUSTER_NAME_MAX = 40  # node containers are NAME-control-plane: keep hostnames well under 63
@@ -84,10 +80,10 @@ def kubelet_refuses_cgroup_v1(kubernetes_version: str) -> bool:
 def engine_cgroup_version(docker: str = "docker") -> str:
     """``1`` or ``2``: the cgroup version of the Docker engine's host (where the nodes run)."""
     try:
-        done = subprocess.run(
-            [docker, "info", "--format", "{{.CgroupVersion}}"], capture_output=True, text=True, timeout=30, check=False
+        done = run(
+            [docker, "info", "--format", "{{.CgroupVersion}}"], "the engine's cgroup version", timeout=30, check=False
         )
-    except (OSError, subprocess.TimeoutExpired):
+    except HarnessError:
         return ""
     return done.stdout.strip()
 
@@ -144,14 +140,6 @@ def parse_forwarding_port(line: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def docker_error_line(stderr: str) -> str:
-    """The last non-empty line of a command's error output, for one-line messages."""
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    if not lines:
-        return "no error output"
-    return lines[-1].removeprefix("ERROR: ").removeprefix("Error response from daemon: ")
-
-
 @dataclass(frozen=True)
 class KindCommands:
     """The command lines this tier runs besides those pytest-kind builds itself."""
@@ -176,9 +164,6 @@ class DockerCommands:
 
     def info(self) -> list[str]:
         return [self.docker, "info", "--format", "{{.ServerVersion}}"]
-
-    def image_inspect_id(self, image: str) -> list[str]:
-        return [self.docker, "image", "inspect", "--format", "{{.Id}}", image]
 
     def node_states(self, cluster: str) -> list[str]:
         """Name, state and status of a kind cluster's node containers (kind labels them)."""
@@ -231,20 +216,3 @@ def kubectl_environment(kubeconfig: Path, base: Mapping[str, str] | None = None)
     (exec credential plugins, kubectl's cache directory).
     """
     return {**(os.environ if base is None else base), "KUBECONFIG": str(kubeconfig)}
-
-
-# -- running commands -------------------------------------------------------------------
-
-
-def run_command(
-    argv: Sequence[str], what: str, env: Mapping[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run a command, capturing its output; a failure becomes a one-line HarnessError."""
-    log.info("running: %s", " ".join(argv))
-    result = subprocess.run(list(argv), capture_output=True, text=True, env=env, check=False)
-    if result.returncode != 0:
-        raise HarnessError(
-            f"{what}: `{' '.join(argv[:3])} ...` exited {result.returncode}: "
-            f"{docker_error_line(result.stderr or result.stdout)}"
-        )
-    return result

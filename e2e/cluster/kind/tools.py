@@ -6,15 +6,15 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from e2e.cache import cache_root
-from e2e.cluster.kind.commands import DockerCommands, docker_error_line, node_platform
-from e2e.errors import EnvironmentMissing
+from e2e.cluster.kind.commands import DockerCommands, node_platform
+from e2e.command import last_lines, run
+from e2e.errors import EnvironmentMissing, HarnessError
 
 log = logging.getLogger(__name__)
 
@@ -112,15 +112,17 @@ def resolve_tools(
 
 def docker_preflight(docker: str = "docker") -> None:
     """Raise ``EnvironmentMissing`` (one line) unless a Docker engine answers."""
-    if shutil.which(docker) is None:
-        raise EnvironmentMissing(f"docker: no docker client on PATH; {DOCKER_MISSING_HINT}")
-    try:
-        result = subprocess.run(DockerCommands(docker).info(), capture_output=True, text=True, timeout=30, check=False)
-    except subprocess.TimeoutExpired:
-        raise EnvironmentMissing(f"docker: `docker info` did not answer in 30s; {DOCKER_MISSING_HINT}") from None
+    result = run(
+        DockerCommands(docker).info(),
+        "the Docker engine",
+        error=EnvironmentMissing,
+        timeout=30,
+        check=False,
+        hint=DOCKER_MISSING_HINT,
+    )
     if result.returncode != 0 or not result.stdout.strip():
         raise EnvironmentMissing(
-            f"docker: no Docker engine reachable ({docker_error_line(result.stderr)}); {DOCKER_MISSING_HINT}"
+            f"docker: no Docker engine reachable ({last_lines(result.stderr)}); {DOCKER_MISSING_HINT}"
         )
 
 
@@ -131,9 +133,7 @@ def privileged_containers_refused(docker: str, image: str) -> bool:
     uncaptured), with the node image kind has just tried: a privileged container again.
     """
     try:
-        result = subprocess.run(
-            DockerCommands(docker).run_privileged(image), capture_output=True, text=True, timeout=60, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
+        result = run(DockerCommands(docker).run_privileged(image), "a privileged container", timeout=60, check=False)
+    except HarnessError:
         return False
     return result.returncode != 0 and PRIVILEGED_CAPS_ERROR in result.stdout + result.stderr

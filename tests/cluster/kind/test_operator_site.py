@@ -59,8 +59,9 @@ from e2e import binaries
 from e2e.availability import unavailable
 from e2e.cluster.kind import cluster_name, docker_preflight
 from e2e.cluster.mirrors import RegistryMirror, registry_binary
+from e2e.docker_cli import image_exists
 from e2e.errors import HarnessError
-from e2e.imageset.offline import LocalImageSet, image_present
+from e2e.imageset.offline import LocalImageSet
 
 pytestmark = [pytest.mark.slow, pytest.mark.needs_docker]
 
@@ -102,7 +103,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     except HarnessError as exc:
         unavailable(str(exc))
     for image in (PROXY_IMAGE, OLDER):
-        if not image_present(image):
+        if not image_exists(image):
             unavailable(f"{image} is not built (nox -s images -- build --kserve {KSERVE} --proxy {PROXY} "
                         "--proxy quay-v0.15.0)")  # fmt: skip
     workdir = tmp_path_factory.mktemp("site")
@@ -152,7 +153,7 @@ def cache_the_retired_image_on_the_node(node: str, kubeconfig: Path, kubectl: st
     before the deletion does, and let the controller's stuck pods start from that copy.
     Returns what the copy is: the frozen copy's real bytes if the engine has them, else the
     stand-in (said so in the test's output)."""
-    source = FROZEN_COPY if image_present(FROZEN_COPY) else OLDER
+    source = FROZEN_COPY if image_exists(FROZEN_COPY) else OLDER
     what = "the real v0.13.1 (the frozen copy in the local engine)" if source == FROZEN_COPY else (
         f"a STAND-IN: {OLDER} built here (the Go module proxy refuses kube-rbac-proxy v0.13.1)")  # fmt: skip
     print(f"caching {RETIRED_IMAGE} on {node}: {what}")
