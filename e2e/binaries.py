@@ -816,12 +816,9 @@ def _build_lock(component: str, version: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+def _file_sha256(path: Path) -> str:
     with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _install(built: Path, rec: Recipe, info: dict[str, Any]) -> Path:
@@ -845,7 +842,7 @@ def _install(built: Path, rec: Recipe, info: dict[str, Any]) -> Path:
         "package": rec.package,
         **info,
         "size": target.stat().st_size,
-        "sha256": _sha256(target),
+        "sha256": _file_sha256(target),
     }
     info_path = target.parent / BUILD_INFO
     write_atomic(info_path, json.dumps(record, indent=2, sort_keys=True) + "\n", mode=0o644)

@@ -534,10 +534,8 @@ def derive_contract(
 
 
 def _provenance(binary: Path, version: str) -> dict[str, Any]:
-    digest = hashlib.sha256()
     with binary.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
+        digest = hashlib.file_digest(handle, "sha256")
     info = binaries.read_build_info(binaries.PROXY, version) or {}
     cached = binaries.binary_path(binaries.PROXY, version)
     if binary != cached or not info:
