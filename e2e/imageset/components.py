@@ -20,6 +20,10 @@ exact reference the release manifests (and the matrix) use, so they apply unchan
   the release's ``cmd/localmodel`` in the same go build as ``cmd/manager``, for a release
   whose manifest runs the Deployment ``kserve-localmodel-controller-manager``; tagged with
   the image of that Deployment's container.
+- KServe's LLMInferenceService controller (v0.16 on: ``llmisvc-controller.Dockerfile``, the
+  same layout again), built from the release's ``cmd/llmisvc`` in that go build, for a
+  release whose manifest runs the Deployment ``llmisvc-controller-manager``; tagged with
+  that Deployment's image.
 - cert-manager's controller, webhook and cainjector (``hack/containers/Containerfile.*``:
   ``/app/cmd/<name>/<name>``, ``/licenses/``, ``USER 1000``), tagged with the
   repositories of the chart's ``values.yaml`` and the chart's appVersion; and the install
@@ -43,6 +47,7 @@ image is ``built`` when every reference carries its recipe's label (``docker_ima
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import json
 import logging
@@ -82,6 +87,24 @@ KSERVE_CONTROLLER = "kserve-controller"
 CONTROLLER_BINARY_IN_IMAGE = "/manager"
 KSERVE_LOCALMODEL_CONTROLLER = "kserve-localmodel-controller"
 LOCALMODEL_DEPLOYMENT = "kserve-localmodel-controller-manager"
+KSERVE_LLMISVC_CONTROLLER = "llmisvc-controller"
+LLMISVC_DEPLOYMENT = "llmisvc-controller-manager"
+
+
+@dataclass(frozen=True)
+class ReleaseCommand:
+    """One more of KServe's commands a release runs as a Deployment of its own, in an image
+    laid out as the controller's (``/manager``, ``/third_party/``)."""
+
+    component: str  # the image's name in the image set
+    binary: str  # its ``e2e.binaries`` component
+    deployment: str  # the Deployment of the release manifest that runs it
+
+
+RELEASE_COMMANDS = (
+    ReleaseCommand(KSERVE_LOCALMODEL_CONTROLLER, binaries.KSERVE_LOCALMODEL, LOCALMODEL_DEPLOYMENT),
+    ReleaseCommand(KSERVE_LLMISVC_CONTROLLER, binaries.KSERVE_LLMISVC, LLMISVC_DEPLOYMENT),
+)
 
 CERT_MANAGER_VERSION = binaries.DEFAULT_VERSIONS["cert-manager-controller"]  # v1.11.5
 # cert-manager's chart values.yaml (image.repository, webhook.image.repository,
@@ -196,6 +219,14 @@ def localmodel_image(
     """KServe's local model controller image of ``version``: its ``localmodel.Dockerfile``
     lays it out as the controller's (``/manager``, ``/third_party/``, user 65532)."""
     return _manager_image(KSERVE_LOCALMODEL_CONTROLLER, version, reference, binary, third_party)
+
+
+def command_image(
+    command: ReleaseCommand, version: str, reference: str, binary: Path, third_party: Path | None
+) -> tuple[ImageRecipe, ImageContent]:
+    """The image of one more of a release's commands (local model, LLMInferenceService
+    controller): their Dockerfiles lay it out as the controller's."""
+    return _manager_image(command.component, version, reference, binary, third_party)
 
 
 def _manager_image(
@@ -428,35 +459,22 @@ def _retired_proxy(image: str, version: str) -> _Job:
 
 
 def _controller_job(
-    version: str, reference: str | None, reason: str, engine: str | None, *, with_localmodel: bool = False
+    version: str, reference: str | None, reason: str, engine: str | None, *, built_with: tuple[str, ...] = ()
 ) -> _Job:
     if reference is None:
         return _Job(
             PlannedImage(f"(KServe {version} controller)", KSERVE_CONTROLLER, version, UNAVAILABLE, reason), None
         )
     return _manager_job(
-        KSERVE_CONTROLLER,
-        binaries.KSERVE_MANAGER,
-        version,
-        reference,
-        engine,
-        controller_image,
-        # One go build for both commands of the release when the local model controller
-        # is planned too.
-        (binaries.KSERVE_MANAGER, binaries.KSERVE_LOCALMODEL) if with_localmodel else (),
+        KSERVE_CONTROLLER, binaries.KSERVE_MANAGER, version, reference, engine, controller_image, built_with
     )
 
 
-def _localmodel_job(version: str, reference: str, engine: str | None) -> _Job:
-    return _manager_job(
-        KSERVE_LOCALMODEL_CONTROLLER,
-        binaries.KSERVE_LOCALMODEL,
-        version,
-        reference,
-        engine,
-        localmodel_image,
-        (binaries.KSERVE_MANAGER, binaries.KSERVE_LOCALMODEL),
-    )
+def _command_job(
+    command: ReleaseCommand, version: str, reference: str, engine: str | None, built_with: tuple[str, ...]
+) -> _Job:
+    layout = functools.partial(command_image, command)
+    return _manager_job(command.component, command.binary, version, reference, engine, layout, built_with)
 
 
 ManagerImage = Callable[[str, str, Path, "Path | None"], tuple[ImageRecipe, ImageContent]]
@@ -604,7 +622,8 @@ def _plan(
     # The controller image each release's manifest names. Its shipped proxy image is not
     # needed: the harness installs a release with its first cell's proxy image in place.
     controllers: dict[str, tuple[str | None, str]] = {}
-    localmodels: dict[str, str] = {}  # version -> image, for releases that run that Deployment
+    # version -> (command, its image), for the commands whose Deployment the release runs
+    commands: dict[str, list[tuple[ReleaseCommand, str]]] = {}
     serving_jobs: list[_Job] = []
     for version in selection.kserve_versions:
         try:
@@ -614,9 +633,11 @@ def _plan(
             if not image:
                 raise ManifestError(f"{manifest.source}: the manager container has no image")
             controllers[version] = (str(image), "")
-            localmodel = localmodel_reference(manifest)
-            if localmodel is not None:
-                localmodels[version] = localmodel
+            commands[version] = [
+                (command, reference)
+                for command in RELEASE_COMMANDS
+                if (reference := deployment_image(manifest, command.deployment)) is not None
+            ]
         except HarnessError as exc:
             controllers[version] = (None, f"its release manifest cannot be read: {exc}")
             continue
@@ -644,9 +665,11 @@ def _plan(
     jobs += _cert_manager_jobs(CERT_MANAGER_VERSION, engine)
     jobs.append(_cert_manager_manifest_job(CERT_MANAGER_VERSION))
     for version, (reference, reason) in controllers.items():
-        jobs.append(_controller_job(version, reference, reason, engine, with_localmodel=version in localmodels))
-        if version in localmodels:
-            jobs.append(_localmodel_job(version, localmodels[version], engine))
+        its_commands = commands.get(version, [])
+        # One go build for every command of the release whose image is planned.
+        built_with = (binaries.KSERVE_MANAGER, *(command.binary for command, _ in its_commands)) if its_commands else ()
+        jobs.append(_controller_job(version, reference, reason, engine, built_with=built_with))
+        jobs += [_command_job(command, version, image, engine, built_with) for command, image in its_commands]
     return jobs + serving_jobs
 
 
@@ -681,15 +704,18 @@ def _serving_jobs(
 
 def localmodel_reference(manifest: ReleaseManifest) -> str | None:
     """The image of the release's local model controller Deployment (None if it runs none)."""
-    deployment = manifest.find("Deployment", LOCALMODEL_DEPLOYMENT, manifest.profile.namespace)
+    return deployment_image(manifest, LOCALMODEL_DEPLOYMENT)
+
+
+def deployment_image(manifest: ReleaseManifest, name: str) -> str | None:
+    """The image of the release's single-container Deployment ``name`` (None if it runs none)."""
+    deployment = manifest.find("Deployment", name, manifest.profile.namespace)
     if deployment is None:
         return None
     containers = ((deployment.get("spec") or {}).get("template") or {}).get("spec", {}).get("containers") or []
     images = [str(c["image"]) for c in containers if c.get("image")]
     if len(images) != 1:
-        raise ManifestError(
-            f"{manifest.source}: Deployment {LOCALMODEL_DEPLOYMENT} has {len(images)} container images; expected one"
-        )
+        raise ManifestError(f"{manifest.source}: Deployment {name} has {len(images)} container images; expected one")
     return images[0]
 
 

@@ -35,11 +35,11 @@ from e2e.matrix import load_matrix
 MANAGER, LOCALMODEL = binaries.KSERVE_MANAGER, binaries.KSERVE_LOCALMODEL
 
 
-def localmodel_deployment(image: str) -> str:
+def localmodel_deployment(image: str, name: str = "kserve-localmodel-controller-manager") -> str:
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": "kserve-localmodel-controller-manager", "namespace": "kserve"},
+        "metadata": {"name": name, "namespace": "kserve"},
         "spec": {"template": {"spec": {"containers": [{"name": "manager", "image": image, "command": ["/manager"]}]}}},
     }
     return yaml.safe_dump(deployment)
@@ -47,11 +47,19 @@ def localmodel_deployment(image: str) -> str:
 
 @pytest.fixture()
 def localmodel_files(tmp_path: Path) -> ReleaseFiles:
-    """v0.14.0 runs the local model controller (under a reference of its own); v0.13.1 does not."""
+    """v0.14.0 runs the local model controller (under a reference of its own); v0.13.1 does not;
+    v0.16.0 runs it and the LLMInferenceService controller."""
     directory = tmp_path / "lm-manifests"
     for version, extra in (
         ("v0.13.1", ""),
         ("v0.14.0", "---\n" + localmodel_deployment("example.org/kserve/localmodel:v0.14.0-custom")),
+        (
+            "v0.16.0",
+            "---\n"
+            + localmodel_deployment("kserve/kserve-localmodel-controller:v0.16.0")
+            + "---\n"
+            + localmodel_deployment("kserve/llmisvc-controller:v0.16.0", name="llmisvc-controller-manager"),
+        ),
     ):
         path = directory / "kserve" / version / "kserve.yaml"
         path.parent.mkdir(parents=True)
@@ -205,6 +213,33 @@ def test_the_controller_and_localmodel_binaries_come_from_one_build(
     assert all(version == "v0.14.0" for _, version in together)
 
 
+def test_the_llmisvc_image_is_read_from_the_release_manifest(release_files: SessionReleaseFiles) -> None:
+    matrix = load_matrix()
+    for version, expected in (("v0.16.0", "kserve/llmisvc-controller:v0.16.0"), ("v0.14.0", None)):
+        release = matrix.release(version)
+        manifest = ReleaseManifest.parse(release_files.kserve(version), source=version, profile=release.profile)
+        assert components.deployment_image(manifest, components.LLMISVC_DEPLOYMENT) == expected
+
+
+def test_every_command_a_release_runs_comes_from_its_one_build(
+    world: FakeWorld,
+    localmodel_files: ReleaseFiles,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    together: list[tuple[tuple[str, ...], str]] = []
+
+    def ensure_together(names: Sequence[str], version: str) -> dict[str, Path]:
+        together.append((tuple(names), version))
+        return {name: world.built_binaries.get((name, version)) or world.binary(name, version) for name in names}
+
+    monkeypatch.setattr(binaries, "ensure_together", ensure_together)
+    results = by_reference(components.ensure_images(["v0.16.0"], ["quay-v0.18.0"], ["1.34"], files=localmodel_files))
+    llmisvc = results["kserve/llmisvc-controller:v0.16.0"]
+    assert (llmisvc.component, llmisvc.status) == (components.KSERVE_LLMISVC_CONTROLLER, "built")
+    assert results["kserve/kserve-localmodel-controller:v0.16.0"].status == "built"
+    assert {names for names, _ in together} == {(MANAGER, LOCALMODEL, binaries.KSERVE_LLMISVC)}
+
+
 # ---------------------------------------------------------------------------- real
 
 
@@ -229,3 +264,17 @@ def test_a_real_localmodel_image_runs_its_binary(version: str, monkeypatch: pyte
         check=True,
     )
     assert inspected.stdout.strip() == '65532 ["/manager"]'
+
+
+def test_a_real_llmisvc_image_runs_its_binary(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(binaries.ENV_FROM_IMAGE, raising=False)
+    require_docker_engine()
+    try:
+        binary = binaries.ensure(binaries.KSERVE_LLMISVC, "v0.16.0")
+    except EnvironmentMissing as exc:
+        unavailable(str(exc))
+    command = next(c for c in components.RELEASE_COMMANDS if c.binary == binaries.KSERVE_LLMISVC)
+    reference = "kserve/llmisvc-controller:v0.16.0"
+    built = components.build_image(*components.command_image(command, "v0.16.0", reference, binary, None))
+    result = docker_run(built, "--help")
+    assert "-metrics-addr" in result.stdout + result.stderr
