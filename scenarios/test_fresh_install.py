@@ -1,8 +1,8 @@
 """Fresh install: a new cluster gets the KServe release, then the cell's proxy image.
 
 The cluster and the install are shared by the cells of a group; each cell swaps its image
-in, deploys the samples (once per cluster) and checks metrics (directly, and through the
-group's real Prometheus), inference and the logs.
+in, deploys the samples (once per cluster) and checks metrics (directly, through every other
+Service that publishes them, and through the group's real Prometheus), inference and the logs.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from e2e.scenario import Scenario
 from e2e.steps.check_image import check_image_in_use
 from e2e.steps.check_inference import check_inference
 from e2e.steps.check_metrics import check_metrics_access
+from e2e.steps.check_metrics_services import check_metrics_services
 from e2e.steps.deploy import deploy_sample_models
 from e2e.steps.install import install_release
 from e2e.steps.metrics_scrape import check_metrics_scrape
@@ -35,6 +36,7 @@ SCENARIO = Scenario(
         deploy_sample_models,
         check_image_in_use,
         check_metrics_access,
+        check_metrics_services,
         check_metrics_scrape,
         check_inference,
         check_token_leak,

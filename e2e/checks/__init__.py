@@ -1,6 +1,7 @@
 """The checks a cell runs, shared by both tiers, one module per concern:
 
 - ``metrics``: the metrics auth paths (which tokens the proxy lets through) and content;
+- ``metrics_services``: every other Service that publishes a controller's metrics;
 - ``image``: the image in use (template and pods);
 - ``inference``: KServe's v1/v2 inference protocols against the sample models;
 - ``token_leak``: tokens in the proxy's logs, in any form;

@@ -45,6 +45,8 @@ from e2e.checks import (
     token_forms,
 )
 from e2e.checks.image import image_matches
+from e2e.checks.metrics_services import check_guarded_service
+from e2e.manifests.metrics_services import MetricsService
 from e2e.results import CellResult, CheckStatus
 
 # --------------------------------------------------------------------------- helpers
@@ -217,6 +219,42 @@ def proxy_like_responder(reader: str, no_access: str, body: str = PROMETHEUS_TEX
 
 def statuses(cell: CellResult) -> dict[str, CheckStatus]:
     return {check.name: check.status for check in cell.checks}
+
+
+# --------------------------------------------------------------------------- the other metrics Services
+
+SECOND_SERVICE = MetricsService(
+    "kserve", "kserve-controller-manager-service", 8443, "kserve-controller-manager", "kube-rbac-proxy",
+    "--secure-listen-address", "0.0.0.0:8443",
+)  # fmt: skip
+
+
+def test_a_second_proxy_service_passes_when_it_guards_as_the_first(
+    server_tls: ssl.SSLContext, reader_token: str, no_access_token: str
+) -> None:
+    cell = new_cell()
+    with running(StandInServer(proxy_like_responder(reader_token, no_access_token), server_tls)) as server:
+        check = check_guarded_service(cell, SECOND_SERVICE, f"{server.url}/metrics", metrics_reader_token=reader_token)
+    assert (check.name, check.status) == ("metrics-via-kserve-controller-manager-service", CheckStatus.PASS)
+    assert check.detail.endswith("no token 401 (expected 401), metrics-reader 200 (expected 200)")
+    assert all(reader_token not in line for line in check.evidence)
+
+
+def test_a_second_service_that_serves_anyone_fails(server_tls: ssl.SSLContext, reader_token: str) -> None:
+    cell = new_cell()
+    with running(StandInServer(lambda *_: Answer(200, PROMETHEUS_TEXT), server_tls)) as server:
+        check = check_guarded_service(cell, SECOND_SERVICE, f"{server.url}/metrics", metrics_reader_token=reader_token)
+    assert check.status is CheckStatus.FAIL
+    assert "no token 200 (expected 401)" in check.detail
+
+
+def test_a_second_service_nobody_answers_is_an_error(reader_token: str) -> None:
+    cell = new_cell()
+    check = check_guarded_service(
+        cell, SECOND_SERVICE, f"https://127.0.0.1:{free_port()}/metrics", metrics_reader_token=reader_token
+    )
+    assert check.status is CheckStatus.ERROR
+    assert "unreachable" in check.detail
 
 
 # --------------------------------------------------------------------------- metrics auth
