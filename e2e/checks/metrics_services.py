@@ -168,7 +168,7 @@ def check_loopback_service(
             )
             cell.notes.append(
                 f"finding: {listener.describe()}: a scrape through this Service fails (connection refused at "
-                "the pod's address); its metrics are reachable from inside the pod only"
+                "the pod's address: the listener is bound to loopback inside the pod)"
             )
         else:
             check.status = CheckStatus.FAIL
