@@ -64,6 +64,7 @@ from e2e.data import MANIFESTS_DIR
 from e2e.errors import HarnessError, ImageReferenceError, UsageError
 from e2e.images import DEFAULT_REGISTRY, ImageReference, RegistryMirrors
 from e2e.imageset.watch_images import image_reference
+from e2e.manifests import pod_spec
 from e2e.preflight.cluster import connect, live_workloads
 from e2e.registry import ImageAvailability, RegistryProbe, Status
 from e2e.secrets import register
@@ -173,10 +174,9 @@ def pull_secret_credentials(api: k8s_client.ApiClient, objects: Iterable[dict[st
     be read is logged and skipped (its images are asked anonymously)."""
     wanted: set[tuple[str, str]] = set()
     for obj in objects:
-        spec = obj.get("spec") or {}
-        pod_spec = ((spec.get("template") or {}).get("spec") or {}) if obj.get("kind") != "Pod" else spec
         namespace = (obj.get("metadata") or {}).get("namespace") or ""
-        wanted |= {(namespace, ref["name"]) for ref in pod_spec.get("imagePullSecrets") or [] if ref.get("name")}
+        secrets = pod_spec(obj).get("imagePullSecrets") or []
+        wanted |= {(namespace, ref["name"]) for ref in secrets if ref.get("name")}
     core = k8s_client.CoreV1Api(api)
     found: dict[str, tuple[str, str]] = {}
     for namespace, name in sorted(wanted):

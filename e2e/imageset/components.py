@@ -68,7 +68,14 @@ from e2e.errors import EnvironmentMissing, HarnessError, ManifestError, UsageErr
 from e2e.images import is_retired
 from e2e.imageset import serving
 from e2e.imageset.docker_image import ImageContent, ImageRecipe, build_image, file_sha256, is_current
-from e2e.manifests import ReleaseFiles, ReleaseManifest, load_release_manifest, serving_images, sha256_hex
+from e2e.manifests import (
+    ReleaseFiles,
+    ReleaseManifest,
+    load_release_manifest,
+    pod_spec,
+    serving_images,
+    sha256_hex,
+)
 from e2e.matrix import KServeRelease, Matrix, load_matrix
 
 log = logging.getLogger(__name__)
@@ -712,8 +719,7 @@ def deployment_image(manifest: ReleaseManifest, name: str) -> str | None:
     deployment = manifest.find("Deployment", name, manifest.profile.namespace)
     if deployment is None:
         return None
-    containers = ((deployment.get("spec") or {}).get("template") or {}).get("spec", {}).get("containers") or []
-    images = [str(c["image"]) for c in containers if c.get("image")]
+    images = [str(c["image"]) for c in pod_spec(deployment).get("containers") or [] if c.get("image")]
     if len(images) != 1:
         raise ManifestError(f"{manifest.source}: Deployment {name} has {len(images)} container images; expected one")
     return images[0]

@@ -53,6 +53,8 @@ from e2e.manifests.release import (
     ReleaseManifest,
     container_images,
     load_release_manifest,
+    pod_spec,
+    pod_template_labels,
     serving_images,
     shipped_proxy,
 )
@@ -89,6 +91,8 @@ __all__ = [
     "manifests_from_module_requested",
     "parsed_cache_dir",
     "patched_manifest",
+    "pod_spec",
+    "pod_template_labels",
     "proxy_patch",
     "serving_images",
     "sha256_hex",

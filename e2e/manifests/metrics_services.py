@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from e2e.labels import selects
+from e2e.manifests.release import pod_spec, pod_template_labels
 
 PROXY_LISTEN_FLAGS = ("--secure-listen-address",)
 MANAGER_METRICS_FLAGS = ("--metrics-addr", "--metrics-bind-address")
@@ -78,11 +79,9 @@ def metrics_services(documents: Sequence[Mapping[str, Any]]) -> list[MetricsServ
             for deployment in deployments:
                 if (deployment.get("metadata") or {}).get("namespace") != namespace:
                     continue
-                template = (deployment.get("spec") or {}).get("template") or {}
-                labels = ((template.get("metadata") or {}).get("labels")) or {}
-                if not selects(selector, {str(k): str(v) for k, v in labels.items()}):
+                if not selects(selector, pod_template_labels(deployment)):
                     continue
-                for container in (template.get("spec") or {}).get("containers") or []:
+                for container in pod_spec(deployment).get("containers") or []:
                     listener = _listener_on(container, target)
                     if listener is not None:
                         flag, listen = listener

@@ -100,7 +100,7 @@ class ReleaseManifest:
 
     def _container(self, name: str, role: str) -> dict[str, Any]:
         deployment = self.deployment()
-        containers = _pod_spec(deployment).get("containers") or []
+        containers = pod_spec(deployment).get("containers") or []
         for container in containers:
             if container.get("name") == name:
                 return dict(container)
@@ -277,6 +277,24 @@ def container_images(documents: Sequence[Mapping[str, Any]]) -> list[str]:
     return list(found)
 
 
+def pod_spec(document: Mapping[str, Any]) -> dict[str, Any]:
+    """The pod spec of a Pod, or of the pod template of a workload (Deployment, StatefulSet,
+    DaemonSet, ReplicaSet, Job, CronJob); empty for anything else. The one walk to it."""
+    return _pod_spec_or_none(document) or {}
+
+
+def pod_template_labels(document: Mapping[str, Any]) -> dict[str, str]:
+    """The labels of a workload's pods (a Pod's own), as its selector and Services see them."""
+    spec = document.get("spec") or {}
+    if document.get("kind") == "Pod":
+        metadata = document.get("metadata") or {}
+    else:
+        if document.get("kind") == "CronJob":
+            spec = (spec.get("jobTemplate") or {}).get("spec") or {}
+        metadata = (spec.get("template") or {}).get("metadata") or {}
+    return {str(key): str(value) for key, value in (metadata.get("labels") or {}).items()}
+
+
 def _pod_spec_or_none(document: Mapping[str, Any]) -> dict[str, Any] | None:
     kind = document.get("kind")
     spec = document.get("spec") or {}
@@ -288,10 +306,6 @@ def _pod_spec_or_none(document: Mapping[str, Any]) -> dict[str, Any] | None:
         return None
     pod_spec = (spec.get("template") or {}).get("spec")
     return pod_spec if isinstance(pod_spec, dict) else None
-
-
-def _pod_spec(document: Mapping[str, Any]) -> dict[str, Any]:
-    return _pod_spec_or_none(document) or {}
 
 
 def qualified_name(document: Mapping[str, Any]) -> str:

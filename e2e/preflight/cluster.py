@@ -21,6 +21,7 @@ from e2e.apply import api_message
 from e2e.audit import AuditReport, audit
 from e2e.errors import HarnessError, ImageReferenceError, UsageError
 from e2e.images import ImageReference
+from e2e.manifests import pod_spec, pod_template_labels
 from e2e.matrix import (
     ControllerProfile,
     KServeRelease,
@@ -191,13 +192,8 @@ def read_controller(api: k8s_client.ApiClient, profile: ControllerProfile, conte
     return document
 
 
-def pod_spec_of(deployment: dict[str, Any]) -> dict[str, Any]:
-    spec: dict[str, Any] = ((deployment.get("spec") or {}).get("template") or {}).get("spec") or {}
-    return spec
-
-
 def named_container(deployment: dict[str, Any], name: str) -> dict[str, Any] | None:
-    for container in pod_spec_of(deployment).get("containers") or []:
+    for container in pod_spec(deployment).get("containers") or []:
         if container.get("name") == name:
             return dict(container)
     return None
@@ -215,8 +211,7 @@ def installed_version(deployment: dict[str, Any], profile: ControllerProfile, ma
             tag = None
         candidates.append((tag, f"the tag of the manager image {image}"))
     metadata = deployment.get("metadata") or {}
-    template_metadata = ((deployment.get("spec") or {}).get("template") or {}).get("metadata") or {}
-    for where, labels in (("Deployment", metadata.get("labels")), ("pod template", template_metadata.get("labels"))):
+    for where, labels in (("Deployment", metadata.get("labels")), ("pod template", pod_template_labels(deployment))):
         value = (labels or {}).get(VERSION_LABEL)
         candidates.append((value, f"the {VERSION_LABEL} label of the {where}"))
     for value, how in candidates:

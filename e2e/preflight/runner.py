@@ -11,7 +11,7 @@ from kubernetes import client as k8s_client
 from e2e.errors import UsageError
 from e2e.images import ImageReference, RegistryMirrors
 from e2e.local.proxy_runner import is_proxy_image, proxy_version_of
-from e2e.manifests import apply_strategic_merge
+from e2e.manifests import apply_strategic_merge, pod_spec
 from e2e.matrix import (
     ControllerProfile,
     KServeRelease,
@@ -25,7 +25,6 @@ from e2e.preflight.cluster import (
     installed_version,
     live_workloads,
     named_container,
-    pod_spec_of,
     read_controller,
 )
 from e2e.preflight.image_checks import image_checks
@@ -107,12 +106,12 @@ def preflight(options: Options) -> PreflightReport:
         live = live_controller(conn.api, conn.context, options.namespace, matrix)
         deployment, profile, release, version = live.deployment, live.profile, live.release, live.version
         proxy_container = named_container(deployment, profile.proxy_container)
-        pod_spec = pod_spec_of(deployment)
+        controller_pod = pod_spec(deployment)
         proxy = ProxySidecar(
             deployment=f"{profile.namespace}/{profile.deployment}",
             container=profile.proxy_container,
             image=str(proxy_container.get("image")) if proxy_container else None,
-            service_account=f"{profile.namespace}/{pod_spec.get('serviceAccountName') or 'default'}",
+            service_account=f"{profile.namespace}/{controller_pod.get('serviceAccountName') or 'default'}",
         )
         patch = planned = None
         if target is not None and proxy_container is not None:
