@@ -42,7 +42,16 @@ NO_ENDPOINTS = "no endpoints available"
 
 
 def check_name(listener: MetricsService) -> str:
-    return f"metrics-via-{listener.service}"
+    return f"metrics-via-{listener.service}" + (f"-{listener.port}" if listener.one_of_several_ports else "")
+
+
+def record_unreachable(cell: CellResult, listener: MetricsService, error: Exception) -> CheckResult:
+    """The provider could not reach the Service at all (e.g. its port-forward failed): an
+    error of this check alone, so the cell's other checks still run."""
+    with timed_check(cell, check_name(listener)) as check:
+        check.status = CheckStatus.ERROR
+        check.detail = f"{listener.describe()}: not reached: {one_line(error)}"
+    return check
 
 
 def check_guarded_service(
@@ -87,6 +96,12 @@ class PodAddressAnswer:
         """The API server found no address to dial (it answers for itself, nothing was tried)."""
         return self.status == 503 and NO_ENDPOINTS in self.body
 
+    @property
+    def from_the_api_server(self) -> bool:
+        """A 503 is the API server's own word (no endpoint, refused, timeout, TLS): only any
+        other status is the listener's answer."""
+        return self.status == 503
+
 
 def through_pod_address(api: k8s_client.ApiClient, listener: MetricsService) -> PodAddressAnswer:
     """GET /metrics of the Service through the API server's Service proxy (it dials a ready
@@ -103,22 +118,26 @@ def through_pod_address(api: k8s_client.ApiClient, listener: MetricsService) -> 
 
 
 def wait_for_ready_endpoint(api: k8s_client.ApiClient, listener: MetricsService, wait_s: float) -> str | None:
-    """None once the Service has a ready pod address; else what its Endpoints last said."""
-    core = k8s_client.CoreV1Api(api)
-    last = "no Endpoints object yet"
+    """None once one of the Service's EndpointSlices has a ready address; else what they last said."""
+    discovery = k8s_client.DiscoveryV1Api(api)
+    last = "no EndpointSlice yet"
 
     def ready() -> bool:
         nonlocal last
         try:
-            endpoints = core.read_namespaced_endpoints(listener.service, listener.namespace)
+            slices = discovery.list_namespaced_endpoint_slice(
+                listener.namespace, label_selector=f"kubernetes.io/service-name={listener.service}"
+            ).items
         except ApiException as exc:
-            last = f"Endpoints {listener.service}: {exc.status} {exc.reason}"
+            last = f"EndpointSlices of {listener.service}: {exc.status} {exc.reason}"
             return False
-        subsets = endpoints.subsets or []
-        addresses = [a.ip for s in subsets for a in s.addresses or []]
-        waiting = [a.ip for s in subsets for a in s.not_ready_addresses or []]
-        last = f"ready {addresses or 'none'}, not ready {waiting or 'none'}"
-        return bool(addresses)
+        endpoints = [endpoint for piece in slices for endpoint in piece.endpoints or []]
+        ready = [a for e in endpoints if e.conditions is None or e.conditions.ready is not False for a in e.addresses]
+        waiting = [
+            a for e in endpoints if e.conditions is not None and e.conditions.ready is False for a in e.addresses
+        ]
+        last = f"ready {ready or 'none'}, not ready {waiting or 'none'}"
+        return bool(ready)
 
     retrying = tenacity.Retrying(
         stop=tenacity.stop_after_delay(wait_s),
@@ -160,6 +179,12 @@ def check_loopback_service(
         if answer.no_endpoint:
             check.status = CheckStatus.ERROR
             check.detail = f"{listener.service}:{listener.port}: the API server found no pod address to dial"
+        elif answer.from_the_api_server and not answer.refused:
+            check.status = CheckStatus.ERROR
+            check.detail = (
+                f"{listener.service}:{listener.port}: the API server could not tell (HTTP 503: "
+                f"{one_line(answer.body, 160)})"
+            )
         elif answer.refused:
             check.status = CheckStatus.PASS
             check.detail = (
@@ -173,8 +198,8 @@ def check_loopback_service(
         else:
             check.status = CheckStatus.FAIL
             check.detail = (
-                f"{listener.service}:{listener.port}: the API server's Service proxy got HTTP {answer.status}, "
-                f"expected connection refused ({listener.container} listens on {listener.listen})"
+                f"{listener.service}:{listener.port}: the listener answered HTTP {answer.status} through the "
+                f"Service, expected connection refused ({listener.container} listens on {listener.listen})"
             )
             cell.notes.append(f"finding: {listener.describe()}: answered HTTP {answer.status} through the Service")
     return check

@@ -220,14 +220,6 @@ def controller_image(
     return _manager_image(KSERVE_CONTROLLER, version, reference, binary, third_party)
 
 
-def localmodel_image(
-    version: str, reference: str, binary: Path, third_party: Path | None
-) -> tuple[ImageRecipe, ImageContent]:
-    """KServe's local model controller image of ``version``: its ``localmodel.Dockerfile``
-    lays it out as the controller's (``/manager``, ``/third_party/``, user 65532)."""
-    return _manager_image(KSERVE_LOCALMODEL_CONTROLLER, version, reference, binary, third_party)
-
-
 def command_image(
     command: ReleaseCommand, version: str, reference: str, binary: Path, third_party: Path | None
 ) -> tuple[ImageRecipe, ImageContent]:
@@ -707,11 +699,6 @@ def _serving_jobs(
         return replace(planned, status=BUILT, detail="")
 
     return [_Job(planned, None if status == BUILT else build)]
-
-
-def localmodel_reference(manifest: ReleaseManifest) -> str | None:
-    """The image of the release's local model controller Deployment (None if it runs none)."""
-    return deployment_image(manifest, LOCALMODEL_DEPLOYMENT)
 
 
 def deployment_image(manifest: ReleaseManifest, name: str) -> str | None:

@@ -25,7 +25,7 @@ from e2e.cluster.provider import CertManagerInstall, ClusterProvider, SamplesSer
 from e2e.imageset import serving
 from e2e.imageset.offline import LocalImageSet
 from e2e.local import sklearnserver
-from e2e.manifests import container_images, load_yaml_documents
+from e2e.manifests import container_images, load_yaml_documents, pod_spec
 from e2e.matrix import KServeRelease
 
 
@@ -60,7 +60,7 @@ def make_pullable(
     needed: list[str] = []
     proxy: list[str] = []
     for doc in controller:
-        for container in doc["spec"]["template"]["spec"]["containers"]:
+        for container in pod_spec(doc).get("containers") or []:
             if container.get("image"):
                 (proxy if container.get("name") == profile.proxy_container else needed).append(container["image"])
     provider.load_images(needed)

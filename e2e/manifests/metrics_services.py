@@ -17,8 +17,9 @@ agrees is what the ``metrics-via-*`` checks see.
 from __future__ import annotations
 
 import ipaddress
+from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from e2e.labels import selects
@@ -39,6 +40,7 @@ class MetricsService:
     container: str
     flag: str  # the argument that sets the listener, e.g. --metrics-addr
     listen: str  # its value, HOST:PORT as written
+    one_of_several_ports: bool = False  # the Service has more than one port on a metrics listener
 
     @property
     def behind_proxy(self) -> bool:
@@ -69,7 +71,7 @@ def metrics_services(documents: Sequence[Mapping[str, Any]]) -> list[MetricsServ
     found: list[MetricsService] = []
     for service in (d for d in documents if d.get("kind") == "Service"):
         metadata = service.get("metadata") or {}
-        namespace = str(metadata.get("namespace") or "")
+        namespace = str(metadata.get("namespace") or "")  # "" and absent are one (the default)
         spec = service.get("spec") or {}
         selector = {str(k): str(v) for k, v in (spec.get("selector") or {}).items()}
         if not selector:
@@ -77,7 +79,7 @@ def metrics_services(documents: Sequence[Mapping[str, Any]]) -> list[MetricsServ
         for port in spec.get("ports") or []:
             target = port.get("targetPort", port.get("port"))
             for deployment in deployments:
-                if (deployment.get("metadata") or {}).get("namespace") != namespace:
+                if str((deployment.get("metadata") or {}).get("namespace") or "") != namespace:
                     continue
                 if not selects(selector, pod_template_labels(deployment)):
                     continue
@@ -96,7 +98,8 @@ def metrics_services(documents: Sequence[Mapping[str, Any]]) -> list[MetricsServ
                                 listen=listen,
                             )
                         )
-    return found
+    ports_of = Counter((m.namespace, m.service) for m in found)
+    return [replace(m, one_of_several_ports=ports_of[(m.namespace, m.service)] > 1) for m in found]
 
 
 def _listener_on(container: Mapping[str, Any], target: object) -> tuple[str, str] | None:
@@ -108,8 +111,11 @@ def _listener_on(container: Mapping[str, Any], target: object) -> tuple[str, str
         number = int(named[0]["containerPort"])
     else:
         number = int(str(target))
-    for argument in [*(container.get("command") or []), *(container.get("args") or [])]:
-        flag, _, value = str(argument).partition("=")
+    words = [str(word) for word in [*(container.get("command") or []), *(container.get("args") or [])]]
+    for place, word in enumerate(words):
+        flag, equals, value = word.partition("=")
+        if not equals and place + 1 < len(words):
+            value = words[place + 1]  # `--metrics-addr 127.0.0.1:8443`, two words
         if flag in (*PROXY_LISTEN_FLAGS, *MANAGER_METRICS_FLAGS) and value.rpartition(":")[2] == str(number):
             return flag, value
     return None

@@ -4,7 +4,8 @@ release's manifest lists them (``e2e.checks.metrics_services``)."""
 from __future__ import annotations
 
 from e2e.cell import CellRun
-from e2e.checks.metrics_services import check_guarded_service, check_loopback_service
+from e2e.checks.metrics_services import check_guarded_service, check_loopback_service, record_unreachable
+from e2e.errors import HarnessError
 from e2e.manifests.metrics_services import metrics_services
 from e2e.matrix import MatrixCell
 from e2e.scenario import PlanContext, Step
@@ -21,13 +22,16 @@ def act(run: CellRun) -> None:
         if listener.loopback_only:
             check_loopback_service(run.result, listener, provider.api_client(), runs_pods=provider.runs_pods)
             continue
-        with provider.endpoint(ServiceTarget(listener.namespace, listener.service, listener.port)) as address:
-            check_guarded_service(
-                run.result,
-                listener,
-                f"https://{address}/metrics",
-                metrics_reader_token=cluster.access.metrics_reader_token,
-            )
+        try:
+            with provider.endpoint(ServiceTarget(listener.namespace, listener.service, listener.port)) as address:
+                check_guarded_service(
+                    run.result,
+                    listener,
+                    f"https://{address}/metrics",
+                    metrics_reader_token=cluster.access.metrics_reader_token,
+                )
+        except HarnessError as exc:
+            record_unreachable(run.result, listener, exc)
 
 
 def describe(cell: MatrixCell, context: PlanContext) -> list[str]:

@@ -10,12 +10,15 @@ proxy to loopback): a port nothing listens on gives the
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import trustme
 from helpers.cells import new_cell
 from kubernetes import client as k8s_client
 
@@ -88,6 +91,19 @@ def service_to(api: k8s_client.ApiClient, name: str, address: str | None, port: 
     core.patch_namespaced_pod_status(
         pod, NAMESPACE, {"status": {"podIP": address, "podIPs": [{"ip": address}], "phase": "Running"}}
     )
+    # What the endpoint controllers would write: the check waits on the EndpointSlice, the
+    # API server's Service proxy dials the Endpoints' address.
+    k8s_client.DiscoveryV1Api(api).create_namespaced_endpoint_slice(
+        NAMESPACE,
+        k8s_client.V1EndpointSlice(
+            metadata=k8s_client.V1ObjectMeta(name=name, labels={"kubernetes.io/service-name": name}),
+            address_type="IPv4",
+            endpoints=[
+                k8s_client.V1Endpoint(addresses=[address], conditions=k8s_client.V1EndpointConditions(ready=True))
+            ],
+            ports=[k8s_client.DiscoveryV1EndpointPort(name="https", port=port, protocol="TCP")],
+        ),
+    )
     core.create_namespaced_endpoints(
         NAMESPACE,
         k8s_client.V1Endpoints(
@@ -107,8 +123,10 @@ def service_to(api: k8s_client.ApiClient, name: str, address: str | None, port: 
     )
 
 
-@pytest.fixture()
-def plain_http_listener() -> Iterator[tuple[str, int]]:
+@contextlib.contextmanager
+def listener_at_host(tls: ssl.SSLContext | None) -> Iterator[tuple[str, int]]:
+    """An HTTP(S) server on this host's address answering 200 to every GET."""
+
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             self.send_response(200)
@@ -119,6 +137,8 @@ def plain_http_listener() -> Iterator[tuple[str, int]]:
 
     address = host_address()
     server = ThreadingHTTPServer((address, 0), Handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -126,6 +146,12 @@ def plain_http_listener() -> Iterator[tuple[str, int]]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def server_tls() -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    trustme.CA().issue_cert(host_address()).configure_cert(context)
+    return context
 
 
 def test_a_tier_without_pod_addresses_says_so_and_asks_nothing() -> None:
@@ -153,17 +179,32 @@ def test_connection_refused_at_the_pod_address_is_the_manifest_s_reading_and_a_f
 
 
 @pytest.mark.needs_binaries
-def test_an_answer_at_the_pod_address_fails_the_check(
-    api: k8s_client.ApiClient, namespace: str, plain_http_listener: tuple[str, int]
+def test_the_listener_s_own_answer_at_the_pod_address_fails_the_check(
+    api: k8s_client.ApiClient, namespace: str
 ) -> None:
-    address, port = plain_http_listener
-    service_to(api, "answers", address, port)
-    cell = new_cell()
-    check = check_loopback_service(cell, listener("answers"), api, runs_pods=True)
+    with listener_at_host(server_tls()) as (address, port):
+        service_to(api, "answers", address, port)
+        cell = new_cell()
+        check = check_loopback_service(cell, listener("answers"), api, runs_pods=True)
     assert check.status is CheckStatus.FAIL, (check.detail, check.evidence)
-    assert "expected connection refused" in check.detail
-    assert "no endpoints" not in " ".join(check.evidence)  # the listener answered, not the API server
-    assert cell.notes and "answered HTTP" in cell.notes[0]
+    assert "the listener answered HTTP 200 through the Service, expected connection refused" in check.detail
+    assert cell.notes == [
+        "finding: Service kserve/answers:8443 -> Deployment llmisvc-controller-manager, container manager "
+        "(--metrics-addr=127.0.0.1:8443): answered HTTP 200 through the Service"
+    ]
+
+
+@pytest.mark.needs_binaries
+def test_an_api_server_error_other_than_refused_says_it_could_not_tell(
+    api: k8s_client.ApiClient, namespace: str
+) -> None:
+    with listener_at_host(None) as (address, port):  # plain HTTP where the proxy speaks TLS
+        service_to(api, "plain", address, port)
+        cell = new_cell()
+        check = check_loopback_service(cell, listener("plain"), api, runs_pods=True)
+    assert check.status is CheckStatus.ERROR, (check.detail, check.evidence)
+    assert "the API server could not tell (HTTP 503" in check.detail
+    assert not cell.notes
 
 
 @pytest.mark.needs_binaries

@@ -33,6 +33,7 @@ from e2e.manifests import ManifestLock, ReleaseFiles, ReleaseManifest
 from e2e.matrix import load_matrix
 
 MANAGER, LOCALMODEL = binaries.KSERVE_MANAGER, binaries.KSERVE_LOCALMODEL
+LOCALMODEL_COMMAND = next(c for c in components.RELEASE_COMMANDS if c.binary == LOCALMODEL)
 
 
 def localmodel_deployment(image: str, name: str = "kserve-localmodel-controller-manager") -> str:
@@ -149,7 +150,7 @@ def test_the_localmodel_image_has_the_layout_of_its_dockerfile(tmp_path: Path) -
     (third_party / "library").mkdir(parents=True)
     (third_party / "library" / "LICENSE").write_text("license")
     reference = "kserve/kserve-localmodel-controller:v0.14.0"
-    recipe, content = components.localmodel_image("v0.14.0", reference, binary, third_party)
+    recipe, content = components.command_image(LOCALMODEL_COMMAND, "v0.14.0", reference, binary, third_party)
     assert recipe.references == (reference,)
     assert content.entrypoint == ("/manager",)
     assert content.user == "65532"
@@ -166,7 +167,7 @@ def test_the_reference_is_read_from_the_release_manifest(release_files: SessionR
         release = matrix.release(version)
         text = release_files.kserve(version)
         manifest = ReleaseManifest.parse(text, source=version, profile=release.profile)
-        assert components.localmodel_reference(manifest) == expected
+        assert components.deployment_image(manifest, components.LOCALMODEL_DEPLOYMENT) == expected
 
 
 def test_a_localmodel_image_is_planned_only_for_a_release_that_runs_it(
@@ -254,7 +255,9 @@ def test_a_real_localmodel_image_runs_its_binary(version: str, monkeypatch: pyte
     module = binaries.cached_module_dir(binaries.KSERVE_MODULE, version)
     third_party = module / "third_party" if module else None
     reference = f"kserve/kserve-localmodel-controller:{version}"
-    built = components.build_image(*components.localmodel_image(version, reference, binary, third_party))
+    built = components.build_image(
+        *components.command_image(LOCALMODEL_COMMAND, version, reference, binary, third_party)
+    )
     result = docker_run(built, "--help")
     assert "-leader-elect" in result.stdout + result.stderr
     inspected = subprocess.run(

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from helpers.release_files import SessionReleaseFiles
 
+from e2e.checks.metrics_services import check_name
 from e2e.manifests import ReleaseManifest
 from e2e.manifests.metrics_services import metrics_services
 from e2e.matrix import load_matrix
@@ -94,3 +95,20 @@ def test_a_named_target_port_is_resolved_through_the_container_s_ports() -> None
 )
 def test_a_service_that_reaches_no_metrics_listener_is_not_listed(docs: list[dict[str, Any]]) -> None:
     assert metrics_services(docs) == []
+
+
+def test_no_namespace_on_either_side_is_one_namespace_and_two_word_flags_are_read() -> None:
+    docs = [deployment(["--metrics-addr", "127.0.0.1:8443"], [], {"a": "b"}), service({"a": "b"}, 8443)]
+    for document in docs:
+        del document["metadata"]["namespace"]
+    (found,) = metrics_services(docs)
+    assert (found.namespace, found.flag, found.listen) == ("", "--metrics-addr", "127.0.0.1:8443")
+
+
+def test_a_service_with_two_metrics_ports_names_each_check_by_its_port() -> None:
+    two = deployment(["--metrics-addr=127.0.0.1:8443", "--secure-listen-address=0.0.0.0:9443"], [], {"a": "b"})
+    svc = service({"a": "b"}, 8443)
+    svc["spec"]["ports"].append({"port": 9443})
+    found = metrics_services([two, svc])
+    assert [check_name(m) for m in found] == ["metrics-via-s-8443", "metrics-via-s-9443"]
+    assert [check_name(m) for m in metrics_services([two, service({"a": "b"}, 8443)])] == ["metrics-via-s"]
