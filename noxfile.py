@@ -27,6 +27,15 @@ def _pytest(session: nox.Session, *args: str) -> None:
     session.run("pytest", *args, success_codes=[0])
 
 
+def _scenarios(session: nox.Session, *args: str) -> None:
+    """The scenarios; with --parallel-groups N, N shares of the cluster groups at once
+    (`kserve-compat run`, which starts them and merges their reports)."""
+    if any(arg.startswith("--parallel-groups") for arg in args):
+        session.run("kserve-compat", "run", "--", *args, success_codes=[0])
+    else:
+        _pytest(session, "scenarios", *args)
+
+
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """The project's own tests (tests/): real etcd, kube-apiserver, kube-rbac-proxy, registry."""
@@ -65,7 +74,7 @@ def lint(session: nox.Session) -> None:
 def e2e(session: nox.Session) -> None:
     """The main job: the matrix on kind clusters (needs Docker). `-- --plan` only prints the plan."""
     _install(session, "test")
-    _pytest(session, "scenarios", "--provider", "kind", *session.posargs)
+    _scenarios(session, "--provider", "kind", *session.posargs)
 
 
 @nox.session(python=PYTHON)
@@ -76,7 +85,7 @@ def local(session: nox.Session) -> None:
         session.run("kserve-compat", "binaries")
     manifest_dir = os.environ.get("KSERVE_COMPAT_MANIFEST_DIR")
     args = ["--all-releases"] if manifest_dir else []
-    _pytest(session, "scenarios", "--provider", "local", *args, *session.posargs)
+    _scenarios(session, "--provider", "local", *args, *session.posargs)
 
 
 @nox.session(python=PYTHON)

@@ -33,7 +33,7 @@ from e2e.errors import HarnessError
 from e2e.local.processes import install_signal_handlers
 from e2e.matrix import MatrixCell, Selection
 from e2e.results import CellResult, Verdict
-from e2e.run import Harness, HarnessOptions, RunPlan, make_factory
+from e2e.run import GroupShard, Harness, HarnessOptions, RunPlan, make_factory
 from e2e.scenario import Scenario, ordered_runs
 from e2e.secrets import redact
 from e2e.unverified_tls import ignore_insecure_request_warnings
@@ -93,6 +93,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--cluster-per-cell", action="store_true", help="a fresh cluster for every cell (nox -s bench's naive mode)"
+    )
+    group.addoption(
+        "--shard",
+        metavar="I/N",
+        default=None,
+        help="run only share I of N of the cluster groups (kserve-compat run --parallel-groups N starts N shards)",
     )
     # pytest owns --strict; ours is named for what it makes strict.
     group.addoption("--strict-security", action="store_true", help="security findings (e.g. token leaks) fail the run")
@@ -226,6 +232,7 @@ def _harness_options(config: pytest.Config) -> HarnessOptions:
         reuse_cluster=bool(config.getoption("reuse_cluster")),
         local_images=_local_images(config),
         manifests_from_module=bool(config.getoption("manifests_from_module")) or None,
+        shard=GroupShard.parse(shard) if (shard := config.getoption("shard")) else None,
     )
 
 

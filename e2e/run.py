@@ -11,12 +11,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from e2e.cluster.provider import ClusterProvider, ProviderFactory
-from e2e.errors import HarnessError
+from e2e.errors import HarnessError, UsageError
 from e2e.images import RegistryMirrors
 from e2e.install import GroupCluster, Installer
 from e2e.manifests import ReleaseFiles, kserve_file
@@ -47,6 +48,31 @@ class HarnessOptions:
     # Release manifests also from the release's Go module; None: the environment says
     # (KSERVE_COMPAT_MANIFESTS_FROM_MODULE), for a Harness made outside pytest.
     manifests_from_module: bool | None = None
+    shard: GroupShard | None = None  # this process runs only its share of the cluster groups
+
+
+@dataclass(frozen=True)
+class GroupShard:
+    """Share ``index`` (1-based) of ``count``: the cluster groups whose place in the run's
+    order is ``index - 1`` modulo ``count``. A group is never split, so two shards never
+    share a cluster (kind names a cluster by its group)."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> GroupShard:
+        index, slash, count = text.partition("/")
+        numbers = all(part.isascii() and part.isdecimal() for part in (index, count))
+        if slash and numbers and 1 <= int(index) <= int(count):
+            return cls(int(index), int(count))
+        raise UsageError(f"--shard {text}: expected I/N with 1 <= I <= N, e.g. 1/2")
+
+    def groups(self, groups: Sequence[ClusterGroup]) -> list[ClusterGroup]:
+        return [group for place, group in enumerate(groups) if place % self.count == self.index - 1]
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
 
 
 @dataclass(frozen=True)
@@ -74,6 +100,8 @@ class RunPlan:
             versions = {cell.release.version for cell in cells}
             available = {version: files.available(kserve_file(version)) for version in versions}
             cells = [cell for cell in cells if available[cell.release.version]]
+        if options.shard is not None:
+            cells = [cell for group in options.shard.groups(group_cells(cells)) for cell in group.cells]
         return cls(options, matrix, tuple(cells), files)
 
 

@@ -3,6 +3,9 @@ installed. The same run as ``nox -s e2e`` / ``nox -s local`` in a checkout: pyte
 scenarios with the harness's plugins; every other argument is pytest's or the harness's
 (``--provider``, ``--kserve``, ``--plan``, ...; ``kserve-compat run --help`` lists them
 under "kserve-compat"). The exit code is pytest's.
+
+``--parallel-groups N`` runs N of these at once, each on its share of the cluster groups,
+and merges their reports (``e2e/parallel_groups.py``).
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ EXIT_CODES = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "pytest_args", nargs=argparse.REMAINDER, metavar="ARGS",
-        help="the harness's and pytest's options, e.g. --provider kind --kserve v0.14.0 --plan",
+        help="the harness's and pytest's options, e.g. --provider kind --kserve v0.14.0 --plan; "
+        "and --parallel-groups N: N runs at once, each with its share of the cluster groups "
+        "(reports under REPORTS_DIR/shard-I, merged into REPORTS_DIR)",
     )  # fmt: skip
 
 
@@ -30,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Before pytest loads pytest-kind's plugin: this pins the kind/kubectl versions it reads.
     import e2e.cluster.kind  # noqa: F401
+    from e2e.parallel_groups import run_shares, split_parallel_option
     from e2e.scenario import SCENARIOS_DIR
 
     passed = list(args.pytest_args)
@@ -38,5 +44,8 @@ def run(args: argparse.Namespace) -> int:
     for _ in range(2):
         if passed[:1] == ["--"]:
             passed = passed[1:]
+    shares, passed = split_parallel_option(passed)
+    if shares > 1:
+        return run_shares(shares, passed)
     plugins = ["-p", "e2e.pytest_redaction", "-p", "e2e.plugin", "-p", "no:cacheprovider"]
     return int(pytest.main([str(SCENARIOS_DIR), *plugins, "-ra", *passed]))
