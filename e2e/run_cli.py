@@ -41,10 +41,12 @@ def run(args: argparse.Namespace) -> int:
     passed = list(args.pytest_args)
     # The `--` e2e.cli puts after `run`, and one the user may have typed there: both end
     # kserve-compat's own options, neither is pytest's.
-    for _ in range(2):
-        if passed[:1] == ["--"]:
-            passed = passed[1:]
+    while passed[:1] == ["--"]:
+        passed = passed[1:]
     shares, passed = split_parallel_option(passed)
+    # `run --parallel-groups N -- ARGS`: the `--` after kserve-compat's own option.
+    while passed[:1] == ["--"]:
+        passed = passed[1:]
     if shares > 1:
         return run_shares(shares, passed)
     plugins = ["-p", "e2e.pytest_redaction", "-p", "e2e.plugin", "-p", "no:cacheprovider"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -190,3 +191,20 @@ def test_two_groups_run_at_once_on_the_local_tier_and_report_as_one(tmp_path: Pa
         ("v0.20.0", "pass"),
     ]
     assert "| v0.14.0 |" in output and "| v0.20.0 |" in output  # the merged grid, printed
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["--", "--parallel-groups", "2", "--", "--provider", "kind"],
+        ["--parallel-groups=2", "--provider", "kind"],
+        ["--", "--provider", "kind", "--parallel-groups", "2"],
+    ],
+)
+def test_run_hands_the_shares_the_run_s_own_arguments(arguments: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from e2e import run_cli
+
+    seen: list[tuple[int, list[str]]] = []
+    monkeypatch.setattr(parallel_groups, "run_shares", lambda count, rest: seen.append((count, list(rest))) or 0)
+    assert run_cli.run(argparse.Namespace(pytest_args=arguments)) == 0
+    assert seen == [(2, ["--provider", "kind"])]
