@@ -279,7 +279,8 @@ def container_images(documents: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def pod_spec(document: Mapping[str, Any]) -> dict[str, Any]:
     """The pod spec of a Pod, or of the pod template of a workload (Deployment, StatefulSet,
-    DaemonSet, ReplicaSet, Job, CronJob); empty for anything else. The one walk to it."""
+    DaemonSet, ReplicaSet, Job, CronJob, or a patch of one: no kind, a pod template); empty
+    for anything else. The one walk to it."""
     return _pod_spec_or_none(document) or {}
 
 
@@ -302,8 +303,8 @@ def _pod_spec_or_none(document: Mapping[str, Any]) -> dict[str, Any] | None:
         return dict(spec)
     if kind == "CronJob":
         spec = (spec.get("jobTemplate") or {}).get("spec") or {}
-    elif kind not in _POD_TEMPLATE_KINDS:
-        return None
+    elif kind not in _POD_TEMPLATE_KINDS and not (kind is None and "template" in spec):
+        return None  # (an object without a kind but with a pod template: a workload's patch)
     pod_spec = (spec.get("template") or {}).get("spec")
     return pod_spec if isinstance(pod_spec, dict) else None
 
