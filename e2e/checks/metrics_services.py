@@ -60,7 +60,6 @@ def check_guarded_service(
     """No token 401 and the metrics-reader's token 200 at ``metrics_url`` (the Service's metrics
     path as the provider reaches it)."""
     with timed_check(cell, check_name(listener)) as check:
-        seen: list[str] = []
         try:
             anonymous = get(metrics_url, None, connect_wait_s=5.0)
             reader = get(metrics_url, metrics_reader_token, connect_wait_s=5.0)
@@ -69,14 +68,13 @@ def check_guarded_service(
             check.detail = f"{listener.describe()}: {metrics_url} unreachable: {type(exc).__name__}"
             check.evidence = [one_line(exc)]
             return check
-        seen = [*response_evidence(anonymous), *response_evidence(reader)]
+        check.evidence = [*response_evidence(anonymous), *response_evidence(reader)]
         ok = anonymous.status_code == 401 and reader.status_code == 200
         check.status = CheckStatus.PASS if ok else CheckStatus.FAIL
         check.detail = (
             f"{listener.service}:{listener.port}: no token {anonymous.status_code} (expected 401), "
             f"metrics-reader {reader.status_code} (expected 200)"
         )
-        check.evidence = seen
     return check
 
 

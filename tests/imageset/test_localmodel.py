@@ -191,18 +191,24 @@ def test_a_refused_release_makes_its_localmodel_image_unavailable_with_the_reaso
     assert (image.status, image.detail) == ("unavailable", "github.com/kserve/kserve@v0.14.0: 403")
 
 
-def test_the_controller_and_localmodel_binaries_come_from_one_build(
-    world: FakeWorld,
-    localmodel_files: ReleaseFiles,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    together: list[tuple[tuple[str, ...], str]] = []
+@pytest.fixture()
+def together(world: FakeWorld, monkeypatch: pytest.MonkeyPatch) -> list[tuple[tuple[str, ...], str]]:
+    """What ``binaries.ensure_together`` was asked for: (commands, version), one per go build."""
+    asked: list[tuple[tuple[str, ...], str]] = []
 
     def ensure_together(names: Sequence[str], version: str) -> dict[str, Path]:
-        together.append((tuple(names), version))
+        asked.append((tuple(names), version))
         return {name: world.built_binaries.get((name, version)) or world.binary(name, version) for name in names}
 
     monkeypatch.setattr(binaries, "ensure_together", ensure_together)
+    return asked
+
+
+def test_the_controller_and_localmodel_binaries_come_from_one_build(
+    world: FakeWorld,
+    localmodel_files: ReleaseFiles,
+    together: list[tuple[tuple[str, ...], str]],
+) -> None:
     results = by_reference(
         components.ensure_images(["v0.13.1", "v0.14.0"], ["quay-v0.18.0"], ["1.34"], files=localmodel_files)
     )
@@ -225,15 +231,8 @@ def test_the_llmisvc_image_is_read_from_the_release_manifest(release_files: Sess
 def test_every_command_a_release_runs_comes_from_its_one_build(
     world: FakeWorld,
     localmodel_files: ReleaseFiles,
-    monkeypatch: pytest.MonkeyPatch,
+    together: list[tuple[tuple[str, ...], str]],
 ) -> None:
-    together: list[tuple[tuple[str, ...], str]] = []
-
-    def ensure_together(names: Sequence[str], version: str) -> dict[str, Path]:
-        together.append((tuple(names), version))
-        return {name: world.built_binaries.get((name, version)) or world.binary(name, version) for name in names}
-
-    monkeypatch.setattr(binaries, "ensure_together", ensure_together)
     results = by_reference(components.ensure_images(["v0.16.0"], ["quay-v0.18.0"], ["1.34"], files=localmodel_files))
     llmisvc = results["kserve/llmisvc-controller:v0.16.0"]
     assert (llmisvc.component, llmisvc.status) == (components.KSERVE_LLMISVC_CONTROLLER, "built")
