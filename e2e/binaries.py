@@ -108,9 +108,14 @@ IMAGE_COMPONENTS: tuple[str, ...] = (
     KSERVE_MANAGER,
     KSERVE_LOCALMODEL,
 )
-# Built on first use by the local tier for a release whose manifest runs them (also by
-# `kserve-compat binaries --component`): the llmisvc controller.
-ON_DEMAND_COMPONENTS: tuple[str, ...] = (KSERVE_LLMISVC,)
+# The pod network of a kind cluster with workers on node images built here: kind's own
+# (kindnetd) lives in a module the Go proxy does not serve; kube-router is a multi-node CNI
+# it does serve (see e2e/imageset/pod_network.py).
+KUBE_ROUTER = "kube-router"
+# Built on first use (also by `kserve-compat binaries --component`): the llmisvc controller,
+# by the local tier for a release whose manifest runs it; kube-router, for a kind cluster
+# with workers.
+ON_DEMAND_COMPONENTS: tuple[str, ...] = (KSERVE_LLMISVC, KUBE_ROUTER)
 ALL_COMPONENTS: tuple[str, ...] = tuple(dict.fromkeys((*COMPONENTS, *IMAGE_COMPONENTS, *ON_DEMAND_COMPONENTS)))
 # Components kept once per version side by side (the others have one version in use).
 VERSIONED_COMPONENTS = (PROXY, KSERVE_MANAGER, KSERVE_LOCALMODEL, KSERVE_LLMISVC)
@@ -135,6 +140,7 @@ DEFAULT_VERSIONS: dict[str, str] = {
     KSERVE_MANAGER: "v0.20.0",
     KSERVE_LOCALMODEL: "v0.20.0",
     KSERVE_LLMISVC: "v0.20.0",
+    KUBE_ROUTER: "v2.1.0",
 }
 
 ETCD_MODULE = "go.etcd.io/etcd/server/v3"
@@ -148,6 +154,7 @@ COREDNS_MODULE = "github.com/coredns/coredns"
 CERT_MANAGER_MODULE = "github.com/cert-manager/cert-manager"
 HELM_MODULE = "helm.sh/helm/v3"
 KSERVE_MODULE = "github.com/kserve/kserve"
+KUBE_ROUTER_MODULE = "github.com/cloudnativelabs/kube-router/v2"
 
 # Where kube-rbac-proxy's published images keep the binary (its Dockerfile:
 # COPY _output/$BINARY /usr/local/bin/kube-rbac-proxy), and the repository that keeps
@@ -339,6 +346,9 @@ def _image_component_recipe(component: str, version: str) -> Recipe:
     if component == "helm":
         stamp = (f"-X {HELM_MODULE}/internal/version.version={version}",)
         return Recipe(component, version, HELM_MODULE, f"{HELM_MODULE}/cmd/helm", "source", stamp)
+    if component == KUBE_ROUTER:
+        stamp = (f"-X {KUBE_ROUTER_MODULE}/pkg/version.Version={version}",)  # what its Makefile stamps
+        return Recipe(component, version, KUBE_ROUTER_MODULE, f"{KUBE_ROUTER_MODULE}/cmd/kube-router", "source", stamp)
     if component == KSERVE_LOCALMODEL:
         # localmodel.Dockerfile: `go build -o localmodel-manager ./cmd/localmodel`, no stamps.
         if _minor_version(version) < KSERVE_LOCALMODEL_SINCE:

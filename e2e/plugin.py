@@ -33,7 +33,7 @@ from e2e.errors import HarnessError
 from e2e.local.processes import install_signal_handlers
 from e2e.matrix import MatrixCell, Selection
 from e2e.results import CellResult, Verdict
-from e2e.run import GroupShard, Harness, HarnessOptions, RunPlan, make_factory
+from e2e.run import GroupShard, Harness, HarnessOptions, RunPlan, kind_worker_count, make_factory
 from e2e.scenario import Scenario, ordered_runs
 from e2e.secrets import redact
 from e2e.unverified_tls import ignore_insecure_request_warnings
@@ -53,8 +53,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--kserve", action="append", metavar="V[,V]", help="KServe release tags, e.g. v0.14.0 (repeatable)")
     group.addoption("--proxy", action="append", metavar="ALIAS[,ALIAS]", help="proxy image aliases (repeatable)")
     group.addoption("--k8s", action="append", metavar="V[,V]", help="Kubernetes versions, e.g. 1.33 (repeatable)")
-    group.addoption("--cell", action="append", default=[], metavar="ID[,ID]",
-                    help="exact cell ids (repeatable; not with --kserve, --proxy or --k8s)")
+    group.addoption(
+        "--cell",
+        action="append",
+        default=[],
+        metavar="ID[,ID]",
+        help="exact cell ids (repeatable; not with --kserve, --proxy or --k8s)",
+    )
     group.addoption("--variant", action="append", metavar="NAME[,NAME]", help="extra variant cells (repeatable)")
     group.addoption("--all-releases", action="store_true", help="every release of the matrix, not only latest patches")
     group.addoption(
@@ -76,15 +81,25 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "github.com/kserve/kserve through the Go module proxy (env KSERVE_COMPAT_MANIFESTS_FROM_MODULE=1)",
     )
     group.addoption(
-        "--registry-mirror", action="append", default=[], metavar="SRC=DST|HOST=URL",
+        "--registry-mirror",
+        action="append",
+        default=[],
+        metavar="SRC=DST|HOST=URL",
         help="SRC=DST rewrites image references (gcr.io/kubebuilder=registry.example:5000/kubebuilder); "
         "HOST=URL makes the kind nodes pull HOST's images from your registry at URL, names unchanged "
-        "(quay.io=http://10.0.0.5:5000; seed it with `kserve-compat images push --to`)"
+        "(quay.io=http://10.0.0.5:5000; seed it with `kserve-compat images push --to`)",
     )
     group.addoption("--reports-dir", metavar="DIR", default="reports", help="where results and reports go")
     group.addoption("--plan", action="store_true", help="print the ordered plan and touch nothing")
     group.addoption("--keep-on-failure", action="store_true", help="keep a group's cluster when a cell failed")
     group.addoption("--reuse-cluster", action="store_true", help="kind: use an existing cluster of the same name")
+    group.addoption(
+        "--kind-workers",
+        default="0",
+        metavar="N",
+        help="kind: N worker nodes besides the control plane (workloads land on the workers; on node images "
+        "built here kube-router connects the nodes' pods)",
+    )
     group.addoption(
         "--local-images",
         action="store_true",
@@ -233,6 +248,7 @@ def _harness_options(config: pytest.Config) -> HarnessOptions:
         local_images=_local_images(config),
         manifests_from_module=bool(config.getoption("manifests_from_module")) or None,
         shard=GroupShard.parse(shard) if (shard := config.getoption("shard")) else None,
+        kind_workers=kind_worker_count(config.getoption("kind_workers")),
     )
 
 

@@ -49,6 +49,17 @@ class HarnessOptions:
     # (KSERVE_COMPAT_MANIFESTS_FROM_MODULE), for a Harness made outside pytest.
     manifests_from_module: bool | None = None
     shard: GroupShard | None = None  # this process runs only its share of the cluster groups
+    kind_workers: int = 0  # kind: worker nodes besides the control plane
+
+
+MAX_KIND_WORKERS = 4  # each node is a container with its own kubelet and containerd
+
+
+def kind_worker_count(text: str) -> int:
+    """``--kind-workers``'s value: a number of worker nodes from 0 to MAX_KIND_WORKERS."""
+    if not text.isdigit() or int(text) > MAX_KIND_WORKERS:
+        raise UsageError(f"--kind-workers {text}: expected a number of worker nodes from 0 to {MAX_KIND_WORKERS}")
+    return int(text)
 
 
 @dataclass(frozen=True)
@@ -125,6 +136,7 @@ def make_factory(options: HarnessOptions, matrix: Matrix | None = None) -> Provi
                 reuse_cluster=options.reuse_cluster,
                 local_images=options.local_images,
                 user_registries=RegistryMirrors.from_options(options.registry_mirrors).endpoints,
+                workers=options.kind_workers,
             ),
         )
     raise HarnessError(f"--provider {options.provider}: expected kind or local")

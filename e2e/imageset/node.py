@@ -444,7 +444,7 @@ def _binary_sha256(component: str, version: str, path: Path) -> str:
     return file_sha256(path)
 
 
-def _tar_files(files: Mapping[str, tuple[Path | bytes, int]], symlinks: Mapping[str, str] | None = None) -> bytes:
+def tar_files(files: Mapping[str, tuple[Path | bytes, int]], symlinks: Mapping[str, str] | None = None) -> bytes:
     """A tar of files (path -> (source, mode)) and symlinks, owned by root, parents made."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
@@ -742,7 +742,7 @@ exec "$0" "$@"
 """
 # Registers the wrapper as the iptables and ip6tables alternative (commands and -save/-restore):
 # only symlinks change, so the layer is a few bytes (no chmod of copied binaries).
-_INSTALL_IPTABLES_WRAPPER = " && ".join(
+INSTALL_IPTABLES_WRAPPER = " && ".join(
     f"update-alternatives --install /usr/sbin/{t} {t} /usr/sbin/iptables-wrapper 100"
     f" --slave /usr/sbin/{t}-restore {t}-restore /usr/sbin/iptables-wrapper"
     f" --slave /usr/sbin/{t}-save {t}-save /usr/sbin/iptables-wrapper"
@@ -756,12 +756,12 @@ def _build_kube_proxy_image(image: ControlPlaneImage, base: str) -> None:
     dockerfile = (
         f"FROM {base}\n"
         "COPY iptables-wrapper /usr/sbin/iptables-wrapper\n"
-        f"RUN {_INSTALL_IPTABLES_WRAPPER} >/dev/null\n"
+        f"RUN {INSTALL_IPTABLES_WRAPPER} >/dev/null\n"
         "COPY kube-proxy /usr/local/bin/kube-proxy\n"
         'ENTRYPOINT ["/usr/local/bin/kube-proxy"]\n'
         f'LABEL {RECIPE_LABEL}="{image.recipe.digest()}"\n'
     )
-    context = _tar_files(
+    context = tar_files(
         {
             "Dockerfile": (dockerfile.encode(), 0o644),
             "iptables-wrapper": (IPTABLES_WRAPPER.encode(), 0o755),
@@ -883,7 +883,7 @@ def _assemble_node(inputs: Inputs, kind_dir: Path, timings: dict[str, float]) ->
     try:
         with _stage("node files (kind's base files, containerd, crictl, kubelet, kubeadm, kubectl)", timings):
             docker(
-                ["cp", "-", f"{container}:/"], f"files of {reference}", input_bytes=_tar_files(files, _ENABLED_UNITS)
+                ["cp", "-", f"{container}:/"], f"files of {reference}", input_bytes=tar_files(files, _ENABLED_UNITS)
             )
             spec = json.loads(docker(["exec", container, "ctr", "oci", "spec"], "ctr oci spec"))
             docker(

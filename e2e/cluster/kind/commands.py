@@ -17,6 +17,7 @@ import yaml
 from e2e.cluster.mirrors import NODE_CERTS_DIR
 from e2e.command import run
 from e2e.errors import HarnessError
+from e2e.imageset.pod_network import NODE_CNI_DIR
 from e2e.targets import ServiceTarget
 
 if TYPE_CHECKING:
@@ -94,15 +95,31 @@ def cluster_config(
     certs_dir: Path | None = None,
     patch_containerd: bool = False,
     allow_cgroup_v1: bool = False,
+    *,
+    workers: int = 0,
+    cni_dirs: Sequence[Path] = (),
 ) -> dict[str, Any]:
-    """The kind cluster config: one control-plane node running ``node_image``; ``networking``
-    is what a node image built here needs (its own CNI instead of kind's kindnetd);
-    ``certs_dir`` (the run's registry mirrors) is mounted where containerd reads it;
+    """The kind cluster config: a control-plane node and ``workers`` worker nodes running
+    ``node_image``; ``networking`` is what a node image built here needs (its own CNI instead
+    of kind's kindnetd); ``certs_dir`` (the run's registry mirrors) is mounted where containerd
+    reads it; ``cni_dirs`` (one per node, the control plane first) where the CNI reads its
+    config (the pod network of a cluster with workers, see imageset/pod_network.py);
     ``allow_cgroup_v1`` lets a kubelet of 1.35+ run on a cgroup v1 host."""
-    node: dict[str, Any] = {"role": "control-plane", "image": node_image}
-    if certs_dir is not None:
-        node["extraMounts"] = [{"hostPath": str(certs_dir), "containerPath": NODE_CERTS_DIR, "readOnly": True}]
-    config: dict[str, Any] = {"kind": "Cluster", "apiVersion": "kind.x-k8s.io/v1alpha4", "nodes": [node]}
+    roles = ["control-plane", *["worker"] * workers]
+    if cni_dirs and len(cni_dirs) != len(roles):
+        raise HarnessError(f"kind cluster config: {len(roles)} nodes but {len(cni_dirs)} CNI folders")
+    nodes: list[dict[str, Any]] = []
+    for index, role in enumerate(roles):
+        node: dict[str, Any] = {"role": role, "image": node_image}
+        mounts = []
+        if certs_dir is not None:
+            mounts.append({"hostPath": str(certs_dir), "containerPath": NODE_CERTS_DIR, "readOnly": True})
+        if cni_dirs:
+            mounts.append({"hostPath": str(cni_dirs[index]), "containerPath": NODE_CNI_DIR})
+        if mounts:
+            node["extraMounts"] = mounts
+        nodes.append(node)
+    config: dict[str, Any] = {"kind": "Cluster", "apiVersion": "kind.x-k8s.io/v1alpha4", "nodes": nodes}
     if networking:
         config["networking"] = dict(networking)
     if certs_dir is not None and patch_containerd:
@@ -118,9 +135,20 @@ def cluster_config_yaml(
     certs_dir: Path | None = None,
     patch_containerd: bool = False,
     allow_cgroup_v1: bool = False,
+    *,
+    workers: int = 0,
+    cni_dirs: Sequence[Path] = (),
 ) -> str:
-    config = cluster_config(node_image, networking, certs_dir, patch_containerd, allow_cgroup_v1)
+    config = cluster_config(
+        node_image, networking, certs_dir, patch_containerd, allow_cgroup_v1, workers=workers, cni_dirs=cni_dirs
+    )
     return yaml.safe_dump(config, sort_keys=False)
+
+
+def node_names(cluster: str, workers: int) -> list[str]:
+    """kind's node container names: NAME-control-plane, NAME-worker, NAME-worker2, ..."""
+    return [f"{cluster}-control-plane", *(f"{cluster}-worker{index if index > 1 else ''}" for index in
+                                          range(1, workers + 1))]  # fmt: skip
 
 
 def node_platform(machine: str | None = None) -> str:

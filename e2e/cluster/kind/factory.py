@@ -129,15 +129,29 @@ class KindProviderFactory(ProviderFactory):
                     f"built here from source (`nox -s images -- build --k8s {kube.version}`; a deviation in the report)"
                 )
                 node_image, pinned = built_image, ""
-        create = f"create kind cluster {name}: one control-plane node, node image {node_image}{pinned}"
+        workers = self.options.workers
+        nodes = "one control-plane node" + (
+            f" and {workers} worker{'s' if workers > 1 else ''} (the control plane tainted: workloads on the workers)"
+            if workers
+            else ""
+        )
+        create = f"create kind cluster {name}: {nodes}, node image {node_image}{pinned}"
         if self.options.reuse_cluster:
             steps.append(
                 f"reuse kind cluster {name} if it exists (kubeconfig via `kind export kubeconfig`), else {create}"
             )
         else:
             steps.append(f"{create} (stop if a cluster of that name exists: --reuse-cluster uses it)")
+        if workers and node_image == built_image:
+            from e2e.imageset import pod_network
+
+            steps.append(
+                f"pod network: kube-router {pod_network.version()} built from its Go module (routes between the "
+                "nodes' pod ranges, bridge CNI), in place of kind's kindnetd, whose module the Go module proxy "
+                "does not serve: a deviation in the report"
+            )
         steps += [
-            f"wait for the node to be Ready (up to {self.options.node_ready_timeout:.0f}s)",
+            f"wait for the node{'s' if workers else ''} to be Ready (up to {self.options.node_ready_timeout:.0f}s)",
             (
                 "the kubelet pulls every image through registry mirrors the run starts (one per registry "
                 "host, Debian's docker-registry on loopback, reached from the nodes through the kind "
