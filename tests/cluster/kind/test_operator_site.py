@@ -10,11 +10,13 @@ docker.io, quay.io and gcr.io at it with ``--registry-mirror`` and starts no mir
 for them; the retired gcr.io proxy was never pushed, so its cell ends as in production, with
 the kubelet's ``NotFound``. The run keeps the cluster (``--keep-cluster``); the registry stays.
 
-The retired cell leaves the controller Deployment asking for the retired image. Then the
-site is made what clusters were on 2026-03-06: the retired image is put into the node's
-containerd under its gcr.io name (as a node that pulled it before the deletion holds it), and
-the Deployment's pods run from that copy: fine until a pod lands on a node without it. The
-copy is the real v0.13.1 when the local Docker engine holds
+The cluster has two nodes (``--kind-workers 1``; on node images built here kube-router
+connects the nodes' pods). The retired cell leaves the controller Deployment asking for the
+retired image. Then the site is made what clusters were on 2026-03-06: the retired image is
+put into the worker's containerd under its gcr.io name (as a node that pulled it before the
+deletion holds it), the control plane has never pulled it, and the Deployment's pod runs on
+the worker from that copy: fine until a pod lands on a node without it. The copy is the real
+v0.13.1 when the local Docker engine holds
 ``registry.k8s.io/kubebuilder/kube-rbac-proxy:v0.13.1`` (pulled by the user where a registry
 can be reached); here, where the Go module proxy refuses kube-rbac-proxy v0.13.1 and no
 registry can be reached, it is a **stand-in**: the bytes of v0.15.0 built here, under the
@@ -24,8 +26,11 @@ same either way. On that cluster:
 0. ``watch-images`` runs in the cluster as its manifest says (``--print-manifest``; its image
    built here and pulled from the site's registry) and flags the retired image the node still
    runs as gone, the images the site serves as available;
-1. ``migrate --to quay-v0.22.1`` moves it off the retired image, with the metrics and both
-   sample models probed throughout: migrated, no model request lost, the outage reported;
+1. the outage as it happened: the worker is drained of the controller's pod, its replacement
+   lands on the control plane and cannot be pulled (the kubelet's NotFound); the metrics and
+   the models are probed while it is broken; then ``migrate --to quay-v0.22.1`` fixes it, with
+   the metrics and both sample models probed throughout: migrated, no model request lost, the
+   outage's length reported;
 2. ``--to`` a tag the registry does not hold is refused (exit 4, nothing written); with
    ``--force`` it fails fast on the kubelet's pull error and is rolled back by itself;
 3. Ctrl-C while a migration rolls out (to quay-v0.15.0) ends on the recorded Deployment,
@@ -44,6 +49,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,8 +94,9 @@ class Site:
     kubeconfig: Path
     kubectl: str
     env: dict[str, str]
-    cached_from: str  # the bytes the node holds under the retired name (the frozen copy or a stand-in)
-    node: str  # the node's container
+    cached_from: str  # the bytes the worker holds under the retired name (the frozen copy or a stand-in)
+    control_plane: str  # the node containers: the control plane never pulled the retired image,
+    worker: str  # the worker holds it
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +139,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         run.mkdir()
         code, output = run_to_the_end(
             [sys.executable, "-m", "pytest", str(REPO / "scenarios"), "-p", "no:cacheprovider", "-q",
-             "--provider", "kind", "--local-images", *selection, "-k", "fresh or retired", *every_host,
+             "--provider", "kind", "--local-images", "--kind-workers", "1", *selection, "-k", "fresh or retired",
+             *every_host,
              "--keep-cluster", "--reports-dir", str(run / "reports"), "-o", "log_cli=true",
              "--log-cli-level=INFO"],
             run, env, timeout=900,
@@ -140,9 +148,10 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         report = run / "reports" / "report.json"
         results = {r["cell_id"]: r for r in json.loads(report.read_text())} if report.exists() else {}
         kubeconfig = run / ".pytest-kind" / name / "kubeconfig"
-        node = f"{name}-control-plane"
-        cached_from = cache_the_retired_image_on_the_node(node, kubeconfig, kubectl) if code == 0 else ""
-        yield Site(registry, pushed.stdout, results, output, code, kubeconfig, kubectl, env, cached_from, node)
+        control_plane, worker = f"{name}-control-plane", f"{name}-worker"
+        cached_from = cache_the_retired_image_on_the_node(worker, kubeconfig, kubectl) if code == 0 else ""
+        yield Site(registry, pushed.stdout, results, output, code, kubeconfig, kubectl, env, cached_from,
+                   control_plane, worker)  # fmt: skip
     finally:
         subprocess.run([kind, "delete", "cluster", "--name", name], capture_output=True, check=False, timeout=300)
         registry.stop()
@@ -150,7 +159,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
 def cache_the_retired_image_on_the_node(node: str, kubeconfig: Path, kubectl: str) -> str:
     """Make the node hold the retired image under its gcr.io name, as a node that pulled it
-    before the deletion does, and let the controller's stuck pods start from that copy.
+    before the deletion does, and let the controller's stuck pods start from that copy (the
+    control plane is tainted, so they land on the worker again).
     Returns what the copy is: the frozen copy's real bytes if the engine has them, else the
     stand-in (said so in the test's output)."""
     source = FROZEN_COPY if image_exists(FROZEN_COPY) else OLDER
@@ -248,7 +258,8 @@ def test_watch_images_in_the_cluster_flags_the_retired_image_the_node_still_runs
     gateway, port = site.registry.node_url.removeprefix("http://").split(":")
     allow = ["iptables", "-w", "-I", "KSERVE-COMPAT-FORWARD", "1", "-d", gateway, "-p", "tcp", "--dport", port,
              "-j", "RETURN"]  # fmt: skip
-    subprocess.run(["docker", "exec", site.node, *allow], check=True, capture_output=True, timeout=60)
+    for node in (site.control_plane, site.worker):  # wherever the watcher's pod lands
+        subprocess.run(["docker", "exec", node, *allow], check=True, capture_output=True, timeout=60)
     mirrors = [arg for host in USER_HOSTS for arg in ("--registry-mirror", f"{host}={site.registry.node_url}")]
     printed = subprocess.run(
         [sys.executable, "-m", "e2e.cli", "watch-images", "--print-manifest", "--image", image, "--interval", "5",
@@ -335,15 +346,131 @@ def running_proxy_images(site: Site) -> list[str]:
     return images
 
 
-def test_migrate_moves_a_cluster_running_the_retired_image_from_its_node_with_nothing_lost(
+CONTROLLER_PODS = "control-plane=kserve-controller-manager"
+METRICS_SERVICE = "kserve-controller-manager-metrics-service"
+BROKEN_PROBE_S = 20.0  # how long the models and metrics are asked while the controller cannot start
+
+
+def kubectl(site: Site, *args: str, timeout: float = 60) -> str:
+    done = subprocess.run([site.kubectl, "--kubeconfig", str(site.kubeconfig), *args], capture_output=True,
+                          text=True, timeout=timeout, check=False)  # fmt: skip
+    assert done.returncode == 0, f"kubectl {' '.join(args)}: {done.stderr[-2000:]}"
+    return done.stdout
+
+
+def controller_pods(site: Site) -> list[dict[str, Any]]:
+    """The controller's pods not being deleted, each with its node and its proxy's state."""
+    pods = json.loads(kubectl(site, "-n", CONTROLLER[0], "get", "pods", "-l", CONTROLLER_PODS, "-o", "json"))
+    found = []
+    for pod in pods["items"]:
+        if pod["metadata"].get("deletionTimestamp"):
+            continue
+        statuses = {s["name"]: s for s in pod["status"].get("containerStatuses") or []}
+        proxy = statuses.get("kube-rbac-proxy") or {}
+        waiting = (proxy.get("state") or {}).get("waiting") or {}
+        found.append({"name": pod["metadata"]["name"], "node": pod["spec"].get("nodeName", ""),
+                      "ready": bool(proxy.get("ready")), "image": proxy.get("image", ""),
+                      "reason": waiting.get("reason", ""), "message": waiting.get("message", "")})  # fmt: skip
+    return found
+
+
+def the_replacement_cannot_pull(site: Site) -> dict[str, Any]:
+    """Wait (bounded, saying what it saw) until the controller's new pod is scheduled and its
+    kubelet has answered the pull of the proxy image; the pod as then seen."""
+    from tenacity import Retrying, retry_if_result, stop_after_delay, wait_exponential
+
+    def pulled_or_refused(pods: list[dict[str, Any]]) -> bool:
+        return any(pod["node"] == site.control_plane and (pod["reason"] or pod["ready"]) for pod in pods)
+
+    pods = Retrying(
+        stop=stop_after_delay(180),
+        wait=wait_exponential(max=10),
+        retry=retry_if_result(lambda pods: not pulled_or_refused(pods)),
+        before_sleep=lambda state: print(
+            "waiting for the controller's new pod on the control plane; seen:",
+            state.outcome.result() if state.outcome else None,
+        ),
+        retry_error_callback=lambda state: state.outcome.result() if state.outcome else [],
+    )(controller_pods, site)
+    return next((pod for pod in pods if pod["node"] == site.control_plane), {"pods": pods})
+
+
+def probe_while_broken(site: Site) -> tuple[Any, str, int]:
+    """The models and the metrics Service asked for ``BROKEN_PROBE_S`` while the controller
+    cannot start: the prober's summary, why metrics cannot be reached (the port-forward's
+    own answer) and how many ready endpoints the metrics Service has."""
+    import contextlib
+
+    from e2e.checks.migration import MetricsProber
+    from e2e.cluster.kind import port_forward, port_forward_argv
+    from e2e.migrate.probe import NOT_REACHABLE_YET, model_service, open_model
+    from e2e.preflight.cluster import connect
+    from e2e.targets import ServiceTarget
+
+    conn = connect(str(site.kubeconfig), None)
+    slices = json.loads(kubectl(site, "-n", CONTROLLER[0], "get", "endpointslices", "-l",
+                                f"kubernetes.io/service-name={METRICS_SERVICE}", "-o", "json"))  # fmt: skip
+    ready = sum(1 for item in slices["items"] for endpoint in item.get("endpoints") or []
+                if (endpoint.get("conditions") or {}).get("ready"))  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        metrics = ServiceTarget(CONTROLLER[0], METRICS_SERVICE, 8443)
+        try:
+            address = stack.enter_context(port_forward(
+                [*port_forward_argv(Path(site.kubectl), metrics), *conn.kubectl_context()],
+                {**os.environ, "KUBECONFIG": str(site.kubeconfig)}))  # fmt: skip
+            metrics_url, why = f"https://{address}/metrics", ""
+        except HarnessError as exc:
+            metrics_url, why = NOT_REACHABLE_YET, str(exc)
+        targets = []
+        for model in MODELS:
+            namespace, name = model.split("/")
+            targets.append(open_model(stack, conn, name, model_service(conn, namespace, name), site.kubectl))
+        prober = MetricsProber(metrics_url, "", targets, max_duration_s=BROKEN_PROBE_S + 30).start()
+        time.sleep(BROKEN_PROBE_S)
+        return prober.stop(), why, ready
+
+
+def test_the_outage_on_the_node_without_the_image_and_its_fix_with_no_model_request_lost(
     site: Site, tmp_path: Path
 ) -> None:
+    """As on 2026-03-06: the controller runs the retired image from the worker's copy; its pod
+    moves to the control plane, which never pulled it; then the migration restores it."""
     assert site.code == 0, site.output[-3000:]
-    # The site as on 2026-03-06: the Deployment runs the retired image from the node's copy.
-    print(f"the node's {RETIRED_IMAGE}: {site.cached_from}")
-    assert proxy_image(site) == RETIRED_IMAGE
-    assert running_proxy_images(site) == [RETIRED_IMAGE], running_proxy_images(site)
-    code, report, output = migrate(site, tmp_path, "--to", PROXY)
+    print(f"the worker's {RETIRED_IMAGE}: {site.cached_from}")
+    before = controller_pods(site)
+    assert [(pod["node"], pod["image"], pod["ready"]) for pod in before] == [(site.worker, RETIRED_IMAGE, True)]
+    # The control plane takes pods from now on (in production: any other node of the pool).
+    kubectl(site, "taint", "nodes", site.control_plane, "node-role.kubernetes.io/control-plane:NoSchedule-")
+    broken_at = time.monotonic()
+    kubectl(site, "drain", site.worker, "--pod-selector", CONTROLLER_PODS, "--ignore-daemonsets",
+            "--delete-emptydir-data", "--timeout=120s", timeout=150)  # fmt: skip
+    try:
+        replacement = the_replacement_cannot_pull(site)
+        print("the controller's new pod:", replacement)
+        # The outage users saw: the kubelet's own answer, on the node without the image.
+        assert replacement.get("node") == site.control_plane, replacement
+        assert replacement["reason"] in ("ErrImagePull", "ImagePullBackOff"), replacement
+        assert "not found" in replacement["message"].lower() or replacement["reason"] == "ImagePullBackOff"
+        events = kubectl(site, "-n", CONTROLLER[0], "get", "events", "--field-selector",
+                         f"involvedObject.name={replacement['name']},reason=Failed", "-o", "json")  # fmt: skip
+        pulls = [event["message"] for event in json.loads(events)["items"]]
+        print("the kubelet:", pulls)
+        assert any(RETIRED_IMAGE in message and "not found" in message.lower() for message in pulls), pulls
+
+        broken, why, ready_endpoints = probe_while_broken(site)
+        print(f"while broken ({BROKEN_PROBE_S:.0f} s): metrics Service ready endpoints {ready_endpoints}; "
+              f"metrics {broken.metrics.failures} of {broken.metrics.attempts} lost ({why or 'answered'}); "
+              + ", ".join(f"{m.name} {m.failures} of {m.attempts} lost" for m in broken.inference))  # fmt: skip
+        # Nothing serves the metrics: every scrape is lost. The models keep answering: their
+        # pods run on the worker, untouched (a drain of the whole node would also need the
+        # webhook the controller serves to recreate them: not done here).
+        assert ready_endpoints == 0 and broken.metrics.successes == 0 and broken.metrics.attempts > 0
+        assert [m.failures for m in broken.inference] == [0, 0], broken.inference
+
+        code, report, output = migrate(site, tmp_path, "--to", PROXY)
+        restored_after = time.monotonic() - broken_at
+    finally:
+        kubectl(site, "uncordon", site.worker)
     assert code == 0, output[-5000:]
     assert report["outcome"] == "migrated" and report["ends_on"] == f"the new Deployment (proxy {PROXY_IMAGE})"
     assert report["from_image"] == RETIRED_IMAGE and proxy_image(site) == PROXY_IMAGE
@@ -354,6 +481,12 @@ def test_migrate_moves_a_cluster_running_the_retired_image_from_its_node_with_no
     steps = [(s["name"], s["status"]) for s in report["steps"]]
     assert steps == [(n, "ok") for n in ("preflight", "access", "probe", "patch", "rollout", "verify")], steps
     assert "Traceback" not in output
+    # Restored on the node that never had the retired image.
+    after = controller_pods(site)
+    assert [(pod["node"], pod["image"], pod["ready"]) for pod in after] == [(site.control_plane, PROXY_IMAGE, True)]
+    print(f"outage: {restored_after:.0f} s from the drain to the migrated controller answering "
+          f"(metrics outage during the migration {probe['metrics'].get('outage_s')} s); "
+          f"model requests lost while migrating: {[m['failures'] for m in probe['inference']]}")  # fmt: skip
 
 
 def test_a_target_that_cannot_be_pulled_is_refused_then_forced_and_rolled_back(site: Site, tmp_path: Path) -> None:
