@@ -35,6 +35,7 @@ from e2e.cluster.kind.commands import (
     port_forward_argv,
 )
 from e2e.cluster.kind.forwarding import NotReady, port_forward
+from e2e.cluster.kind.pod_network import PodNetwork, cni_folders
 from e2e.cluster.kind.tools import PRIVILEGED_CAPS_HINT, ToolPaths, pin_tool_versions, privileged_containers_refused
 from e2e.cluster.mirrors import NODE_CERTS_DIR, MirrorMode, NodeMirrors, upstream_name
 from e2e.cluster.provider import CertManagerInstall, ClusterInfo, ClusterProvider, SamplesServing
@@ -44,6 +45,7 @@ from e2e.docker_cli import image_exists, image_id
 from e2e.errors import EnvironmentMissing, HarnessError, UsageError, WorkloadFailed, WorkloadUnavailable
 from e2e.imageset import release_install
 from e2e.imageset.offline import LocalImageSet
+from e2e.imageset.pod_network import build_kube_router_image
 from e2e.matrix import KServeRelease
 from e2e.rollout import wait_for_rollout
 from e2e.targets import ServiceTarget
@@ -189,8 +191,6 @@ class KindCluster(ClusterProvider):
             self._start_pod_network()
         self._wait_nodes_ready()
 
-    # -- the pod network of a cluster with workers on a node image built here ----------------
-
     @property
     def runs_own_pod_network(self) -> bool:
         """Workers on a node image built here: kube-router connects the nodes' pods (a
@@ -200,66 +200,16 @@ class KindCluster(ClusterProvider):
         return self.options.workers > 0 and self.node_image.startswith(f"{node.NODE_IMAGE_REPOSITORY}:")
 
     def _pod_network_dirs(self) -> list[Path]:
-        """A host folder per node, mounted at its CNI config folder, holding the bridge
-        conflist kube-router completes with the node's range."""
-        from e2e.imageset import pod_network
-
-        folders = []
-        for node_name in node_names(self.name, self.options.workers):
-            folder = self.state_dir.resolve() / "cni" / node_name
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / pod_network.CNI_CONF_FILE).write_text(pod_network.cni_conf_template())
-            folders.append(folder)
-        return folders
+        return cni_folders(self.state_dir.resolve() / "cni", node_names(self.name, self.options.workers))
 
     def _start_pod_network(self) -> None:
-        """kube-router on every node; its DaemonSet ready means each node has its range in its
-        conflist and routes to the others' (see imageset/pod_network.py)."""
-        from e2e.imageset import pod_network
-
         nodes = node_names(self.name, self.options.workers)
-        api_server = self._network_ipv4(nodes[0], "IPAddress")
-        for node_name in nodes:
-            for rule in pod_network.guard_openings([api_server]):
-                run([self.options.docker, "exec", node_name, *rule], f"open the egress guard of {node_name}")
-        image = pod_network.build_kube_router_image()
+        network = PodNetwork(self.name, nodes, self.options.docker, self.options.node_ready_timeout)
+        network.open_guards(self._network_ipv4(nodes[0], "IPAddress"))
+        image = build_kube_router_image()
         self.load_images([image])
-        Applier(self.api_client()).apply(pod_network.manifest(image))
-        apps = k8s_client.AppsV1Api(self.api_client())
-        last_seen = ["not read yet"]
-
-        def ready() -> None:
-            status = apps.read_namespaced_daemon_set(pod_network.NAME, pod_network.NAMESPACE).status
-            last_seen[0] = f"{status.number_ready or 0}/{len(nodes)} ready"
-            if (status.number_ready or 0) < len(nodes):
-                raise NotReady(last_seen[0])
-
-        try:
-            tenacity.Retrying(
-                stop=tenacity.stop_after_delay(self.options.node_ready_timeout),
-                wait=tenacity.wait_exponential(multiplier=1, min=1, max=10),
-                retry=tenacity.retry_if_exception_type((NotReady, ApiException)),
-                before_sleep=lambda _: log.info(
-                    "waiting for kube-router on the %d nodes of %s (last seen: %s)", len(nodes), self.name, last_seen[0]
-                ),
-                reraise=True,
-            )(ready)
-        except (NotReady, ApiException):
-            evidence = diagnostics.pod_failure_evidence(
-                self.api_client(), pod_network.NAMESPACE, f"k8s-app={pod_network.NAME}",
-                lambda container, previous: self.container_logs(
-                    pod_network.NAMESPACE, f"k8s-app={pod_network.NAME}", container, previous),
-            ) or []  # fmt: skip
-            raise HarnessError(
-                f"kind cluster {self.name}: kube-router (the pod network) not ready after "
-                f"{self.options.node_ready_timeout:.0f}s (last seen: {last_seen[0]}); " + "; ".join(evidence)[-1500:]
-            ) from None
-        for node_name in nodes:
-            self._guard_ahead_of_kube_router(node_name)
-        self.info.deviations.append(
-            f"pod network: kube-router {pod_network.version()} (routes between the {len(nodes)} nodes' pod ranges, "
-            "bridge CNI), built here, in place of kind's kindnetd, whose module the Go module proxy does not serve"
-        )
+        network.start(self.api_client(), image, self.container_logs)
+        self.info.deviations.append(network.deviation())
 
     def _reused_certs_dir(self) -> Path:
         """The host folder a reused cluster's nodes read containerd's certs.d from: the run's
@@ -300,33 +250,6 @@ class KindCluster(ClusterProvider):
                 "mirrors write their hosts.toml", self.name, NODE_CERTS_DIR, folder,
             )  # fmt: skip
         return folder
-
-    def _guard_ahead_of_kube_router(self, node_name: str) -> None:
-        """Once kube-router's FORWARD rules are in (it adds them as it starts), the node
-        image's egress guard goes back ahead of them, and is checked to be first."""
-        from e2e.imageset import node, pod_network
-
-        def forward() -> list[str]:
-            listed = run([self.options.docker, "exec", node_name, "iptables", "-w", "-S", "FORWARD"],
-                         f"iptables -S FORWARD on {node_name}").stdout  # fmt: skip
-            return pod_network.forward_rules(listed)
-
-        try:
-            tenacity.Retrying(
-                stop=tenacity.stop_after_delay(60),
-                wait=tenacity.wait_exponential(multiplier=0.5, max=5),
-                retry=tenacity.retry_if_result(
-                    lambda rules: not any(pod_network.KUBE_ROUTER_FORWARD_MARK in rule for rule in rules)
-                ),
-                before_sleep=lambda _: log.info("waiting for kube-router's FORWARD rules on %s", node_name),
-            )(forward)
-        except tenacity.RetryError:
-            raise HarnessError(f"kind node {node_name}: kube-router added no FORWARD rule in 60 s") from None
-        for rule in pod_network.guard_first(node.POD_SUBNET):
-            run([self.options.docker, "exec", node_name, *rule], f"the egress guard first on {node_name}")
-        first = forward()[:1]
-        if first != [" ".join(pod_network.guard_jump(node.POD_SUBNET))]:
-            raise HarnessError(f"kind node {node_name}: the egress guard is not first in FORWARD (first: {first})")
 
     def _gateway(self) -> str:
         """The node's gateway on the kind network: the one address of this host it reaches."""
