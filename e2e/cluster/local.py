@@ -49,7 +49,12 @@ from e2e.cluster.provider import ClusterInfo, ClusterProvider, ProviderFactory, 
 from e2e.errors import EnvironmentMissing, HarnessError, WorkloadFailed, WorkloadUnavailable
 from e2e.labels import label_selector, parse_equality_selector, selects
 from e2e.local import certmanager, prometheus, webhooks
-from e2e.local.controlplane import ControlPlane, resolve_binaries
+from e2e.local.controlplane import (
+    ControlPlane,
+    loopback_apiserver_args,
+    loopback_apiserver_deviation,
+    resolve_binaries,
+)
 from e2e.local.manager import (
     ManagerExited,
     StandInManager,
@@ -474,9 +479,15 @@ class LocalProviderFactory(ProviderFactory):
     def cluster(self, group_id: str, kubernetes_version: str) -> Iterator[LocalCluster]:
         # Another minor than the default one is built on first use (its control plane, and the
         # kubeadm that names its etcd): logged by the build, minutes once, cached after.
-        control_plane_binaries = resolve_binaries(self.build_of(kubernetes_version), with_controllers=True)
-        with ControlPlane(control_plane_binaries, with_controllers=True, keep=self.keep) as control_plane:
+        build = self.build_of(kubernetes_version)
+        control_plane_binaries = resolve_binaries(build, with_controllers=True)
+        apiserver_args = loopback_apiserver_args(build)
+        with ControlPlane(
+            control_plane_binaries, with_controllers=True, keep=self.keep, apiserver_args=apiserver_args
+        ) as control_plane:
             cluster = LocalCluster(control_plane, group_id, proxy_binaries=self.proxy_binaries)
+            if apiserver_args:
+                cluster.info.deviations.append(loopback_apiserver_deviation(build))
             try:
                 yield cluster
             finally:

@@ -114,6 +114,28 @@ def resolve_binaries(
     )
 
 
+# Kubernetes 1.37's kube-apiserver refuses a loopback --advertise-address with an endpoint
+# reconciler (seen here on v1.37.2: "cannot use public IP 127.0.0.1 with endpoint reconciler:
+# ... may not be in the loopback range"). This API server listens on loopback only, so from
+# 1.37 the `kubernetes` Service's endpoints are left unreconciled: nothing here reads them
+# (every process is given the API server's address in its kubeconfig).
+LOOPBACK_ADVERTISE_REFUSED_FROM = (1, 37)
+NO_ENDPOINT_RECONCILER = "--endpoint-reconciler-type=none"
+
+
+def loopback_apiserver_args(kubernetes_version: str) -> list[str]:
+    """What kube-apiserver of ``kubernetes_version`` (``v1.37.2``) needs to advertise 127.0.0.1."""
+    major, minor = (int(part) for part in kubernetes_version.removeprefix("v").split(".")[:2])
+    return [NO_ENDPOINT_RECONCILER] if (major, minor) >= LOOPBACK_ADVERTISE_REFUSED_FROM else []
+
+
+def loopback_apiserver_deviation(kubernetes_version: str) -> str:
+    return (
+        f"kube-apiserver {kubernetes_version} runs with {NO_ENDPOINT_RECONCILER}: from 1.37 it refuses its loopback "
+        "address with an endpoint reconciler, so the Service default/kubernetes has no endpoints here"
+    )
+
+
 class ControlPlane(StartsAndStops):
     """etcd + kube-apiserver (+ controllers and kwok) as local processes; a context manager."""
 

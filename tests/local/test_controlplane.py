@@ -19,7 +19,13 @@ from kubernetes import watch as k8s_watch
 
 from e2e.availability import in_ci, unavailable
 from e2e.errors import HarnessError
-from e2e.local.controlplane import ControlPlane, ControlPlaneBinaries, binary_version, resolve_binaries
+from e2e.local.controlplane import (
+    ControlPlane,
+    ControlPlaneBinaries,
+    binary_version,
+    loopback_apiserver_args,
+    resolve_binaries,
+)
 from e2e.local.processes import ManagedProcess, ProcessExitedEarly, running_processes, stop_together, wait_ready
 
 pytestmark = pytest.mark.needs_binaries
@@ -177,6 +183,21 @@ def test_output_is_kept_verbatim_and_tail_is_redacted(tmp_path: Path) -> None:
 
 
 # -- the API server -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("version", "args"),
+    [
+        ("v1.34.4", []),
+        ("v1.36.3", []),
+        ("v1.37.2", ["--endpoint-reconciler-type=none"]),
+        ("v1.38.0", ["--endpoint-reconciler-type=none"]),
+    ],
+)
+def test_from_1_37_the_loopback_api_server_runs_without_an_endpoint_reconciler(version: str, args: list[str]) -> None:
+    # v1.37.2 exits at start otherwise: "cannot use public IP 127.0.0.1 with endpoint
+    # reconciler: ... may not be in the loopback range" (seen on the local tier's 1.37 run).
+    assert loopback_apiserver_args(version) == args
 
 
 def test_apiserver_answers_version_with_the_built_version(control_plane: ControlPlane) -> None:
