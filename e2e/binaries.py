@@ -503,6 +503,21 @@ def _go_json(args: Sequence[str], cwd: Path, env: Mapping[str, str]) -> dict[str
     return data
 
 
+# How `go mod tidy` reports a module the proxy will not serve (seen here for Kubernetes
+# v1.32.13: "k8s.io/endpointslice@v0.32.13: reading https://proxy.golang.org/k8s.io/
+# endpointslice/@v/v0.32.13.zip: 403 Forbidden", on one line).
+_PROXY_REFUSAL = re.compile(r"(\S+@v\S+): reading https?://\S+: (403 Forbidden|404 Not Found|410 Gone)")
+
+
+def proxy_refusal(lines: Sequence[str]) -> str | None:
+    """``module@version: answer`` of the first module the Go module proxy refused, if any."""
+    for line in lines:
+        match = _PROXY_REFUSAL.search(line)
+        if match:
+            return f"{match.group(1).rstrip(':')}: {match.group(2)}"
+    return None
+
+
 def _sumdb_missing(error: str) -> bool:
     """The checksum database has no entry (here: an allow-listing mirror answering 404).
 
@@ -883,6 +898,9 @@ def _build(recipes: Sequence[Recipe]) -> dict[str, Path]:
         if first.style == "wrapper":
             log.info("resolving dependencies of %s@%s", first.module, first.version)
             code, tail = _run_go(["mod", "tidy"], workdir, env, what, log_file.with_suffix(".tidy.log"))
+            refused = proxy_refusal(tail)
+            if code != 0 and refused:
+                raise BuildUnavailable(f"{what}: the Go module proxy refuses a module it needs: {refused}")
             if code != 0:
                 raise BuildFailed(
                     f"{what}: go mod tidy failed (exit {code}): {' | '.join(tail[-3:])} "

@@ -431,3 +431,14 @@ def test_the_llmisvc_recipe_builds_cmd_llmisvc_of_the_release_module() -> None:
     assert binaries.KSERVE_LLMISVC not in binaries.COMPONENTS  # built on first use, not by default
     with pytest.raises(UsageError, match=r"^kserve-llmisvc v0\.15\.2: KServe has cmd/llmisvc from v0\.16\.0 on$"):
         binaries.recipe(binaries.KSERVE_LLMISVC, "v0.15.2")
+
+
+def test_a_module_the_proxy_refuses_during_tidy_is_named_with_its_answer() -> None:
+    # What `go mod tidy` printed for kube-controller-manager v1.32.13 here.
+    tail = [
+        "\tk8s.io/kubernetes/pkg/controller/endpointslice imports",
+        "\tk8s.io/endpointslice/topologycache: k8s.io/endpointslice@v0.32.13: reading "
+        "https://proxy.golang.org/k8s.io/endpointslice/@v/v0.32.13.zip: 403 Forbidden",
+    ]
+    assert binaries.proxy_refusal(tail) == "k8s.io/endpointslice@v0.32.13: 403 Forbidden"
+    assert binaries.proxy_refusal(["go: updates to go.mod needed", "exit status 1"]) is None

@@ -149,7 +149,7 @@ def test_proxy_tag_is_read_from_the_reference(matrix: Matrix) -> None:
 
 def test_every_minor_from_1_32_to_1_37_with_the_patch_built_of_it(matrix: Matrix) -> None:
     assert [k.version for k in matrix.kubernetes] == ["1.32", "1.33", "1.34", "1.35", "1.36", "1.37"]
-    assert [k.build for k in matrix.kubernetes] == ["v1.32.13", "v1.33.13", "v1.34.4", "v1.35.4", "v1.36.3", "v1.37.2"]
+    assert [k.build for k in matrix.kubernetes] == ["v1.32.9", "v1.33.13", "v1.34.4", "v1.35.4", "v1.36.3", "v1.37.2"]
     for kube in matrix.kubernetes:
         assert re.fullmatch(r"1\.\d+", kube.version), kube.version
         assert kube.build.startswith(f"v{kube.version}.")

@@ -43,7 +43,7 @@ def test_a_built_minor_maps_to_the_patch_whose_binaries_we_build(minor: str) -> 
 
 def test_every_matrix_minor_has_a_node_image_of_its_build() -> None:
     assert node.node_kubernetes_versions() == {
-        "1.32": "v1.32.13", "1.33": "v1.33.13", "1.34": "v1.34.4",
+        "1.32": "v1.32.9", "1.33": "v1.33.13", "1.34": "v1.34.4",
         "1.35": "v1.35.4", "1.36": "v1.36.3", "1.37": "v1.37.2",
     }  # fmt: skip
     assert node.node_kubernetes_version("1.36") == "v1.36.3"
