@@ -248,7 +248,7 @@ def _harness_options(config: pytest.Config) -> HarnessOptions:
         local_images=_local_images(config),
         manifests_from_module=bool(config.getoption("manifests_from_module")) or None,
         shard=GroupShard.parse(shard) if (shard := config.getoption("shard")) else None,
-        kind_workers=kind_worker_count(config.getoption("kind_workers")),
+        kind_workers=kind_worker_count(str(config.getoption("kind_workers") or 0)),
     )
 
 
