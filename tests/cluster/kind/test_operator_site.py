@@ -327,25 +327,6 @@ def proxy_image(site: Site) -> str:
     return done.stdout.strip()
 
 
-def running_proxy_images(site: Site) -> list[str]:
-    """The kube-rbac-proxy image of each ready pod of the controller Deployment (a pod being
-    deleted, still serving through its grace period, is not counted)."""
-    done = subprocess.run(
-        [site.kubectl, "--kubeconfig", str(site.kubeconfig), "-n", CONTROLLER[0], "get", "pods", "-l",
-         "control-plane=kserve-controller-manager", "-o", "json"],
-        capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
-    images = []
-    for pod in json.loads(done.stdout)["items"]:
-        if pod["metadata"].get("deletionTimestamp"):
-            continue
-        statuses = {s["name"]: s for s in pod["status"].get("containerStatuses") or []}
-        proxy = statuses.get("kube-rbac-proxy") or {}
-        if proxy.get("ready"):
-            images.append(proxy["image"])
-    return images
-
-
 CONTROLLER_PODS = "control-plane=kserve-controller-manager"
 METRICS_SERVICE = "kserve-controller-manager-metrics-service"
 BROKEN_PROBE_S = 20.0  # how long the models and metrics are asked while the controller cannot start
@@ -374,13 +355,21 @@ def controller_pods(site: Site) -> list[dict[str, Any]]:
     return found
 
 
+def running_proxy_images(site: Site) -> list[str]:
+    """The kube-rbac-proxy image of each ready pod of the controller Deployment (a pod being
+    deleted, still serving through its grace period, is not counted)."""
+    return [pod["image"] for pod in controller_pods(site) if pod["ready"]]
+
+
 def the_replacement_cannot_pull(site: Site) -> dict[str, Any]:
     """Wait (bounded, saying what it saw) until the controller's new pod is scheduled and its
     kubelet has answered the pull of the proxy image; the pod as then seen."""
     from tenacity import Retrying, retry_if_result, stop_after_delay, wait_exponential
 
     def pulled_or_refused(pods: list[dict[str, Any]]) -> bool:
-        return any(pod["node"] == site.control_plane and (pod["reason"] or pod["ready"]) for pod in pods)
+        # ContainerCreating comes first: the pull has not been answered yet.
+        answered = ("ErrImagePull", "ImagePullBackOff")
+        return any(pod["node"] == site.control_plane and (pod["reason"] in answered or pod["ready"]) for pod in pods)
 
     pods = Retrying(
         stop=stop_after_delay(180),
@@ -402,7 +391,7 @@ def probe_while_broken(site: Site) -> tuple[Any, str, int]:
     import contextlib
 
     from e2e.checks.migration import MetricsProber
-    from e2e.cluster.kind import port_forward, port_forward_argv
+    from e2e.cluster.kind import kubectl_environment, port_forward, port_forward_argv
     from e2e.migrate.probe import NOT_REACHABLE_YET, model_service, open_model
     from e2e.preflight.cluster import connect
     from e2e.targets import ServiceTarget
@@ -417,7 +406,7 @@ def probe_while_broken(site: Site) -> tuple[Any, str, int]:
         try:
             address = stack.enter_context(port_forward(
                 [*port_forward_argv(Path(site.kubectl), metrics), *conn.kubectl_context()],
-                {**os.environ, "KUBECONFIG": str(site.kubeconfig)}))  # fmt: skip
+                kubectl_environment(site.kubeconfig)))  # fmt: skip
             metrics_url, why = f"https://{address}/metrics", ""
         except HarnessError as exc:
             metrics_url, why = NOT_REACHABLE_YET, str(exc)
