@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from e2e import binaries
@@ -179,8 +180,7 @@ def forward_rules(iptables_s: str) -> list[str]:
     return [line.removeprefix("-A FORWARD ").strip() for line in iptables_s.splitlines() if line.startswith("-A ")]
 
 
-def image_recipe(base: str) -> ImageRecipe:
-    binary = binaries.ensure(binaries.KUBE_ROUTER, version())
+def image_recipe(base: str, binary: Path) -> ImageRecipe:
     return ImageRecipe(
         (f"{REPOSITORY}:{version()}",),
         {"binary_sha256": file_sha256(binary), "base": image_id(base) or base, "args": "entrypoint"},
@@ -199,10 +199,10 @@ def build_kube_router_image() -> str:
         "",
         "kube-router's image",
     )
-    recipe = image_recipe(base)
+    binary = binaries.ensure(binaries.KUBE_ROUTER, version())
+    recipe = image_recipe(base, binary)
     if is_current(recipe):
         return recipe.name
-    binary = binaries.ensure(binaries.KUBE_ROUTER, version())
     dockerfile = (
         f"FROM {base}\n"
         "COPY iptables-wrapper /usr/sbin/iptables-wrapper\n"
