@@ -19,7 +19,7 @@ from pathlib import Path
 from e2e.cluster.provider import ClusterProvider, ProviderFactory
 from e2e.errors import HarnessError, UsageError
 from e2e.images import RegistryMirrors
-from e2e.install import GroupCluster, Installer
+from e2e.install import CellSkipped, GroupCluster, Installer
 from e2e.manifests import ReleaseFiles, kserve_file
 from e2e.matrix import ClusterGroup, Matrix, MatrixCell, Selection, group_cells, load_matrix
 from e2e.results import CellResult
@@ -171,6 +171,9 @@ class Harness:
         self._closing = threading.Event()
         self._preparing: dict[str, ClusterProvider] = {}
         self.group_order = [group.id for group in self.groups]
+        # Why a group's release cannot run here ("" when it can), asked once per group
+        # before its cluster is made: such a group's cells skip without a cluster.
+        self._cannot_run: dict[str, str] = {}
         # A finished group's cluster is torn down in the background too: an API server's
         # graceful stop alone takes about a second that the next group's cells need not wait.
         self._teardown = ThreadPoolExecutor(max_workers=1, thread_name_prefix="teardown-group")
@@ -185,6 +188,10 @@ class Harness:
         group = self.group_of(cell)
         if self._current is not None and self._current.group.id == group.id:
             return self._current
+        reason = self.why_group_cannot_run(group)
+        if reason:
+            self._prepare_next(group)
+            raise CellSkipped(reason)
         self.close_group()
         future = self._prepared.pop(group.id, None)
         if future is None:
@@ -192,6 +199,23 @@ class Harness:
         self._current = future.result()  # a cluster that could not be created fails this cell
         self._prepare_next(group)
         return self._current
+
+    def why_group_cannot_run(self, group: ClusterGroup) -> str:
+        """Why no cluster of this group could install its release here ("" when one can):
+        its manifest cannot be read, or its provider lacks what the controller needs."""
+        if group.id not in self._cannot_run:
+            try:
+                manifest = self.installer.release_manifest(group.release)
+                reason = self.factory.why_release_cannot_run(group.release, manifest.documents)
+            except CellSkipped as exc:
+                reason = str(exc)
+            except HarnessError as exc:  # e.g. a download that failed: the install says it again
+                log.info("%s: whether it can run is not known before its cluster: %s", group.id, exc)
+                reason = ""
+            if reason:
+                log.info("%s: no cluster is made: %s", group.id, reason)
+            self._cannot_run[group.id] = reason
+        return self._cannot_run[group.id]
 
     def _prepare(self, group: ClusterGroup) -> GroupCluster:
         """Create a group's cluster and install its release (an install error is kept for
@@ -226,10 +250,10 @@ class Harness:
     def _prepare_from(self, position: int) -> None:
         if self.options.cluster_per_cell:
             return
-        for group_id in self.group_order[position : position + PREPARE_AHEAD]:
-            upcoming = next((g for g in self.groups if g.id == group_id), None)
-            if upcoming is not None and group_id not in self._prepared:
-                self._prepared[group_id] = self._preparer.submit(self._prepare, upcoming)
+        upcoming = [g for g in self.groups[position:] if not self.why_group_cannot_run(g)]
+        for group in upcoming[:PREPARE_AHEAD]:
+            if group.id not in self._prepared:
+                self._prepared[group.id] = self._preparer.submit(self._prepare, group)
 
     def close_group(self, wait: bool = False) -> None:
         """Tear the current group's cluster down: in the background, unless ``wait`` (the

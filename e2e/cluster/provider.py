@@ -202,6 +202,12 @@ class ProviderFactory(abc.ABC):
     def preflight(self) -> None:  # noqa: B027 - optional hook: most providers need nothing
         """Raise ``EnvironmentMissing`` with one line when the provider cannot run here."""
 
+    def why_release_cannot_run(self, release: KServeRelease, documents: Sequence[dict[str, Any]]) -> str:
+        """Why no cluster of ``release`` (its manifest's ``documents``) could install it here,
+        or "" when one can. Asked before a group's cluster is made, so a release that
+        cannot run here costs no cluster; most providers find out at install."""
+        return ""
+
 
 @contextlib.contextmanager
 def no_endpoint_change(address: str) -> Iterator[str]:

@@ -12,6 +12,10 @@ does not know the image set exists:
   waits for the controller only);
 - the sklearnserver and storage-initializer images built here, and the in-cluster model
   store serving the iris model trained with the release's scikit-learn.
+
+Before any of that, the run asks whether the controller's own images are built here at all
+(``why_release_cannot_run``): a release whose controller cannot be built (the Go module proxy
+refuses its version) is skipped without a cluster.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from e2e import model_store
 from e2e.apply import Applier
 from e2e.cluster.provider import CertManagerInstall, ClusterProvider, SamplesServing
 from e2e.imageset import serving
-from e2e.imageset.offline import LocalImageSet
+from e2e.imageset.offline import BUILD_HINT, LocalImageSet
 from e2e.local import sklearnserver
 from e2e.manifests import container_images, load_yaml_documents, pod_spec
 from e2e.matrix import KServeRelease
@@ -42,27 +46,42 @@ def cert_manager(image_set: LocalImageSet, provider: ClusterProvider, release: K
     return CertManagerInstall(documents, deviations)
 
 
+def controller_images(release: KServeRelease, documents: Sequence[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """(the controller Deployment's own images, its proxy's): the proxy's is loaded (or left
+    to the kubelet) with the cell's swap, the others must be built here."""
+    profile = release.profile
+    own: list[str] = []
+    proxy: list[str] = []
+    for doc in documents:
+        metadata = doc.get("metadata", {})
+        if doc.get("kind") != "Deployment" or metadata.get("name") != profile.deployment:
+            continue
+        if metadata.get("namespace", profile.namespace) != profile.namespace:
+            continue
+        for container in pod_spec(doc).get("containers") or []:
+            if container.get("image"):
+                (proxy if container.get("name") == profile.proxy_container else own).append(container["image"])
+    return own, proxy
+
+
+def why_release_cannot_run(
+    image_set: LocalImageSet, release: KServeRelease, documents: Sequence[dict[str, Any]]
+) -> str:
+    """Why the release's controller cannot start on the local image set ("" when it can)."""
+    own, _ = controller_images(release, documents)
+    missing = image_set.missing(own)
+    if not missing:
+        return ""
+    return f"{', '.join(missing)}: not in the local image set; {BUILD_HINT}"
+
+
 def make_pullable(
     image_set: LocalImageSet, provider: ClusterProvider, release: KServeRelease, documents: Sequence[dict[str, Any]]
 ) -> list[str]:
     """The controller's images built here, put into the nodes' mirrors (the kubelet pulls
     them with the release's own pull policy), and the release's other workloads' where
     built; returns a note naming those that are not."""
-    profile = release.profile
-    controller = [
-        doc
-        for doc in documents
-        if doc.get("kind") == "Deployment"
-        and doc.get("metadata", {}).get("name") == profile.deployment
-        and doc.get("metadata", {}).get("namespace", profile.namespace) == profile.namespace
-    ]
-    # The proxy's image is loaded (or left to the kubelet) with the cell's swap.
-    needed: list[str] = []
-    proxy: list[str] = []
-    for doc in controller:
-        for container in pod_spec(doc).get("containers") or []:
-            if container.get("image"):
-                (proxy if container.get("name") == profile.proxy_container else needed).append(container["image"])
+    needed, proxy = controller_images(release, documents)
     provider.load_images(needed)
     # The release's other workloads (local model controller, ...): loaded when built here;
     # the install waits only for the controller, so a missing one is a note, not a failure.

@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from e2e.cluster.kind.cluster import KindCluster, KindOptions
 from e2e.cluster.kind.commands import cluster_name
 from e2e.cluster.kind.tools import ToolPaths, docker_preflight, pin_tool_versions, resolve_tools, tool_cache_dir
 from e2e.cluster.mirrors import registry_binary
 from e2e.cluster.provider import ClusterProvider, ProviderFactory
+from e2e.imageset import release_install
 from e2e.imageset.offline import LocalImageSet
-from e2e.matrix import Matrix, load_matrix
-
-if TYPE_CHECKING:
-    pass
+from e2e.matrix import KServeRelease, Matrix, load_matrix
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +43,13 @@ class KindProviderFactory(ProviderFactory):
         registry_binary()  # every node pulls through the run's mirrors: no mirror, no cluster
         if not self.options.local_images:
             resolve_tools(self.options.kind_bin, self.options.kubectl_bin)
+
+    def why_release_cannot_run(self, release: KServeRelease, documents: Sequence[dict[str, Any]]) -> str:
+        """On the local image set, a controller not built here (e.g. a version the Go module
+        proxy refuses) leaves nothing to run; online, the kubelet's pull decides."""
+        if not self.options.local_images:
+            return ""
+        return release_install.why_release_cannot_run(LocalImageSet(self.options.docker), release, documents)
 
     def _local_cluster(self, group_id: str, kubernetes_version: str) -> KindCluster:
         """A cluster of the local image set: node image and tools built here (when missing)."""
