@@ -190,6 +190,7 @@ class Harness:
             return self._current
         reason = self.why_group_cannot_run(group)
         if reason:
+            self.close_group()  # the previous group is done: nothing of this one runs
             self._prepare_next(group)
             raise CellSkipped(reason)
         self.close_group()
@@ -209,8 +210,8 @@ class Harness:
                 reason = self.factory.why_release_cannot_run(group.release, manifest.documents)
             except CellSkipped as exc:
                 reason = str(exc)
-            except HarnessError as exc:  # e.g. a download that failed: the install says it again
-                log.info("%s: whether it can run is not known before its cluster: %s", group.id, exc)
+            except Exception as exc:  # e.g. a download that failed: the install meets it again and says so
+                log.warning("%s: whether it can run is not known before its cluster: %s", group.id, exc)
                 reason = ""
             if reason:
                 log.info("%s: no cluster is made: %s", group.id, reason)
@@ -250,8 +251,14 @@ class Harness:
     def _prepare_from(self, position: int) -> None:
         if self.options.cluster_per_cell:
             return
-        upcoming = [g for g in self.groups[position:] if not self.why_group_cannot_run(g)]
-        for group in upcoming[:PREPARE_AHEAD]:
+        ahead = 0
+        for group_id in self.group_order[position:]:
+            if ahead == PREPARE_AHEAD:
+                return
+            group = next((g for g in self.groups if g.id == group_id), None)
+            if group is None or self.why_group_cannot_run(group):
+                continue
+            ahead += 1
             if group.id not in self._prepared:
                 self._prepared[group.id] = self._preparer.submit(self._prepare, group)
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from e2e.cluster.kind import KindOptions, KindProviderFactory
 from e2e.cluster.provider import ClusterProvider, ProviderFactory
 from e2e.errors import HarnessError
 from e2e.imageset import release_install
@@ -30,8 +31,9 @@ class Recorder(ProviderFactory):
 
     name = "recorder"
 
-    def __init__(self) -> None:
+    def __init__(self, broken: bool = False) -> None:
         self.asked: list[str] = []
+        self.broken = broken  # the question itself fails (e.g. Docker went away)
 
     @contextlib.contextmanager
     def cluster(self, group_id: str, kubernetes_version: str) -> Iterator[ClusterProvider]:
@@ -44,6 +46,8 @@ class Recorder(ProviderFactory):
 
     def why_release_cannot_run(self, release: KServeRelease, documents: Sequence[dict[str, Any]]) -> str:
         assert any(doc.get("kind") == "Deployment" for doc in documents)  # the release's own manifest
+        if self.broken:
+            raise HarnessError("docker image inspect: the engine did not answer")
         return f"kserve/kserve-controller:{release.version}: refused" if release.version == REFUSED else ""
 
 
@@ -75,6 +79,33 @@ def test_preparing_ahead_passes_over_a_group_that_cannot_run(harness: Harness) -
     assert factory.asked == [f"kserve-{BUILT}--k8s-1.34"]
 
 
+def test_preparing_ahead_follows_the_collected_order_only(tmp_path: Path) -> None:
+    """The plugin orders only groups with collected tests (-k may leave some out): no
+    cluster is made for a group that no test uses."""
+    selection = Selection.from_options(kserve="v0.12.1,v0.14.0,v0.16.0", proxy="quay-v0.22.1", k8s="1.34")
+    made = Harness(RunPlan.resolve(HarnessOptions(reports_dir=tmp_path, selection=selection)), Recorder())
+    made.group_order = ["kserve-v0.16.0--k8s-1.34"]
+    try:
+        made.prepare_first()
+        made._preparer.shutdown(wait=True)
+    finally:
+        made.close()
+    factory = made.factory
+    assert isinstance(factory, Recorder)
+    assert factory.asked == ["kserve-v0.16.0--k8s-1.34"]
+
+
+def test_when_the_question_fails_the_group_is_tried_and_its_install_says_why(tmp_path: Path) -> None:
+    selection = Selection.from_options(kserve=REFUSED, proxy="quay-v0.22.1", k8s="1.34")
+    made = Harness(RunPlan.resolve(HarnessOptions(reports_dir=tmp_path, selection=selection)), Recorder(broken=True))
+    try:
+        assert made.why_group_cannot_run(made.groups[0]) == ""
+        with pytest.raises(HarnessError, match="no cluster in this test"):
+            made.cluster_for(made.groups[0].cells[0])
+    finally:
+        made.close()
+
+
 class ImageSet:
     def __init__(self, present: set[str]) -> None:
         self.present = present
@@ -90,6 +121,20 @@ def controller_deployment(manager: str, proxy: str) -> dict[str, Any]:
         "metadata": {"name": "kserve-controller-manager", "namespace": "kserve"},
         "spec": {"template": {"spec": {"containers": containers}}},
     }
+
+
+def test_kind_asks_the_image_set_only_on_the_local_image_set() -> None:
+    release = load_matrix().release(REFUSED)
+    documents = [controller_deployment(f"kserve/kserve-controller:{REFUSED}", "quay.io/brancz/kube-rbac-proxy:v0.22.1")]
+    online = KindProviderFactory(load_matrix(), KindOptions(local_images=False))
+    assert online.why_release_cannot_run(release, documents) == ""  # the kubelet's pull decides
+
+
+def test_an_image_of_the_users_own_registry_is_not_asked_of_the_image_set() -> None:
+    release = load_matrix().release("v0.13.1")
+    documents = [controller_deployment("kserve/kserve-controller:v0.13.1", "quay.io/brancz/kube-rbac-proxy:v0.22.1")]
+    empty = ImageSet(set())
+    assert release_install.why_release_cannot_run(empty, release, documents, {"docker.io"}) == ""  # type: ignore[arg-type]
 
 
 def test_on_the_local_image_set_only_the_controllers_own_image_decides() -> None:

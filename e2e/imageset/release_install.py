@@ -20,12 +20,14 @@ refuses its version) is skipped without a cluster.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from e2e import model_store
 from e2e.apply import Applier
+from e2e.cluster.mirrors import upstream_name
 from e2e.cluster.provider import CertManagerInstall, ClusterProvider, SamplesServing
+from e2e.images import is_retired
 from e2e.imageset import serving
 from e2e.imageset.offline import BUILD_HINT, LocalImageSet
 from e2e.local import sklearnserver
@@ -53,7 +55,7 @@ def controller_images(release: KServeRelease, documents: Sequence[dict[str, Any]
     own: list[str] = []
     proxy: list[str] = []
     for doc in documents:
-        metadata = doc.get("metadata", {})
+        metadata = doc.get("metadata") or {}
         if doc.get("kind") != "Deployment" or metadata.get("name") != profile.deployment:
             continue
         if metadata.get("namespace", profile.namespace) != profile.namespace:
@@ -65,11 +67,18 @@ def controller_images(release: KServeRelease, documents: Sequence[dict[str, Any]
 
 
 def why_release_cannot_run(
-    image_set: LocalImageSet, release: KServeRelease, documents: Sequence[dict[str, Any]]
+    image_set: LocalImageSet,
+    release: KServeRelease,
+    documents: Sequence[dict[str, Any]],
+    user_registry_hosts: Collection[str] = (),
 ) -> str:
-    """Why the release's controller cannot start on the local image set ("" when it can)."""
+    """Why the release's controller cannot start on the local image set ("" when it can):
+    the test ``KindCluster.load_images`` makes, before a cluster exists. An image of a host
+    the user's own registry serves (``--registry-mirror``) is pulled from there, and a
+    retired one is left to the kubelet's real pull: neither is asked of the image set."""
     own, _ = controller_images(release, documents)
-    missing = image_set.missing(own)
+    needed = [image for image in own if upstream_name(image)[0] not in user_registry_hosts and not is_retired(image)]
+    missing = image_set.missing(needed)
     if not missing:
         return ""
     return f"{', '.join(missing)}: not in the local image set; {BUILD_HINT}"

@@ -36,7 +36,14 @@ from e2e.cluster.kind.commands import (
 )
 from e2e.cluster.kind.forwarding import NotReady, port_forward
 from e2e.cluster.kind.pod_network import PodNetwork, cni_folders
-from e2e.cluster.kind.tools import PRIVILEGED_CAPS_HINT, ToolPaths, pin_tool_versions, privileged_containers_refused
+from e2e.cluster.kind.tools import (
+    INOTIFY_HINT,
+    PRIVILEGED_CAPS_HINT,
+    ToolPaths,
+    inotify_shortfall,
+    pin_tool_versions,
+    privileged_containers_refused,
+)
 from e2e.cluster.mirrors import NODE_CERTS_DIR, MirrorMode, NodeMirrors, upstream_name
 from e2e.cluster.provider import CertManagerInstall, ClusterInfo, ClusterProvider, SamplesServing
 from e2e.command import last_lines, run
@@ -182,9 +189,11 @@ class KindCluster(ClusterProvider):
         except subprocess.CalledProcessError as exc:
             if privileged_containers_refused(self.options.docker, self.node_image):
                 raise EnvironmentMissing(f"kind create cluster {self.name}: {PRIVILEGED_CAPS_HINT}") from None
+            low = inotify_shortfall()
             raise HarnessError(
                 f"kind create cluster {self.name} (image {self.node_image}) exited {exc.returncode}; "
                 f"see its output above; its node containers meanwhile: {self._node_history(create_started)}"
+                + (f"; {low}: {INOTIFY_HINT}" if low else "")
             ) from None
         self._created = True
         if self.runs_own_pod_network and not self.reused:

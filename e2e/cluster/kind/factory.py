@@ -10,7 +10,15 @@ from typing import Any
 
 from e2e.cluster.kind.cluster import KindCluster, KindOptions
 from e2e.cluster.kind.commands import cluster_name
-from e2e.cluster.kind.tools import ToolPaths, docker_preflight, pin_tool_versions, resolve_tools, tool_cache_dir
+from e2e.cluster.kind.tools import (
+    INOTIFY_HINT,
+    ToolPaths,
+    docker_preflight,
+    inotify_shortfall,
+    pin_tool_versions,
+    resolve_tools,
+    tool_cache_dir,
+)
 from e2e.cluster.mirrors import registry_binary
 from e2e.cluster.provider import ClusterProvider, ProviderFactory
 from e2e.imageset import release_install
@@ -40,6 +48,9 @@ class KindProviderFactory(ProviderFactory):
 
     def preflight(self) -> None:
         docker_preflight(self.options.docker)
+        low = inotify_shortfall()
+        if low:  # a single group runs on the default; several clusters at once may not
+            log.warning("%s: kind nodes beyond about four at once may fail to start; %s", low, INOTIFY_HINT)
         registry_binary()  # every node pulls through the run's mirrors: no mirror, no cluster
         if not self.options.local_images:
             resolve_tools(self.options.kind_bin, self.options.kubectl_bin)
@@ -49,7 +60,8 @@ class KindProviderFactory(ProviderFactory):
         proxy refuses) leaves nothing to run; online, the kubelet's pull decides."""
         if not self.options.local_images:
             return ""
-        return release_install.why_release_cannot_run(LocalImageSet(self.options.docker), release, documents)
+        hosts = {host for host, _ in self.options.user_registries}
+        return release_install.why_release_cannot_run(LocalImageSet(self.options.docker), release, documents, hosts)
 
     def _local_cluster(self, group_id: str, kubernetes_version: str) -> KindCluster:
         """A cluster of the local image set: node image and tools built here (when missing)."""

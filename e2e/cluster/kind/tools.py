@@ -126,6 +126,32 @@ def docker_preflight(docker: str = "docker") -> None:
         )
 
 
+# kind's known issue "Pod errors due to too many open files": each node's systemd, kubelet
+# and containerd hold inotify instances, and Linux's default of 128 per user runs out at
+# about four nodes at once (seen here 2026-12-07: with `--parallel-groups 2` and the groups
+# prepared ahead, the fifth node died at start, and a local-tier manager beside them exited
+# with "too many open files"). The values are those kind's documentation advises.
+INOTIFY_ADVISED = {"max_user_instances": 512, "max_user_watches": 524288}
+INOTIFY_HINT = (
+    "raise them with `sysctl -w fs.inotify.max_user_instances=512 fs.inotify.max_user_watches=524288` "
+    "(kind's known issue: too many open files)"
+)
+
+
+def inotify_shortfall(limits_dir: Path = Path("/proc/sys/fs/inotify")) -> str:
+    """The inotify limits below what kind advises, e.g. "fs.inotify.max_user_instances is 128",
+    or "" when none is (or they cannot be read: not Linux)."""
+    low = []
+    for name, advised in INOTIFY_ADVISED.items():
+        try:
+            value = int((limits_dir / name).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if value < advised:
+            low.append(f"fs.inotify.{name} is {value}")
+    return ", ".join(low)
+
+
 def privileged_containers_refused(docker: str, image: str) -> bool:
     """Whether the engine refuses a privileged container of ``image`` for a missing capability.
 

@@ -59,6 +59,7 @@ from e2e.cluster.kind import (
 )
 from e2e.cluster.kind import cluster as kind_cluster
 from e2e.cluster.kind import forwarding as kind_forwarding
+from e2e.cluster.kind import tools as kind_tools
 from e2e.errors import EnvironmentMissing, HarnessError, UsageError
 from e2e.matrix import load_matrix
 from e2e.targets import ServiceTarget
@@ -817,15 +818,26 @@ def test_a_host_that_refuses_privileged_containers_is_one_line_naming_the_fix(
     ],
 )
 def test_other_create_failures_keep_their_own_message(
-    kind_bin: StandIn, docker_bin: StandIn, no_node_wait: None, docker_run: dict[str, Any]
+    kind_bin: StandIn,
+    docker_bin: StandIn,
+    no_node_wait: None,
+    docker_run: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(kind_cluster, "inotify_shortfall", lambda: "")  # this host's limits are not the point
     kind_bin.rules(_failing_create_rules())
     node = "kcompat-v0-14-1-k8s-1-34-control-plane"
     # docker events' lines as the engine prints them (a node removed by somebody mid-create).
     history = "".join(
         f"{line}\n"
-        for line in (f"create {node} <no value>", f"exec_start: true {node} <no value>", f"start {node} <no value>",
-                     f"kill {node} <no value>", f"die {node} 137", f"destroy {node} <no value>")
+        for line in (
+            f"create {node} <no value>",
+            f"exec_start: true {node} <no value>",
+            f"start {node} <no value>",
+            f"kill {node} <no value>",
+            f"die {node} 137",
+            f"destroy {node} <no value>",
+        )
     )
     docker_bin.rules([docker_run, {"prefix": ["events"], "stdout": history}])
     cluster = make_cluster(kind_bin, KindOptions(docker=str(docker_bin.path)))
@@ -838,6 +850,32 @@ def test_other_create_failures_keep_their_own_message(
     )
     events = next(call for call in docker_bin.calls() if call[0] == "events")
     assert events[events.index("--filter") + 3] == f"label=io.x-k8s.kind.cluster={cluster.name}"
+
+
+def test_a_create_failure_on_a_host_with_kinds_inotify_problem_names_the_sysctl(
+    kind_bin: StandIn, docker_bin: StandIn, no_node_wait: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kind_cluster, "inotify_shortfall", lambda: "fs.inotify.max_user_instances is 128")
+    kind_bin.rules(_failing_create_rules())
+    docker_bin.rules([{"prefix": ["run"]}, {"prefix": ["events"], "stdout": ""}])
+    cluster = make_cluster(kind_bin, KindOptions(docker=str(docker_bin.path)))
+    with pytest.raises(HarnessError) as caught:
+        cluster.start()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.endswith(
+        "; fs.inotify.max_user_instances is 128: raise them with `sysctl -w fs.inotify.max_user_instances=512 "
+        "fs.inotify.max_user_watches=524288` (kind's known issue: too many open files)"
+    )
+
+
+def test_inotify_limits_below_kinds_advice_are_named(tmp_path: Path) -> None:
+    (tmp_path / "max_user_instances").write_text("128\n")
+    (tmp_path / "max_user_watches").write_text("524288\n")
+    assert kind_tools.inotify_shortfall(tmp_path) == "fs.inotify.max_user_instances is 128"
+    (tmp_path / "max_user_instances").write_text("8192\n")
+    assert kind_tools.inotify_shortfall(tmp_path) == ""
+    assert kind_tools.inotify_shortfall(tmp_path / "not-linux") == ""  # unreadable: nothing to say
 
 
 @pytest.mark.needs_docker
@@ -888,8 +926,9 @@ class FakeMirror:
         self.pushed.append((image, name))
 
 
-def _with_mirrors(cluster: KindCluster, monkeypatch: pytest.MonkeyPatch, remote: str | None,
-                  held: str | None) -> dict[str, FakeMirror]:
+def _with_mirrors(
+    cluster: KindCluster, monkeypatch: pytest.MonkeyPatch, remote: str | None, held: str | None
+) -> dict[str, FakeMirror]:
     made: dict[str, FakeMirror] = {}
 
     def mirror(host: str) -> FakeMirror:
