@@ -46,6 +46,7 @@ class TargetTally:
     last_failure_s: float | None = None
     recovered_s: float | None = None  # first success after the last failure
     last_ok: bool = False
+    streak: int = 0  # successes in a row up to now
     last_error: str = ""
 
     @property
@@ -178,11 +179,13 @@ class MetricsProber:
             tally.attempts += 1
             if error is None:
                 tally.successes += 1
+                tally.streak += 1
                 if not tally.last_ok and tally.failures and tally.last_failure_s is not None:
                     tally.recovered_s = now
                 tally.last_ok = True
             else:
                 tally.failures += 1
+                tally.streak = 0
                 if tally.first_failure_s is None:
                     tally.first_failure_s = now
                 tally.last_failure_s = now
@@ -200,6 +203,11 @@ class MetricsProber:
             timeout=self._timeout_s,
         )
         return None if response.status_code == 200 else f"HTTP {response.status_code}"
+
+    def metrics_now(self) -> tuple[int, str]:
+        """(metrics' successes in a row up to now, its last error): what a wait watches."""
+        with self._lock:
+            return self._metrics.streak, self._metrics.last_error
 
     def retarget_metrics(self, metrics_url: str) -> None:
         """Ask ``metrics_url`` from now on (one that could not be reached when the probe began)."""

@@ -7,7 +7,10 @@ No inference request may be lost; the metrics outage is measured and drawn in th
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
+
+import tenacity
 
 from e2e import checks
 from e2e.cell import CellRun
@@ -19,6 +22,9 @@ from e2e.steps.swap import swap_lines, swap_to
 from e2e.targets import ServiceTarget
 
 PROBE_CHECK = "check: no inference request lost; the metrics outage window"
+# After the rollout, probing goes on until metrics answer this many times in a row.
+SETTLED_STREAK, SETTLE_MIN_S, SETTLE_MAX_S = 5, 1.0, 30.0
+log = logging.getLogger(__name__)
 
 
 def act(run: CellRun) -> None:
@@ -47,10 +53,38 @@ def change_under_load(run: CellRun, image: str | None) -> None:
             prober.mark("swap")
             swap_to(run, image)
             prober.mark("rolled out")
-            time.sleep(1.0)  # and after it: the outage window must have closed
+            wait_for_metrics_to_settle(prober)
         finally:
             summary = prober.stop()
         checks.check_probe(run.result, summary)
+
+
+def wait_for_metrics_to_settle(prober: checks.MetricsProber) -> None:
+    """Probe on after the rollout until metrics answer SETTLED_STREAK times in a row (at
+    least SETTLE_MIN_S, at most SETTLE_MAX_S): the old pod's end can still break the
+    forwarded connection after the rollout is complete (seen under load: the last request
+    of a fixed 1 s tail failed, so the outage was still open when the probe stopped). An
+    outage that outlasts the bound is the check's failure, with its last error."""
+    time.sleep(SETTLE_MIN_S)
+
+    def log_wait(state: tenacity.RetryCallState) -> None:
+        if state.attempt_number % 8 != 1:  # about every 2 s
+            return
+        streak, error = state.outcome.result() if state.outcome else (0, "")
+        log.info(
+            "waiting for metrics to answer %d times in a row after the rollout: %d so far; last error: %s",
+            SETTLED_STREAK,
+            streak,
+            error or "none",
+        )
+
+    with contextlib.suppress(tenacity.RetryError):
+        tenacity.Retrying(
+            retry=tenacity.retry_if_result(lambda now: now[0] < SETTLED_STREAK),
+            stop=tenacity.stop_after_delay(SETTLE_MAX_S - SETTLE_MIN_S),
+            wait=tenacity.wait_fixed(0.25),
+            before_sleep=log_wait,
+        )(prober.metrics_now)
 
 
 def describe(cell: MatrixCell, context: PlanContext) -> list[str]:

@@ -48,6 +48,7 @@ from e2e.checks.image import image_matches
 from e2e.checks.metrics_services import check_guarded_service
 from e2e.manifests.metrics_services import MetricsService
 from e2e.results import CellResult, CheckStatus
+from e2e.steps import migrate as migrate_step
 
 # --------------------------------------------------------------------------- helpers
 
@@ -768,6 +769,40 @@ def test_prober_reports_a_metrics_outage_that_never_recovers_and_lost_inference(
     assert outage.status is CheckStatus.FAIL
     assert outage.detail.startswith("metrics still failing at the end of the probe")
     assert summary.outage_s(summary.metrics) >= 0.4
+
+
+def test_probing_goes_on_after_the_rollout_until_metrics_answer_again(
+    server_tls: ssl.SSLContext, reader_token: str, no_access_token: str
+) -> None:
+    """The old pod's end can break metrics just after the rollout is complete: the probe
+    waits for the outage to close instead of stopping inside it (a fixed 1 s tail did)."""
+    metrics = StandInServer(proxy_like_responder(reader_token, no_access_token), server_tls).start()
+    port = metrics.port
+    prober = MetricsProber(f"{metrics.url}/metrics", reader_token, interval_s=0.05, request_timeout_s=1.0).start()
+    restarted: list[StandInServer] = []
+
+    def new_proxy_answers_later() -> None:
+        time.sleep(1.6)  # longer than the settle wait's minimum
+        restarted.append(
+            StandInServer(proxy_like_responder(reader_token, no_access_token), server_tls, port=port).start()
+        )
+
+    try:
+        time.sleep(0.3)
+        metrics.stop()  # "rolled out", and then the old proxy goes away
+        later = threading.Thread(target=new_proxy_answers_later)
+        later.start()
+        migrate_step.wait_for_metrics_to_settle(prober)
+        summary = prober.stop()
+        later.join()
+    finally:
+        prober.stop()
+        for server in restarted:
+            server.stop()
+    assert summary.metrics.last_ok and summary.metrics.streak >= migrate_step.SETTLED_STREAK
+    assert 1.2 <= summary.outage_s(summary.metrics) <= 4.0, summary
+    _, outage = check_probe(new_cell(), summary)
+    assert outage.passed, outage.detail
 
 
 def test_prober_is_bounded_by_max_requests(server_tls: ssl.SSLContext, reader_token: str, no_access_token: str) -> None:
