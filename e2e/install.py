@@ -129,7 +129,11 @@ class Installer:
             prometheus_token=mint_token(api, METRICS_ACCESS_NAMESPACE, PROMETHEUS),
         )
         self._start_prometheus(cluster)
-        kserve.install_cert_manager(api, self._cert_manager_documents(cluster, release))
+        kserve.install_cert_manager(
+            api,
+            self._cert_manager_documents(cluster, release),
+            evidence_of=lambda namespace, name: failure_probe(provider, namespace, name),
+        )
         # Install with a runnable proxy image already in place: a release whose shipped
         # image is retired could otherwise never become Available.
         rewrite = self.mirrors.rewrite if self.mirrors else None
@@ -281,5 +285,3 @@ def failure_probe(provider: ClusterProvider, namespace: str, deployment: str) ->
 
 def proxy_image_of(patch: dict[str, Any]) -> str:
     return str(patch["spec"]["template"]["spec"]["containers"][0]["image"])
-
-

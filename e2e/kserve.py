@@ -96,17 +96,24 @@ def configure_raw_deployment(api: k8s_client.ApiClient, release: KServeRelease) 
     log.info("set %s/%s to %s mode", profile.namespace, profile.config_map, deployment_mode(release))
 
 
-def install_cert_manager(api: k8s_client.ApiClient, documents: Sequence[dict[str, Any]]) -> ApplyReport:
+def install_cert_manager(
+    api: k8s_client.ApiClient,
+    documents: Sequence[dict[str, Any]],
+    evidence_of: Callable[[str, str], Callable[[], list[str] | None]] | None = None,
+) -> ApplyReport:
     """Apply cert-manager (CRDs only on the local tier; the whole release on kind).
 
     When the documents include cert-manager's own Deployments, wait for their rollout so
-    its webhook answers before KServe's Issuer and Certificate are applied.
+    its webhook answers before KServe's Issuer and Certificate are applied; ``evidence_of``
+    (namespace, name) gives each wait its broken pods' evidence, so a crash fails fast with it.
     """
     report = Applier(api).apply(documents)
     for doc in documents:
         if doc.get("kind") == "Deployment":
             meta = doc["metadata"]
-            wait_for_rollout(api, meta.get("namespace", "cert-manager"), meta["name"], timeout_s=300)
+            namespace = meta.get("namespace", "cert-manager")
+            evidence = evidence_of(namespace, meta["name"]) if evidence_of else None
+            wait_for_rollout(api, namespace, meta["name"], timeout_s=300, failure_evidence=evidence)
     return report
 
 

@@ -352,3 +352,37 @@ def test_a_patch_the_api_server_rejects_is_a_one_line_apply_error(installed: Ins
     message = str(raised.value)
     assert "\n" not in message
     assert message.startswith(f"deployment {profile.namespace}/{profile.deployment}: patch rejected: 422")
+
+
+def test_cert_manager_waits_carry_each_deployments_own_failure_evidence(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cert-manager pod that crashes (e.g. 'too many open files' on a crowded host) fails the
+    install fast with its evidence, not after 300 s with none."""
+    waits: list[tuple[str, str, list[str] | None]] = []
+
+    def wait(api: Any, namespace: str, name: str, **kwargs: Any) -> None:
+        evidence = kwargs["failure_evidence"]
+        waits.append((namespace, name, evidence() if evidence else None))
+
+    class Applied:
+        def __init__(self, api: Any) -> None:
+            pass
+
+        def apply(self, documents: Any) -> ApplyReport:
+            return ApplyReport()
+
+    monkeypatch.setattr(kserve, "Applier", Applied)
+    monkeypatch.setattr(kserve, "wait_for_rollout", wait)
+    documents = [
+        {"kind": "CustomResourceDefinition", "metadata": {"name": "issuers.cert-manager.io"}},
+        {"kind": "Deployment", "metadata": {"name": "cert-manager-cainjector", "namespace": "cert-manager"}},
+        {"kind": "Deployment", "metadata": {"name": "cert-manager-webhook", "namespace": "cert-manager"}},
+    ]
+
+    def evidence_of(namespace: str, name: str) -> Any:
+        return lambda: [f"pod {namespace}/{name}-x: CrashLoopBackOff"]
+
+    kserve.install_cert_manager(None, documents, evidence_of=evidence_of)  # type: ignore[arg-type]
+    assert waits == [
+        ("cert-manager", "cert-manager-cainjector", ["pod cert-manager/cert-manager-cainjector-x: CrashLoopBackOff"]),
+        ("cert-manager", "cert-manager-webhook", ["pod cert-manager/cert-manager-webhook-x: CrashLoopBackOff"]),
+    ]
