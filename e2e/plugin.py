@@ -30,7 +30,7 @@ import pytest
 
 from e2e import report
 from e2e.errors import HarnessError
-from e2e.local.processes import install_signal_handlers
+from e2e.local.processes import interrupt_on_termination
 from e2e.matrix import MatrixCell, Selection
 from e2e.results import CellResult, Verdict
 from e2e.run import GroupShard, Harness, HarnessOptions, RunPlan, kind_worker_count, make_factory
@@ -272,7 +272,7 @@ def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
     run.group_order = order
     request.config.stash[_HARNESS] = run
     try:
-        install_signal_handlers()  # from the main thread, before clusters start in the background
+        interrupt_on_termination()  # from the main thread, before clusters start in the background
         run.prepare_first()
         yield run
     finally:

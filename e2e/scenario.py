@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
 def _scenarios_dir() -> Path:
     """The runbooks: inside the installed package (e2e/scenarios, from a wheel), else the
     checkout's scenarios/."""
@@ -128,10 +129,11 @@ class Scenario:
             failed_step = True
             run.fail_with(exc)
             log.info("%s: step %s ended the cell: %s", run.result.cell_id, run.result.steps[-1], run.result.reason)
-        except KeyboardInterrupt:
-            # Recorded as what it is before the interrupt goes on (the run stops and cleans up).
+        except KeyboardInterrupt as exc:
+            # Recorded as what it is before the interrupt goes on (the run stops and cleans up);
+            # a SIGTERM/SIGHUP arrives as KeyboardInterrupt naming it (interrupt_on_termination).
             at = run.result.steps[-1] if run.result.steps else "before its first step"
-            run.result.verdict, run.result.reason = Verdict.ERROR, f"interrupted (Ctrl-C) at step {at}"
+            run.result.verdict, run.result.reason = Verdict.ERROR, f"interrupted ({str(exc) or 'Ctrl-C'}) at step {at}"
             interrupted = True
             raise
         finally:

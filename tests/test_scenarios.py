@@ -301,7 +301,16 @@ def test_the_plan_lists_exactly_the_steps_a_run_executes(tmp_path: Path) -> None
     assert "5 passed" in output
 
 
-def test_ctrl_c_in_a_step_is_recorded_as_an_interruption_and_goes_on(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("interrupt", "reason"),
+    [
+        (KeyboardInterrupt(), "interrupted (Ctrl-C) at step swap"),
+        (KeyboardInterrupt("SIGTERM"), "interrupted (SIGTERM) at step swap"),  # interrupt_on_termination's
+    ],
+)
+def test_ctrl_c_in_a_step_is_recorded_as_an_interruption_and_goes_on(
+    tmp_path: Path, interrupt: KeyboardInterrupt, reason: str
+) -> None:
     """The run stops (the interrupt is re-raised) but the cell's saved result says what happened."""
     from e2e.cluster.provider import ProviderFactory
     from e2e.errors import HarnessError
@@ -319,7 +328,7 @@ def test_ctrl_c_in_a_step_is_recorded_as_an_interruption_and_goes_on(tmp_path: P
             return []
 
     def interrupted(run: Any) -> None:
-        raise KeyboardInterrupt
+        raise interrupt
 
     scenario = Scenario(
         name="interrupted", story="", steps=(Step("swap", interrupted, lambda cell, context: ["a step"]),)
@@ -329,5 +338,5 @@ def test_ctrl_c_in_a_step_is_recorded_as_an_interruption_and_goes_on(tmp_path: P
     with pytest.raises(KeyboardInterrupt):
         scenario.run(harness, cell)
     (saved,) = [json.loads(p.read_text()) for p in tmp_path.rglob("*.json") if p.name != "report.json"]
-    assert (saved["verdict"], saved["reason"]) == ("error", "interrupted (Ctrl-C) at step swap")
+    assert (saved["verdict"], saved["reason"]) == ("error", reason)
     assert saved["diagnostics"] == []  # none collected while the run is being torn down

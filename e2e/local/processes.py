@@ -449,6 +449,27 @@ def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
+def _interrupt_on_signal(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def interrupt_on_termination() -> None:
+    """In a pytest run, SIGTERM/SIGHUP become KeyboardInterrupt, as Ctrl-C is: pytest then
+    stops the session and the fixtures' teardown deletes the clusters and stops the
+    processes. (A SystemExit raised inside a test only fails that test: a kind grid sent
+    SIGTERM by ``--parallel-groups`` went on to its next cells, clusters and all.)
+
+    Only the main thread can do this; a handler someone else installed is kept.
+    """
+    global _handlers_installed
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) in (signal.SIG_DFL, _exit_on_signal):
+            signal.signal(signum, _interrupt_on_signal)
+    _handlers_installed = True
+
+
 def install_signal_handlers() -> None:
     """Turn SIGTERM/SIGHUP into SystemExit, unless someone else already handles them.
 

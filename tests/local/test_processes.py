@@ -4,10 +4,14 @@ for (a played manager once failed with "bind: address already in use" on a busy 
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from helpers.paths import REPO
 
 from e2e.local import processes
 
@@ -44,3 +48,35 @@ def test_a_range_with_no_room_below_falls_back_to_the_kernels_choice(
     port = processes.free_loopback_port()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))
+
+
+def test_sigterm_stops_a_pytest_run_as_ctrl_c_does(tmp_path: Path) -> None:
+    """A SystemExit inside a test only fails that test and pytest goes on: a SIGTERM sent to
+    a kind run (a cancelled CI job, --parallel-groups passing it on) must stop the session
+    instead, so its teardown deletes the clusters."""
+    (tmp_path / "test_terminated.py").write_text(
+        "import os, signal\n"
+        "from e2e.local.processes import interrupt_on_termination\n"
+        "def test_first():\n"
+        "    interrupt_on_termination()\n"
+        "    try:\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    except KeyboardInterrupt as exc:\n"
+        "        print('interrupted by', exc)\n"
+        "        raise\n"
+        "def test_second():\n"
+        "    print('the run went on')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-s", "test_terminated.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == pytest.ExitCode.INTERRUPTED, output
+    assert "interrupted by SIGTERM" in output
+    assert "the run went on" not in output
