@@ -7,6 +7,7 @@ The other steps that change the image (``swap_to_start``, ``migrate``, ``rollbac
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from e2e import kserve
 from e2e.cell import CellRun
@@ -28,15 +29,31 @@ def act(run: CellRun) -> None:
     swap_to(run, None)
 
 
+def _cell_and_patch(run: CellRun, image: str | None) -> tuple[MatrixCell, dict[str, Any]]:
+    """The cell as swapped to ``image`` (None: its own), and the patch that does it."""
+    cluster = run.group_cluster()
+    assert cluster.manifest is not None
+    cell = run.cell if image is None else _with_image(run.harness.matrix, run.cell, image)
+    rewrite = run.harness.mirrors.rewrite if run.harness.mirrors else None
+    return cell, proxy_patch(cell, cluster.manifest, rewrite)
+
+
+def load_cell_image(run: CellRun) -> None:
+    """Make the cell's own proxy image pullable now; one the provider cannot run here skips
+    the cell (WorkloadUnavailable) before anything is changed. A retired image is left to
+    its real pull."""
+    if run.cell.proxy.retired:
+        return
+    _, patch = _cell_and_patch(run, None)
+    run.group_cluster().provider.load_images([proxy_image_of(patch)])
+
+
 def swap_to(run: CellRun, image: str | None) -> None:
     """Patch the controller Deployment to the cell's proxy image (or ``image``) and wait for
     the rollout; a pull error ends the cell ``image-unavailable``."""
     cluster = run.group_cluster()
-    assert cluster.manifest is not None
     profile = run.cell.release.profile
-    cell = run.cell if image is None else _with_image(run.harness.matrix, run.cell, image)
-    rewrite = run.harness.mirrors.rewrite if run.harness.mirrors else None
-    patch = proxy_patch(cell, cluster.manifest, rewrite)
+    cell, patch = _cell_and_patch(run, image)
     target = proxy_image_of(patch)
     provider = cluster.provider
     with timed_check(run.result, "proxy-rollout") as check:

@@ -6,10 +6,13 @@ from __future__ import annotations
 from e2e.cell import CellRun
 from e2e.matrix import MatrixCell, migration_start_image
 from e2e.scenario import PlanContext, Step
-from e2e.steps.swap import swap_lines, swap_to
+from e2e.steps.swap import load_cell_image, swap_lines, swap_to
 
 
 def act(run: CellRun) -> None:
+    # The change's own image first: one that cannot run here (e.g. a proxy version the Go
+    # module proxy refuses) skips the cell before a rollout to the start image is spent.
+    load_cell_image(run)
     swap_to(run, start_image(run))
 
 
