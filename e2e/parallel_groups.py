@@ -31,6 +31,7 @@ from pathlib import Path
 from types import FrameType
 
 from e2e.errors import HarnessError, UsageError
+from e2e.run import PREPARE_AHEAD
 
 PARALLEL_OPTION = "--parallel-groups"
 # pytest's "no tests collected": a share gets no group when there are fewer groups than shares.
@@ -104,10 +105,13 @@ class Share:
 
 
 def share_command(arguments: Sequence[str], index: int, count: int, reports_dir: Path) -> list[str]:
-    """The command line of share ``index`` of ``count``."""
+    """The command line of share ``index`` of ``count``. Unless the arguments say otherwise,
+    each share prepares 2 // count groups ahead (at least 1): the shares run on one machine."""
+    chosen = any(word == "--prepare-ahead" or word.startswith("--prepare-ahead=") for word in arguments)
+    ahead = [] if chosen else ["--prepare-ahead", str(max(1, PREPARE_AHEAD // count))]
     return [
         sys.executable, "-m", "e2e.cli", "run", "--",
-        *arguments, "--shard", f"{index}/{count}", "--reports-dir", str(reports_dir),
+        *arguments, *ahead, "--shard", f"{index}/{count}", "--reports-dir", str(reports_dir),
     ]  # fmt: skip
 
 

@@ -33,7 +33,16 @@ from e2e.errors import HarnessError
 from e2e.local.processes import interrupt_on_termination
 from e2e.matrix import MatrixCell, Selection
 from e2e.results import CellResult, Verdict
-from e2e.run import GroupShard, Harness, HarnessOptions, RunPlan, kind_worker_count, make_factory
+from e2e.run import (
+    PREPARE_AHEAD,
+    GroupShard,
+    Harness,
+    HarnessOptions,
+    RunPlan,
+    kind_worker_count,
+    make_factory,
+    prepare_ahead_count,
+)
 from e2e.scenario import Scenario, ordered_runs
 from e2e.secrets import redact
 from e2e.unverified_tls import ignore_insecure_request_warnings
@@ -99,6 +108,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="N",
         help="kind: N worker nodes besides the control plane (workloads land on the workers; on node images "
         "built here kube-router connects the nodes' pods)",
+    )
+    group.addoption(
+        "--prepare-ahead",
+        default=None,
+        metavar="N",
+        help="cluster groups created and installed in the background ahead of the current one (default 2; "
+        "--parallel-groups N gives each share 2 // N, at least 1)",
     )
     group.addoption(
         "--local-images",
@@ -249,6 +265,7 @@ def _harness_options(config: pytest.Config) -> HarnessOptions:
         manifests_from_module=bool(config.getoption("manifests_from_module")) or None,
         shard=GroupShard.parse(shard) if (shard := config.getoption("shard")) else None,
         kind_workers=kind_worker_count(str(config.getoption("kind_workers") or 0)),
+        prepare_ahead=prepare_ahead_count(str(config.getoption("prepare_ahead", default=None) or PREPARE_AHEAD)),
     )
 
 

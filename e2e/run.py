@@ -26,7 +26,8 @@ from e2e.results import CellResult
 
 log = logging.getLogger(__name__)
 
-PREPARE_AHEAD = 2  # cluster groups prepared in the background ahead of the current one
+PREPARE_AHEAD = 2  # cluster groups prepared in the background ahead of the current one (default)
+MAX_PREPARE_AHEAD = 4
 
 
 @dataclass
@@ -50,6 +51,11 @@ class HarnessOptions:
     manifests_from_module: bool | None = None
     shard: GroupShard | None = None  # this process runs only its share of the cluster groups
     kind_workers: int = 0  # kind: worker nodes besides the control plane
+    # Cluster groups prepared in the background ahead of the current one. `--parallel-groups
+    # N` gives each of its shares 2 // N (at least 1): N shares on one machine already keep
+    # N groups busy, and 2 shares preparing 2 ahead each put 6 clusters on 2 cores (load 35
+    # seen; one API server stopped answering).
+    prepare_ahead: int = 2
 
 
 MAX_KIND_WORKERS = 4  # each node is a container with its own kubelet and containerd
@@ -59,6 +65,13 @@ def kind_worker_count(text: str) -> int:
     """``--kind-workers``'s value: a number of worker nodes from 0 to MAX_KIND_WORKERS."""
     if not text.isdigit() or int(text) > MAX_KIND_WORKERS:
         raise UsageError(f"--kind-workers {text}: expected a number of worker nodes from 0 to {MAX_KIND_WORKERS}")
+    return int(text)
+
+
+def prepare_ahead_count(text: str) -> int:
+    """``--prepare-ahead N``: how many cluster groups are prepared ahead (1 to MAX_PREPARE_AHEAD)."""
+    if not text.isdigit() or not 1 <= int(text) <= MAX_PREPARE_AHEAD:
+        raise UsageError(f"--prepare-ahead {text}: expected a number of cluster groups from 1 to {MAX_PREPARE_AHEAD}")
     return int(text)
 
 
@@ -164,7 +177,7 @@ class Harness:
         # current group's cells run: a group costs a control plane and an install, a cell
         # only a swap and a few requests. Two workers, two groups ahead: much of a
         # preparation is waiting on the API server, so two overlap well on two cores.
-        self._preparer = ThreadPoolExecutor(max_workers=PREPARE_AHEAD, thread_name_prefix="prepare-group")
+        self._preparer = ThreadPoolExecutor(max_workers=options.prepare_ahead, thread_name_prefix="prepare-group")
         self._prepared: dict[str, Future[GroupCluster]] = {}
         # Set by close(): a preparation still running stops before its install; the clusters
         # of those still installing are deleted under them (their install then fails fast).
@@ -253,7 +266,7 @@ class Harness:
             return
         ahead = 0
         for group_id in self.group_order[position:]:
-            if ahead == PREPARE_AHEAD:
+            if ahead == self.options.prepare_ahead:
                 return
             group = next((g for g in self.groups if g.id == group_id), None)
             if group is None or self.why_group_cannot_run(group):

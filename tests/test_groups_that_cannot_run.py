@@ -149,3 +149,17 @@ def test_on_the_local_image_set_only_the_controllers_own_image_decides() -> None
     reason = release_install.why_release_cannot_run(ImageSet(set()), release, documents)  # type: ignore[arg-type]
     assert reason.startswith("kserve/kserve-controller:v0.13.1: not in the local image set")
     assert "kserve-compat images list" in reason
+
+
+def test_a_share_prepares_only_as_many_ahead_as_it_was_given(tmp_path: Path) -> None:
+    selection = Selection.from_options(kserve="v0.12.1,v0.14.0,v0.16.0", proxy="quay-v0.22.1", k8s="1.34")
+    options = HarnessOptions(reports_dir=tmp_path, selection=selection, prepare_ahead=1)
+    made = Harness(RunPlan.resolve(options), Recorder())
+    try:
+        made.prepare_first()
+        made._preparer.shutdown(wait=True)
+    finally:
+        made.close()
+    factory = made.factory
+    assert isinstance(factory, Recorder)
+    assert factory.asked == ["kserve-v0.12.1--k8s-1.34"]

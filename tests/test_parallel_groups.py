@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from e2e.errors import UsageError
 from e2e.matrix import Selection
 from e2e.parallel_groups import refuse_conflicts, run_shares, split_parallel_option
 from e2e.results import Verdict
-from e2e.run import GroupShard, HarnessOptions, RunPlan
+from e2e.run import GroupShard, HarnessOptions, RunPlan, prepare_ahead_count
 
 
 def plan(shard: GroupShard | None) -> RunPlan:
@@ -208,3 +209,19 @@ def test_run_hands_the_shares_the_run_s_own_arguments(arguments: list[str], monk
     monkeypatch.setattr(parallel_groups, "run_shares", lambda count, rest: seen.append((count, list(rest))) or 0)
     assert run_cli.run(argparse.Namespace(pytest_args=arguments)) == 0
     assert seen == [(2, ["--provider", "kind"])]
+
+
+def test_each_share_prepares_fewer_groups_ahead_unless_told(tmp_path: Path) -> None:
+    """Two shares preparing two groups ahead each put six clusters on a 2-core machine."""
+    two = parallel_groups.share_command(["--provider", "kind"], 1, 2, tmp_path)
+    assert two[two.index("--prepare-ahead") + 1] == "1"
+    four = parallel_groups.share_command(["--provider", "kind"], 3, 4, tmp_path)
+    assert four[four.index("--prepare-ahead") + 1] == "1"  # never none
+    told = parallel_groups.share_command(["--prepare-ahead", "2"], 1, 2, tmp_path)
+    assert told.count("--prepare-ahead") == 1 and told[told.index("--prepare-ahead") + 1] == "2"
+
+
+@pytest.mark.parametrize("text", ["0", "5", "two", "-1"])
+def test_a_prepare_ahead_out_of_range_is_one_line(text: str) -> None:
+    with pytest.raises(UsageError, match=rf"^--prepare-ahead {re.escape(text)}: expected a number of cluster groups"):
+        prepare_ahead_count(text)
