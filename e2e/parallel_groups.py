@@ -129,7 +129,7 @@ def run_shares(count: int, arguments: Sequence[str]) -> int:
     environment = {key: value for key, value in os.environ.items() if key != STEP_SUMMARY}
     shares: list[Share] = []
     interrupted = False
-    with _passing_signals_on(shares):
+    with _passing_signals_on(shares) as passed_on:
         try:
             for index in range(1, count + 1):
                 directory = reports / f"shard-{index}"
@@ -152,7 +152,7 @@ def run_shares(count: int, arguments: Sequence[str]) -> int:
             say("interrupted; waiting for every share to stop and delete its clusters")
             codes = _wait(shares, ignore_interrupts=True)
     merged = _merge(shares, codes, reports, options)
-    if interrupted:
+    if interrupted or passed_on:  # stopped from outside, as a single run stopped so exits
         return INTERRUPTED
     return merged
 
@@ -201,11 +201,13 @@ def _wait(shares: list[Share], *, ignore_interrupts: bool = False) -> dict[int, 
 
 
 @contextmanager
-def _passing_signals_on(shares: list[Share]) -> Iterator[None]:
+def _passing_signals_on(shares: list[Share]) -> Iterator[list[int]]:
     """SIGTERM and SIGHUP to this process go to every share (which cleans up and exits);
-    this one keeps waiting for them."""
+    this one keeps waiting for them. Yields the signals passed on so far."""
+    passed_on: list[int] = []
 
     def pass_on(signum: int, frame: FrameType | None) -> None:
+        passed_on.append(signum)
         say(f"{signal.Signals(signum).name}: passed on to every share")
         for share in shares:
             if share.process.poll() is None:
@@ -213,7 +215,7 @@ def _passing_signals_on(shares: list[Share]) -> Iterator[None]:
 
     previous = {signum: signal.signal(signum, pass_on) for signum in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        yield
+        yield passed_on
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

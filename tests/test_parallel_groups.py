@@ -95,6 +95,10 @@ if cell:
     (reports / "cells" / "cell.json").write_text(cell)
 if end == "kill":
     os.kill(os.getpid(), signal.SIGKILL)
+if end == "terminate-parent":  # as a cancelled CI job does to `kserve-compat run`
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(2))  # as a run stops on it: exit 2
+    os.kill(os.getppid(), signal.SIGTERM)
+    signal.pause()
 sys.exit(int(end))
 """
 
@@ -225,3 +229,16 @@ def test_each_share_prepares_fewer_groups_ahead_unless_told(tmp_path: Path) -> N
 def test_a_prepare_ahead_out_of_range_is_one_line(text: str) -> None:
     with pytest.raises(UsageError, match=rf"^--prepare-ahead {re.escape(text)}: expected a number of cluster groups"):
         prepare_ahead_count(text)
+
+
+def test_a_sigterm_passed_on_to_the_shares_ends_the_run_interrupted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each share stops and saves what it ran; the merged report is written; exit 2, as an
+    interrupted single run (not 1 for the cells the interruption failed)."""
+    played_shares(monkeypatch, {1: (Verdict.ERROR, "terminate-parent")})
+    code = run_shares(1, ["--reports-dir", str(tmp_path / "reports")])
+    assert code == 2
+    assert (tmp_path / "reports" / "report.json").is_file()
+    out = capsys.readouterr().out
+    assert "SIGTERM: passed on to every share" in out and "share 1/1 ended 2" in out
