@@ -79,12 +79,13 @@ def test_preparing_ahead_passes_over_a_group_that_cannot_run(harness: Harness) -
     assert factory.asked == [f"kserve-{BUILT}--k8s-1.34"]
 
 
-def test_preparing_ahead_follows_the_collected_order_only(tmp_path: Path) -> None:
-    """The plugin orders only groups with collected tests (-k may leave some out): no
-    cluster is made for a group that no test uses."""
+def clusters_asked_at_start(tmp_path: Path, order: list[str] | None = None, prepare_ahead: int = 2) -> list[str]:
+    """The groups whose clusters a run of three runnable groups starts preparing."""
     selection = Selection.from_options(kserve="v0.12.1,v0.14.0,v0.16.0", proxy="quay-v0.22.1", k8s="1.34")
-    made = Harness(RunPlan.resolve(HarnessOptions(reports_dir=tmp_path, selection=selection)), Recorder())
-    made.group_order = ["kserve-v0.16.0--k8s-1.34"]
+    options = HarnessOptions(reports_dir=tmp_path, selection=selection, prepare_ahead=prepare_ahead)
+    made = Harness(RunPlan.resolve(options), Recorder())
+    if order is not None:
+        made.group_order = order
     try:
         made.prepare_first()
         made._preparer.shutdown(wait=True)
@@ -92,7 +93,14 @@ def test_preparing_ahead_follows_the_collected_order_only(tmp_path: Path) -> Non
         made.close()
     factory = made.factory
     assert isinstance(factory, Recorder)
-    assert factory.asked == ["kserve-v0.16.0--k8s-1.34"]
+    return factory.asked
+
+
+def test_preparing_ahead_follows_the_collected_order_only(tmp_path: Path) -> None:
+    """The plugin orders only groups with collected tests (-k may leave some out): no
+    cluster is made for a group that no test uses."""
+    asked = clusters_asked_at_start(tmp_path, order=["kserve-v0.16.0--k8s-1.34"])
+    assert asked == ["kserve-v0.16.0--k8s-1.34"]
 
 
 def test_when_the_question_fails_the_group_is_tried_and_its_install_says_why(tmp_path: Path) -> None:
@@ -152,14 +160,4 @@ def test_on_the_local_image_set_only_the_controllers_own_image_decides() -> None
 
 
 def test_a_share_prepares_only_as_many_ahead_as_it_was_given(tmp_path: Path) -> None:
-    selection = Selection.from_options(kserve="v0.12.1,v0.14.0,v0.16.0", proxy="quay-v0.22.1", k8s="1.34")
-    options = HarnessOptions(reports_dir=tmp_path, selection=selection, prepare_ahead=1)
-    made = Harness(RunPlan.resolve(options), Recorder())
-    try:
-        made.prepare_first()
-        made._preparer.shutdown(wait=True)
-    finally:
-        made.close()
-    factory = made.factory
-    assert isinstance(factory, Recorder)
-    assert factory.asked == ["kserve-v0.12.1--k8s-1.34"]
+    assert clusters_asked_at_start(tmp_path, prepare_ahead=1) == ["kserve-v0.12.1--k8s-1.34"]
