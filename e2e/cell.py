@@ -18,12 +18,13 @@ from e2e.errors import HarnessError, WorkloadFailed, WorkloadUnavailable
 from e2e.install import SAMPLE_MODELS, CellSkipped, GroupCluster
 from e2e.matrix import MatrixCell
 from e2e.results import CellResult, Verdict
-from e2e.rollout import ImageUnavailable, RolloutFailed, registry_unreached
+from e2e.rollout import ImageUnavailable, RolloutFailed, node_out_of_disk, registry_unreached
 
 if TYPE_CHECKING:
     from e2e.run import Harness
 
 log = logging.getLogger(__name__)
+
 
 class CellRun:
     """The state of one cell while its scenario's steps run."""
@@ -70,6 +71,15 @@ class CellRun:
             self.result.verdict = Verdict.ERROR
             self.result.reason = f"{broken_registry[0]}; the pull failed with: {str(exc).splitlines()[0]}"
             self.result.notes += broken_registry[:12]
+            return
+        if isinstance(exc, ImageUnavailable) and node_out_of_disk("\n".join([str(exc), *evidence])):
+            # Seen when a host's disk filled during a grid: served images ended "unavailable".
+            self.result.verdict = Verdict.ERROR
+            self.result.reason = (
+                "the node ran out of disk while pulling, so the image is not known to be gone: "
+                f"{str(exc).splitlines()[0]}"
+            )
+            self._add_evidence(evidence)
             return
         if isinstance(exc, ImageUnavailable) and registry_unreached("\n".join([str(exc), *evidence])):
             # The registry never answered: whether the image exists is unknown, not "no".
@@ -126,4 +136,3 @@ class CellRun:
         if self.harness.options.cluster_per_cell:
             self.harness.close_group()
         return self.result
-

@@ -38,6 +38,12 @@ def registry_unreached(text: str) -> bool:
     return bool(_REGISTRY_UNREACHED.search(text))
 
 
+def node_out_of_disk(text: str) -> bool:
+    """Whether a pull error says the node's own disk is full (containerd's ``no space left
+    on device``): the image may well exist; the host needs room."""
+    return "no space left on device" in text.lower()
+
+
 class RolloutFailed(HarnessError):
     """The rollout cannot complete; ``evidence`` holds the pod reasons and log lines."""
 

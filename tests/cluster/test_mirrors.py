@@ -274,8 +274,17 @@ def test_a_pull_that_failed_because_a_mirror_died_is_an_error_not_image_unavaila
         ],
     )
     died = ["mirror of quay.io (http://gw:1): exited with -9", "last line"]
+    # Seen in a grid when the host's disk filled: containerd's words, the image itself exists.
+    disk_full = ImageUnavailable(
+        "deployment kserve/kserve-controller-manager: image cannot be pulled",
+        [
+            'ErrImagePull: failed to pull and unpack image "quay.io/brancz/kube-rbac-proxy:v0.16.0": failed to '
+            "copy: write /var/lib/containerd/io.containerd.content.v1.content/ingest/b6/data: no space left on device"
+        ],
+    )
     cases = [
         (pull, [], Verdict.ERROR),  # connection refused: the registry never answered
+        (disk_full, [], Verdict.ERROR),  # the node's disk, not the image
         (not_found, [], Verdict.IMAGE_UNAVAILABLE),  # the registry's own 404
         (not_found, died, Verdict.ERROR),  # a mirror of the run died: not the image's fault
     ]
@@ -288,6 +297,9 @@ def test_a_pull_that_failed_because_a_mirror_died_is_an_error_not_image_unavaila
         if problem:
             assert run.result.reason.startswith("mirror of quay.io (http://gw:1): exited with -9; the pull failed")
             assert "last line" in run.result.notes
+        elif error is disk_full:
+            assert run.result.reason.startswith("the node ran out of disk while pulling, so the image is not known")
+            assert any("no space left on device" in note for note in run.result.notes)
         elif verdict is Verdict.ERROR:
             assert run.result.reason.startswith("the registry could not be reached, so the image is not known")
 
