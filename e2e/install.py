@@ -170,6 +170,7 @@ class Installer:
             wait_for_controller=controller_rollout,
         )
         cluster.deviations += installation.deviations
+        cluster.notes += installation.notes
         if cluster.model_store_uri:
             wait_for_rollout(
                 api,

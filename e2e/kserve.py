@@ -53,6 +53,25 @@ class Installation:
     release: KServeRelease
     applied: ApplyReport = field(default_factory=ApplyReport)
     deviations: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the install did that the file did not say
+
+
+def with_release_namespace(documents: Sequence[dict[str, Any]], namespace: str) -> tuple[list[dict[str, Any]], str]:
+    """The documents with a Namespace ``namespace`` first when they hold none, and a note.
+
+    The release asset kserve.yaml declares its namespace; the file of the same name in the
+    release's Go module (install/<version>/kserve.yaml, read with --manifests-from-module)
+    does not from v0.19, whose install scripts create it first (create_or_skip_namespace),
+    as this does. Seen: v0.19.0 failed "404 namespaces kserve not found" without it.
+    """
+    declared = any(
+        doc.get("kind") == "Namespace" and (doc.get("metadata") or {}).get("name") == namespace for doc in documents
+    )
+    if declared:
+        return list(documents), ""
+    namespace_doc = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
+    note = f"the release file declares no Namespace {namespace}: created first, as KServe's install scripts do"
+    return [namespace_doc, *documents], note
 
 
 def load_documents(path: Path) -> list[dict[str, Any]]:
@@ -187,6 +206,9 @@ def install_kserve(
     installation = Installation(release)
     applier = Applier(api)
     documents, fixes = without_empty_ca_bundles(kserve_documents)
+    documents, created = with_release_namespace(documents, release.profile.namespace)
+    if created:
+        installation.notes.append(created)
     installation.deviations += fixes
     installation.applied.extend(applier.apply(documents, skip_unknown_kinds=not controller_runs))
     if installation.applied.skipped:

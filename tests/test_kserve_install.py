@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import yaml
 from helpers.real_cluster import real_control_plane
+from helpers.release_files import session_release_files
 from kubernetes import client as k8s_client
 
 from e2e import kserve
@@ -386,3 +387,20 @@ def test_cert_manager_waits_carry_each_deployments_own_failure_evidence(monkeypa
         ("cert-manager", "cert-manager-cainjector", ["pod cert-manager/cert-manager-cainjector-x: CrashLoopBackOff"]),
         ("cert-manager", "cert-manager-webhook", ["pod cert-manager/cert-manager-webhook-x: CrashLoopBackOff"]),
     ]
+
+
+def test_a_release_file_without_its_namespace_gets_it_first() -> None:
+    """The Go module's install/v0.19.0/kserve.yaml declares no Namespace (its install script
+    creates it); the release asset does. Without it the install failed with 404."""
+    account = {"kind": "ServiceAccount", "metadata": {"name": "kserve-controller-manager", "namespace": "kserve"}}
+    documents, note = kserve.with_release_namespace([account], "kserve")
+    assert documents == [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kserve"}}, account]
+    assert note == "the release file declares no Namespace kserve: created first, as KServe's install scripts do"
+    declared = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kserve"}}, account]
+    assert kserve.with_release_namespace(declared, "kserve") == (declared, "")
+
+
+def test_the_release_asset_declares_its_namespace() -> None:
+    manifest = load_release_manifest(load_matrix().release("v0.20.0"), session_release_files())
+    documents, note = kserve.with_release_namespace(manifest.documents, "kserve")
+    assert note == "" and len(documents) == len(manifest.documents)
