@@ -55,7 +55,7 @@ class HarnessOptions:
     # N` gives each of its shares 2 // N (at least 1): N shares on one machine already keep
     # N groups busy, and 2 shares preparing 2 ahead each put 6 clusters on 2 cores (load 35
     # seen; one API server stopped answering).
-    prepare_ahead: int = 2
+    prepare_ahead: int = PREPARE_AHEAD
 
 
 MAX_KIND_WORKERS = 4  # each node is a container with its own kubelet and containerd
@@ -175,8 +175,9 @@ class Harness:
         self._lock = threading.Lock()
         # The next group's cluster is created and installed in the background while the
         # current group's cells run: a group costs a control plane and an install, a cell
-        # only a swap and a few requests. Two workers, two groups ahead: much of a
-        # preparation is waiting on the API server, so two overlap well on two cores.
+        # only a swap and a few requests. One worker per group prepared ahead (two by
+        # default: much of a preparation is waiting on the API server, so two overlap well
+        # on two cores; a share of --parallel-groups gets fewer, see HarnessOptions).
         self._preparer = ThreadPoolExecutor(max_workers=options.prepare_ahead, thread_name_prefix="prepare-group")
         self._prepared: dict[str, Future[GroupCluster]] = {}
         # Set by close(): a preparation still running stops before its install; the clusters
